@@ -1,0 +1,79 @@
+/**
+ * Every error tokenflow throws is a `TokenflowError` with a stable `code`.
+ * Match on `code` (or on `kind` for a `RefreshError`), never on the message.
+ */
+export type TokenflowErrorCode =
+  /** an option passed to a factory is missing or of the wrong type */
+  | 'ERR_INVALID_OPTION'
+  /** the token refresh failed; see `RefreshError.kind` */
+  | 'ERR_REFRESH_FAILED'
+  /** a refresh was needed but there is no refresh token (nobody is logged in) */
+  | 'ERR_NO_REFRESH_TOKEN'
+  /** the session was cleared (`clear()`, or a logout in another tab) while the request waited */
+  | 'ERR_SESSION_CLEARED'
+  /** the token storage threw or returned something that is not a token set */
+  | 'ERR_STORAGE'
+
+/** Why a refresh failed. `rejected` ends the session; the others are transient and keep it. */
+export type RefreshErrorKind = 'rejected' | 'network' | 'timeout' | 'server' | 'invalid-response'
+
+/**
+ * Base class of every error tokenflow throws.
+ * @example
+ * if (isTokenflowError(error) && error.code === 'ERR_REFRESH_FAILED') showLogin()
+ */
+export class TokenflowError extends Error {
+  override name: string = 'TokenflowError'
+  readonly code: TokenflowErrorCode
+
+  constructor(code: TokenflowErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.code = code
+  }
+}
+
+/**
+ * The one error every waiting request rejects with when a refresh fails.
+ * `kind: 'rejected'` (400/401/403 or `invalid_grant`) means the session is over and `loggedOut` fired;
+ * any other kind is transient and the tokens are kept.
+ * @example
+ * catch (error) { if (error instanceof RefreshError && error.kind === 'rejected') navigate('/login') }
+ */
+export class RefreshError extends TokenflowError {
+  override name = 'RefreshError' as const
+  readonly kind: RefreshErrorKind
+  /** HTTP status of the refresh response, when there was one */
+  readonly status: number | undefined
+  /** seconds the server asked us to wait (`Retry-After`), when it did */
+  readonly retryAfter: number | undefined
+
+  constructor(
+    kind: RefreshErrorKind,
+    message: string,
+    options?: { cause?: unknown; status?: number | undefined; retryAfter?: number | undefined },
+  ) {
+    super('ERR_REFRESH_FAILED', message, options)
+    this.kind = kind
+    this.status = options?.status
+    this.retryAfter = options?.retryAfter
+  }
+}
+
+/**
+ * True for any error tokenflow threw, even from another copy of the package.
+ * @example
+ * if (isTokenflowError(error)) console.warn(error.code)
+ */
+export function isTokenflowError(error: unknown): error is TokenflowError {
+  if (error instanceof TokenflowError) return true
+  return (
+    error instanceof Error &&
+    (error.name === 'TokenflowError' || error.name === 'RefreshError') &&
+    typeof (error as { code?: unknown }).code === 'string'
+  )
+}
+
+/** True for a `RefreshError`, even from another copy of the package. */
+export function isRefreshError(error: unknown): error is RefreshError {
+  return isTokenflowError(error) && error.name === 'RefreshError'
+}

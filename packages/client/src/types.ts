@@ -1,0 +1,43 @@
+/** The tokens a login or a refresh hands over. */
+export interface TokenSet {
+  accessToken: string
+  /** `undefined` keeps the current refresh token (servers that do not rotate); `null` means there is none */
+  refreshToken?: string | null | undefined
+  /** epoch ms at which the access token expires; when absent, the JWT's `exp` is used */
+  expiresAt?: number | undefined
+}
+
+/** What a `RefreshFunction` receives. */
+export interface RefreshContext {
+  refreshToken: string
+  /** aborts when `refreshTimeout` passes */
+  signal: AbortSignal
+  /** the manager's clock (epoch ms), for turning `expires_in` into `expiresAt` */
+  now: () => number
+}
+
+/**
+ * Exchanges a refresh token for new tokens. Throw a `RefreshError` to say how it failed;
+ * anything else thrown is classified as a network error.
+ */
+export type RefreshFunction = (context: RefreshContext) => Promise<TokenSet>
+
+/**
+ * Where tokens are kept. Structural, and each method may be sync or async,
+ * so `localStorage`-style and AsyncStorage-style backends both fit.
+ */
+export interface TokenStorage {
+  get(): TokenSet | null | Promise<TokenSet | null>
+  set(tokens: TokenSet): void | Promise<void>
+  clear(): void | Promise<void>
+}
+
+/** The subset of `navigator.locks` (Web Locks API) the manager needs. */
+export interface LockManagerLike {
+  request<T>(
+    name: string,
+    options: { mode?: 'exclusive' | 'shared'; signal?: AbortSignal; ifAvailable?: boolean },
+    callback: (lock: unknown) => Promise<T> | T,
+  ): Promise<T>
+  query?(): Promise<{ held?: Array<{ name?: string }>; pending?: Array<{ name?: string }> }>
+}

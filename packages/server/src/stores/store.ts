@@ -1,0 +1,85 @@
+/**
+ * The storage contract every server store implements (SQLite, PostgreSQL).
+ * All times are epoch milliseconds. Both stores run the same contract suite,
+ * `describeTokenStore(make)` in `test/helpers/describe-token-store.ts`.
+ */
+
+/** One login session: the refresh-token family. Only the per-session key and the counter are stored, never a token. */
+export interface SessionRecord {
+  /** 16 random bytes, hex (32 chars) */
+  id: string
+  userId: string
+  clientId: string
+  /** per-session HMAC key, 32 random bytes */
+  key: Uint8Array
+  /** the counter of the one current refresh token */
+  counter: number
+  createdAt: number
+  /** absolute expiry: `createdAt + refreshTokenTtl` */
+  expiresAt: number
+  /** last successful refresh (or the login); idle expiry is `lastUsedAt + refreshIdleTimeout` */
+  lastUsedAt: number
+  /** when `counter` last moved; the previous token is honoured within `reuseGrace` of this */
+  rotatedAt: number
+  revokedAt: number | null
+  /** why it was revoked: 'logout' | 'reuse' | 'logout-all' | 'password-change' | 'admin' | … */
+  revokedReason: string | null
+  userAgent: string | null
+}
+
+export interface UserRecord {
+  id: string
+  username: string
+  /** PHC string (Argon2id) */
+  passwordHash: string
+  createdAt: number
+  passwordChangedAt: number
+}
+
+/** A signing key, as JWKs (JSON strings). Private keys never leave the store except to the issuer. */
+export interface KeyRecord {
+  kid: string
+  alg: string
+  privateJwk: string
+  publicJwk: string
+  createdAt: number
+  /** when it stopped signing; it stays in JWKS until `retiredAt + accessTokenTtl + skew` */
+  retiredAt: number | null
+}
+
+export interface TokenStore {
+  /** apply versioned migrations; idempotent, safe to call from several instances at once */
+  migrate(): Promise<void>
+  close(): Promise<void>
+
+  createSession(session: SessionRecord): Promise<void>
+  getSession(id: string): Promise<SessionRecord | null>
+  /**
+   * The rotation compare-and-swap:
+   * `UPDATE sessions SET counter = counter + 1, rotated_at = now, last_used_at = now
+   *  WHERE id = ? AND counter = ? AND revoked_at IS NULL AND expires_at > now RETURNING *`.
+   * Resolves to the updated row, or null when another rotation or a revocation won.
+   * It resolves only once the change is durable.
+   */
+  rotateSession(id: string, expectedCounter: number, now: number): Promise<SessionRecord | null>
+  /** revoke one session (no-op when already revoked); resolves true when this call revoked it */
+  revokeSession(id: string, now: number, reason: string): Promise<boolean>
+  /** revoke every live session of a user, except `exceptId`; resolves to how many */
+  revokeUserSessions(userId: string, now: number, reason: string, exceptId?: string): Promise<number>
+  /** live sessions of a user (not revoked, not expired at `now`), newest first */
+  listSessions(userId: string, now: number): Promise<SessionRecord[]>
+  /** delete sessions that expired or were revoked before `before`; resolves to how many */
+  deleteExpiredSessions(before: number): Promise<number>
+
+  createUser(user: UserRecord): Promise<void>
+  getUserByName(username: string): Promise<UserRecord | null>
+  getUser(id: string): Promise<UserRecord | null>
+  listUsers(): Promise<UserRecord[]>
+  setPasswordHash(userId: string, passwordHash: string, changedAt: number): Promise<void>
+  /** resolves true when a user was deleted; deleting a user deletes its sessions */
+  deleteUser(username: string): Promise<boolean>
+
+  listKeys(): Promise<KeyRecord[]>
+  insertKey(key: KeyRecord): Promise<void>
+  retireKey(kid: string, retiredAt: number): Promise<void>
+}
