@@ -1,0 +1,86 @@
+import type { LockManagerLike, RefreshContext, TokenSet } from '@tokenflow/client'
+
+const b64url = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
+
+/** A JWT-shaped token (unsigned: the client never verifies). `exp`/`iat` are in seconds. */
+export function makeJwt(claims: { exp?: number; iat?: number; [claim: string]: unknown }): string {
+  return `${b64url({ alg: 'ES256', typ: 'at+jwt' })}.${b64url(claims)}.c2ln`
+}
+
+/** A token set whose access token expires `ttl` ms after `issuedAt` (epoch ms). */
+export function tokenSet(issuedAt: number, ttl: number, n: number | string = 0): TokenSet {
+  return {
+    accessToken: makeJwt({ iat: Math.floor(issuedAt / 1000), exp: Math.floor((issuedAt + ttl) / 1000), n }),
+    refreshToken: `rt-${n}`,
+  }
+}
+
+export interface Deferred<T> {
+  promise: Promise<T>
+  resolve(value: T): void
+  reject(error: unknown): void
+}
+
+export function deferred<T>(): Deferred<T> {
+  let resolve!: (value: T) => void
+  let reject!: (error: unknown) => void
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res
+    reject = rej
+  })
+  return { promise, resolve, reject }
+}
+
+/** A refresh function whose answers the test controls, one deferred per call. */
+export function controlledRefresh() {
+  const calls: Array<{ context: RefreshContext } & Deferred<TokenSet>> = []
+  const refresh = (context: RefreshContext) => {
+    const call = { context, ...deferred<TokenSet>() }
+    calls.push(call)
+    return call.promise
+  }
+  return { refresh, calls }
+}
+
+/** An in-process Web Locks stand-in: one FIFO exclusive lock per name, honouring `signal`. */
+export function createTestLock(): LockManagerLike & { held: () => boolean } {
+  const queues = new Map<string, Array<() => void>>()
+  const busy = new Set<string>()
+  const release = (name: string) => {
+    const next = queues.get(name)?.shift()
+    if (next) next()
+    else busy.delete(name)
+  }
+  return {
+    held: () => busy.size > 0,
+    request(name, options, callback) {
+      return new Promise((resolve, reject) => {
+        const grant = () => {
+          Promise.resolve()
+            .then(() => callback({ name }))
+            .then(resolve, reject)
+            .finally(() => release(name))
+        }
+        if (options.signal?.aborted) return reject(options.signal.reason)
+        if (!busy.has(name)) {
+          busy.add(name)
+          return grant()
+        }
+        const queue = queues.get(name) ?? []
+        queues.set(name, queue)
+        const entry = () => {
+          options.signal?.removeEventListener('abort', onAbort)
+          grant()
+        }
+        const onAbort = () => {
+          queue.splice(queue.indexOf(entry), 1)
+          reject(options.signal!.reason)
+        }
+        options.signal?.addEventListener('abort', onAbort, { once: true })
+        queue.push(entry)
+      })
+    },
+  }
+}
+
+export const flush = () => new Promise((resolve) => setImmediate(resolve))

@@ -1,0 +1,670 @@
+import {
+  createTokenManager,
+  memoryStorage,
+  RefreshError,
+  type TokenEvent,
+  TokenflowError,
+  type TokenSet,
+  type TokenStorage,
+} from '@tokenflow/client'
+import { afterEach, describe, expect, it, vi } from 'vitest'
+import { controlledRefresh, createTestLock, flush, makeJwt, tokenSet } from './helpers/tokens.js'
+
+const T0 = 1_700_000_000_000
+const MIN = 60_000
+
+function setup(options: Partial<Parameters<typeof createTokenManager>[0]> = {}) {
+  let time = T0
+  const clock = { now: () => time, advance: (ms: number) => (time += ms) }
+  const control = controlledRefresh()
+  const events: TokenEvent[] = []
+  const manager = createTokenManager({ refresh: control.refresh, now: clock.now, lock: false, ...options })
+  manager.subscribe((event) => events.push(event))
+  return { manager, clock, ...control, events, types: () => events.map((e) => e.type) }
+}
+
+afterEach(() => {
+  vi.useRealTimers()
+})
+
+describe('options', () => {
+  it('validates options when the factory runs', () => {
+    const cases: Array<[Record<string, unknown>, RegExp]> = [
+      [{}, /"refresh" must be a function/],
+      [{ refresh: () => {}, leeway: -1 }, /"leeway"/],
+      [{ refresh: () => {}, refreshTimeout: Number.NaN }, /"refreshTimeout"/],
+      [{ refresh: () => {}, storage: {} }, /"storage"/],
+      [{ refresh: () => {}, lock: {} }, /"lock"/],
+      [{ refresh: () => {}, retry: { attempts: 1.5 } }, /"retry.attempts"/],
+      [{ refresh: () => {}, channel: '' }, /"channel"/],
+    ]
+    for (const [options, message] of cases) {
+      let error: unknown
+      try {
+        createTokenManager(options as never)
+      } catch (e) {
+        error = e
+      }
+      expect(error).toBeInstanceOf(TokenflowError)
+      expect((error as TokenflowError).code).toBe('ERR_INVALID_OPTION')
+      expect((error as Error).message).toMatch(message)
+    }
+  })
+
+  it('rejects setTokens without an access token', async () => {
+    const { manager } = setup()
+    await expect(manager.setTokens({ accessToken: '' })).rejects.toMatchObject({ code: 'ERR_INVALID_OPTION' })
+    expect(manager.status).toBe('unauthenticated')
+  })
+})
+
+describe('rule 1: one refresh at a time', () => {
+  it('shares one refresh between every caller, and clears it when done', async () => {
+    const { manager, calls, clock } = setup()
+    await manager.setTokens(tokenSet(clock.now(), 15 * MIN, 0))
+    const waiters = Array.from({ length: 10 }, () => manager.refresh())
+    await flush()
+    expect(calls).toHaveLength(1)
+    expect(manager.status).toBe('refreshing')
+    expect(calls[0]!.context.refreshToken).toBe('rt-0')
+    const next = tokenSet(clock.now(), 15 * MIN, 1)
+    calls[0]!.resolve(next)
+    expect(new Set(await Promise.all(waiters))).toEqual(new Set([next.accessToken]))
+    expect(manager.status).toBe('authenticated')
+
+    // the next refresh is a new one: the shared promise was cleared
+    const again = manager.refresh()
+    await flush()
+    expect(calls).toHaveLength(2)
+    expect(calls[1]!.context.refreshToken).toBe('rt-1')
+    calls[1]!.resolve(tokenSet(clock.now(), 15 * MIN, 2))
+    await again
+  })
+
+  it('rejects every waiter with the same RefreshError instance', async () => {
+    const { manager, calls, clock } = setup({ retry: false })
+    await manager.setTokens(tokenSet(clock.now(), 15 * MIN))
+    const waiters = Array.from({ length: 5 }, () => manager.refresh().catch((e: unknown) => e))
+    await flush()
+    const error = new RefreshError('server', 'refresh failed: 503', { status: 503 })
+    calls[0]!.reject(error)
+    const results = await Promise.all(waiters)
+    for (const result of results) expect(result).toBe(error)
+    expect(manager.status).toBe('authenticated')
+  })
+
+  it('keeps the current refresh token when the server does not rotate', async () => {
+    const { manager, calls, clock } = setup()
+    await manager.setTokens(tokenSet(clock.now(), 15 * MIN, 0))
+    const done = manager.refresh()
+    await flush()
+    calls[0]!.resolve({ accessToken: makeJwt({ n: 'no-rotation' }) })
+    await done
+    const again = manager.refresh()
+    await flush()
+    expect(calls[1]!.context.refreshToken).toBe('rt-0')
+    calls[1]!.resolve(tokenSet(clock.now(), MIN, 2))
+    await again
+  })
+})
+
+describe('rule 2: stale tokens', () => {
+  it('answers a 401 for a token that is no longer current with the current token, without refreshing', async () => {
+    const { manager, calls, clock } = setup()
+    const old = tokenSet(clock.now(), 15 * MIN, 0)
+    await manager.setTokens(old)
+    const first = manager.refresh({ rejectedToken: old.accessToken })
+    await flush()
+    const next = tokenSet(clock.now(), 15 * MIN, 1)
+    calls[0]!.resolve(next)
+    expect(await first).toBe(next.accessToken)
+    // a late 401 for a request sent with the old token
+    expect(await manager.refresh({ rejectedToken: old.accessToken })).toBe(next.accessToken)
+    expect(calls).toHaveLength(1)
+  })
+
+  it('joins a running refresh whatever token the 401 was for', async () => {
+    const { manager, calls, clock } = setup()
+    await manager.setTokens(tokenSet(clock.now(), 15 * MIN, 0))
+    const forced = manager.refresh()
+    const stale = manager.refresh({ rejectedToken: 'some-older-token' })
+    await flush()
+    calls[0]!.resolve(tokenSet(clock.now(), 15 * MIN, 1))
+    expect(await stale).toBe(await forced)
+    expect(calls).toHaveLength(1)
+  })
+})
+
+describe('rule 3: proactive refresh on read', () => {
+  it('refreshes before use when the token expires within the leeway', async () => {
+    const { manager, calls, clock } = setup({ leeway: 30_000 })
+    const first = tokenSet(clock.now(), 15 * MIN, 0)
+    await manager.setTokens(first)
+    expect(await manager.getAccessToken()).toBe(first.accessToken)
+    clock.advance(15 * MIN - 31_000)
+    expect(await manager.getAccessToken()).toBe(first.accessToken)
+    expect(calls).toHaveLength(0)
+    clock.advance(2_000)
+    const read = manager.getAccessToken()
+    await flush()
+    expect(calls).toHaveLength(1)
+    const next = tokenSet(clock.now(), 15 * MIN, 1)
+    calls[0]!.resolve(next)
+    expect(await read).toBe(next.accessToken)
+  })
+
+  it('caps the leeway at half the token lifetime', async () => {
+    const { manager, calls, clock } = setup({ leeway: 30_000 })
+    // a 10 s token: with a 30 s leeway it would always be "about to expire"
+    await manager.setTokens(tokenSet(clock.now(), 10_000, 0))
+    clock.advance(4_000)
+    await manager.getAccessToken()
+    expect(calls).toHaveLength(0)
+    clock.advance(1_500)
+    const read = manager.getAccessToken()
+    await flush()
+    expect(calls).toHaveLength(1)
+    calls[0]!.resolve(tokenSet(clock.now(), 10_000, 1))
+    await read
+  })
+
+  it('uses a token without exp until a 401 says otherwise', async () => {
+    const { manager, calls, clock } = setup()
+    await manager.setTokens({ accessToken: 'opaque-access', refreshToken: 'rt' })
+    clock.advance(365 * 24 * 60 * MIN)
+    expect(await manager.getAccessToken()).toBe('opaque-access')
+    expect(calls).toHaveLength(0)
+  })
+
+  it('uses expiresAt when the access token is not a JWT', async () => {
+    const { manager, calls, clock } = setup({ leeway: 1_000 })
+    await manager.setTokens({ accessToken: 'opaque', refreshToken: 'rt', expiresAt: clock.now() + 60_000 })
+    clock.advance(58_000)
+    expect(await manager.getAccessToken()).toBe('opaque')
+    clock.advance(1_500)
+    const read = manager.getAccessToken()
+    await flush()
+    expect(calls).toHaveLength(1)
+    calls[0]!.resolve({ accessToken: 'opaque-2', expiresAt: clock.now() + 60_000 })
+    expect(await read).toBe('opaque-2')
+  })
+
+  it('corrects a device clock that is far off, using iat', async () => {
+    // the device clock is one hour behind the server
+    const { manager, calls, clock } = setup({ leeway: 30_000 })
+    const serverNow = clock.now() + 60 * MIN
+    await manager.setTokens(tokenSet(serverNow, 15 * MIN, 0))
+    clock.advance(10 * MIN)
+    await manager.getAccessToken()
+    expect(calls).toHaveLength(0)
+    clock.advance(5 * MIN - 20_000)
+    const read = manager.getAccessToken()
+    await flush()
+    expect(calls).toHaveLength(1)
+    calls[0]!.resolve(tokenSet(serverNow + 15 * MIN, 15 * MIN, 1))
+    await read
+  })
+
+  it('schedules no timers while idle (background tabs throttle them)', async () => {
+    vi.useFakeTimers({ now: T0 })
+    const manager = createTokenManager({ refresh: async () => tokenSet(Date.now(), MIN, 1), lock: false })
+    await manager.setTokens(tokenSet(Date.now(), MIN, 0))
+    await manager.getAccessToken()
+    expect(vi.getTimerCount()).toBe(0)
+  })
+
+  it('does not send a token known to be expired when there is no refresh token', async () => {
+    const { manager, clock } = setup()
+    await manager.setTokens({ ...tokenSet(clock.now(), MIN, 0), refreshToken: null })
+    clock.advance(MIN + 1)
+    expect(await manager.getAccessToken()).toBeNull()
+  })
+
+  it('keeps using a still-valid token when a proactive refresh fails transiently', async () => {
+    const { manager, calls, clock } = setup({ retry: false })
+    const first = tokenSet(clock.now(), 15 * MIN, 0)
+    await manager.setTokens(first)
+    clock.advance(15 * MIN - 10_000)
+    const read = manager.getAccessToken()
+    await flush()
+    calls[0]!.reject(new RefreshError('network', 'refresh failed: offline'))
+    expect(await read).toBe(first.accessToken)
+    expect(manager.status).toBe('authenticated')
+  })
+
+  it('rejects the read when the token has expired and the refresh fails', async () => {
+    const { manager, calls, clock } = setup({ retry: false })
+    await manager.setTokens(tokenSet(clock.now(), MIN, 0))
+    clock.advance(2 * MIN)
+    const read = manager.getAccessToken()
+    await flush()
+    calls[0]!.reject(new RefreshError('network', 'refresh failed: offline'))
+    await expect(read).rejects.toMatchObject({
+      name: 'RefreshError',
+      code: 'ERR_REFRESH_FAILED',
+      kind: 'network',
+    })
+  })
+
+  it('returns null when nobody is logged in', async () => {
+    const { manager } = setup()
+    expect(await manager.getAccessToken()).toBeNull()
+    await expect(manager.refresh()).rejects.toMatchObject({ code: 'ERR_NO_REFRESH_TOKEN' })
+  })
+})
+
+describe('rule 5: classify failures', () => {
+  it('clears the tokens and emits loggedOut once when the refresh is rejected', async () => {
+    const storage = memoryStorage()
+    const { manager, calls, clock, events, types } = setup({ storage })
+    await manager.setTokens(tokenSet(clock.now(), MIN, 0))
+    const waiters = [manager.refresh(), manager.refresh(), manager.getAccessToken()].map((p) =>
+      p.catch((e: unknown) => e),
+    )
+    await flush()
+    calls[0]!.reject(new RefreshError('rejected', 'refresh failed: invalid_grant', { status: 400 }))
+    const results = await Promise.all(waiters)
+    expect(results[0]).toBeInstanceOf(RefreshError)
+    expect(results.every((r) => r === results[0])).toBe(true)
+    expect(types()).toEqual(['refreshStarted', 'refreshFailed', 'loggedOut'])
+    expect(events[1]).toMatchObject({ type: 'refreshFailed', willLogout: true })
+    expect(events[2]).toMatchObject({ type: 'loggedOut', reason: 'refreshRejected', error: results[0] })
+    expect(calls).toHaveLength(1)
+    expect(await storage.get()).toBeNull()
+    expect(manager.status).toBe('unauthenticated')
+    // later requests do not hang and do not log out again
+    expect(await manager.getAccessToken()).toBeNull()
+    await expect(manager.refresh()).rejects.toMatchObject({ code: 'ERR_NO_REFRESH_TOKEN' })
+    expect(types().filter((t) => t === 'loggedOut')).toHaveLength(1)
+  })
+
+  it('retries transient failures with bounded backoff, then keeps the session', async () => {
+    vi.useFakeTimers({ now: T0 })
+    let calls = 0
+    const manager = createTokenManager({
+      refresh: async () => {
+        calls++
+        throw new RefreshError('server', 'refresh failed: 503', { status: 503 })
+      },
+      retry: { attempts: 3, baseDelay: 100, maxDelay: 250 },
+      lock: false,
+    })
+    const events: TokenEvent[] = []
+    manager.subscribe((e) => events.push(e))
+    await manager.setTokens(tokenSet(Date.now(), MIN, 0))
+    const result = manager.refresh().catch((e: unknown) => e)
+    await vi.advanceTimersByTimeAsync(100 + 200 + 250)
+    const error = await result
+    expect(calls).toBe(4)
+    expect(error).toMatchObject({ kind: 'server', status: 503 })
+    expect(events.at(-1)).toMatchObject({ type: 'refreshFailed', willLogout: false })
+    expect(events.some((e) => e.type === 'loggedOut')).toBe(false)
+    expect(manager.status).toBe('authenticated')
+  })
+
+  it('honours Retry-After, capped at maxDelay', async () => {
+    vi.useFakeTimers({ now: T0 })
+    let calls = 0
+    const manager = createTokenManager({
+      refresh: async () => {
+        calls++
+        if (calls === 1) throw new RefreshError('server', '429', { status: 429, retryAfter: 2 })
+        return tokenSet(Date.now(), MIN, 1)
+      },
+      retry: { attempts: 1, baseDelay: 10, maxDelay: 4_000 },
+      lock: false,
+    })
+    await manager.setTokens(tokenSet(Date.now(), MIN, 0))
+    const result = manager.refresh()
+    await vi.advanceTimersByTimeAsync(999)
+    expect(calls).toBe(1)
+    await vi.advanceTimersByTimeAsync(1_001)
+    await result
+    expect(calls).toBe(2)
+  })
+
+  it('does not retry an invalid response and does not log out', async () => {
+    let calls = 0
+    const manager = createTokenManager({
+      refresh: async () => {
+        calls++
+        return { notAToken: true } as never
+      },
+      lock: false,
+    })
+    await manager.setTokens(tokenSet(Date.now(), MIN, 0))
+    await expect(manager.refresh()).rejects.toMatchObject({ kind: 'invalid-response' })
+    expect(calls).toBe(1)
+    expect(manager.status).toBe('authenticated')
+  })
+
+  it('fails with kind timeout when a refresh never answers, even if it ignores its signal', async () => {
+    vi.useFakeTimers({ now: T0 })
+    const manager = createTokenManager({
+      refresh: () => new Promise<TokenSet>(() => {}),
+      refreshTimeout: 1_000,
+      retry: { attempts: 1, baseDelay: 100 },
+      lock: false,
+    })
+    await manager.setTokens(tokenSet(Date.now(), MIN, 0))
+    const result = manager.refresh().catch((e: unknown) => e)
+    await vi.advanceTimersByTimeAsync(1_000 + 100 + 1_000)
+    expect(await result).toMatchObject({ name: 'RefreshError', kind: 'timeout', code: 'ERR_REFRESH_FAILED' })
+    expect(manager.status).toBe('authenticated')
+  })
+
+  it('classifies anything else a refresh function throws as a network error, keeping the cause', async () => {
+    const cause = new TypeError('fetch failed')
+    const manager = createTokenManager({
+      refresh: async () => {
+        throw cause
+      },
+      retry: false,
+      lock: false,
+    })
+    await manager.setTokens(tokenSet(Date.now(), MIN, 0))
+    await expect(manager.refresh()).rejects.toMatchObject({ kind: 'network', cause })
+  })
+})
+
+describe('rule 6: abort', () => {
+  it('rejects an aborted waiter at once with the signal reason, and the refresh goes on for the others', async () => {
+    const { manager, calls, clock } = setup()
+    await manager.setTokens(tokenSet(clock.now(), MIN, 0))
+    const controller = new AbortController()
+    const aborted = manager.refresh({ signal: controller.signal })
+    const other = manager.refresh()
+    await flush()
+    const reason = new Error('user navigated away')
+    controller.abort(reason)
+    await expect(aborted).rejects.toBe(reason)
+    expect(manager.status).toBe('refreshing')
+    const next = tokenSet(clock.now(), MIN, 1)
+    calls[0]!.resolve(next)
+    expect(await other).toBe(next.accessToken)
+  })
+
+  it('rejects at once when the signal is already aborted', async () => {
+    const { manager, calls, clock } = setup()
+    await manager.setTokens(tokenSet(clock.now(), MIN, 0))
+    clock.advance(2 * MIN)
+    const reason = new DOMException('aborted', 'AbortError')
+    await expect(manager.getAccessToken({ signal: AbortSignal.abort(reason) })).rejects.toBe(reason)
+    expect(calls).toHaveLength(0)
+  })
+})
+
+describe('rule 7: managers sharing storage and a lock', () => {
+  it('makes one refresh between two managers; the other adopts the stored tokens', async () => {
+    const storage = memoryStorage()
+    const lock = createTestLock()
+    const a = setup({ storage, lock })
+    const b = setup({ storage, lock })
+    const first = tokenSet(T0, MIN, 0)
+    await a.manager.setTokens(first)
+    expect(await b.manager.getAccessToken()).toBe(first.accessToken)
+    a.clock.advance(2 * MIN)
+    b.clock.advance(2 * MIN)
+    const reads = [a.manager.getAccessToken(), b.manager.getAccessToken(), a.manager.getAccessToken()]
+    await flush()
+    // whichever took the lock first refreshes; the other waits for the lock, then adopts
+    const [refresher, adopter] = a.calls.length ? [a, b] : [b, a]
+    expect(refresher.calls).toHaveLength(1)
+    expect(adopter.calls).toHaveLength(0)
+    const next = tokenSet(a.clock.now(), MIN, 1)
+    refresher.calls[0]!.resolve(next)
+    expect(await Promise.all(reads)).toEqual([next.accessToken, next.accessToken, next.accessToken])
+    expect(adopter.calls).toHaveLength(0)
+    expect(refresher.events.at(-1)).toMatchObject({ type: 'refreshed', source: 'local' })
+    expect(adopter.events.at(-1)).toMatchObject({ type: 'refreshed', source: 'otherTab' })
+    expect(lock.held()).toBe(false)
+  })
+
+  it('adopts instead of logging out when its refresh is rejected because the other rotated first', async () => {
+    const storage = memoryStorage()
+    const a = setup({ storage, lock: false })
+    const b = setup({ storage, lock: false })
+    await a.manager.setTokens(tokenSet(T0, MIN, 0))
+    await b.manager.getAccessToken()
+    const fromA = a.manager.refresh()
+    const fromB = b.manager.refresh()
+    await flush()
+    const next = tokenSet(T0, MIN, 1)
+    a.calls[0]!.resolve(next)
+    expect(await fromA).toBe(next.accessToken)
+    // without a lock, b refreshed with the old token: the server calls it reuse
+    b.calls[0]!.reject(new RefreshError('rejected', 'invalid_grant', { status: 400 }))
+    expect(await fromB).toBe(next.accessToken)
+    expect(b.types()).not.toContain('loggedOut')
+    expect(b.manager.status).toBe('authenticated')
+  })
+
+  it('refreshes without the lock after lockTimeout instead of hanging', async () => {
+    const never = { request: () => new Promise<never>(() => {}) }
+    const stuck = {
+      request: (_name: string, options: { signal?: AbortSignal }) =>
+        new Promise<never>((_, reject) =>
+          options.signal?.addEventListener('abort', () => reject(options.signal!.reason)),
+        ),
+    }
+    for (const lock of [stuck, never]) {
+      vi.useFakeTimers({ now: T0 })
+      const manager = createTokenManager({
+        refresh: async () => tokenSet(Date.now(), MIN, 1),
+        lock,
+        lockTimeout: 500,
+      })
+      await manager.setTokens(tokenSet(Date.now(), MIN, 0))
+      let settled = false
+      const result = manager.refresh().then((t) => {
+        settled = true
+        return t
+      })
+      await vi.advanceTimersByTimeAsync(400)
+      if (lock === stuck) {
+        expect(settled).toBe(false)
+        await vi.advanceTimersByTimeAsync(200)
+        expect(settled).toBe(true)
+        expect(await result).toBe(tokenSet(T0 + 600, MIN, 1).accessToken)
+      } else {
+        // a lock that ignores its signal cannot be escaped; document that the lock must honour it
+        expect(settled).toBe(false)
+      }
+      vi.useRealTimers()
+    }
+  })
+
+  it('logs out with reason otherTab when another manager cleared the shared storage', async () => {
+    const storage = memoryStorage()
+    const lock = createTestLock()
+    const a = setup({ storage, lock })
+    const b = setup({ storage, lock })
+    await a.manager.setTokens(tokenSet(T0, MIN, 0))
+    await b.manager.getAccessToken()
+    await a.manager.clear()
+    await expect(b.manager.refresh()).rejects.toMatchObject({ kind: 'rejected' })
+    expect(b.events.at(-1)).toMatchObject({ type: 'loggedOut', reason: 'otherTab' })
+    expect(b.calls).toHaveLength(0)
+  })
+})
+
+describe('rule 8: no module state', () => {
+  it('keeps two managers apart', async () => {
+    const a = setup()
+    const b = setup()
+    await a.manager.setTokens(tokenSet(T0, MIN, 'alice'))
+    await b.manager.setTokens(tokenSet(T0, MIN, 'bob'))
+    const ra = a.manager.refresh()
+    const rb = b.manager.refresh()
+    await flush()
+    expect(a.calls[0]!.context.refreshToken).toBe('rt-alice')
+    expect(b.calls[0]!.context.refreshToken).toBe('rt-bob')
+    a.calls[0]!.resolve(tokenSet(T0, MIN, 'alice-2'))
+    b.calls[0]!.reject(new RefreshError('rejected', 'no'))
+    expect(await ra).toBe(tokenSet(T0, MIN, 'alice-2').accessToken)
+    await expect(rb).rejects.toBeInstanceOf(RefreshError)
+    expect(a.manager.status).toBe('authenticated')
+    expect(b.manager.status).toBe('unauthenticated')
+  })
+})
+
+describe('sessions', () => {
+  it('settles the waiters of a running refresh when clear() runs, and drops its result', async () => {
+    const storage = memoryStorage()
+    const { manager, calls, types } = setup({ storage })
+    await manager.setTokens(tokenSet(T0, MIN, 0))
+    const waiter = manager.refresh()
+    await flush()
+    await manager.clear()
+    await expect(waiter).rejects.toMatchObject({ code: 'ERR_SESSION_CLEARED' })
+    calls[0]!.resolve(tokenSet(T0, MIN, 1))
+    await flush()
+    await flush()
+    expect(await storage.get()).toBeNull()
+    expect(manager.status).toBe('unauthenticated')
+    expect(types().filter((t) => t === 'loggedOut')).toHaveLength(1)
+    expect(types()).not.toContain('refreshed')
+  })
+
+  it('hands the new login to the waiters of a refresh that was running', async () => {
+    const { manager, calls } = setup()
+    await manager.setTokens(tokenSet(T0, MIN, 0))
+    const waiter = manager.refresh()
+    await flush()
+    const login = tokenSet(T0, MIN, 'login')
+    await manager.setTokens(login)
+    expect(await waiter).toBe(login.accessToken)
+    calls[0]!.resolve(tokenSet(T0, MIN, 'late'))
+    await flush()
+    expect(await manager.getAccessToken()).toBe(login.accessToken)
+  })
+
+  it('fires loggedOut once per session', async () => {
+    const { manager, calls, types } = setup({ retry: false })
+    for (let round = 0; round < 3; round++) {
+      await manager.setTokens(tokenSet(T0, MIN, round))
+      const a = manager.refresh().catch(() => {})
+      await flush()
+      calls.at(-1)!.reject(new RefreshError('rejected', 'no'))
+      await a
+      await manager.clear()
+    }
+    expect(types().filter((t) => t === 'loggedOut')).toHaveLength(3)
+  })
+
+  it('loads the stored session on first use', async () => {
+    const stored = tokenSet(T0, MIN, 'stored')
+    const { manager } = setup({ storage: memoryStorage(stored) })
+    expect(await manager.getAccessToken()).toBe(stored.accessToken)
+    expect(manager.status).toBe('authenticated')
+  })
+
+  it('treats a corrupt stored value as no session', async () => {
+    const storage: TokenStorage = { get: () => ({ accessToken: 42 }) as never, set() {}, clear() {} }
+    const { manager } = setup({ storage })
+    expect(await manager.getAccessToken()).toBeNull()
+  })
+})
+
+describe('storage failures lose nothing', () => {
+  it('keeps the refreshed tokens in memory when saving them throws', async () => {
+    let saves = 0
+    let saved: TokenSet | null = null
+    const storage: TokenStorage = {
+      get: () => saved,
+      set(tokens) {
+        saves++
+        if (saves > 1) throw new Error('QuotaExceededError')
+        saved = tokens
+      },
+      clear() {
+        saved = null
+      },
+    }
+    const { manager, calls, events } = setup({ storage })
+    await manager.setTokens(tokenSet(T0, MIN, 0))
+    const waiter = manager.refresh()
+    await flush()
+    const next = tokenSet(T0, MIN, 1)
+    calls[0]!.resolve(next)
+    expect(await waiter).toBe(next.accessToken)
+    expect(await manager.getAccessToken()).toBe(next.accessToken)
+    const failure = events.find((e) => e.type === 'storageError')
+    expect(failure).toMatchObject({
+      error: { code: 'ERR_STORAGE', message: 'token storage failed to save tokens' },
+    })
+    expect(JSON.stringify(failure)).not.toContain(next.accessToken)
+    // storage still holds the first session; the next refresh must use the rotated token from memory
+    const again = manager.refresh()
+    await flush()
+    expect(calls[1]!.context.refreshToken).toBe('rt-1')
+    calls[1]!.resolve(tokenSet(T0, MIN, 2))
+    await again
+  })
+
+  it('starts logged out, without clearing anything, when reading the storage throws', async () => {
+    let cleared = false
+    const storage: TokenStorage = {
+      get: async () => {
+        throw new Error('disk I/O error')
+      },
+      set() {},
+      clear() {
+        cleared = true
+      },
+    }
+    const { manager, types } = setup({ storage })
+    expect(await manager.getAccessToken()).toBeNull()
+    expect(types()).toEqual(['storageError'])
+    expect(cleared).toBe(false)
+  })
+})
+
+describe('subscribers', () => {
+  it('survive a subscriber that throws', async () => {
+    const reportError = vi.fn()
+    vi.stubGlobal('reportError', reportError)
+    try {
+      const { manager, calls, events } = setup()
+      manager.subscribe(() => {
+        throw new Error('buggy listener')
+      })
+      await manager.setTokens(tokenSet(T0, MIN, 0))
+      const waiter = manager.refresh()
+      await flush()
+      calls[0]!.resolve(tokenSet(T0, MIN, 1))
+      await waiter
+      expect(events.map((e) => e.type)).toEqual(['refreshStarted', 'refreshed'])
+      expect(reportError).toHaveBeenCalledTimes(2)
+      expect(manager.status).toBe('authenticated')
+    } finally {
+      vi.unstubAllGlobals()
+    }
+  })
+
+  it('lets a subscriber read the token from inside its own callback', async () => {
+    const { manager, calls } = setup()
+    const seen: Array<Promise<string | null>> = []
+    manager.subscribe((event) => {
+      if (event.type === 'refreshStarted' || event.type === 'refreshed') seen.push(manager.getAccessToken())
+    })
+    await manager.setTokens(tokenSet(T0, MIN, 0))
+    const waiter = manager.refresh()
+    await flush()
+    const next = tokenSet(T0, MIN, 1)
+    calls[0]!.resolve(next)
+    await waiter
+    expect(await Promise.all(seen)).toEqual([next.accessToken, next.accessToken])
+    expect(calls).toHaveLength(1)
+  })
+
+  it('stops calling a listener after unsubscribe', async () => {
+    const { manager } = setup()
+    const listener = vi.fn()
+    const unsubscribe = manager.subscribe(listener)
+    unsubscribe()
+    await manager.setTokens(tokenSet(T0, MIN, 0))
+    await manager.clear()
+    expect(listener).not.toHaveBeenCalled()
+  })
+})
