@@ -1,3 +1,4 @@
+import { type CrossTabMessage, createCrossTab } from './cross-tab.js'
 import { isRefreshError, isTokenflowError, RefreshError, TokenflowError } from './errors.js'
 import { decodeJwtClaims } from './jwt.js'
 import { memoryStorage } from './storage.js'
@@ -66,20 +67,6 @@ export interface TokenManager {
   readonly status: TokenStatus
 }
 
-/** Cross-tab hooks (see cross-tab.ts); internal. */
-export interface CrossTab {
-  /** tell the other tabs */
-  post(message: { type: 'refreshed'; tokens: TokenSet } | { type: 'loggedOut' }): void
-  /** after a rotation: leave a signal the other tabs can see under the lock */
-  rotated?(refreshToken: string): void
-  /** before refreshing under the lock: wait until storage caught up with a rotation another tab signalled */
-  settle?(
-    refreshToken: string,
-    read: () => Promise<TokenSet | null | undefined>,
-  ): Promise<TokenSet | null | undefined>
-  close(): void
-}
-
 type Adopted = { tokens: TokenSet; source: 'local' | 'otherTab' }
 
 const fail = (message: string): never => {
@@ -124,9 +111,7 @@ function wait<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<
  * })
  * await manager.setTokens({ accessToken, refreshToken })
  */
-export function createTokenManager(
-  options: TokenManagerOptions & { crossTab?: (lockName: string) => CrossTab | undefined },
-): TokenManager {
+export function createTokenManager(options: TokenManagerOptions): TokenManager {
   if (typeof options !== 'object' || options === null) fail('"options" must be an object')
   const {
     refresh: refreshTokens,
@@ -138,7 +123,6 @@ export function createTokenManager(
     lockTimeout = 10_000,
     channel = 'tokenflow',
     now = Date.now,
-    crossTab: makeCrossTab,
   } = options
   if (typeof refreshTokens !== 'function') fail('"refresh" must be a function')
   if (
@@ -179,7 +163,33 @@ export function createTokenManager(
   let writes: Promise<void> = Promise.resolve()
   /** false after a write failed: until the next one succeeds, storage is older than memory and is not trusted */
   let inSync = true
-  const crossTab = makeCrossTab?.(lockName)
+  // by default only a page talks to other tabs: in Node (SSR) every BroadcastChannel of a process would hear
+  // every other, and managers of different users must never share tokens (rule 8)
+  const crossTab =
+    channel !== false && (options.channel !== undefined || 'document' in globalThis)
+      ? createCrossTab(channel, lock, {
+          receive: (message) => adopt(message),
+          changed: async () => {
+            const stored = await read()
+            if (stored === null) endSession('otherTab')
+            else if (stored) adopt({ type: 'refreshed', tokens: stored })
+          },
+        })
+      : undefined
+
+  /** A message from another tab: take its tokens, or end the session with it. */
+  function adopt(message: CrossTabMessage): void {
+    if (message?.type === 'loggedOut') {
+      endSession('otherTab')
+      return
+    }
+    const next = message?.type === 'refreshed' ? toTokenSet(message.tokens) : null
+    if (!next || next.accessToken === tokens?.accessToken) return
+    // a login in another tab starts a session here too; a refresh there just hands over the tokens
+    if (tokens) use(next, false)
+    else switchSession(next, false)
+    emit({ type: 'refreshed', tokens: next, source: 'otherTab' })
+  }
 
   function emit(event: TokenEvent): void {
     for (const listener of [...listeners]) {
@@ -363,9 +373,11 @@ export function createTokenManager(
     try {
       outcome = await withLock(async (): Promise<Adopted> => {
         // rule 7: another tab may have refreshed while we waited for the lock
-        let stored = inSync ? await read() : undefined
-        if (stored && crossTab?.settle && stored.refreshToken === start.refreshToken)
-          stored = await crossTab.settle(start.refreshToken!, read)
+        // a broadcast may have brought newer tokens than this tab's copy of storage shows yet
+        const fresher = async () => (tokens && tokens.accessToken !== start.accessToken ? tokens : read())
+        const stored = inSync
+          ? await (crossTab ? crossTab.settle(start.refreshToken!, fresher) : read())
+          : undefined
         if (session !== started) return { tokens: tokens ?? start, source: 'otherTab' }
         if (stored === null) {
           // our own clear() would have changed the session: someone else logged out
@@ -381,8 +393,7 @@ export function createTokenManager(
         const next = await callRefresh(base.refreshToken, started)
         // saved under the lock, so the next tab to take it reads the rotated refresh token
         if (session === started) await write('set', next)
-        if (next.refreshToken && next.refreshToken !== base.refreshToken)
-          crossTab?.rotated?.(base.refreshToken)
+        if (next.refreshToken && next.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken)
         return { tokens: next, source: 'local' }
       })
     } catch (cause) {
@@ -480,6 +491,7 @@ export function createTokenManager(
       const valid = toTokenSet(next)
       if (!valid) fail('"tokens.accessToken" must be a non-empty string')
       switchSession(valid, true)
+      crossTab?.post({ type: 'refreshed', tokens: valid! })
       await write('set', valid!)
     },
 

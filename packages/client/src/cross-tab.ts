@@ -1,0 +1,94 @@
+import type { LockManagerLike, TokenSet } from './types.js'
+
+/** What a tab tells the others. */
+export type CrossTabMessage = { type: 'refreshed'; tokens: TokenSet } | { type: 'loggedOut' }
+
+/** The manager's side of the conversation. */
+export interface CrossTabHandlers {
+  /** a message from another tab (already shape-checked by the manager) */
+  receive(message: CrossTabMessage): void
+  /** storage changed in another tab (the `storage` event, where BroadcastChannel is missing) */
+  changed(): void
+}
+
+/** Cross-tab coordination for one manager: BroadcastChannel, or the storage event, plus the rotation signal. */
+export interface CrossTab {
+  post(message: CrossTabMessage): void
+  /** after a rotation: hold a lock named after the spent refresh token for a few seconds */
+  rotated(spentRefreshToken: string): void
+  /**
+   * Before refreshing under the lock with `refreshToken`: if another tab holds the rotation signal for it,
+   * our copy of storage is behind (Chromium copies localStorage writes between tabs asynchronously), so wait
+   * for `read` to show something newer. Resolves with what `read` last returned.
+   */
+  settle(
+    refreshToken: string,
+    read: () => Promise<TokenSet | null | undefined>,
+  ): Promise<TokenSet | null | undefined>
+}
+
+/** How long the tab that rotated keeps the signal, and how long another tab waits for storage to catch up. */
+const SIGNAL_MS = 5_000
+const SETTLE_MS = 2_000
+
+/** FNV-1a: a lock name must not carry the refresh token itself. */
+function fingerprint(value: string): string {
+  let hash = 0x811c9dc5
+  for (let i = 0; i < value.length; i++) hash = Math.imul(hash ^ value.charCodeAt(i), 0x01000193)
+  return (hash >>> 0).toString(36)
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Sets up cross-tab coordination; `name` is the channel name, `lock` the Web Locks manager (if any). */
+export function createCrossTab(
+  name: string,
+  lock: LockManagerLike | false,
+  handlers: CrossTabHandlers,
+): CrossTab {
+  const signalName = (token: string) => `${name}:rotated:${fingerprint(token)}`
+  const g = globalThis as {
+    BroadcastChannel?: typeof BroadcastChannel
+    addEventListener?: (type: string, listener: (event: { key?: string | null }) => void) => void
+  }
+  let channel: (BroadcastChannel & { unref?: () => void }) | undefined
+  if (g.BroadcastChannel) {
+    channel = new g.BroadcastChannel(name)
+    channel.onmessage = (event) => handlers.receive(event.data)
+    // a channel must not keep a Node process (tests, SSR) alive
+    channel.unref?.()
+  } else g.addEventListener?.('storage', () => handlers.changed())
+
+  return {
+    post(message) {
+      try {
+        channel?.postMessage(message)
+      } catch {
+        // a closed channel (page unloading) has no one left to tell
+      }
+    },
+
+    rotated(spent) {
+      if (!lock) return
+      lock
+        .request(signalName(spent), { mode: 'exclusive', ifAvailable: true }, (held) =>
+          held ? sleep(SIGNAL_MS) : undefined,
+        )
+        .catch(() => {})
+    },
+
+    async settle(refreshToken, read) {
+      let current = await read()
+      if (!lock || typeof lock.query !== 'function') return current
+      const wanted = signalName(refreshToken)
+      const { held = [] } = await lock.query().catch(() => ({ held: [] }))
+      if (!held.some((l) => l.name === wanted)) return current
+      // another tab rotated this very token moments ago: wait for its write (or its broadcast) to reach us
+      for (let waited = 0; waited < SETTLE_MS && current?.refreshToken === refreshToken; waited += 25) {
+        await sleep(25)
+        current = await read()
+      }
+      return current
+    },
+  }
+}

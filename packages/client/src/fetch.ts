@@ -1,0 +1,91 @@
+import { isTokenflowError } from './errors.js'
+import type { TokenManager } from './token-manager.js'
+
+/** Options of `createAuthFetch`. */
+export interface AuthFetchOptions {
+  /** the fetch to wrap, looked up at call time @default globalThis.fetch */
+  fetch?: typeof fetch
+  /** which responses mean "refresh and retry once" @default (response) => response.status === 401 */
+  shouldRefresh?: (response: Response) => boolean
+}
+
+type Body = RequestInit['body']
+
+/**
+ * Two sends' worth of body: the first try and the one retry. Strings, URLSearchParams, FormData, Blob and
+ * buffers are re-sent as they are; a ReadableStream is tee'd; anything else (an async iterable, a Node stream)
+ * cannot be replayed, so a 401 for it is returned as it came.
+ */
+function replayable(body: Body | undefined): [Body | undefined, Body | undefined] | undefined {
+  if (typeof ReadableStream !== 'undefined' && body instanceof ReadableStream) return body.tee()
+  if (
+    body == null ||
+    typeof body === 'string' ||
+    body instanceof URLSearchParams ||
+    (typeof FormData !== 'undefined' && body instanceof FormData) ||
+    (typeof Blob !== 'undefined' && body instanceof Blob) ||
+    body instanceof ArrayBuffer ||
+    ArrayBuffer.isView(body)
+  )
+    return [body, body]
+  return undefined
+}
+
+/**
+ * Wraps fetch: adds `Authorization: Bearer …`, waits for a running refresh, and on a 401 refreshes once and
+ * retries once. Same signature and types as fetch, so it also serves ky, ofetch and openapi-fetch.
+ * @example
+ * const authFetch = createAuthFetch(manager)
+ * const response = await authFetch('/api/me')
+ */
+export function createAuthFetch(
+  manager: TokenManager,
+  { fetch: baseFetch, shouldRefresh = (response) => response.status === 401 }: AuthFetchOptions = {},
+): typeof fetch {
+  return async function authFetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
+    const doFetch = baseFetch ?? globalThis.fetch
+    const original = input instanceof Request ? input : undefined
+    const signal = init?.signal ?? original?.signal ?? undefined
+    signal?.throwIfAborted()
+
+    // a Request's body can be read once: clone it before the first send, so the retry has its own copy
+    let bodies: [Body | undefined, Body | undefined] | undefined = [undefined, undefined]
+    let inputs: [RequestInfo | URL, RequestInfo | URL] = [input, input]
+    if (init?.body != null) bodies = replayable(init.body)
+    else if (original?.bodyUsed) bodies = undefined
+    else if (original?.body) inputs = [original, original.clone()]
+
+    const send = (attempt: 0 | 1, token: string | null) => {
+      const headers = new Headers(init?.headers ?? original?.headers)
+      if (token) headers.set('authorization', `Bearer ${token}`)
+      const next: RequestInit = { ...init, headers }
+      if (init?.body != null) next.body = bodies ? bodies[attempt]! : init.body
+      return doFetch(inputs[attempt], next)
+    }
+
+    const sent = await manager.getAccessToken({ signal })
+    const response = await send(0, sent)
+    if (!bodies || !shouldRefresh(response)) {
+      // the unused copy of a tee'd stream would otherwise buffer the whole body
+      const spare = inputs[1] !== inputs[0] ? (inputs[1] as Request).body : bodies?.[1]
+      if (typeof ReadableStream !== 'undefined' && spare instanceof ReadableStream && spare !== bodies?.[0])
+        await spare.cancel().catch(() => {})
+      return response
+    }
+
+    let token: string | null
+    try {
+      // rule 2: a 401 for a token that is no longer current retries with the current one, without a refresh
+      token = sent
+        ? await manager.refresh({ rejectedToken: sent, signal })
+        : await manager.getAccessToken({ signal })
+    } catch (error) {
+      if (isTokenflowError(error) && error.code === 'ERR_NO_REFRESH_TOKEN') return response
+      throw error
+    }
+    if (!token) return response
+    // the first answer is not read: release its connection before the retry
+    await response.body?.cancel().catch(() => {})
+    return send(1, token)
+  }
+}
