@@ -52,7 +52,8 @@ export function createTestLock(): LockManagerLike & { held: () => boolean } {
     else busy.delete(name)
   }
   return {
-    held: () => busy.size > 0,
+    /** whether the refresh lock is held (the rotation signal locks do not count) */
+    held: () => [...busy].some((name) => !name.includes(':rotated:')),
     request(name, options, callback) {
       return new Promise((resolve, reject) => {
         const grant = () => {
@@ -62,6 +63,12 @@ export function createTestLock(): LockManagerLike & { held: () => boolean } {
             .finally(() => release(name))
         }
         if (options.signal?.aborted) return reject(options.signal.reason)
+        if (options.ifAvailable && busy.has(name)) {
+          Promise.resolve()
+            .then(() => callback(null))
+            .then(resolve, reject)
+          return
+        }
         if (!busy.has(name)) {
           busy.add(name)
           return grant()

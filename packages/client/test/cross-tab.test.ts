@@ -1,0 +1,257 @@
+import { createTokenManager, memoryStorage, type TokenEvent, type TokenStorage } from '@tokenflow/client'
+import { afterEach, describe, expect, it, vi } from 'vitest'
+import { controlledRefresh, createTestLock, flush, tokenSet } from './helpers/tokens.js'
+
+// Node has BroadcastChannel, so two managers in one process stand in for two tabs. Each test uses its own
+// channel name: channels of the same name in one process hear each other.
+let channelCount = 0
+const freshChannel = () => `tokenflow-test-${process.pid}-${++channelCount}`
+
+const T0 = 1_700_000_000_000
+const MIN = 60_000
+
+function tab(options: {
+  storage: TokenStorage
+  channel: string
+  lock?: ReturnType<typeof createTestLock> | false
+}) {
+  const control = controlledRefresh()
+  const events: TokenEvent[] = []
+  const manager = createTokenManager({
+    refresh: control.refresh,
+    storage: options.storage,
+    channel: options.channel,
+    lock: options.lock ?? false,
+    now: () => T0,
+  })
+  manager.subscribe((event) => events.push(event))
+  return { manager, events, ...control }
+}
+
+/** Resolves once `events` has an event that matches, or rejects after `ms`. */
+async function eventually(check: () => boolean, ms = 1_000) {
+  const start = Date.now()
+  while (!check()) {
+    if (Date.now() - start > ms) throw new Error('condition not met in time')
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+}
+
+afterEach(() => {
+  vi.unstubAllGlobals()
+})
+
+describe('BroadcastChannel', () => {
+  it('a logout in one tab logs out every tab', async () => {
+    const storage = memoryStorage()
+    const channel = freshChannel()
+    const tabs = [tab({ storage, channel }), tab({ storage, channel }), tab({ storage, channel })]
+    await tabs[0]!.manager.setTokens(tokenSet(T0, MIN, 0))
+    for (const t of tabs) expect(await t.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 0).accessToken)
+    await tabs[0]!.manager.clear()
+    await eventually(() => tabs.every((t) => t.events.some((e) => e.type === 'loggedOut')))
+    expect(tabs[0]!.events.filter((e) => e.type === 'loggedOut')).toEqual([
+      { type: 'loggedOut', reason: 'cleared' },
+    ])
+    for (const t of tabs.slice(1)) {
+      expect(t.events.filter((e) => e.type === 'loggedOut')).toEqual([
+        { type: 'loggedOut', reason: 'otherTab' },
+      ])
+      expect(t.manager.status).toBe('unauthenticated')
+      expect(await t.manager.getAccessToken()).toBeNull()
+    }
+  })
+
+  it('hands a refresh to the other tabs, which then do not refresh', async () => {
+    const storage = memoryStorage()
+    const channel = freshChannel()
+    const a = tab({ storage, channel })
+    const b = tab({ storage, channel })
+    await a.manager.setTokens(tokenSet(T0, MIN, 0))
+    await eventually(() => b.manager.status === 'authenticated')
+    const refreshed = a.manager.refresh()
+    await flush()
+    const next = tokenSet(T0, MIN, 1)
+    a.calls[0]!.resolve(next)
+    await refreshed
+    await eventually(() =>
+      b.events.some((e) => e.type === 'refreshed' && e.tokens.accessToken === next.accessToken),
+    )
+    expect(b.events.at(-1)).toMatchObject({ type: 'refreshed', source: 'otherTab', tokens: next })
+    expect(await b.manager.getAccessToken()).toBe(next.accessToken)
+    // a late 401 in b for the old token retries with the new one, without a refresh
+    expect(await b.manager.refresh({ rejectedToken: tokenSet(T0, MIN, 0).accessToken })).toBe(
+      next.accessToken,
+    )
+    expect(b.calls).toHaveLength(0)
+  })
+
+  it('a login in one tab starts the session in the others', async () => {
+    const channel = freshChannel()
+    const storage = memoryStorage()
+    const a = tab({ storage, channel })
+    const b = tab({ storage, channel })
+    expect(await b.manager.getAccessToken()).toBeNull()
+    await a.manager.setTokens(tokenSet(T0, MIN, 'login'))
+    await eventually(() => b.manager.status === 'authenticated')
+    expect(await b.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'login').accessToken)
+  })
+
+  it('ignores malformed messages', async () => {
+    const channel = freshChannel()
+    const b = tab({ storage: memoryStorage(), channel })
+    await b.manager.setTokens(tokenSet(T0, MIN, 0))
+    const intruder = new BroadcastChannel(channel)
+    for (const message of [
+      null,
+      42,
+      'x',
+      { type: 'refreshed' },
+      { type: 'refreshed', tokens: { accessToken: 7 } },
+    ])
+      intruder.postMessage(message)
+    intruder.close()
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    expect(b.events).toEqual([])
+    expect(await b.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 0).accessToken)
+  })
+
+  it('is off by default outside a page, so two users in one server process never share tokens', async () => {
+    const alice = createTokenManager({
+      refresh: async () => tokenSet(T0, MIN, 'a2'),
+      lock: false,
+      now: () => T0,
+    })
+    const bob = createTokenManager({
+      refresh: async () => tokenSet(T0, MIN, 'b2'),
+      lock: false,
+      now: () => T0,
+    })
+    await alice.setTokens(tokenSet(T0, MIN, 'alice'))
+    await bob.setTokens(tokenSet(T0, MIN, 'bob'))
+    await alice.refresh()
+    await alice.clear()
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    expect(await bob.getAccessToken()).toBe(tokenSet(T0, MIN, 'bob').accessToken)
+  })
+})
+
+describe('without BroadcastChannel', () => {
+  it('falls back to the storage event', async () => {
+    const listeners: Array<() => void> = []
+    vi.stubGlobal('BroadcastChannel', undefined)
+    vi.stubGlobal('addEventListener', (type: string, listener: () => void) => {
+      if (type === 'storage') listeners.push(listener)
+    })
+    const shared = memoryStorage()
+    const channel = freshChannel()
+    const a = tab({ storage: shared, channel })
+    const b = tab({ storage: shared, channel })
+    expect(listeners).toHaveLength(2)
+    await a.manager.setTokens(tokenSet(T0, MIN, 0))
+    // the browser fires `storage` in the other tabs after a write
+    listeners[1]!()
+    await eventually(() => b.manager.status === 'authenticated')
+    await a.manager.clear()
+    listeners[1]!()
+    await eventually(() => b.events.some((e) => e.type === 'loggedOut'))
+    expect(b.events.at(-1)).toEqual({ type: 'loggedOut', reason: 'otherTab' })
+  })
+})
+
+describe('no deadlock', () => {
+  it('a subscriber that throws does not wedge the lock', async () => {
+    vi.stubGlobal('reportError', () => {})
+    const lock = createTestLock()
+    const storage = memoryStorage()
+    const channel = freshChannel()
+    const a = tab({ storage, channel, lock })
+    a.manager.subscribe(() => {
+      throw new Error('listener bug')
+    })
+    await a.manager.setTokens(tokenSet(T0, MIN, 0))
+    const first = a.manager.refresh()
+    await flush()
+    a.calls[0]!.resolve(tokenSet(T0, MIN, 1))
+    await first
+    expect(lock.held()).toBe(false)
+    const second = a.manager.refresh()
+    await flush()
+    expect(a.calls).toHaveLength(2)
+    a.calls[1]!.resolve(tokenSet(T0, MIN, 2))
+    expect(await second).toBe(tokenSet(T0, MIN, 2).accessToken)
+  })
+
+  it('a subscriber that calls getAccessToken() from its own callback does not wedge the lock', async () => {
+    const lock = createTestLock()
+    const a = tab({ storage: memoryStorage(), channel: freshChannel(), lock })
+    const reads: Array<Promise<string | null>> = []
+    a.manager.subscribe((event) => {
+      if (event.type !== 'storageError')
+        reads.push(
+          a.manager.getAccessToken(),
+          a.manager.refresh().catch(() => null),
+        )
+    })
+    await a.manager.setTokens(tokenSet(T0, MIN, 0))
+    const first = a.manager.refresh()
+    await flush()
+    a.calls[0]!.resolve(tokenSet(T0, MIN, 1))
+    await first
+    const results = await Promise.all(reads)
+    expect(results.every((r) => r === tokenSet(T0, MIN, 1).accessToken)).toBe(true)
+    expect(a.calls).toHaveLength(1)
+    expect(lock.held()).toBe(false)
+  })
+})
+
+describe('rotation signal', () => {
+  it('waits for storage to catch up when another tab holds the signal for the token it would send', async () => {
+    // tab b reads a copy of storage that lags behind a's write, as Chromium's localStorage can across processes
+    const lock = createTestLock()
+    const held: string[] = []
+    const lockWithQuery = Object.assign(lock, {
+      query: async () => ({ held: held.map((name) => ({ name })) }),
+    })
+    const real = memoryStorage()
+    let lagging = true
+    const stale = tokenSet(T0, MIN, 0)
+    const lagged: TokenStorage = {
+      get: async () => (lagging ? stale : real.get()),
+      set: (t) => real.set(t),
+      clear: () => real.clear(),
+    }
+    const channel = freshChannel()
+    const a = tab({ storage: real, channel, lock: lockWithQuery })
+    await a.manager.setTokens(stale)
+    const request = lock.request.bind(lock)
+    lockWithQuery.request = ((name: string, options: never, callback: never) => {
+      if (name.includes(':rotated:')) held.push(name)
+      return request(name, options, callback)
+    }) as typeof lock.request
+    // a rotates: it leaves the signal named after the spent token
+    const rotation = a.manager.refresh()
+    await flush()
+    a.calls[0]!.resolve(tokenSet(T0, MIN, 1))
+    await rotation
+    expect(held).toHaveLength(1)
+    expect(held[0]).not.toContain('rt-0')
+
+    const b = createTokenManager({
+      refresh: async () => {
+        throw new Error('b must not refresh with the spent token')
+      },
+      storage: lagged,
+      lock: lockWithQuery,
+      // same channel as a, created after a's broadcast: only the lock signal can tell b about the rotation
+      channel,
+      now: () => T0,
+    })
+    expect(await b.getAccessToken()).toBe(stale.accessToken)
+    const fromB = b.refresh({ rejectedToken: stale.accessToken })
+    setTimeout(() => {
+      lagging = false
+    }, 100)
+    expect(await fromB).toBe(tokenSet(T0, MIN, 1).accessToken)
+  })
+})
