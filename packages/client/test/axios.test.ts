@@ -1,0 +1,425 @@
+import {
+  createTokenManager,
+  jsonRefresh,
+  RefreshError,
+  type TokenEvent,
+  TokenflowError,
+  type TokenManager,
+  type TokenManagerOptions,
+} from '@tokenflow/client'
+import { attachTokenRefresh } from '@tokenflow/client/axios'
+import axios, { type AxiosError, type AxiosInstance } from 'axios'
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
+import { createTestClock, startTestAuthServer, type TestAuthServer } from './helpers/auth-server.js'
+
+const TTL = 60_000
+
+let server: TestAuthServer
+/** the server's clock: moving it alone expires tokens on the server while the client still trusts them */
+let serverClock: ReturnType<typeof createTestClock>
+
+beforeEach(async () => {
+  serverClock = createTestClock()
+  server = await startTestAuthServer({ accessTtl: TTL, now: serverClock.now })
+})
+afterEach(() => server.close())
+
+function makeManager(options: Partial<TokenManagerOptions> = {}): TokenManager {
+  return createTokenManager({
+    refresh: jsonRefresh(`${server.url}/refresh/token`),
+    lock: false,
+    channel: false,
+    ...options,
+  })
+}
+
+async function loggedIn(options: Partial<TokenManagerOptions> = {}) {
+  const manager = makeManager(options)
+  const tokens = server.login('alice')
+  await manager.setTokens(tokens)
+  const api = axios.create({ baseURL: server.url })
+  const detach = attachTokenRefresh(api, manager)
+  return { manager, tokens, api, detach }
+}
+
+interface Echo {
+  sub: string
+  tokenNumber: number
+  body: string
+  contentType: string | undefined
+  headers: Record<string, string | undefined>
+}
+
+const expireOnServer = () => serverClock.advance(TTL + 1_000)
+const withId = (id: string) => ({ headers: { 'x-req-id': id } })
+const tokenNumber = (token: string) => server.claims(token)!.n
+
+/** The rejection of `promise`; fails the test when it fulfils. */
+async function rejection(promise: Promise<unknown>): Promise<AxiosError<{ code?: string }>> {
+  try {
+    await promise
+  } catch (error) {
+    return error as AxiosError<{ code?: string }>
+  }
+  throw new Error('expected the request to fail')
+}
+
+/** Registered before `attachTokenRefresh`, so on the response side it runs first and sees axios's own error object. */
+function captureRawErrors(api: AxiosInstance): unknown[] {
+  const seen: unknown[] = []
+  api.interceptors.response.use(undefined, (error: unknown) => {
+    seen.push(error)
+    throw error
+  })
+  return seen
+}
+
+describe('attachTokenRefresh', () => {
+  it('sends the current access token as a Bearer header', async () => {
+    const { api, tokens } = await loggedIn()
+    const { data } = await api.get<Echo>('/api/me', withId('a'))
+    expect(data.headers.authorization).toBe(`Bearer ${tokens.accessToken}`)
+    expect(data.sub).toBe('alice')
+    expect(server.counters.refreshAttempts).toBe(0)
+  })
+
+  it('sends no Authorization header when logged out, and passes the 401 through unchanged', async () => {
+    const api = axios.create({ baseURL: server.url })
+    const raw = captureRawErrors(api)
+    attachTokenRefresh(api, makeManager())
+
+    const error = await rejection(api.get('/api/me', withId('a')))
+    expect(raw).toHaveLength(1)
+    expect(error).toBe(raw[0])
+    expect(error.response?.status).toBe(401)
+    expect(error.response?.data.code).toBe('ERR_TOKEN_INVALID')
+    expect(server.requests).toMatchObject([{ id: 'a', status: 401, tokenNumber: undefined }])
+    expect(server.counters.refreshAttempts).toBe(0)
+  })
+
+  it('passes the 401 through unchanged when there is no refresh token to use', async () => {
+    const manager = makeManager()
+    const api = axios.create({ baseURL: server.url })
+    const raw = captureRawErrors(api)
+    attachTokenRefresh(api, manager)
+
+    // a session without a refresh token
+    await manager.setTokens({ accessToken: server.login().accessToken, refreshToken: null })
+    expireOnServer()
+    const noRefreshToken = await rejection(api.get('/api/me', withId('a')))
+    expect(noRefreshToken).toBe(raw[0])
+    expect(noRefreshToken.response?.data.code).toBe('ERR_TOKEN_EXPIRED')
+
+    // logged out while the request was on its way
+    await manager.setTokens(server.login())
+    expireOnServer()
+    const pending = rejection(api.get('/api/me?hold=logout', withId('b')))
+    await vi.waitFor(() => expect(server.held('logout')).toBe(1))
+    await manager.clear()
+    server.release('logout')
+    const loggedOut = await pending
+    expect(loggedOut).toBe(raw[1])
+    expect(loggedOut.response?.status).toBe(401)
+
+    expect([server.hits('a'), server.hits('b')]).toEqual([1, 1])
+    expect(server.counters.refreshAttempts).toBe(0)
+  })
+
+  it('refreshes on a 401 and retries the request once with the new token', async () => {
+    const { api, tokens } = await loggedIn()
+    expireOnServer()
+    const { data, status } = await api.get<Echo>('/api/me', withId('a'))
+    expect(status).toBe(200)
+    expect(data.tokenNumber).toBeGreaterThan(tokenNumber(tokens.accessToken))
+    expect(server.requests.map(({ status, tokenNumber }) => [status, tokenNumber])).toEqual([
+      [401, tokenNumber(tokens.accessToken)],
+      [200, data.tokenNumber],
+    ])
+    expect(server.counters.refreshes).toBe(1)
+  })
+
+  it('leaves a request with tokenflow.skip alone: its own headers, and no refresh on 401', async () => {
+    const { api } = await loggedIn()
+    const raw = captureRawErrors(api) // registered after attach: sees what the adapter passed on
+    const error = await rejection(
+      api.get('/api/me', {
+        headers: { 'x-req-id': 's', Authorization: 'Basic dXNlcjpwdw==' },
+        tokenflow: { skip: true },
+      }),
+    )
+    expect(error).toBe(raw[0])
+    expect(error.response?.status).toBe(401)
+    expect(server.requests).toMatchObject([{ id: 's', status: 401, tokenNumber: undefined }])
+    expect(server.hits('s')).toBe(1)
+    expect(server.counters.refreshAttempts).toBe(0)
+  })
+
+  it('passes errors other than 401 through untouched', async () => {
+    const manager = makeManager()
+    await manager.setTokens(server.login())
+    const api = axios.create({ baseURL: server.url })
+    const raw = captureRawErrors(api)
+    attachTokenRefresh(api, manager)
+    for (const status of [403, 404, 500]) {
+      const error = await rejection(api.get(`/api/x?status=${status}`, withId(`s${status}`)))
+      expect(error).toBe(raw.at(-1))
+      expect(error.response?.status).toBe(status)
+      expect(server.hits(`s${status}`)).toBe(1)
+    }
+    expect(server.counters.refreshAttempts).toBe(0)
+  })
+
+  it('lets shouldRefresh decide which failures refresh, instead of the status 401', async () => {
+    const manager = makeManager()
+    const tokens = server.login()
+    await manager.setTokens(tokens)
+    const api = axios.create({ baseURL: server.url })
+    const shouldRefresh = vi.fn((error: AxiosError) => error.response?.status === 403)
+    attachTokenRefresh(api, manager, { shouldRefresh })
+
+    // a 403 refreshes; the retry gets 403 again (the query asks for it) and is passed on, not retried again
+    const forbidden = await rejection(api.get('/api/x?status=403', withId('f')))
+    expect(forbidden.response?.status).toBe(403)
+    expect(server.hits('f')).toBe(2)
+    expect(server.counters.refreshes).toBe(1)
+
+    // a 401 no longer does
+    expireOnServer()
+    const unauthorized = await rejection(api.get('/api/x', withId('u')))
+    expect(unauthorized.response?.status).toBe(401)
+    expect(server.hits('u')).toBe(1)
+    expect(server.counters.refreshAttempts).toBe(1)
+    expect(shouldRefresh).toHaveBeenCalledTimes(2) // once per first try: never for the retry's own error
+  })
+
+  it('retries a request sent without a token once a session started meanwhile, without refreshing', async () => {
+    const manager = makeManager()
+    const api = axios.create({ baseURL: server.url })
+    attachTokenRefresh(api, manager)
+    const pending = api.get<Echo>('/api/me?hold=login', withId('a'))
+    await vi.waitFor(() => expect(server.held('login')).toBe(1))
+    const tokens = server.login()
+    await manager.setTokens(tokens)
+    server.release('login')
+    const { data } = await pending
+    expect(data.tokenNumber).toBe(tokenNumber(tokens.accessToken))
+    expect(server.hits('a')).toBe(2)
+    expect(server.counters.refreshAttempts).toBe(0)
+  })
+
+  it('detach removes both interceptors', async () => {
+    const { api, detach } = await loggedIn()
+    detach()
+    expireOnServer()
+    const error = await rejection(api.get('/api/me', withId('a')))
+    expect(error.response?.status).toBe(401)
+    expect(server.requests).toMatchObject([{ id: 'a', tokenNumber: undefined }])
+    expect(server.counters.refreshAttempts).toBe(0)
+  })
+
+  it('lets several axios instances share one manager and one refresh', async () => {
+    const manager = makeManager()
+    await manager.setTokens(server.login())
+    const instances = [1, 2, 3].map(() => axios.create({ baseURL: server.url }))
+    for (const api of instances) attachTokenRefresh(api, manager)
+    expireOnServer()
+    const responses = await Promise.all(
+      instances.flatMap((api, i) =>
+        Array.from({ length: 10 }, (_, j) => api.get<Echo>('/api/x', withId(`${i}-${j}`))),
+      ),
+    )
+    expect(responses.map(({ status }) => status)).toEqual(Array(30).fill(200))
+    expect(new Set(responses.map(({ data }) => data.tokenNumber)).size).toBe(1)
+    expect(server.counters.refreshAttempts).toBe(1)
+    expect(server.counters.unauthorized).toBe(30)
+  })
+
+  it('keeps a JSON body and its Content-Type on the retry, without encoding it twice', async () => {
+    const { api } = await loggedIn()
+    expireOnServer()
+    const object = { name: 'Zoë "quoted"', nested: { list: [1, 2, 3] }, empty: '' }
+    const { data } = await api.post<Echo>('/api/items', object, withId('json'))
+    expect(JSON.parse(data.body)).toEqual(object)
+    expect(data.contentType).toBe('application/json')
+    const [first, retry] = server.requests
+    expect([first?.status, retry?.status]).toEqual([401, 200])
+    expect(retry?.body).toBe(first?.body)
+
+    // a body that is already a JSON string: axios sends it as is, and so does the retry
+    expireOnServer()
+    const text = '{"already":"serialised"}'
+    const second = await api.post<Echo>('/api/items', text, {
+      headers: { 'x-req-id': 'text', 'Content-Type': 'application/json' },
+    })
+    expect(second.data.body).toBe(text)
+    expect(server.hits('text')).toBe(2)
+  })
+
+  it('rejects invalid arguments with ERR_INVALID_OPTION', () => {
+    const manager = makeManager()
+    const api = axios.create()
+    const invalid = { code: 'ERR_INVALID_OPTION' }
+    expect(() => attachTokenRefresh({} as AxiosInstance, manager)).toThrow(expect.objectContaining(invalid))
+    expect(() => attachTokenRefresh(api, {} as TokenManager)).toThrow(expect.objectContaining(invalid))
+    expect(() => attachTokenRefresh(api, manager, { shouldRefresh: 401 as never })).toThrow(TokenflowError)
+    expect(api.interceptors.request.handlers?.filter(Boolean)).toHaveLength(0)
+  })
+})
+
+describe('attachTokenRefresh with the app’s own interceptors', () => {
+  /**
+   * Request interceptors of every kind, registered before and after the adapter. With the default
+   * (legacy) ordering axios runs request interceptors in reverse order of registration; the other
+   * ordering runs them as registered. Both are covered.
+   */
+  for (const legacyInterceptorReqResOrdering of [true, false]) {
+    it(`keeps the token and the app's headers (legacyInterceptorReqResOrdering: ${legacyInterceptorReqResOrdering})`, async () => {
+      const manager = makeManager()
+      const tokens = server.login()
+      await manager.setTokens(tokens)
+      const api = axios.create({ baseURL: server.url, transitional: { legacyInterceptorReqResOrdering } })
+      // before the adapter: replaces config.headers with a plain object
+      api.interceptors.request.use((config) => {
+        config.headers = {
+          ...config.headers,
+          'X-Before': 'replaced-headers',
+        } as unknown as typeof config.headers
+        return config
+      })
+      // before the adapter, synchronous
+      api.interceptors.request.use(
+        (config) => {
+          config.headers['X-Sync'] = 'sync'
+          return config
+        },
+        null,
+        { synchronous: true },
+      )
+      attachTokenRefresh(api, manager)
+      // after the adapter: async, returns a new config object with new plain headers
+      api.interceptors.request.use(async (config) => {
+        await new Promise((resolve) => setTimeout(resolve, 1))
+        return {
+          ...config,
+          headers: { ...config.headers, 'X-After': 'new-config' },
+        } as unknown as typeof config
+      })
+      // after the adapter, synchronous
+      api.interceptors.request.use((config) => config, null, { synchronous: true })
+
+      const ok = await api.get<Echo>('/api/x', withId('valid'))
+      expect(ok.data.headers).toMatchObject({
+        authorization: `Bearer ${tokens.accessToken}`,
+        'x-before': 'replaced-headers',
+        'x-sync': 'sync',
+        'x-after': 'new-config',
+      })
+
+      expireOnServer()
+      const retried = await api.get<Echo>('/api/x', withId('expired'))
+      expect(server.hits('expired')).toBe(2)
+      expect(retried.data.tokenNumber).toBeGreaterThan(tokenNumber(tokens.accessToken))
+      expect(retried.data.headers).toMatchObject({
+        'x-before': 'replaced-headers',
+        'x-sync': 'sync',
+        'x-after': 'new-config',
+      })
+      expect(server.counters.refreshes).toBe(1)
+    })
+  }
+
+  it('hands a retried response to the interceptors after it once: an unwrapping one unwraps once', async () => {
+    const manager = makeManager()
+    await manager.setTokens(server.login())
+    const api = axios.create({ baseURL: server.url })
+    const before = captureRawErrors(api)
+    attachTokenRefresh(api, manager)
+    class AppError extends Error {
+      constructor(readonly original: unknown) {
+        super('app error')
+      }
+    }
+    // the common app setup: unwrap the body, and turn failures into the app's own error
+    api.interceptors.response.use(
+      (response) => response.data,
+      (error: unknown) => {
+        throw new AppError(error)
+      },
+    )
+    expireOnServer()
+    const data = (await api.get('/api/x', withId('ok'))) as unknown as Echo
+    expect(data.sub).toBe('alice')
+    expect(server.hits('ok')).toBe(2)
+    expect(before).toHaveLength(1) // the first try's 401, seen before the adapter
+
+    server.alwaysUnauthorized = true
+    const failure = await rejection(api.get('/api/x', withId('fails')))
+    expect(failure).toBeInstanceOf(AppError)
+    const original = (failure as unknown as AppError).original as AxiosError
+    expect(axios.isAxiosError(original)).toBe(true)
+    expect(original.response?.status).toBe(401)
+    expect(original).toBe(before.at(-1)) // the retry's own 401, wrapped once
+    expect(server.hits('fails')).toBe(2)
+  })
+})
+
+describe('attachTokenRefresh and aborts', () => {
+  it('rejects at once, as canceled, a request whose signal aborts while it waits for the refresh after its 401', async () => {
+    const { api } = await loggedIn()
+    expireOnServer()
+    const release = server.holdRefreshes()
+    const controller = new AbortController()
+    const aborted = api.get('/api/x', { ...withId('aborted'), signal: controller.signal })
+    const other = api.get<Echo>('/api/x', withId('other'))
+    await vi.waitFor(() => expect(server.counters.refreshAttempts).toBe(1))
+    controller.abort()
+    const error = await rejection(aborted)
+    expect(axios.isCancel(error)).toBe(true)
+    expect(error.code).toBe('ERR_CANCELED')
+    release()
+    expect((await other).status).toBe(200)
+    expect(server.hits('aborted')).toBe(1) // its first try only: the retry was never sent
+    expect(server.counters.refreshes).toBe(1)
+  })
+
+  it('rejects as canceled, without sending it, a request whose signal aborted before it was made', async () => {
+    const { api } = await loggedIn()
+    const error = await rejection(api.get('/api/x', { ...withId('a'), signal: AbortSignal.abort() }))
+    expect(axios.isCancel(error)).toBe(true)
+    expect(server.hits('a')).toBe(0)
+  })
+})
+
+describe('attachTokenRefresh and the manager’s errors', () => {
+  it('rejects with the RefreshError of a failed proactive refresh, and sends nothing', async () => {
+    const clock = createTestClock(serverClock.now())
+    const manager = makeManager({ now: clock.now })
+    await manager.setTokens(server.login())
+    const events: TokenEvent[] = []
+    manager.subscribe((event) => events.push(event))
+    const api = axios.create({ baseURL: server.url })
+    attachTokenRefresh(api, manager)
+    server.refreshMode = 401
+    clock.advance(TTL)
+
+    const error = await rejection(api.get('/api/x', withId('a')))
+    expect(error).toBeInstanceOf(RefreshError)
+    expect(error).toMatchObject({ code: 'ERR_REFRESH_FAILED', kind: 'rejected', status: 401 })
+    expect(events).toContainEqual({ type: 'loggedOut', reason: 'refreshRejected', error })
+    expect(server.hits('a')).toBe(0)
+  })
+
+  it('rejects a waiting request with ERR_SESSION_CLEARED when the app logs out during the refresh', async () => {
+    const { api, manager } = await loggedIn()
+    expireOnServer()
+    const release = server.holdRefreshes()
+    const pending = rejection(api.get('/api/x', withId('a')))
+    await vi.waitFor(() => expect(server.counters.refreshAttempts).toBe(1))
+    await manager.clear()
+    const error = await pending
+    expect(error).toBeInstanceOf(TokenflowError)
+    expect(error.code).toBe('ERR_SESSION_CLEARED')
+    release()
+    expect(server.hits('a')).toBe(1)
+  })
+})
