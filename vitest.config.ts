@@ -5,7 +5,8 @@ const conditions = ['@tokenflow/source', 'module', 'node', 'import', 'default']
 
 export default defineConfig({
   resolve: { conditions },
-  ssr: { resolve: { conditions, externalConditions: ['@tokenflow/source'] } },
+  // no 'import' for Node-side resolution: pg (CommonJS) would then load pg-pool's ESM build and crash
+  ssr: { resolve: { conditions: ['@tokenflow/source', 'node'], externalConditions: ['@tokenflow/source'] } },
   test: {
     include: ['packages/*/test/**/*.test.ts', 'examples/*/test/**/*.test.ts'],
     testTimeout: 20_000,

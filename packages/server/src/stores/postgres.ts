@@ -1,0 +1,390 @@
+import { AuthError } from '../errors.js'
+import type { KeyRecord, SessionRecord, TokenStore, UserRecord } from './store.js'
+
+/**
+ * What the store needs from a database client: a `pg` Pool, Client or PoolClient, or a PGlite
+ * instance. It is typed by shape so that neither `pg` nor PGlite is loaded by this module.
+ * @example
+ * const client: PostgresClient = new PGlite()
+ */
+export interface PostgresClient {
+  query(text: string, params?: unknown[]): Promise<{ rows: any[] }>
+}
+
+/**
+ * Options of `createPostgresStore`.
+ * @example
+ * const options: PostgresStoreOptions = { client: pool, schema: 'auth' }
+ */
+export interface PostgresStoreOptions {
+  /**
+   * A `pg` Pool (best: migrations get their own connection) or Client, or a PGlite instance.
+   * The caller owns it: the store's `close()` leaves it open, end it yourself.
+   */
+  client: PostgresClient
+  /**
+   * The schema that holds tokenflow's tables, by its exact (case-sensitive) name. It must exist.
+   * Without it, table names are unqualified and follow the connection's `search_path`.
+   */
+  schema?: string
+}
+
+/** Taken for the length of the migration transaction, so instances starting together migrate one at a time. */
+const MIGRATION_LOCK = '8390042714202598511' // "tokenflo" in ASCII, as a bigint
+
+/**
+ * The schema, one entry per version, each a list of single statements (PGlite's `query` runs one
+ * statement at a time). Released entries are never edited: a change is a new entry. Timestamps are
+ * BIGINT epoch ms.
+ */
+function migrations(table: (name: string) => string): readonly (readonly string[])[] {
+  return [
+    [
+      `CREATE TABLE ${table('users')} (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        password_changed_at BIGINT NOT NULL
+      )`,
+      `CREATE TABLE ${table('sessions')} (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES ${table('users')} (id) ON DELETE CASCADE,
+        client_id TEXT NOT NULL,
+        key BYTEA NOT NULL,
+        counter BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        last_used_at BIGINT NOT NULL,
+        rotated_at BIGINT NOT NULL,
+        revoked_at BIGINT,
+        revoked_reason TEXT,
+        user_agent TEXT
+      )`,
+      `CREATE INDEX sessions_user_id ON ${table('sessions')} (user_id)`,
+      `CREATE TABLE ${table('signing_keys')} (
+        kid TEXT PRIMARY KEY,
+        alg TEXT NOT NULL,
+        private_jwk TEXT NOT NULL,
+        public_jwk TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        retired_at BIGINT
+      )`,
+    ],
+  ]
+}
+
+/**
+ * The store for several server instances sharing one PostgreSQL database (or PGlite in tests).
+ * Call `migrate()` once before use; instances that start together may all call it.
+ * The store's `close()` leaves `client` open: the caller owns it and ends it.
+ * @example
+ * import pg from 'pg'
+ * const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL })
+ * const store = createPostgresStore({ client: pool })
+ * await store.migrate()
+ */
+export function createPostgresStore({ client, schema }: PostgresStoreOptions): TokenStore {
+  if (typeof client?.query !== 'function') {
+    throw new AuthError('ERR_CONFIG', '"client" must be a pg Pool or Client, or a PGlite instance')
+  }
+  if (
+    schema !== undefined &&
+    (typeof schema !== 'string' || !/^[A-Za-z_][A-Za-z0-9_$]{0,62}$/.test(schema))
+  ) {
+    throw new AuthError('ERR_CONFIG', '"schema" must be a plain identifier (letters, digits, "_", "$")')
+  }
+  const table = (name: string) => (schema === undefined ? name : `"${schema}".${name}`)
+  const sessions = table('sessions')
+  const users = table('users')
+  const keys = table('signing_keys')
+  const versions = table('schema_migrations')
+  const connection = connectionFor(client)
+
+  const exec = async (on: PostgresClient, text: string, params?: unknown[]) => {
+    try {
+      return (await on.query(text, params)).rows
+    } catch (error) {
+      throw translate(error, schema)
+    }
+  }
+  const query = (text: string, params?: unknown[]) => connection.single((on) => exec(on, text, params))
+
+  // the rotation compare-and-swap, kept in one function so it can be swapped for a group commit
+  const rotate = async (id: string, expectedCounter: number, now: number) => {
+    const [row] = await query(
+      `UPDATE ${sessions} SET counter = counter + 1, rotated_at = $1, last_used_at = $1
+       WHERE id = $2 AND counter = $3 AND revoked_at IS NULL AND expires_at > $1 RETURNING *`,
+      [now, id, expectedCounter],
+    )
+    return row ? toSession(row) : null
+  }
+
+  return {
+    async migrate() {
+      const steps = migrations(table)
+      await connection.transaction(async (tx) => {
+        const run = (text: string, params?: unknown[]) => exec(tx, text, params)
+        await run(`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK})`)
+        await run(
+          `CREATE TABLE IF NOT EXISTS ${versions} (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`,
+        )
+        const [{ current }] = (await run(
+          `SELECT coalesce(max(version), 0)::int AS current FROM ${versions}`,
+        )) as [{ current: number }]
+        if (current > steps.length) {
+          throw new AuthError(
+            'ERR_CONFIG',
+            `database schema version ${current} is newer than this @tokenflow/server supports (${steps.length})`,
+          )
+        }
+        for (let version = current + 1; version <= steps.length; version++) {
+          for (const statement of steps[version - 1]!) await run(statement)
+          await run(`INSERT INTO ${versions} (version, applied_at) VALUES ($1, $2)`, [version, Date.now()])
+        }
+      })
+    },
+    async close() {
+      // the caller passed the client in and owns it (it may serve other code): never end it here
+    },
+
+    async createSession(session) {
+      try {
+        await query(
+          `INSERT INTO ${sessions} (id, user_id, client_id, key, counter, created_at, expires_at, last_used_at,
+            rotated_at, revoked_at, revoked_reason, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+          [
+            session.id,
+            session.userId,
+            session.clientId,
+            session.key,
+            session.counter,
+            session.createdAt,
+            session.expiresAt,
+            session.lastUsedAt,
+            session.rotatedAt,
+            session.revokedAt,
+            session.revokedReason,
+            session.userAgent,
+          ],
+        )
+      } catch (error) {
+        if ((error as { code?: unknown }).code === '23503') {
+          throw new AuthError('ERR_NOT_FOUND', `user "${session.userId}" does not exist`, { cause: error })
+        }
+        throw error
+      }
+    },
+    async getSession(id) {
+      const [row] = await query(`SELECT * FROM ${sessions} WHERE id = $1`, [id])
+      return row ? toSession(row) : null
+    },
+    rotateSession: rotate,
+    async revokeSession(id, now, reason) {
+      // `revoked_at IS NULL` keeps the first revocation's time and reason
+      const rows = await query(
+        `UPDATE ${sessions} SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL RETURNING id`,
+        [now, reason, id],
+      )
+      return rows.length === 1
+    },
+    async revokeUserSessions(userId, now, reason, exceptId) {
+      const [{ count }] = (await query(
+        `WITH revoked AS (
+           UPDATE ${sessions} SET revoked_at = $1, revoked_reason = $2
+           WHERE user_id = $3 AND revoked_at IS NULL AND expires_at > $1 AND id IS DISTINCT FROM $4 RETURNING 1
+         ) SELECT count(*)::int AS count FROM revoked`,
+        [now, reason, userId, exceptId ?? null],
+      )) as [{ count: number }]
+      return count
+    },
+    async listSessions(userId, now) {
+      const rows = await query(
+        `SELECT * FROM ${sessions} WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2
+         ORDER BY created_at DESC, id DESC`,
+        [userId, now],
+      )
+      return rows.map(toSession)
+    },
+    async deleteExpiredSessions(before) {
+      const [{ count }] = (await query(
+        `WITH deleted AS (DELETE FROM ${sessions} WHERE expires_at < $1 OR revoked_at < $1 RETURNING 1)
+         SELECT count(*)::int AS count FROM deleted`,
+        [before],
+      )) as [{ count: number }]
+      return count
+    },
+
+    async createUser(user) {
+      const rows = await query(
+        `INSERT INTO ${users} (id, username, password_hash, created_at, password_changed_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (username) DO NOTHING RETURNING id`,
+        [user.id, user.username, user.passwordHash, user.createdAt, user.passwordChangedAt],
+      )
+      if (rows.length === 0) throw new AuthError('ERR_USER_EXISTS', `user "${user.username}" already exists`)
+    },
+    async getUserByName(username) {
+      const [row] = await query(`SELECT * FROM ${users} WHERE username = $1`, [username])
+      return row ? toUser(row) : null
+    },
+    async getUser(id) {
+      const [row] = await query(`SELECT * FROM ${users} WHERE id = $1`, [id])
+      return row ? toUser(row) : null
+    },
+    async listUsers() {
+      return (await query(`SELECT * FROM ${users} ORDER BY created_at, username`)).map(toUser)
+    },
+    async setPasswordHash(userId, passwordHash, changedAt) {
+      const rows = await query(
+        `UPDATE ${users} SET password_hash = $1, password_changed_at = $2 WHERE id = $3 RETURNING id`,
+        [passwordHash, changedAt, userId],
+      )
+      if (rows.length === 0) throw new AuthError('ERR_NOT_FOUND', `user "${userId}" does not exist`)
+    },
+    async deleteUser(username) {
+      const rows = await query(`DELETE FROM ${users} WHERE username = $1 RETURNING id`, [username])
+      return rows.length === 1
+    },
+
+    async listKeys() {
+      return (await query(`SELECT * FROM ${keys} ORDER BY created_at DESC, kid DESC`)).map(toKey)
+    },
+    async insertKey(key) {
+      const rows = await query(
+        `INSERT INTO ${keys} (kid, alg, private_jwk, public_jwk, created_at, retired_at)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (kid) DO NOTHING RETURNING kid`,
+        [key.kid, key.alg, key.privateJwk, key.publicJwk, key.createdAt, key.retiredAt],
+      )
+      if (rows.length === 0) throw new AuthError('ERR_CONFIG', `signing key "${key.kid}" already exists`)
+    },
+    async retireKey(kid, retiredAt) {
+      // a key retired twice keeps its first retirement time
+      const rows = await query(
+        `UPDATE ${keys} SET retired_at = coalesce(retired_at, $1) WHERE kid = $2 RETURNING kid`,
+        [retiredAt, kid],
+      )
+      if (rows.length === 0) throw new AuthError('ERR_NOT_FOUND', `signing key "${kid}" does not exist`)
+    },
+  }
+}
+
+type PooledConnection = PostgresClient & { release(error?: Error | boolean): void }
+
+interface Connection {
+  /** runs one statement outside any transaction */
+  single<T>(fn: (on: PostgresClient) => Promise<T>): Promise<T>
+  /** runs `fn` in BEGIN … COMMIT, rolled back when it throws */
+  transaction(fn: (tx: PostgresClient) => Promise<void>): Promise<void>
+}
+
+/** How to run statements and transactions on this kind of client, without importing `pg` or PGlite. */
+function connectionFor(client: PostgresClient): Connection {
+  const candidate = client as {
+    transaction?: (fn: (tx: PostgresClient) => Promise<void>) => Promise<void>
+    connect?: () => Promise<PooledConnection>
+    totalCount?: unknown
+  }
+  // PGlite: its transaction() holds a lock that queries from outside wait for
+  if (typeof candidate.transaction === 'function') {
+    const transaction = candidate.transaction.bind(client)
+    return { single: (fn) => fn(client), transaction: (fn) => transaction(fn) }
+  }
+  // pg.Pool: statements go to any connection; a transaction checks one out for itself
+  if (typeof candidate.connect === 'function' && 'totalCount' in candidate) {
+    const connect = candidate.connect.bind(client)
+    return {
+      single: (fn) => fn(client),
+      async transaction(fn) {
+        const connection = await connect()
+        let failed = false
+        try {
+          await inTransaction(connection, fn)
+        } catch (error) {
+          failed = true
+          throw error
+        } finally {
+          // after a failure the connection may still be inside the transaction: destroy it, never pool it
+          connection.release(failed)
+        }
+      },
+    }
+  }
+  // one connection (pg.Client): everything runs one at a time, so that no statement lands inside
+  // the migration's transaction, and pg never queues queries itself (deprecated in pg 8, gone in 9)
+  let tail: Promise<unknown> = Promise.resolve()
+  const exclusive = <T>(fn: () => Promise<T>): Promise<T> => {
+    const run = tail.then(fn)
+    tail = run.catch(() => {})
+    return run
+  }
+  return {
+    single: (fn) => exclusive(() => fn(client)),
+    transaction: (fn) => exclusive(() => inTransaction(client, fn)),
+  }
+}
+
+async function inTransaction(on: PostgresClient, fn: (tx: PostgresClient) => Promise<void>): Promise<void> {
+  await on.query('BEGIN')
+  try {
+    await fn(on)
+    await on.query('COMMIT')
+  } catch (error) {
+    // the first error is the one to report; a ROLLBACK that fails too means the connection is gone
+    await on.query('ROLLBACK').catch(() => {})
+    throw error
+  }
+}
+
+/** Turns driver errors into typed ones, and drops the bound values PGlite attaches (keys, hashes). */
+function translate(error: unknown, schema: string | undefined): unknown {
+  if (typeof error !== 'object' || error === null) return error
+  if ('params' in error) delete (error as { params?: unknown }).params
+  const code = (error as { code?: unknown }).code
+  if (code === '42P01') {
+    return new AuthError('ERR_CONFIG', 'the database has no tokenflow tables: call "migrate()" first', {
+      cause: error,
+    })
+  }
+  if (code === '3F000') {
+    return new AuthError('ERR_CONFIG', `schema "${schema}" does not exist: create it first`, { cause: error })
+  }
+  return error
+}
+
+function toSession(row: Record<string, unknown>): SessionRecord {
+  return {
+    id: row.id as string,
+    userId: row.user_id as string,
+    clientId: row.client_id as string,
+    key: new Uint8Array(row.key as Uint8Array),
+    counter: Number(row.counter),
+    createdAt: Number(row.created_at),
+    expiresAt: Number(row.expires_at),
+    lastUsedAt: Number(row.last_used_at),
+    rotatedAt: Number(row.rotated_at),
+    revokedAt: row.revoked_at == null ? null : Number(row.revoked_at),
+    revokedReason: (row.revoked_reason as string | null) ?? null,
+    userAgent: (row.user_agent as string | null) ?? null,
+  }
+}
+
+function toUser(row: Record<string, unknown>): UserRecord {
+  return {
+    id: row.id as string,
+    username: row.username as string,
+    passwordHash: row.password_hash as string,
+    createdAt: Number(row.created_at),
+    passwordChangedAt: Number(row.password_changed_at),
+  }
+}
+
+function toKey(row: Record<string, unknown>): KeyRecord {
+  return {
+    kid: row.kid as string,
+    alg: row.alg as string,
+    privateJwk: row.private_jwk as string,
+    publicJwk: row.public_jwk as string,
+    createdAt: Number(row.created_at),
+    retiredAt: row.retired_at == null ? null : Number(row.retired_at),
+  }
+}

@@ -1,0 +1,370 @@
+import Database from 'better-sqlite3'
+import { AuthError } from '../errors.js'
+import type { KeyRecord, SessionRecord, TokenStore, UserRecord } from './store.js'
+
+/**
+ * Options of `createSqliteStore`.
+ * @example
+ * const options: SqliteStoreOptions = { filename: '/var/lib/tokenflow/tokenflow.db', synchronous: 'FULL' }
+ */
+export interface SqliteStoreOptions {
+  /**
+   * Path of the database file, created when missing (its directory must exist); `':memory:'` for tests.
+   * @default 'tokenflow.db'
+   */
+  filename?: string
+  /**
+   * `PRAGMA synchronous`. `'FULL'` fsyncs the WAL on every commit, so a rotation that resolved
+   * survives a power cut; `'NORMAL'` is faster but may lose the last commits on power loss
+   * (never on a process crash), which can hand a client a refresh token the database forgot.
+   * @default 'FULL'
+   */
+  synchronous?: 'FULL' | 'NORMAL'
+  /**
+   * How long a write waits for another connection's lock before failing, in ms.
+   * @default 5000
+   */
+  busyTimeout?: number
+}
+
+/**
+ * The schema, one entry per version, applied in order and never edited once released:
+ * a change is a new entry. Timestamps are INTEGER epoch ms; STRICT makes SQLite refuse a
+ * value of the wrong type instead of storing it.
+ */
+const migrations: readonly string[] = [
+  `CREATE TABLE users (
+    id TEXT PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    password_changed_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    client_id TEXT NOT NULL,
+    key BLOB NOT NULL,
+    counter INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    last_used_at INTEGER NOT NULL,
+    rotated_at INTEGER NOT NULL,
+    revoked_at INTEGER,
+    revoked_reason TEXT,
+    user_agent TEXT
+  ) STRICT;
+  CREATE INDEX sessions_user_id ON sessions (user_id);
+  CREATE TABLE signing_keys (
+    kid TEXT PRIMARY KEY,
+    alg TEXT NOT NULL,
+    private_jwk TEXT NOT NULL,
+    public_jwk TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    retired_at INTEGER
+  ) STRICT;`,
+]
+
+interface SessionRow {
+  id: string
+  user_id: string
+  client_id: string
+  key: Uint8Array
+  counter: number
+  created_at: number
+  expires_at: number
+  last_used_at: number
+  rotated_at: number
+  revoked_at: number | null
+  revoked_reason: string | null
+  user_agent: string | null
+}
+
+interface UserRow {
+  id: string
+  username: string
+  password_hash: string
+  created_at: number
+  password_changed_at: number
+}
+
+interface KeyRow {
+  kid: string
+  alg: string
+  private_jwk: string
+  public_jwk: string
+  created_at: number
+  retired_at: number | null
+}
+
+/**
+ * The embedded default store: one SQLite file in WAL mode, through better-sqlite3.
+ * Call `migrate()` once before use. Several processes may open the same file.
+ * @example
+ * const store = createSqliteStore({ filename: './data/tokenflow.db' })
+ * await store.migrate()
+ */
+export function createSqliteStore({
+  filename = 'tokenflow.db',
+  synchronous = 'FULL',
+  busyTimeout = 5000,
+}: SqliteStoreOptions = {}): TokenStore {
+  if (typeof filename !== 'string' || filename === '') {
+    throw new AuthError('ERR_CONFIG', '"filename" must be a non-empty string')
+  }
+  if (synchronous !== 'FULL' && synchronous !== 'NORMAL') {
+    throw new AuthError('ERR_CONFIG', '"synchronous" must be "FULL" or "NORMAL"')
+  }
+  if (!Number.isSafeInteger(busyTimeout) || busyTimeout < 0) {
+    throw new AuthError('ERR_CONFIG', '"busyTimeout" must be a non-negative integer (ms)')
+  }
+
+  let db: Database.Database
+  try {
+    db = new Database(filename, { timeout: busyTimeout })
+    // a file that exists but is not a database, or cannot be written, fails on the first pragma
+    db.pragma('journal_mode = WAL')
+    db.pragma(`synchronous = ${synchronous}`)
+    db.pragma('foreign_keys = ON')
+  } catch (error) {
+    throw new AuthError('ERR_CONFIG', `cannot open sqlite database "${filename}": ${messageOf(error)}`, {
+      cause: error,
+    })
+  }
+
+  // prepared once, on first use: they cannot be prepared before `migrate()` made the tables
+  let prepared: ReturnType<typeof prepare> | undefined
+  const statements = () => {
+    if (prepared) return prepared
+    try {
+      prepared = prepare(db)
+    } catch (error) {
+      if (/^no such table/.test(messageOf(error))) {
+        throw new AuthError('ERR_CONFIG', 'the database has no tokenflow tables: call "migrate()" first', {
+          cause: error,
+        })
+      }
+      throw error
+    }
+    return prepared
+  }
+
+  // the rotation compare-and-swap, kept in one function so it can be swapped for a group commit
+  const rotate = (id: string, expectedCounter: number, now: number): SessionRecord | null => {
+    const row = statements().rotate.get(now, now, id, expectedCounter, now) as SessionRow | undefined
+    return row ? toSession(row) : null
+  }
+
+  const applyMigrations = db.transaction(() => {
+    db.exec(
+      'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT',
+    )
+    const current = db
+      .prepare('SELECT coalesce(max(version), 0) FROM schema_migrations')
+      .pluck()
+      .get() as number
+    if (current > migrations.length) {
+      throw new AuthError(
+        'ERR_CONFIG',
+        `database schema version ${current} is newer than this @tokenflow/server supports (${migrations.length})`,
+      )
+    }
+    const record = db.prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)')
+    for (let version = current + 1; version <= migrations.length; version++) {
+      db.exec(migrations[version - 1]!)
+      record.run(version, Date.now())
+    }
+  })
+
+  return {
+    async migrate() {
+      // IMMEDIATE takes the write lock up front, so two processes migrating at once queue on busy_timeout
+      applyMigrations.immediate()
+    },
+    async close() {
+      if (db.open) db.close()
+    },
+
+    async createSession(session) {
+      try {
+        statements().insertSession.run(
+          session.id,
+          session.userId,
+          session.clientId,
+          toBuffer(session.key),
+          session.counter,
+          session.createdAt,
+          session.expiresAt,
+          session.lastUsedAt,
+          session.rotatedAt,
+          session.revokedAt,
+          session.revokedReason,
+          session.userAgent,
+        )
+      } catch (error) {
+        if ((error as { code?: unknown }).code === 'SQLITE_CONSTRAINT_FOREIGNKEY') {
+          throw new AuthError('ERR_NOT_FOUND', `user "${session.userId}" does not exist`, { cause: error })
+        }
+        throw error
+      }
+    },
+    async getSession(id) {
+      const row = statements().getSession.get(id) as SessionRow | undefined
+      return row ? toSession(row) : null
+    },
+    async rotateSession(id, expectedCounter, now) {
+      return rotate(id, expectedCounter, now)
+    },
+    async revokeSession(id, now, reason) {
+      return statements().revokeSession.run(now, reason, id).changes === 1
+    },
+    async revokeUserSessions(userId, now, reason, exceptId) {
+      return statements().revokeUserSessions.run(now, reason, userId, now, exceptId ?? null).changes
+    },
+    async listSessions(userId, now) {
+      return (statements().listSessions.all(userId, now) as SessionRow[]).map(toSession)
+    },
+    async deleteExpiredSessions(before) {
+      return statements().deleteExpiredSessions.run(before, before).changes
+    },
+
+    async createUser(user) {
+      const { changes } = statements().insertUser.run(
+        user.id,
+        user.username,
+        user.passwordHash,
+        user.createdAt,
+        user.passwordChangedAt,
+      )
+      if (changes === 0) throw new AuthError('ERR_USER_EXISTS', `user "${user.username}" already exists`)
+    },
+    async getUserByName(username) {
+      const row = statements().getUserByName.get(username) as UserRow | undefined
+      return row ? toUser(row) : null
+    },
+    async getUser(id) {
+      const row = statements().getUser.get(id) as UserRow | undefined
+      return row ? toUser(row) : null
+    },
+    async listUsers() {
+      return (statements().listUsers.all() as UserRow[]).map(toUser)
+    },
+    async setPasswordHash(userId, passwordHash, changedAt) {
+      if (statements().setPasswordHash.run(passwordHash, changedAt, userId).changes === 0) {
+        throw new AuthError('ERR_NOT_FOUND', `user "${userId}" does not exist`)
+      }
+    },
+    async deleteUser(username) {
+      return statements().deleteUser.run(username).changes === 1
+    },
+
+    async listKeys() {
+      return (statements().listKeys.all() as KeyRow[]).map(toKey)
+    },
+    async insertKey(key) {
+      const { changes } = statements().insertKey.run(
+        key.kid,
+        key.alg,
+        key.privateJwk,
+        key.publicJwk,
+        key.createdAt,
+        key.retiredAt,
+      )
+      if (changes === 0) throw new AuthError('ERR_CONFIG', `signing key "${key.kid}" already exists`)
+    },
+    async retireKey(kid, retiredAt) {
+      if (statements().retireKey.run(retiredAt, kid).changes === 0) {
+        throw new AuthError('ERR_NOT_FOUND', `signing key "${kid}" does not exist`)
+      }
+    },
+  }
+}
+
+function prepare(db: Database.Database) {
+  return {
+    insertSession: db.prepare(
+      `INSERT INTO sessions (id, user_id, client_id, key, counter, created_at, expires_at, last_used_at,
+        rotated_at, revoked_at, revoked_reason, user_agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    getSession: db.prepare('SELECT * FROM sessions WHERE id = ?'),
+    rotate: db.prepare(
+      `UPDATE sessions SET counter = counter + 1, rotated_at = ?, last_used_at = ?
+       WHERE id = ? AND counter = ? AND revoked_at IS NULL AND expires_at > ? RETURNING *`,
+    ),
+    // `revoked_at IS NULL` keeps the first revocation's time and reason
+    revokeSession: db.prepare(
+      'UPDATE sessions SET revoked_at = ?, revoked_reason = ? WHERE id = ? AND revoked_at IS NULL',
+    ),
+    revokeUserSessions: db.prepare(
+      `UPDATE sessions SET revoked_at = ?, revoked_reason = ?
+       WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? AND id IS NOT ?`,
+    ),
+    listSessions: db.prepare(
+      `SELECT * FROM sessions WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ?
+       ORDER BY created_at DESC, id DESC`,
+    ),
+    deleteExpiredSessions: db.prepare('DELETE FROM sessions WHERE expires_at < ? OR revoked_at < ?'),
+    insertUser: db.prepare(
+      `INSERT INTO users (id, username, password_hash, created_at, password_changed_at) VALUES (?, ?, ?, ?, ?)
+       ON CONFLICT (username) DO NOTHING`,
+    ),
+    getUserByName: db.prepare('SELECT * FROM users WHERE username = ?'),
+    getUser: db.prepare('SELECT * FROM users WHERE id = ?'),
+    listUsers: db.prepare('SELECT * FROM users ORDER BY created_at, username'),
+    setPasswordHash: db.prepare('UPDATE users SET password_hash = ?, password_changed_at = ? WHERE id = ?'),
+    deleteUser: db.prepare('DELETE FROM users WHERE username = ?'),
+    listKeys: db.prepare('SELECT * FROM signing_keys ORDER BY created_at DESC, kid DESC'),
+    insertKey: db.prepare(
+      `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, retired_at) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT (kid) DO NOTHING`,
+    ),
+    // a key retired twice keeps its first retirement time
+    retireKey: db.prepare('UPDATE signing_keys SET retired_at = coalesce(retired_at, ?) WHERE kid = ?'),
+  }
+}
+
+function toSession(row: SessionRow): SessionRecord {
+  return {
+    id: row.id,
+    userId: row.user_id,
+    clientId: row.client_id,
+    key: new Uint8Array(row.key),
+    counter: row.counter,
+    createdAt: row.created_at,
+    expiresAt: row.expires_at,
+    lastUsedAt: row.last_used_at,
+    rotatedAt: row.rotated_at,
+    revokedAt: row.revoked_at,
+    revokedReason: row.revoked_reason,
+    userAgent: row.user_agent,
+  }
+}
+
+function toUser(row: UserRow): UserRecord {
+  return {
+    id: row.id,
+    username: row.username,
+    passwordHash: row.password_hash,
+    createdAt: row.created_at,
+    passwordChangedAt: row.password_changed_at,
+  }
+}
+
+function toKey(row: KeyRow): KeyRecord {
+  return {
+    kid: row.kid,
+    alg: row.alg,
+    privateJwk: row.private_jwk,
+    publicJwk: row.public_jwk,
+    createdAt: row.created_at,
+    retiredAt: row.retired_at,
+  }
+}
+
+function toBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error)
+}

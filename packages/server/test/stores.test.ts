@@ -1,0 +1,365 @@
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { PGlite } from '@electric-sql/pglite'
+import Database from 'better-sqlite3'
+import type { Client } from 'pg'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { AuthError } from '../src/errors.js'
+import { newSessionId, newSessionKey } from '../src/refresh-token.js'
+import { createPostgresStore } from '../src/stores/postgres.js'
+import { createSqliteStore } from '../src/stores/sqlite.js'
+import { describeTokenStore } from './helpers/describe-token-store.js'
+
+const databaseUrl = process.env.DATABASE_URL
+const NOW = 1_700_000_000_000
+
+function tempDir(): { dir: string; remove: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), 'tokenflow-store-'))
+  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) }
+}
+
+function thrown(fn: () => unknown): unknown {
+  try {
+    fn()
+  } catch (error) {
+    return error
+  }
+  throw new Error('expected a throw')
+}
+
+async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise
+  } catch (error) {
+    return error
+  }
+  throw new Error('expected a rejection')
+}
+
+/* ---------------------------------------------------------------- SQLite */
+
+describeTokenStore('sqlite (:memory:)', async () => ({
+  store: createSqliteStore({ filename: ':memory:' }),
+  cleanup: async () => {},
+}))
+
+describeTokenStore('sqlite (file, two connections)', async () => {
+  const { dir, remove } = tempDir()
+  const filename = join(dir, 'tokenflow.db')
+  return {
+    store: createSqliteStore({ filename }),
+    makeSecond: async () => createSqliteStore({ filename }),
+    cleanup: async () => remove(),
+  }
+})
+
+describe('createSqliteStore', () => {
+  const dirs: (() => void)[] = []
+  const dir = () => {
+    const temp = tempDir()
+    dirs.push(temp.remove)
+    return temp.dir
+  }
+  afterEach(() => {
+    for (const remove of dirs.splice(0)) remove()
+  })
+
+  it('fails with ERR_CONFIG naming the file when its directory does not exist', () => {
+    const filename = join(dir(), 'missing', 'tokenflow.db')
+    const error = thrown(() => createSqliteStore({ filename }))
+    expect(error).toBeInstanceOf(AuthError)
+    expect(error).toMatchObject({ code: 'ERR_CONFIG' })
+    expect((error as Error).message).toMatch(new RegExp(`^cannot open sqlite database "${filename}": .+`))
+  })
+
+  it('fails with ERR_CONFIG for a file that is not a database, and leaves the file alone', () => {
+    const filename = join(dir(), 'notes.txt')
+    const content = 'these are my notes, not a database\n'.repeat(200)
+    writeFileSync(filename, content)
+    const error = thrown(() => createSqliteStore({ filename }))
+    expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_CONFIG' })
+    expect((error as Error).message).toContain(`cannot open sqlite database "${filename}": `)
+    expect(new Database(filename, { readonly: true, fileMustExist: true }).name).toBe(filename)
+  })
+
+  it('validates its options when created', () => {
+    for (const options of [
+      { synchronous: 'OFF' },
+      { synchronous: 'FULL; DROP TABLE users' },
+      { busyTimeout: -1 },
+      { busyTimeout: 1.5 },
+      { filename: '' },
+    ]) {
+      const error = thrown(() => createSqliteStore(options as never))
+      expect(error).toBeInstanceOf(AuthError)
+      expect(error).toMatchObject({ code: 'ERR_CONFIG' })
+    }
+  })
+
+  it('puts the file in WAL mode and keeps the data across a reopen', async () => {
+    const filename = join(dir(), 'tokenflow.db')
+    const store = createSqliteStore({ filename, synchronous: 'NORMAL', busyTimeout: 100 })
+    await store.migrate()
+    const user = { id: 'u1', username: 'alice', passwordHash: 'hash', createdAt: NOW, passwordChangedAt: NOW }
+    const session = {
+      id: newSessionId(),
+      userId: 'u1',
+      clientId: 'web',
+      key: newSessionKey(),
+      counter: 0,
+      createdAt: NOW,
+      expiresAt: NOW + 1000,
+      lastUsedAt: NOW,
+      rotatedAt: NOW,
+      revokedAt: null,
+      revokedReason: null,
+      userAgent: null,
+    }
+    await store.createUser(user)
+    await store.createSession(session)
+    await store.rotateSession(session.id, 0, NOW + 1)
+    await store.close()
+
+    const raw = new Database(filename)
+    expect(raw.pragma('journal_mode', { simple: true })).toBe('wal')
+    expect(raw.prepare('SELECT version FROM schema_migrations').pluck().all()).toEqual([1])
+    raw.close()
+
+    const reopened = createSqliteStore({ filename })
+    await reopened.migrate()
+    expect(await reopened.getUser('u1')).toEqual(user)
+    expect(await reopened.getSession(session.id)).toEqual({
+      ...session,
+      counter: 1,
+      rotatedAt: NOW + 1,
+      lastUsedAt: NOW + 1,
+    })
+    await reopened.close()
+  })
+
+  it('refuses a database migrated by a newer version', async () => {
+    const filename = join(dir(), 'tokenflow.db')
+    const store = createSqliteStore({ filename })
+    await store.migrate()
+    const raw = new Database(filename)
+    raw.prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)').run()
+    raw.close()
+
+    const error = await rejection(store.migrate())
+    expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_CONFIG' })
+    expect((error as Error).message).toBe(
+      'database schema version 99 is newer than this @tokenflow/server supports (1)',
+    )
+    await store.close()
+  })
+})
+
+/* ---------------------------------------------------------------- PGlite */
+
+// one PGlite for the file (it takes seconds to start); each test gets its own schema in it
+let pglite: PGlite | undefined
+let schemaCount = 0
+const sharedPglite = () => {
+  pglite ??= new PGlite()
+  return pglite
+}
+beforeAll(async () => {
+  await sharedPglite().waitReady
+})
+afterAll(async () => {
+  await pglite?.close()
+})
+
+describeTokenStore('postgres (PGlite)', async () => {
+  const db = sharedPglite()
+  const schema = `tf_pglite_${++schemaCount}`
+  await db.query(`CREATE SCHEMA ${schema}`)
+  return {
+    store: createPostgresStore({ client: db, schema }),
+    // PGlite is one connection: the second store shares it, which still runs the race through two stores
+    makeSecond: async () => createPostgresStore({ client: db, schema }),
+    cleanup: async () => {
+      await db.query(`DROP SCHEMA ${schema} CASCADE`)
+    },
+  }
+})
+
+describe('createPostgresStore on PGlite', () => {
+  it('uses the search_path (public) without a schema, and close() leaves the client open', async () => {
+    const db = sharedPglite()
+    const store = createPostgresStore({ client: db })
+    await store.migrate()
+    expect((await db.query('SELECT to_regclass($1) AS name', ['public.sessions'])).rows).toEqual([
+      { name: 'sessions' },
+    ])
+    await store.close()
+    expect(db.closed).toBe(false)
+    expect((await db.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }])
+    await db.exec('DROP TABLE sessions, users, signing_keys, schema_migrations')
+  })
+
+  it('validates its options when created', () => {
+    const db = sharedPglite()
+    for (const options of [
+      { client: db, schema: 'tf"; DROP TABLE users; --' },
+      { client: db, schema: '' },
+      { client: db, schema: 'x'.repeat(64) },
+      { client: {} },
+      { client: undefined },
+    ]) {
+      const error = thrown(() => createPostgresStore(options as never))
+      expect(error).toBeInstanceOf(AuthError)
+      expect(error).toMatchObject({ code: 'ERR_CONFIG' })
+    }
+  })
+
+  it('fails with ERR_CONFIG when the schema does not exist', async () => {
+    const store = createPostgresStore({ client: sharedPglite(), schema: 'tf_missing_schema' })
+    const error = await rejection(store.migrate())
+    expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_CONFIG' })
+    expect((error as Error).message).toBe('schema "tf_missing_schema" does not exist: create it first')
+  })
+
+  it('refuses a database migrated by a newer version', async () => {
+    const db = sharedPglite()
+    await db.query('CREATE SCHEMA tf_newer')
+    const store = createPostgresStore({ client: db, schema: 'tf_newer' })
+    await store.migrate()
+    await db.query('INSERT INTO tf_newer.schema_migrations (version, applied_at) VALUES (99, 0)')
+    const error = await rejection(store.migrate())
+    expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_CONFIG' })
+    expect((error as Error).message).toBe(
+      'database schema version 99 is newer than this @tokenflow/server supports (1)',
+    )
+    await db.query('DROP SCHEMA tf_newer CASCADE')
+  })
+
+  it('does not keep the bound values (session keys) on a driver error', async () => {
+    const db = sharedPglite()
+    await db.query('CREATE SCHEMA tf_redact')
+    const store = createPostgresStore({ client: db, schema: 'tf_redact' })
+    await store.migrate()
+    const key = newSessionKey()
+    const error = await rejection(
+      store.createSession({
+        id: newSessionId(),
+        userId: 'nobody',
+        clientId: 'web',
+        key,
+        counter: 0,
+        createdAt: NOW,
+        expiresAt: NOW + 1000,
+        lastUsedAt: NOW,
+        rotatedAt: NOW,
+        revokedAt: null,
+        revokedReason: null,
+        userAgent: null,
+      }),
+    )
+    expect(error).toMatchObject({ code: 'ERR_NOT_FOUND' })
+    const cause = (error as Error).cause as Record<string, unknown>
+    expect(cause).toMatchObject({ code: '23503' })
+    expect(cause.params).toBeUndefined()
+    await db.query('DROP SCHEMA tf_redact CASCADE')
+  })
+})
+
+/* ---------------------------------------------------------------- PostgreSQL */
+
+describe('PostgreSQL in CI', () => {
+  it.runIf(process.env.CI === 'true')('has DATABASE_URL set', () => {
+    expect(
+      databaseUrl,
+      'DATABASE_URL is required in CI: the PostgreSQL store must run against a real server',
+    ).toBeTruthy()
+  })
+})
+
+describe.skipIf(!databaseUrl)('PostgreSQL (DATABASE_URL)', () => {
+  // loaded only here: pg is an optional peer dependency of the package
+  const loadPg = async () => (await import('pg')).default
+  // a schema per test, so parallel runs against one database never see each other's rows
+  const freshSchema = async (admin: { query(text: string): Promise<unknown> }) => {
+    const schema = `tf_test_${randomBytes(6).toString('hex')}`
+    await admin.query(`CREATE SCHEMA ${schema}`)
+    return schema
+  }
+
+  describeTokenStore('postgres (pg.Pool)', async () => {
+    const pg = await loadPg()
+    const pool = new pg.Pool({ connectionString: databaseUrl, max: 5 })
+    const pools = [pool]
+    const schema = await freshSchema(pool)
+    return {
+      store: createPostgresStore({ client: pool, schema }),
+      makeSecond: async () => {
+        const other = new pg.Pool({ connectionString: databaseUrl, max: 5 })
+        pools.push(other)
+        return createPostgresStore({ client: other, schema })
+      },
+      cleanup: async () => {
+        await pool.query(`DROP SCHEMA ${schema} CASCADE`)
+        for (const p of pools) await p.end()
+      },
+    }
+  })
+
+  describeTokenStore('postgres (pg.Client)', async () => {
+    const pg = await loadPg()
+    const clients: Client[] = []
+    const connect = async () => {
+      const client = new pg.Client({ connectionString: databaseUrl })
+      await client.connect()
+      clients.push(client)
+      return client
+    }
+    const client = await connect()
+    const schema = await freshSchema(client)
+    return {
+      store: createPostgresStore({ client, schema }),
+      makeSecond: async () => createPostgresStore({ client: await connect(), schema }),
+      cleanup: async () => {
+        await client.query(`DROP SCHEMA ${schema} CASCADE`)
+        for (const c of clients) await c.end()
+      },
+    }
+  })
+
+  it('on one pg.Client, a call made during migrate() waits for it instead of running inside it', async () => {
+    const pg = await loadPg()
+    const client = new pg.Client({ connectionString: databaseUrl })
+    await client.connect()
+    const schema = await freshSchema(client)
+    try {
+      const store = createPostgresStore({ client, schema })
+      const [, found] = await Promise.all([store.migrate(), store.getUser('nobody')])
+      expect(found).toBeNull()
+      expect((await client.query(`SELECT version FROM ${schema}.schema_migrations`)).rows).toEqual([
+        { version: 1 },
+      ])
+    } finally {
+      await client.query(`DROP SCHEMA ${schema} CASCADE`)
+      await client.end()
+    }
+  })
+
+  it('close() leaves the caller’s pool open', async () => {
+    const pg = await loadPg()
+    const pool = new pg.Pool({ connectionString: databaseUrl, max: 2 })
+    const schema = await freshSchema(pool)
+    try {
+      const store = createPostgresStore({ client: pool, schema })
+      await store.migrate()
+      await store.close()
+      expect((await pool.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }])
+      expect((await pool.query(`SELECT version FROM ${schema}.schema_migrations`)).rows).toEqual([
+        { version: 1 },
+      ])
+    } finally {
+      await pool.query(`DROP SCHEMA ${schema} CASCADE`)
+      await pool.end()
+    }
+  })
+})
