@@ -3,14 +3,6 @@ import type { LockManagerLike, TokenSet } from './types.js'
 /** What a tab tells the others. */
 export type CrossTabMessage = { type: 'refreshed'; tokens: TokenSet } | { type: 'loggedOut' }
 
-/** The manager's side of the conversation. */
-export interface CrossTabHandlers {
-  /** a message from another tab (already shape-checked by the manager) */
-  receive(message: CrossTabMessage): void
-  /** storage changed in another tab (the `storage` event, where BroadcastChannel is missing) */
-  changed(): void
-}
-
 /** Cross-tab coordination for one manager: BroadcastChannel, or the storage event, plus the rotation signal. */
 export interface CrossTab {
   post(message: CrossTabMessage): void
@@ -40,11 +32,15 @@ function fingerprint(value: string): string {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
-/** Sets up cross-tab coordination; `name` is the channel name, `lock` the Web Locks manager (if any). */
+/**
+ * Sets up cross-tab coordination on channel `name`: `receive` gets other tabs' messages (unchecked: the
+ * manager checks them), `changed` runs on the `storage` event where BroadcastChannel is missing.
+ */
 export function createCrossTab(
   name: string,
   lock: LockManagerLike | false,
-  handlers: CrossTabHandlers,
+  receive: (message: CrossTabMessage) => void,
+  changed: () => void,
 ): CrossTab {
   const signalName = (token: string) => `${name}:rotated:${fingerprint(token)}`
   const g = globalThis as {
@@ -54,10 +50,10 @@ export function createCrossTab(
   let channel: (BroadcastChannel & { unref?: () => void }) | undefined
   if (g.BroadcastChannel) {
     channel = new g.BroadcastChannel(name)
-    channel.onmessage = (event) => handlers.receive(event.data)
+    channel.onmessage = (event) => receive(event.data)
     // a channel must not keep a Node process (tests, SSR) alive
     channel.unref?.()
-  } else g.addEventListener?.('storage', () => handlers.changed())
+  } else g.addEventListener?.('storage', changed)
 
   return {
     post(message) {

@@ -77,3 +77,8 @@ export function isTokenflowError(error: unknown): error is TokenflowError {
 export function isRefreshError(error: unknown): error is RefreshError {
   return isTokenflowError(error) && error.name === 'RefreshError'
 }
+
+/** Throws the error for a bad option or argument: `"name" must be what`. */
+export function invalidOption(name: string, what: string): never {
+  throw new TokenflowError('ERR_INVALID_OPTION', `"${name}" must be ${what}`)
+}

@@ -92,6 +92,11 @@ function merge(previous: TokenSet | null, next: TokenSet): TokenSet {
   return tokens
 }
 
+/** A token set as the manager keeps it (`refreshToken` a string or null), or null for anything else. */
+export function toTokenSet(value: unknown): TokenSet | null {
+  return isTokenSet(value) ? merge(value, value) : null
+}
+
 function storageError(cause: unknown): TokenflowError {
   return new TokenflowError('ERR_STORAGE', 'token storage failed', { cause })
 }
