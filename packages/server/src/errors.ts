@@ -19,6 +19,10 @@ export type AuthErrorCode =
   | 'ERR_USER_EXISTS'
   /** bad server configuration (options, database, keys) */
   | 'ERR_CONFIG'
+  /** a `client_id` this server does not serve */
+  | 'ERR_INVALID_CLIENT'
+  /** an unexpected failure; details go to the log, never to the client */
+  | 'ERR_INTERNAL'
 
 /** Base class of every error @tokenflow/server throws. */
 export class AuthError extends Error {

@@ -1,0 +1,306 @@
+#!/usr/bin/env node
+/**
+ * The `tokenflow-server` command: run the server, manage users, rotate keys.
+ * Every failure is one line on stderr and exit code 1, never a stack trace.
+ */
+import { parseArgs } from 'node:util'
+import { createIssuer } from './issuer.js'
+import { createKeyring, type SigningAlgorithm } from './keys.js'
+import { createPostgresStore } from './stores/postgres.js'
+import { createSqliteStore } from './stores/sqlite.js'
+import type { TokenStore } from './stores/store.js'
+
+const USAGE = `usage: tokenflow-server <command> [options]
+
+commands:
+  start [--port 3000] [--host 127.0.0.1] [--db ./tokenflow.db | --postgres URL]
+  user add <name>       the password is read from a prompt, or from stdin when it is not a terminal
+  user list
+  user remove <name>
+  keys rotate [--alg ES256|ES384|RS256|PS256]
+
+options (all commands):
+  --db FILE             SQLite database file (env TOKENFLOW_DB; default ./tokenflow.db)
+  --postgres URL        PostgreSQL connection URL (env DATABASE_URL), needs the "pg" package
+  --issuer URL          "iss" of access tokens (env TOKENFLOW_ISSUER; default http://HOST:PORT)
+  --audience AUD        "aud" of access tokens (env TOKENFLOW_AUDIENCE; default the issuer)
+  --client-id ID        OAuth client id (env TOKENFLOW_CLIENT_ID; default tokenflow)
+  --redis URL           keep login rate limits in Redis (env TOKENFLOW_REDIS_URL)
+  --alg ALG             algorithm of generated signing keys (env TOKENFLOW_KEY_ALG; default ES256)
+  -h, --help            show this help
+`
+
+/** A user-facing failure: printed as one line, exit code 1. */
+class CliError extends Error {
+  override name = 'CliError'
+}
+
+interface Database {
+  store: TokenStore
+  close(): Promise<void>
+}
+
+const ALGORITHMS = ['ES256', 'ES384', 'RS256', 'PS256']
+
+async function main(argv: string[]): Promise<number> {
+  let parsed: ReturnType<typeof parse>
+  try {
+    parsed = parse(argv)
+  } catch (error) {
+    // parseArgs's first sentence says it ("Unknown option '--nope'"); the rest is advice about "--"
+    throw new CliError(`${messageOf(error).split('. ')[0]} (see --help)`)
+  }
+  const { values, positionals } = parsed
+  if (values.help || positionals.length === 0) {
+    process.stdout.write(USAGE)
+    return values.help ? 0 : 1
+  }
+  const [command, sub, ...rest] = positionals
+  const env = process.env
+
+  if (values.db !== undefined && values.postgres !== undefined) {
+    throw new CliError('use either --db or --postgres, not both')
+  }
+  const alg = values.alg ?? env.TOKENFLOW_KEY_ALG ?? 'ES256'
+  if (!ALGORITHMS.includes(alg)) throw new CliError(`--alg must be one of ${ALGORITHMS.join(', ')}`)
+
+  switch (command) {
+    case 'start': {
+      if (sub !== undefined) throw new CliError(`unexpected argument "${sub}" (see --help)`)
+      const port = parsePort(values.port ?? env.PORT ?? '3000')
+      const host = values.host ?? '127.0.0.1'
+      const issuer =
+        values.issuer ?? env.TOKENFLOW_ISSUER ?? `http://${host.includes(':') ? `[${host}]` : host}:${port}`
+      const database = await openDatabase(values)
+      const redisUrl = values.redis ?? env.TOKENFLOW_REDIS_URL
+      // Fastify loads only for `start`: the user and key commands answer faster without it
+      const { createAuthServer } = await import('./index.js')
+      let app: ReturnType<typeof createAuthServer>
+      try {
+        app = createAuthServer({
+          issuer,
+          audience: values.audience ?? env.TOKENFLOW_AUDIENCE ?? issuer,
+          clientId: values['client-id'] ?? env.TOKENFLOW_CLIENT_ID ?? 'tokenflow',
+          store: database.store,
+          keys: { alg: alg as SigningAlgorithm },
+          logger: true,
+          ...(redisUrl === undefined ? {} : { redisUrl }),
+        })
+        await app.listen({ port, host })
+      } catch (error) {
+        await database.close().catch(() => undefined)
+        throw error
+      }
+      const stop = async () => {
+        await app.close()
+        await database.close()
+        process.exit(0)
+      }
+      process.once('SIGINT', stop)
+      process.once('SIGTERM', stop)
+      // keep running until a signal arrives
+      return new Promise<number>(() => {})
+    }
+
+    case 'user': {
+      const database = await openDatabase(values)
+      try {
+        const issuer = createIssuer({
+          store: database.store,
+          // user commands never sign: the keyring only loads a key when asked to
+          keyring: createKeyring({ store: database.store }),
+          issuer: 'tokenflow-cli',
+          audience: 'tokenflow-cli',
+          clientId: 'tokenflow-cli',
+        })
+        if (sub === 'add') {
+          const name = single(rest, 'user add <name>')
+          const password = await readPassword()
+          const user = await issuer.addUser(name, password)
+          process.stdout.write(`added user "${user.username}"\n`)
+          return 0
+        }
+        if (sub === 'list') {
+          if (rest.length > 0) throw new CliError('usage: tokenflow-server user list')
+          for (const user of await issuer.listUsers()) process.stdout.write(`${user.username}\n`)
+          return 0
+        }
+        if (sub === 'remove') {
+          const name = single(rest, 'user remove <name>')
+          if (!(await issuer.removeUser(name))) throw new CliError(`no user "${name}"`)
+          process.stdout.write(`removed user "${name}"\n`)
+          return 0
+        }
+        throw new CliError(`unknown command "user ${sub ?? ''}" (see --help)`)
+      } finally {
+        await database.close()
+      }
+    }
+
+    case 'keys': {
+      if (sub !== 'rotate' || rest.length > 0) throw new CliError('usage: tokenflow-server keys rotate')
+      const database = await openDatabase(values)
+      try {
+        const { kid } = await createKeyring({
+          store: database.store,
+          alg: alg as SigningAlgorithm,
+        }).rotateKeys()
+        process.stdout.write(`new signing key "${kid}"; running servers switch to it within 30 s\n`)
+        return 0
+      } finally {
+        await database.close()
+      }
+    }
+
+    default:
+      throw new CliError(`unknown command "${command}" (see --help)`)
+  }
+}
+
+function parse(argv: string[]) {
+  return parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      port: { type: 'string' },
+      host: { type: 'string' },
+      db: { type: 'string' },
+      postgres: { type: 'string' },
+      issuer: { type: 'string' },
+      audience: { type: 'string' },
+      'client-id': { type: 'string' },
+      redis: { type: 'string' },
+      alg: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  })
+}
+
+async function openDatabase(values: {
+  db?: string | undefined
+  postgres?: string | undefined
+}): Promise<Database> {
+  const env = process.env
+  // a flag beats the environment; TOKENFLOW_DB (ours) beats DATABASE_URL (often set for other tools)
+  const postgres =
+    values.postgres ??
+    (values.db === undefined && env.TOKENFLOW_DB === undefined ? env.DATABASE_URL : undefined)
+  if (postgres === undefined || postgres === '') {
+    const store = createSqliteStore({ filename: values.db ?? env.TOKENFLOW_DB ?? './tokenflow.db' })
+    await store.migrate()
+    return { store, close: () => store.close() }
+  }
+  if (!/^postgres(ql)?:\/\//.test(postgres)) throw new CliError('--postgres must be a postgres:// URL')
+  let pg: { Pool: new (config: object) => PgPool }
+  try {
+    // an optional peer dependency, loaded only for PostgreSQL
+    const name = 'pg'
+    pg = ((await import(name)) as { default: typeof pg }).default
+  } catch (error) {
+    throw new CliError(`--postgres needs the "pg" package: ${messageOf(error)}`)
+  }
+  const pool = new pg.Pool({ connectionString: postgres, connectionTimeoutMillis: 5000, max: 10 })
+  // an idle client's error (server restart) must not crash the process with an unhandled "error" event
+  pool.on('error', () => undefined)
+  const store = createPostgresStore({ client: pool })
+  try {
+    await store.migrate()
+  } catch (error) {
+    await pool.end().catch(() => undefined)
+    throw new CliError(`cannot use the PostgreSQL database: ${messageOf(error)}`)
+  }
+  return {
+    store,
+    async close() {
+      await store.close()
+      await pool.end()
+    },
+  }
+}
+
+interface PgPool {
+  on(event: 'error', listener: (error: Error) => void): unknown
+  end(): Promise<void>
+  query(text: string, params?: unknown[]): Promise<{ rows: any[] }>
+}
+
+function parsePort(text: string): number {
+  const port = Number(text)
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(port) || port > 65535) {
+    throw new CliError(`--port must be an integer from 0 to 65535, got "${text.slice(0, 32)}"`)
+  }
+  return port
+}
+
+function single(rest: string[], usage: string): string {
+  if (rest.length !== 1 || rest[0] === '') throw new CliError(`usage: tokenflow-server ${usage}`)
+  return rest[0]!
+}
+
+/** The password: from a prompt with echo off on a terminal, else the first line of stdin. Never argv. */
+async function readPassword(): Promise<string> {
+  if (process.stdin.isTTY) {
+    const password = await prompt('password: ')
+    if ((await prompt('again: ')) !== password) throw new CliError('the passwords do not match')
+    if (password === '') throw new CliError('the password is empty')
+    return password
+  }
+  let input = ''
+  process.stdin.setEncoding('utf8')
+  for await (const chunk of process.stdin) {
+    input += chunk as string
+    if (input.length > 4096) throw new CliError('the password on stdin is longer than 4096 characters')
+  }
+  const password = input.split(/\r?\n/)[0] ?? ''
+  if (password === '') throw new CliError('no password on stdin (pipe it in, e.g. `printf %s "$PW" | ...`)')
+  return password
+}
+
+function prompt(question: string): Promise<string> {
+  const stdin = process.stdin
+  process.stderr.write(question)
+  stdin.setRawMode(true)
+  stdin.setEncoding('utf8')
+  stdin.resume()
+  return new Promise((resolve, reject) => {
+    let answer = ''
+    const done = (error?: Error) => {
+      stdin.setRawMode(false)
+      stdin.pause()
+      stdin.off('data', onData)
+      process.stderr.write('\n')
+      if (error) reject(error)
+      else resolve(answer)
+    }
+    const onData = (data: string) => {
+      for (const char of data) {
+        if (char === '\r' || char === '\n') return done()
+        if (char === '\u0003') return done(new CliError('cancelled'))
+        if (char === '\u007f' || char === '\b') answer = answer.slice(0, -1)
+        else answer += char
+      }
+    }
+    stdin.on('data', onData)
+  })
+}
+
+function messageOf(error: unknown): string {
+  // pg reports a refused localhost connection as an AggregateError with an empty message
+  if (error instanceof AggregateError && error.message === '' && error.errors.length > 0) {
+    return messageOf(error.errors[0])
+  }
+  const message = error instanceof Error ? error.message : String(error)
+  return (message || (error as { code?: string })?.code || 'unknown error').replace(/\s*\n\s*/g, ' ')
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code
+  },
+  (error: unknown) => {
+    process.stderr.write(`tokenflow-server: ${messageOf(error)}\n`)
+    // exit now: a half-open database or Redis connection would otherwise keep the process alive
+    process.exit(1)
+  },
+)

@@ -1,0 +1,481 @@
+import fastifyCookie from '@fastify/cookie'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import { AuthError, isAuthError } from './errors.js'
+import { type AuthenticateFunction, createIssuer, type Issuer, type IssuerEvent } from './issuer.js'
+import { createKeyring, type Keyring, type SigningAlgorithm } from './keys.js'
+import { connectRedis, createRateLimiter, type RateLimiter, type RedisLike } from './rate-limit.js'
+import { authRoutes, type RefreshCookie } from './routes/auth.js'
+import { sendAuthError, sendError } from './routes/http.js'
+import { oauthRoutes } from './routes/oauth.js'
+import { sessionRoutes } from './routes/sessions.js'
+import { wellKnownRoutes } from './routes/well-known.js'
+import { createSqliteStore } from './stores/sqlite.js'
+import type { TokenStore } from './stores/store.js'
+
+/**
+ * Cookie mode: the refresh token lives in an HttpOnly, Secure, SameSite=Strict cookie.
+ * @example
+ * createAuthServer({ issuer, audience, cookie: { csrfHeader: 'x-requested-with' } })
+ */
+export interface CookieOptions {
+  /**
+   * Cookie name. The `__Secure-` prefix makes browsers refuse it without `Secure`; `__Host-` would
+   * also demand `Path=/`, which would send the token with every request.
+   * @default '__Secure-tokenflow_rt'
+   */
+  name?: string
+  /**
+   * Cookie path: the browser sends the cookie only to the refresh route.
+   * @default '/refresh/token'
+   */
+  path?: string
+  /** cookie domain; leave unset to bind the cookie to the exact host */
+  domain?: string
+  /**
+   * A header a cookie-mode refresh must carry (any non-empty value), against CSRF.
+   * @default 'x-tokenflow-refresh'
+   */
+  csrfHeader?: string
+}
+
+/**
+ * Login rate limits. Each window counts attempts, successful or not.
+ * @example
+ * createAuthServer({ issuer, audience, rateLimit: { perAccount: 5, perIp: 100 } })
+ */
+export interface LoginRateLimitOptions {
+  /**
+   * Login attempts per account (case-folded username) per window.
+   * @default 10
+   */
+  perAccount?: number
+  /**
+   * Login attempts per client IP per window (see `trustProxy` behind a proxy).
+   * @default 50
+   */
+  perIp?: number
+  /**
+   * Window length in ms.
+   * @default 60_000
+   */
+  window?: number
+}
+
+/**
+ * Fastify's pino logger options (`level`, `stream`, `redact`, …).
+ * @example
+ * createAuthServer({ issuer, audience, logger: { level: 'warn' } })
+ */
+export type LoggerOptions = Exclude<FastifyServerOptions['logger'], boolean | undefined>
+
+/**
+ * Options of `createAuthServer`. Durations are in ms.
+ * @example
+ * const options: AuthServerOptions = { issuer: 'https://auth.example.com', audience: 'https://api.example.com', reuseGrace: 5_000 }
+ */
+export interface AuthServerOptions {
+  /** `iss` of the access tokens, and the base URL of the endpoints in the RFC 8414 metadata */
+  issuer: string
+  /** `aud` of the access tokens: the API(s) that accept them */
+  audience: string | string[]
+  /**
+   * `client_id` of the access tokens, and the one client `/oauth/token` serves.
+   * @default 'tokenflow'
+   */
+  clientId?: string
+  /**
+   * Access-token lifetime.
+   * @default 900_000 (15 min)
+   */
+  accessTokenTtl?: number
+  /**
+   * Absolute session lifetime: rotation does not extend it.
+   * @default 2_592_000_000 (30 days)
+   */
+  refreshTokenTtl?: number
+  /**
+   * A session unused this long is dead.
+   * @default 604_800_000 (7 days)
+   */
+  refreshIdleTimeout?: number
+  /**
+   * How long the previous refresh token still gets the byte-identical current one back.
+   * @default 10_000
+   */
+  reuseGrace?: number
+  /**
+   * Where users, sessions and signing keys live. It is migrated on start; a store you pass is
+   * not closed with the server.
+   * @default createSqliteStore() (./tokenflow.db)
+   */
+  store?: TokenStore
+  /**
+   * Signing keys: the algorithm of generated keys, or your own `Keyring`.
+   * @default { alg: 'ES256' }
+   */
+  keys?: { alg?: SigningAlgorithm } | Keyring
+  /** replaces the built-in users table (Argon2id) with your own credential check */
+  authenticate?: AuthenticateFunction
+  /**
+   * Cookie mode for browsers: `true` for the defaults. The refresh token is then never in a body.
+   * @default false
+   */
+  cookie?: boolean | CookieOptions
+  /**
+   * Login rate limits, or `false` to turn them off.
+   * @default { perAccount: 10, perIp: 50, window: 60_000 }
+   */
+  rateLimit?: LoginRateLimitOptions | false
+  /** keep rate-limit counters in Redis, shared by every instance (needs the optional peer `ioredis`) */
+  redisUrl?: string
+  /**
+   * Logging through Fastify's pino. Tokens, passwords, cookies and `Authorization` are always redacted.
+   * @default false
+   */
+  logger?: boolean | LoggerOptions
+  /**
+   * Fastify's `trustProxy`: behind a reverse proxy, set it so rate limits see the client's IP.
+   * @default false
+   */
+  trustProxy?: FastifyServerOptions['trustProxy']
+  /**
+   * Delete expired and revoked sessions this often; 0 turns it off.
+   * @default 3_600_000 (1 hour)
+   */
+  pruneInterval?: number
+  /** called for each issuer event (login, refresh, reuse detected, …) */
+  onEvent?: (event: IssuerEvent) => void
+  /** clock, epoch ms */
+  now?: () => number
+}
+
+/**
+ * What `createAuthServer` adds to the Fastify instance, at `app.tokenflow`.
+ * @example
+ * await app.tokenflow.rotateKeys()
+ */
+export interface TokenflowHandle {
+  issuer: Issuer
+  keyring: Keyring
+  store: TokenStore
+  /** publishes a new signing key; the old one stays in the JWKS for `accessTokenTtl` + 60 s */
+  rotateKeys(): Promise<{ kid: string }>
+}
+
+/**
+ * The Fastify instance `createAuthServer` returns.
+ * @example
+ * const app: AuthServer = createAuthServer({ issuer, audience })
+ */
+export type AuthServer = FastifyInstance & { tokenflow: TokenflowHandle }
+
+/** Largest request body, in bytes: every body here is a few short strings. */
+const BODY_LIMIT = 4096
+
+const SECRET_FIELDS = [
+  'password',
+  'oldPassword',
+  'newPassword',
+  'refreshToken',
+  'refresh_token',
+  'accessToken',
+  'access_token',
+  'token',
+]
+
+/** Log paths that can never be written, whatever an app logs next to the request. */
+const REDACT_PATHS = [
+  'req.headers.authorization',
+  'req.headers.cookie',
+  'res.headers["set-cookie"]',
+  'headers.authorization',
+  'headers.cookie',
+  ...SECRET_FIELDS.flatMap((field) => [field, `*.${field}`, `*.*.${field}`]),
+]
+
+/**
+ * Creates the token server: a Fastify 5 instance with the tokenflow routes. Start it with
+ * `listen()`; the store is migrated and the signing key loaded while it gets ready.
+ * @example
+ * const app = createAuthServer({ issuer: 'https://auth.example.com', audience: 'https://api.example.com' })
+ * await app.tokenflow.issuer.addUser('ada', 'correct horse battery staple')
+ * await app.listen({ port: 3000 })
+ */
+export function createAuthServer(options: AuthServerOptions): AuthServer {
+  if (options === null || typeof options !== 'object') {
+    throw new AuthError('ERR_CONFIG', 'createAuthServer needs an options object')
+  }
+  const {
+    issuer: issuerUrl,
+    audience,
+    clientId = 'tokenflow',
+    accessTokenTtl = 15 * 60_000,
+    refreshTokenTtl,
+    refreshIdleTimeout,
+    reuseGrace,
+    keys = {},
+    authenticate,
+    cookie = false,
+    rateLimit = {},
+    redisUrl,
+    logger = false,
+    trustProxy = false,
+    pruneInterval = 3_600_000,
+    onEvent,
+    now = Date.now,
+  } = options
+  // every check without side effects first: a bad option must not leave a database file or a socket open
+  checkIssuerUrl(issuerUrl)
+  if (!Number.isSafeInteger(pruneInterval) || pruneInterval < 0) {
+    throw new AuthError('ERR_CONFIG', '"pruneInterval" must be a non-negative integer (ms)')
+  }
+  const refreshCookie = resolveCookie(cookie)
+  if (redisUrl !== undefined && (typeof redisUrl !== 'string' || !/^rediss?:\/\//.test(redisUrl))) {
+    throw new AuthError('ERR_CONFIG', '"redisUrl" must be a redis:// or rediss:// URL')
+  }
+  // one Redis connection for both limiters, opened while the server gets ready
+  let redis: Promise<RedisLike> | undefined
+  const openRedis = () => {
+    redis ??= connectRedis(redisUrl!)
+    return redis
+  }
+  const loginLimits: { perIp?: RateLimiter; perAccount?: RateLimiter } = {}
+  if (rateLimit !== false) {
+    const { perAccount = 10, perIp = 50, window = 60_000 } = rateLimit
+    const limiter = (limit: number, prefix: string) =>
+      createRateLimiter({
+        limit,
+        window,
+        now,
+        prefix,
+        ...(redisUrl === undefined ? {} : { redis: openRedis }),
+      })
+    loginLimits.perAccount = limiter(perAccount, 'tokenflow:rl:account:')
+    loginLimits.perIp = limiter(perIp, 'tokenflow:rl:ip:')
+  }
+
+  const ownsStore = options.store === undefined
+  const store = options.store ?? createSqliteStore()
+  let keyring: Keyring
+  let issuer: Issuer
+  let app: FastifyInstance
+  try {
+    keyring = isKeyring(keys)
+      ? keys
+      : createKeyring({ store, accessTokenTtl, now, ...(keys.alg === undefined ? {} : { alg: keys.alg }) })
+    app = Fastify({
+      bodyLimit: BODY_LIMIT,
+      trustProxy,
+      logger: loggerOptions(logger),
+      // reject what the schemas do not allow instead of silently dropping or coercing it
+      ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+      // a body with "__proto__" or "constructor.prototype" is refused outright
+      onProtoPoisoning: 'error',
+      onConstructorPoisoning: 'error',
+      return503OnClosing: true,
+    })
+
+    issuer = createIssuer({
+      store,
+      keyring,
+      issuer: issuerUrl,
+      audience,
+      clientId,
+      accessTokenTtl,
+      ...(refreshTokenTtl === undefined ? {} : { refreshTokenTtl }),
+      ...(refreshIdleTimeout === undefined ? {} : { refreshIdleTimeout }),
+      ...(reuseGrace === undefined ? {} : { reuseGrace }),
+      ...(authenticate === undefined ? {} : { authenticate }),
+      loginLimits,
+      onEvent(event) {
+        if (event.type === 'reuseDetected') {
+          app.log.warn(
+            { sessionId: event.sessionId, userId: event.userId },
+            'refresh token reuse: session revoked',
+          )
+        }
+        onEvent?.(event)
+      },
+      now,
+    })
+  } catch (error) {
+    if (ownsStore) void store.close()
+    throw error
+  }
+
+  const handle: TokenflowHandle = { issuer, keyring, store, rotateKeys: () => keyring.rotateKeys() }
+  app.decorate('tokenflow', handle)
+
+  // only JSON by default (the OAuth routes swap in a form parser); text/plain would reach the schemas as a string
+  app.removeContentTypeParser('text/plain')
+
+  app.setErrorHandler((error, request, reply) => {
+    if (isAuthError(error)) return sendAuthError(request, reply, error)
+    const status = (error as { statusCode?: unknown }).statusCode
+    if (typeof status === 'number' && status >= 400 && status < 500) {
+      // never echo a parser's message: JSON.parse quotes the body, which may hold a password
+      const { code, validation } = error as { code?: string; validation?: unknown }
+      request.log.info({ code, status }, 'bad request')
+      return sendError(reply, status, {
+        error: 'invalid_request',
+        error_description: validation ? (error as Error).message : describeStatus(status),
+        code: 'ERR_INVALID_REQUEST',
+      })
+    }
+    return sendAuthError(request, reply, error)
+  })
+
+  app.setNotFoundHandler((request, reply) =>
+    sendError(reply, 404, {
+      error: 'not_found',
+      error_description: `no route ${request.method} ${request.url.split('?')[0]?.slice(0, 128)}`,
+      code: 'ERR_NOT_FOUND',
+    }),
+  )
+
+  if (refreshCookie) app.register(fastifyCookie)
+
+  // migrate and load the signing key before the first request, so a bad database fails `listen()`
+  app.register(async () => {
+    if (redisUrl !== undefined && rateLimit !== false) await openRedis()
+    await store.migrate()
+    await keyring.activeKey()
+  })
+
+  app.register(authRoutes, { issuer, cookie: refreshCookie, now })
+  app.register(oauthRoutes, { issuer, clientId, bodyLimit: BODY_LIMIT })
+  app.register(sessionRoutes, { issuer })
+  app.register(wellKnownRoutes, { keyring, issuer: issuerUrl })
+
+  let pruneTimer: NodeJS.Timeout | undefined
+  app.addHook('onReady', async () => {
+    if (pruneInterval > 0) {
+      pruneTimer = setInterval(() => {
+        issuer
+          .pruneSessions()
+          .catch((error: unknown) => app.log.error({ err: error }, 'pruning sessions failed'))
+      }, pruneInterval)
+      pruneTimer.unref()
+    }
+  })
+  app.addHook('onClose', async () => {
+    clearInterval(pruneTimer)
+    await Promise.all([loginLimits.perAccount?.close(), loginLimits.perIp?.close()])
+    if (redis) await (await redis.catch(() => undefined))?.quit().catch(() => undefined)
+    if (ownsStore) await store.close()
+  })
+
+  return app as unknown as AuthServer
+}
+
+function checkIssuerUrl(issuer: unknown): asserts issuer is string {
+  let url: URL | undefined
+  try {
+    url = typeof issuer === 'string' ? new URL(issuer) : undefined
+  } catch {
+    url = undefined
+  }
+  // RFC 8414 section 2: an https URL (http for local development) without query or fragment
+  if (
+    !url ||
+    (url.protocol !== 'https:' && url.protocol !== 'http:') ||
+    url.search !== '' ||
+    url.hash !== ''
+  ) {
+    throw new AuthError('ERR_CONFIG', '"issuer" must be an http(s) URL without query or fragment')
+  }
+}
+
+function resolveCookie(cookie: boolean | CookieOptions): RefreshCookie | undefined {
+  if (cookie === false) return undefined
+  if (cookie !== true && (cookie === null || typeof cookie !== 'object')) {
+    throw new AuthError('ERR_CONFIG', '"cookie" must be a boolean or an object')
+  }
+  const {
+    name = '__Secure-tokenflow_rt',
+    path = '/refresh/token',
+    domain,
+    csrfHeader = 'x-tokenflow-refresh',
+  } = cookie === true ? {} : cookie
+  if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(name)) {
+    throw new AuthError('ERR_CONFIG', '"cookie.name" must be a cookie token')
+  }
+  // the browser must send the cookie to the refresh route: its path has to cover "/refresh/token"
+  if (!['/', '/refresh', '/refresh/', '/refresh/token'].includes(path)) {
+    throw new AuthError('ERR_CONFIG', '"cookie.path" must be "/refresh/token" or one of its parents')
+  }
+  if (name.startsWith('__Host-') && (path !== '/' || domain !== undefined)) {
+    throw new AuthError('ERR_CONFIG', 'a "__Host-" cookie needs "path" "/" and no "domain"')
+  }
+  if (!/^[a-z0-9-]+$/i.test(csrfHeader)) {
+    throw new AuthError('ERR_CONFIG', '"cookie.csrfHeader" must be a header name')
+  }
+  return { name, path, domain, csrfHeader: csrfHeader.toLowerCase() }
+}
+
+function isKeyring(keys: { alg?: SigningAlgorithm } | Keyring): keys is Keyring {
+  return typeof (keys as Keyring).sign === 'function'
+}
+
+function loggerOptions(logger: boolean | LoggerOptions): boolean | LoggerOptions {
+  if (logger === false) return false
+  const base = logger === true ? {} : logger
+  const theirs = Array.isArray(base.redact) ? base.redact : (base.redact?.paths ?? [])
+  return {
+    level: 'info',
+    ...base,
+    redact: { paths: [...REDACT_PATHS, ...theirs], censor: '[redacted]' },
+    serializers: {
+      // the query string is dropped: a client may put a token there, and it would be logged
+      req: (request) => ({
+        method: request.method,
+        url: request.url.replace(/\?.*$/s, ''),
+        remoteAddress: request.ip,
+      }),
+      ...base.serializers,
+    },
+  }
+}
+
+function describeStatus(status: number): string {
+  switch (status) {
+    case 413:
+      return `request body is larger than ${BODY_LIMIT} bytes`
+    case 415:
+      return 'unsupported content type'
+    default:
+      return 'malformed request'
+  }
+}
+
+export type { AuthErrorCode } from './errors.js'
+export { AuthError, isAuthError } from './errors.js'
+export type {
+  AccessTokenClaims,
+  AuthenticateFunction,
+  IssuedTokens,
+  Issuer,
+  IssuerEvent,
+  IssuerOptions,
+  IssuerStats,
+  LoginMeta,
+  SessionInfo,
+  UserInfo,
+} from './issuer.js'
+export { createIssuer } from './issuer.js'
+export type { JsonWebKeySet, Keyring, KeyringOptions, PublicJwk, SigningAlgorithm } from './keys.js'
+export { createKeyring } from './keys.js'
+export type { PasswordHasher, PasswordHasherOptions } from './passwords.js'
+export { createPasswordHasher } from './passwords.js'
+export type { RateLimiter, RateLimiterOptions, RateLimitResult, RedisLike } from './rate-limit.js'
+export { createRateLimiter } from './rate-limit.js'
+export {
+  encodeRefreshToken,
+  newSessionId,
+  newSessionKey,
+  parseRefreshToken,
+  verifyRefreshTokenMac,
+} from './refresh-token.js'
+export type { SqliteStoreOptions } from './stores/sqlite.js'
+export { createSqliteStore } from './stores/sqlite.js'
+export type { KeyRecord, SessionRecord, TokenStore, UserRecord } from './stores/store.js'

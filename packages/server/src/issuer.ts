@@ -1,0 +1,632 @@
+import { randomUUID } from 'node:crypto'
+import { AuthError } from './errors.js'
+import type { Keyring } from './keys.js'
+import { createPasswordHasher, type PasswordHasher } from './passwords.js'
+import type { RateLimiter } from './rate-limit.js'
+import {
+  encodeRefreshToken,
+  newSessionId,
+  newSessionKey,
+  parseRefreshToken,
+  verifyRefreshTokenMac,
+} from './refresh-token.js'
+import type { SessionRecord, TokenStore, UserRecord } from './stores/store.js'
+import {
+  createVerifier,
+  type AccessTokenClaims as VerifiedClaims,
+  type Verifier,
+  type VerifyAlgorithm,
+} from './verify.js'
+
+/**
+ * What `login` and `refresh` hand back. `expiresIn` is in seconds, as on the wire.
+ * @example
+ * const { accessToken, refreshToken, expiresIn }: IssuedTokens = await issuer.refresh(token)
+ */
+export interface IssuedTokens {
+  accessToken: string
+  refreshToken: string
+  tokenType: 'Bearer'
+  /** access-token lifetime in seconds */
+  expiresIn: number
+  userId: string
+  /** the session: the family of refresh tokens this one belongs to */
+  sessionId: string
+  /** absolute expiry of the refresh token, epoch ms */
+  refreshExpiresAt: number
+}
+
+/**
+ * Who is logging in, for rate limits and the session list.
+ * @example
+ * await issuer.login(username, password, { ip: request.ip, userAgent: request.headers['user-agent'] })
+ */
+export interface LoginMeta {
+  ip?: string | undefined
+  userAgent?: string | undefined
+}
+
+/**
+ * A custom credential check: resolve the user's id, or null for wrong credentials.
+ * @example
+ * const authenticate: AuthenticateFunction = async ({ username, password }) =>
+ *   (await ldap.check(username, password)) ? { userId: username } : null
+ */
+export type AuthenticateFunction = (
+  credentials: { username: string; password: string } & LoginMeta,
+) => Promise<{ userId: string } | null>
+
+/**
+ * One live session, as shown to its user (never the key or a token).
+ * @example
+ * const sessions: SessionInfo[] = await issuer.listSessions(userId)
+ */
+export interface SessionInfo {
+  id: string
+  clientId: string
+  createdAt: number
+  lastUsedAt: number
+  expiresAt: number
+  userAgent: string | null
+}
+
+/**
+ * A user of the built-in users table (never the password hash).
+ * @example
+ * const { id }: UserInfo = await issuer.addUser('ada', password)
+ */
+export interface UserInfo {
+  id: string
+  username: string
+  createdAt: number
+}
+
+/**
+ * The claims of a verified access token of a live session.
+ * @example
+ * const { sub, sid }: AccessTokenClaims = await issuer.verifyAccessToken(token)
+ */
+export interface AccessTokenClaims extends VerifiedClaims {
+  sid: string
+  client_id: string
+}
+
+/**
+ * Something the issuer did that an app may want to log or count. Never carries a token or password.
+ * @example
+ * const onEvent = (event: IssuerEvent) => {
+ *   if (event.type === 'reuseDetected') alert(`session ${event.sessionId} was revoked`)
+ * }
+ */
+export type IssuerEvent =
+  | { type: 'login'; userId: string; sessionId: string }
+  | { type: 'loginFailed'; reason: 'credentials' | 'rateLimited' }
+  | { type: 'refreshed'; userId: string; sessionId: string; grace: boolean }
+  | { type: 'reuseDetected'; userId: string; sessionId: string }
+  | { type: 'sessionsRevoked'; userId: string; reason: string; count: number }
+  | { type: 'rehashFailed'; userId: string; error: unknown }
+
+/**
+ * Counters since the issuer was created.
+ * @example
+ * const { reuseDetected }: IssuerStats = issuer.stats
+ */
+export interface IssuerStats {
+  logins: number
+  loginFailures: number
+  refreshes: number
+  /** retries within `reuseGrace` that got the current token back */
+  graceReplays: number
+  /** refresh-token reuse outside the grace window; each revoked a session */
+  reuseDetected: number
+  /** refreshes answered with `invalid_grant` */
+  invalidGrants: number
+}
+
+/**
+ * Options of `createIssuer`. Durations are in ms.
+ * @example
+ * const options: IssuerOptions = { store, keyring, issuer: 'https://auth.example.com', audience: 'api', clientId: 'web', reuseGrace: 10_000 }
+ */
+export interface IssuerOptions {
+  store: TokenStore
+  keyring: Keyring
+  /** `iss` of access tokens */
+  issuer: string
+  /** `aud` of access tokens: the API(s) that accept them */
+  audience: string | string[]
+  /** `client_id` of access tokens and the only client `/oauth/token` serves */
+  clientId: string
+  /**
+   * Access-token lifetime in ms.
+   * @default 900_000 (15 min)
+   */
+  accessTokenTtl?: number
+  /**
+   * Absolute refresh-token (session) lifetime in ms; rotation does not extend it.
+   * @default 2_592_000_000 (30 days)
+   */
+  refreshTokenTtl?: number
+  /**
+   * A session unused for this long (ms) is dead.
+   * @default 604_800_000 (7 days)
+   */
+  refreshIdleTimeout?: number
+  /**
+   * A retry with the previous refresh token within this many ms of the rotation gets the current
+   * one back instead of counting as reuse.
+   * @default 10_000
+   */
+  reuseGrace?: number
+  /** replaces the built-in users table and its Argon2id check */
+  authenticate?: AuthenticateFunction
+  /**
+   * The Argon2id hasher of the built-in users table.
+   * @default createPasswordHasher()
+   */
+  passwords?: PasswordHasher
+  /** login limits, checked before any password is hashed */
+  loginLimits?: { perIp?: RateLimiter | undefined; perAccount?: RateLimiter | undefined }
+  /** called for each `IssuerEvent`; a throwing listener is ignored */
+  onEvent?: (event: IssuerEvent) => void
+  /** clock, epoch ms */
+  now?: () => number
+}
+
+/**
+ * The HTTP-free core of the token server.
+ * @example
+ * const tokens = await issuer.login('ada', password)
+ * await issuer.logout(tokens.refreshToken)
+ */
+export interface Issuer {
+  login(username: unknown, password: unknown, meta?: LoginMeta): Promise<IssuedTokens>
+  /** rotates the refresh token; pass `clientId` to require the session to belong to that client */
+  refresh(refreshToken: unknown, options?: { clientId?: string }): Promise<IssuedTokens>
+  /** revokes the token's session; resolves the same way whether or not the token was valid */
+  logout(refreshToken: unknown): Promise<void>
+  /** revokes every session of the user; resolves to how many */
+  logoutAll(userId: string): Promise<number>
+  listSessions(userId: string): Promise<SessionInfo[]>
+  /** revokes one of the user's sessions; `ERR_NOT_FOUND` for an unknown or someone else's session */
+  revokeSession(userId: string, sessionId: string): Promise<void>
+  /** checks `oldPassword`, stores the new hash and revokes the user's other sessions */
+  changePassword(
+    userId: string,
+    oldPassword: string,
+    newPassword: string,
+    options?: { keepSessionId?: string },
+  ): Promise<void>
+  /**
+   * Verifies an access token of this issuer whose session is still live. Rejects with the
+   * `VerifyError` of "@tokenflow/server/verify" for a bad token, or `ERR_INVALID_TOKEN` when its
+   * session has ended.
+   */
+  verifyAccessToken(token: unknown): Promise<AccessTokenClaims>
+  addUser(username: string, password: string): Promise<UserInfo>
+  /** resolves false when there was no such user */
+  removeUser(username: string): Promise<boolean>
+  listUsers(): Promise<UserInfo[]>
+  /** deletes sessions that expired or were revoked before now; resolves to how many */
+  pruneSessions(): Promise<number>
+  readonly stats: Readonly<IssuerStats>
+}
+
+const MAX_INPUT_LENGTH = 1024
+const MAX_USERNAME_LENGTH = 256
+const MAX_USER_AGENT_LENGTH = 512
+const SESSION_ID_PATTERN = /^[0-9a-f]{32}$/
+// rows made for users of a custom `authenticate`: the store ties sessions to a users row. The prefix
+// holds a control character, which `addUser` refuses, so it never collides with a real username.
+const EXTERNAL_USER_PREFIX = '\u0001external:'
+const UNUSABLE_HASH = '!'
+
+/** The one answer for every refresh-token failure, so none of them tells an attacker anything. */
+function invalidGrant(): AuthError {
+  return new AuthError('ERR_INVALID_GRANT', 'the refresh token is invalid, expired or revoked')
+}
+
+function invalidCredentials(): AuthError {
+  return new AuthError('ERR_INVALID_CREDENTIALS', 'invalid username or password')
+}
+
+/**
+ * Creates the issuer: login, refresh-token rotation with reuse detection, logout and sessions.
+ * @example
+ * const issuer = createIssuer({ store, keyring, issuer: 'https://auth.example.com', audience: 'https://api.example.com', clientId: 'web' })
+ * const { accessToken, refreshToken } = await issuer.login('ada', 'correct horse battery staple')
+ * const next = await issuer.refresh(refreshToken)
+ */
+export function createIssuer({
+  store,
+  keyring,
+  issuer,
+  audience,
+  clientId,
+  accessTokenTtl = 15 * 60_000,
+  refreshTokenTtl = 30 * 86_400_000,
+  refreshIdleTimeout = 7 * 86_400_000,
+  reuseGrace = 10_000,
+  authenticate,
+  passwords = createPasswordHasher(),
+  loginLimits = {},
+  onEvent,
+  now = Date.now,
+}: IssuerOptions): Issuer {
+  if (!store || typeof store.rotateSession !== 'function') {
+    throw new AuthError('ERR_CONFIG', '"store" must be a TokenStore')
+  }
+  if (!keyring || typeof keyring.sign !== 'function') {
+    throw new AuthError('ERR_CONFIG', '"keyring" must be a Keyring')
+  }
+  if (typeof issuer !== 'string' || issuer === '') {
+    throw new AuthError('ERR_CONFIG', '"issuer" must be a non-empty string')
+  }
+  const audiences = Array.isArray(audience) ? audience : [audience]
+  if (audiences.length === 0 || audiences.some((value) => typeof value !== 'string' || value === '')) {
+    throw new AuthError('ERR_CONFIG', '"audience" must be a non-empty string or array of strings')
+  }
+  if (typeof clientId !== 'string' || clientId === '') {
+    throw new AuthError('ERR_CONFIG', '"clientId" must be a non-empty string')
+  }
+  for (const [name, value, min] of [
+    ['accessTokenTtl', accessTokenTtl, 1000],
+    ['refreshTokenTtl', refreshTokenTtl, 1000],
+    ['refreshIdleTimeout', refreshIdleTimeout, 1000],
+    ['reuseGrace', reuseGrace, 0],
+  ] as const) {
+    if (!Number.isSafeInteger(value) || value < min) {
+      throw new AuthError('ERR_CONFIG', `"${name}" must be an integer of at least ${min} (ms)`)
+    }
+  }
+  if (authenticate !== undefined && typeof authenticate !== 'function') {
+    throw new AuthError('ERR_CONFIG', '"authenticate" must be a function')
+  }
+
+  const stats: IssuerStats = {
+    logins: 0,
+    loginFailures: 0,
+    refreshes: 0,
+    graceReplays: 0,
+    reuseDetected: 0,
+    invalidGrants: 0,
+  }
+  const emit = (event: IssuerEvent) => {
+    try {
+      onEvent?.(event)
+    } catch {
+      // a listener's bug must not turn a successful rotation into a failed one
+    }
+  }
+
+  const issue = async (session: SessionRecord, time: number): Promise<IssuedTokens> => {
+    const iat = Math.floor(time / 1000)
+    // an access token never outlives its session's absolute expiry
+    const exp = Math.min(iat + Math.floor(accessTokenTtl / 1000), Math.floor(session.expiresAt / 1000))
+    // RFC 9068: typ "at+jwt" and these claims; signed after the rotation committed, outside any transaction
+    const accessToken = await keyring.sign(
+      {
+        iss: issuer,
+        sub: session.userId,
+        aud: audience,
+        iat,
+        exp,
+        jti: randomUUID(),
+        client_id: session.clientId,
+        sid: session.id,
+      },
+      { typ: 'at+jwt' },
+    )
+    return {
+      accessToken,
+      // deterministic: the same session and counter always give the byte-identical token
+      refreshToken: encodeRefreshToken({ sessionId: session.id, counter: session.counter, key: session.key }),
+      tokenType: 'Bearer',
+      expiresIn: exp - iat,
+      userId: session.userId,
+      sessionId: session.id,
+      refreshExpiresAt: session.expiresAt,
+    }
+  }
+
+  const isLive = (session: SessionRecord, time: number) =>
+    session.revokedAt === null && session.expiresAt > time && session.lastUsedAt + refreshIdleTimeout > time
+
+  const checkLimits = async (username: string, ip: string | undefined) => {
+    const results = []
+    if (loginLimits.perIp && ip !== undefined) {
+      const result = await loginLimits.perIp.consume(`ip:${ip}`)
+      results.push(result)
+      // a blocked address does not also spend the account's budget
+      if (!result.ok) return result
+    }
+    if (loginLimits.perAccount) {
+      // case-folded, so "Ada" and "ada" share one budget whatever the store's collation
+      results.push(await loginLimits.perAccount.consume(`user:${username.toLowerCase()}`))
+    }
+    return results.find((result) => !result.ok)
+  }
+
+  const builtInAuthenticate = async (username: string, password: string): Promise<string | null> => {
+    const user = await store.getUserByName(username)
+    if (!user) {
+      // the same Argon2 work as a real check, so the answer time does not reveal unknown users
+      await passwords.verifyDummy(password)
+      return null
+    }
+    if (!(await passwords.verify(user.passwordHash, password))) return null
+    if (passwords.needsRehash(user.passwordHash)) {
+      try {
+        // the parameters changed since this hash was made: upgrade it while we know the password
+        await store.setPasswordHash(user.id, await passwords.hash(password), user.passwordChangedAt)
+      } catch (error) {
+        emit({ type: 'rehashFailed', userId: user.id, error })
+      }
+    }
+    return user.id
+  }
+
+  const ensureUserRow = async (userId: string, time: number) => {
+    if (await store.getUser(userId)) return
+    try {
+      await store.createUser({
+        id: userId,
+        username: EXTERNAL_USER_PREFIX + userId,
+        passwordHash: UNUSABLE_HASH,
+        createdAt: time,
+        passwordChangedAt: time,
+      })
+    } catch (error) {
+      // another login of the same user made the row first
+      if (!(await store.getUser(userId))) throw error
+    }
+  }
+
+  let verification: { fingerprint: string; verifier: Verifier } | undefined
+
+  return {
+    async login(username, password, meta = {}) {
+      if (!isInput(username) || !isInput(password)) {
+        throw new AuthError('ERR_INVALID_REQUEST', '"username" and "password" must be non-empty strings')
+      }
+      const limited = await checkLimits(username, meta.ip)
+      if (limited) {
+        stats.loginFailures++
+        emit({ type: 'loginFailed', reason: 'rateLimited' })
+        throw new AuthError('ERR_RATE_LIMITED', 'too many login attempts', { retryAfter: limited.retryAfter })
+      }
+      let userId: string | null
+      if (authenticate) {
+        const result = await authenticate({ username, password, ip: meta.ip, userAgent: meta.userAgent })
+        userId = result === null ? null : result.userId
+        if (
+          userId !== null &&
+          (typeof userId !== 'string' || userId === '' || userId.length > MAX_USERNAME_LENGTH)
+        ) {
+          throw new AuthError('ERR_CONFIG', '"authenticate" must resolve { userId: string } or null')
+        }
+      } else {
+        userId = await builtInAuthenticate(username, password)
+      }
+      if (userId === null) {
+        stats.loginFailures++
+        emit({ type: 'loginFailed', reason: 'credentials' })
+        throw invalidCredentials()
+      }
+      const time = now()
+      if (authenticate) await ensureUserRow(userId, time)
+      const session: SessionRecord = {
+        id: newSessionId(),
+        userId,
+        clientId,
+        key: newSessionKey(),
+        counter: 0,
+        createdAt: time,
+        expiresAt: time + refreshTokenTtl,
+        lastUsedAt: time,
+        rotatedAt: time,
+        revokedAt: null,
+        revokedReason: null,
+        userAgent: typeof meta.userAgent === 'string' ? meta.userAgent.slice(0, MAX_USER_AGENT_LENGTH) : null,
+      }
+      await store.createSession(session)
+      stats.logins++
+      emit({ type: 'login', userId, sessionId: session.id })
+      return issue(session, time)
+    },
+
+    async refresh(refreshToken, options = {}) {
+      try {
+        return await rotate(refreshToken, options.clientId)
+      } catch (error) {
+        if (error instanceof AuthError && error.code === 'ERR_INVALID_GRANT') stats.invalidGrants++
+        throw error
+      }
+    },
+
+    async logout(refreshToken) {
+      const parsed = parseRefreshToken(refreshToken)
+      if (!parsed) return
+      const session = await store.getSession(parsed.sessionId)
+      // a valid MAC proves the caller held a token of this family; an older one is enough to end it
+      if (!session || !verifyRefreshTokenMac(parsed, session.key) || parsed.counter > session.counter) return
+      if (await store.revokeSession(session.id, now(), 'logout')) {
+        emit({ type: 'sessionsRevoked', userId: session.userId, reason: 'logout', count: 1 })
+      }
+    },
+
+    async logoutAll(userId) {
+      const count = await store.revokeUserSessions(userId, now(), 'logout-all')
+      emit({ type: 'sessionsRevoked', userId, reason: 'logout-all', count })
+      return count
+    },
+
+    async listSessions(userId) {
+      const time = now()
+      const sessions = await store.listSessions(userId, time)
+      return sessions
+        .filter((session) => isLive(session, time))
+        .map((session) => ({
+          id: session.id,
+          clientId: session.clientId,
+          createdAt: session.createdAt,
+          lastUsedAt: session.lastUsedAt,
+          expiresAt: session.expiresAt,
+          userAgent: session.userAgent,
+        }))
+    },
+
+    async revokeSession(userId, sessionId) {
+      const session =
+        typeof sessionId === 'string' && SESSION_ID_PATTERN.test(sessionId)
+          ? await store.getSession(sessionId)
+          : null
+      // someone else's session gets the same answer as a missing one, so ids cannot be probed
+      if (!session || session.userId !== userId || !isLive(session, now())) {
+        throw new AuthError('ERR_NOT_FOUND', 'session not found')
+      }
+      await store.revokeSession(session.id, now(), 'user')
+      emit({ type: 'sessionsRevoked', userId, reason: 'user', count: 1 })
+    },
+
+    async changePassword(userId, oldPassword, newPassword, { keepSessionId } = {}) {
+      if (!isInput(oldPassword) || !isInput(newPassword)) {
+        throw new AuthError(
+          'ERR_INVALID_REQUEST',
+          '"oldPassword" and "newPassword" must be non-empty strings',
+        )
+      }
+      const user = await store.getUser(userId)
+      if (!user || !(await passwords.verify(user.passwordHash, oldPassword))) throw invalidCredentials()
+      const time = now()
+      await store.setPasswordHash(user.id, await passwords.hash(newPassword), time)
+      // whoever learned the old password may hold a session: end all but the one making the change
+      const count = await store.revokeUserSessions(user.id, time, 'password-change', keepSessionId)
+      emit({ type: 'sessionsRevoked', userId: user.id, reason: 'password-change', count })
+    },
+
+    async verifyAccessToken(token) {
+      const jwks = await keyring.jwks()
+      const fingerprint = JSON.stringify(jwks)
+      // one verifier per published key set: a rotation (here or on another instance) makes a new one
+      if (verification?.fingerprint !== fingerprint) {
+        const algorithms = [...new Set(jwks.keys.map((key) => key.alg))] as VerifyAlgorithm[]
+        verification = { fingerprint, verifier: createVerifier({ jwks, issuer, audience, algorithms, now }) }
+      }
+      const claims = await verification.verifier.verify(typeof token === 'string' ? token : '')
+      const { sub, sid } = claims
+      // these routes manage sessions: an access token of a revoked session must not manage anything
+      const session =
+        typeof sid === 'string' && SESSION_ID_PATTERN.test(sid) ? await store.getSession(sid) : null
+      if (!session || session.userId !== sub || !isLive(session, now())) {
+        throw new AuthError('ERR_INVALID_TOKEN', 'the session of this access token has ended')
+      }
+      return { ...claims, sid: session.id, client_id: session.clientId }
+    },
+
+    async addUser(username, password) {
+      if (!isInput(username) || username.length > MAX_USERNAME_LENGTH || hasControlCharacter(username)) {
+        throw new AuthError(
+          'ERR_INVALID_REQUEST',
+          `"username" must be 1 to ${MAX_USERNAME_LENGTH} characters without control characters`,
+        )
+      }
+      if (!isInput(password)) {
+        throw new AuthError('ERR_INVALID_REQUEST', `"password" must be 1 to ${MAX_INPUT_LENGTH} characters`)
+      }
+      if (await store.getUserByName(username)) {
+        throw new AuthError('ERR_USER_EXISTS', `user "${username}" already exists`)
+      }
+      const time = now()
+      const user: UserRecord = {
+        id: randomUUID(),
+        username,
+        passwordHash: await passwords.hash(password),
+        createdAt: time,
+        passwordChangedAt: time,
+      }
+      await store.createUser(user)
+      return toUserInfo(user)
+    },
+
+    async removeUser(username) {
+      // the store deletes the user's sessions with it, so every token of theirs dies now
+      return typeof username === 'string' && username !== '' ? store.deleteUser(username) : false
+    },
+
+    async listUsers() {
+      const users = await store.listUsers()
+      return users.filter((user) => !user.username.startsWith(EXTERNAL_USER_PREFIX)).map(toUserInfo)
+    },
+
+    pruneSessions() {
+      return store.deleteExpiredSessions(now())
+    },
+
+    get stats() {
+      return { ...stats }
+    },
+  }
+
+  /** Rotation as ARCHITECTURE.md specifies; every failure is the same `invalidGrant()`. */
+  async function rotate(refreshToken: unknown, expectedClientId: string | undefined): Promise<IssuedTokens> {
+    // garbage never reaches the database
+    const parsed = parseRefreshToken(refreshToken)
+    if (!parsed) throw invalidGrant()
+    let session = await store.getSession(parsed.sessionId)
+    for (let attempt = 0; attempt < 2; attempt++) {
+      if (!session || !verifyRefreshTokenMac(parsed, session.key)) throw invalidGrant()
+      const time = now()
+      if (!isLive(session, time)) throw invalidGrant()
+      // RFC 6749 section 6: the refresh token must have been issued to the client presenting it
+      if (expectedClientId !== undefined && session.clientId !== expectedClientId) throw invalidGrant()
+      // a counter from the future has a valid MAC only if the session key leaked: same answer
+      if (parsed.counter > session.counter) throw invalidGrant()
+
+      if (parsed.counter === session.counter) {
+        const rotated = await store.rotateSession(session.id, parsed.counter, time)
+        if (rotated) {
+          stats.refreshes++
+          emit({ type: 'refreshed', userId: rotated.userId, sessionId: rotated.id, grace: false })
+          return issue(rotated, time)
+        }
+        // the compare-and-swap lost to a concurrent rotation or a revocation: judge the token
+        // again against the row as it is now (the winner's successor is within the grace window)
+        session = await store.getSession(parsed.sessionId)
+        continue
+      }
+
+      if (parsed.counter === session.counter - 1 && time - session.rotatedAt <= reuseGrace) {
+        // a retry (lost response, two tabs) within the grace window: the byte-identical current token
+        stats.graceReplays++
+        emit({ type: 'refreshed', userId: session.userId, sessionId: session.id, grace: true })
+        return issue(session, time)
+      }
+
+      // any other older token is reuse: someone holds a copy, so the whole family dies
+      // (RFC 9700 section 4.14.2). Revocation goes through the same row as rotation.
+      await store.revokeSession(session.id, time, 'reuse')
+      stats.reuseDetected++
+      emit({ type: 'reuseDetected', userId: session.userId, sessionId: session.id })
+      throw invalidGrant()
+    }
+    throw invalidGrant()
+  }
+}
+
+// usernames are printed by the CLI and logged by apps: control characters have no place in them
+function hasControlCharacter(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i)
+    if (code < 0x20 || code === 0x7f) return true
+  }
+  return false
+}
+
+function isInput(value: unknown): value is string {
+  return typeof value === 'string' && value.length > 0 && value.length <= MAX_INPUT_LENGTH
+}
+
+function toUserInfo(user: UserRecord): UserInfo {
+  return { id: user.id, username: user.username, createdAt: user.createdAt }
+}

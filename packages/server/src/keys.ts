@@ -1,0 +1,260 @@
+import {
+  calculateJwkThumbprint,
+  exportJWK,
+  generateKeyPair,
+  importJWK,
+  type JWK,
+  type JWTPayload,
+  SignJWT,
+} from 'jose'
+import { AuthError } from './errors.js'
+import type { KeyRecord, TokenStore } from './stores/store.js'
+
+/**
+ * Signature algorithms a keyring can generate keys for.
+ * @example
+ * const alg: SigningAlgorithm = 'RS256'
+ */
+export type SigningAlgorithm = 'ES256' | 'ES384' | 'RS256' | 'PS256'
+
+const ALGORITHMS: readonly SigningAlgorithm[] = ['ES256', 'ES384', 'RS256', 'PS256']
+
+/**
+ * A public key as published in the JWKS.
+ * @example
+ * const [key]: PublicJwk[] = (await keyring.jwks()).keys
+ */
+export interface PublicJwk extends JWK {
+  kid: string
+  alg: string
+  use: 'sig'
+}
+
+/**
+ * The JWKS document served at `/.well-known/jwks.json`.
+ * @example
+ * const jwks: JsonWebKeySet = await keyring.jwks()
+ */
+export interface JsonWebKeySet {
+  keys: PublicJwk[]
+}
+
+/**
+ * Options of `createKeyring`.
+ * @example
+ * const options: KeyringOptions = { store, alg: 'ES256', accessTokenTtl: 15 * 60_000 }
+ */
+export interface KeyringOptions {
+  /** where keys are kept, so every instance and every restart signs with the same key */
+  store: TokenStore
+  /**
+   * Algorithm of the keys this keyring generates (the first key, and each `rotateKeys()`).
+   * A key already in the store keeps its algorithm until the next rotation.
+   * @default 'ES256'
+   */
+  alg?: SigningAlgorithm
+  /**
+   * Lifetime of the access tokens, in ms: a retired key stays in the JWKS this long plus `skew`,
+   * so every token it signed can still be verified.
+   * @default 900_000 (15 min)
+   */
+  accessTokenTtl?: number
+  /**
+   * Clock skew allowance added to how long a retired key stays published, in ms.
+   * @default 60_000
+   */
+  skew?: number
+  /**
+   * How long the signing key read from the store is used before re-reading, in ms: another
+   * instance's rotation makes this one sign with the new key within this delay (the JWKS is
+   * always read fresh). Keep it below `skew`.
+   * @default 30_000
+   */
+  cacheTtl?: number
+  /** clock, epoch ms */
+  now?: () => number
+}
+
+/**
+ * Signing keys kept in the store: the active one signs, retired ones stay in the JWKS for a while.
+ * @example
+ * const { kid } = await keyring.rotateKeys()
+ */
+export interface Keyring {
+  /** signs `claims` as a JWS with the active key; the header gets `alg`, `kid` and `typ` */
+  sign(claims: JWTPayload, options?: { typ?: string }): Promise<string>
+  /** the public keys to publish: the active key and the recently retired ones */
+  jwks(): Promise<JsonWebKeySet>
+  /** the `kid` and `alg` of the key that signs now */
+  activeKey(): Promise<{ kid: string; alg: string }>
+  /** generates and stores a new key, which signs from now on, and retires the others */
+  rotateKeys(): Promise<{ kid: string }>
+}
+
+interface SigningKey {
+  loadedAt: number
+  kid: string
+  alg: string
+  privateKey: CryptoKey
+}
+
+// members of a public JWK; anything else (above all `d`, `p`, `q`) never reaches the JWKS
+const PUBLIC_MEMBERS = ['kty', 'crv', 'x', 'y', 'n', 'e'] as const
+
+/**
+ * Creates the keyring: on first use it loads the active key from the store, generating one if
+ * there is none.
+ * @example
+ * const keyring = createKeyring({ store, alg: 'ES256', accessTokenTtl: 15 * 60_000 })
+ * const jwt = await keyring.sign({ sub: 'user-1' }, { typ: 'at+jwt' })
+ * await keyring.rotateKeys()
+ */
+export function createKeyring({
+  store,
+  alg = 'ES256',
+  accessTokenTtl = 15 * 60_000,
+  skew = 60_000,
+  cacheTtl = 30_000,
+  now = Date.now,
+}: KeyringOptions): Keyring {
+  if (!store || typeof store.listKeys !== 'function') {
+    throw new AuthError('ERR_CONFIG', '"store" must be a TokenStore')
+  }
+  if (!ALGORITHMS.includes(alg)) {
+    throw new AuthError('ERR_CONFIG', `"alg" must be one of ${ALGORITHMS.map((a) => `"${a}"`).join(', ')}`)
+  }
+  for (const [name, value] of Object.entries({ accessTokenTtl, skew, cacheTtl })) {
+    if (!Number.isSafeInteger(value) || value < 0) {
+      throw new AuthError('ERR_CONFIG', `"${name}" must be a non-negative integer (ms)`)
+    }
+  }
+
+  let loaded: SigningKey | undefined
+  let loading: Promise<SigningKey> | undefined
+  let reading: Promise<JsonWebKeySet> | undefined
+  // bumped by rotateKeys, so a load that started before the rotation cannot cache the old key
+  let generation = 0
+
+  const generate = async (): Promise<Omit<KeyRecord, 'createdAt' | 'retiredAt'>> => {
+    const { publicKey, privateKey } = await generateKeyPair(alg, { extractable: true })
+    const publicJwk = await exportJWK(publicKey)
+    const kid = await calculateJwkThumbprint(publicJwk)
+    return {
+      kid,
+      alg,
+      privateJwk: JSON.stringify({ ...(await exportJWK(privateKey)), kid, alg }),
+      publicJwk: JSON.stringify({ ...publicJwk, kid, alg, use: 'sig' }),
+    }
+  }
+
+  const load = async (): Promise<SigningKey> => {
+    let active = pickActive(await store.listKeys())
+    if (!active) {
+      const fresh = await generate()
+      // stamped after the (slow) generation, right before the insert, so creation order follows insert order
+      await store.insertKey({ ...fresh, createdAt: now(), retiredAt: null })
+      // two instances starting at once over one database may both insert a key: each re-reads and
+      // takes the oldest live one. Every inserted key is published at once (`jwks()` reads the store),
+      // so whichever key an instance signs with verifies everywhere until they agree (`cacheTtl`).
+      active = pickActive(await store.listKeys())
+      if (!active) throw new AuthError('ERR_CONFIG', 'no signing key in the store after inserting one')
+    }
+    let privateKey: CryptoKey
+    try {
+      privateKey = (await importJWK(JSON.parse(active.privateJwk) as JWK, active.alg)) as CryptoKey
+    } catch (error) {
+      throw new AuthError('ERR_CONFIG', `signing key "${active.kid}" in the store cannot be imported`, {
+        cause: error,
+      })
+    }
+    return { loadedAt: now(), kid: active.kid, alg: active.alg, privateKey }
+  }
+
+  const current = (): Promise<SigningKey> => {
+    if (loaded && now() - loaded.loadedAt < cacheTtl) return Promise.resolve(loaded)
+    if (!loading) {
+      const started = generation
+      const pending = load()
+        .then((key) => {
+          if (started === generation) loaded = key
+          return key
+        })
+        .finally(() => {
+          if (loading === pending) loading = undefined
+        })
+      loading = pending
+    }
+    return loading
+  }
+
+  const readJwks = async (): Promise<JsonWebKeySet> => {
+    // a key exists before anything is published
+    await current()
+    const time = now()
+    const keys = (await store.listKeys())
+      .filter((record) => record.retiredAt === null || record.retiredAt + accessTokenTtl + skew > time)
+      .sort(byAge)
+      .map(toPublicJwk)
+    return { keys }
+  }
+
+  return {
+    async sign(claims, { typ } = {}) {
+      const key = await current()
+      return new SignJWT(claims)
+        .setProtectedHeader(
+          typ === undefined ? { alg: key.alg, kid: key.kid } : { alg: key.alg, kid: key.kid, typ },
+        )
+        .sign(key.privateKey)
+    },
+    jwks() {
+      // read from the store every time (one read shared by concurrent callers), never cached: a key
+      // another instance just inserted or rotated in must verify here at once
+      if (!reading) {
+        const pending = readJwks().finally(() => {
+          if (reading === pending) reading = undefined
+        })
+        reading = pending
+      }
+      return reading.then(({ keys }) => ({ keys: keys.map((key) => ({ ...key })) }))
+    },
+    async activeKey() {
+      const { kid, alg } = await current()
+      return { kid, alg }
+    },
+    async rotateKeys() {
+      const next = await generate()
+      const records = await store.listKeys()
+      // strictly newer than every key, even on a frozen test clock, so "oldest live key" stays well defined
+      const createdAt = Math.max(now(), ...records.map((record) => record.createdAt + 1))
+      await store.insertKey({ ...next, createdAt, retiredAt: null })
+      const retiredAt = now()
+      for (const record of records) {
+        if (record.retiredAt === null) await store.retireKey(record.kid, retiredAt)
+      }
+      generation++
+      loaded = undefined
+      loading = undefined
+      const { kid } = await current()
+      return { kid }
+    },
+  }
+}
+
+/** Oldest first; `kid` breaks ties so every instance picks the same key. */
+function byAge(a: KeyRecord, b: KeyRecord): number {
+  return a.createdAt - b.createdAt || (a.kid < b.kid ? -1 : a.kid > b.kid ? 1 : 0)
+}
+
+function pickActive(records: KeyRecord[]): KeyRecord | undefined {
+  return records.filter((record) => record.retiredAt === null).sort(byAge)[0]
+}
+
+function toPublicJwk(record: KeyRecord): PublicJwk {
+  const stored = JSON.parse(record.publicJwk) as Record<string, unknown>
+  const jwk: PublicJwk = { kid: record.kid, alg: record.alg, use: 'sig' }
+  for (const member of PUBLIC_MEMBERS) {
+    if (typeof stored[member] === 'string') jwk[member] = stored[member]
+  }
+  return jwk
+}

@@ -1,0 +1,137 @@
+import { availableParallelism } from 'node:os'
+import { type Algorithm, hash, parseOptions, verify } from '@node-rs/argon2'
+import { AuthError } from './errors.js'
+
+/**
+ * Options of `createPasswordHasher`. The defaults are OWASP's Argon2id minimum.
+ * @example
+ * const options: PasswordHasherOptions = { maxConcurrency: 2 }
+ */
+export interface PasswordHasherOptions {
+  /**
+   * Argon2 memory cost in KiB.
+   * @default 19456
+   */
+  memoryCost?: number
+  /**
+   * Argon2 passes.
+   * @default 2
+   */
+  timeCost?: number
+  /**
+   * Argon2 lanes.
+   * @default 1
+   */
+  parallelism?: number
+  /**
+   * At most this many hashes or verifications run at once; the rest wait in line, so a login
+   * burst cannot take every core and all the memory (each hash holds `memoryCost` KiB).
+   * @default os.availableParallelism()
+   */
+  maxConcurrency?: number
+}
+
+/**
+ * Hashes and verifies passwords with Argon2id (PHC strings).
+ * @example
+ * if (await passwords.verify(user.passwordHash, password) && passwords.needsRehash(user.passwordHash)) {
+ *   await store.setPasswordHash(user.id, await passwords.hash(password), user.passwordChangedAt)
+ * }
+ */
+export interface PasswordHasher {
+  /** a PHC string for `password` with the current parameters */
+  hash(password: string): Promise<string>
+  /** true when `password` matches `phc`; false for a wrong password or a malformed hash */
+  verify(phc: string, password: string): Promise<boolean>
+  /**
+   * Spends the time of one verification against a dummy hash and resolves false, so an unknown
+   * user costs what a wrong password costs.
+   */
+  verifyDummy(password: string): Promise<false>
+  /** true when `phc` was made with other parameters (or another algorithm) than the current ones */
+  needsRehash(phc: string): boolean
+}
+
+const ARGON2ID = 2 as Algorithm
+
+/**
+ * Creates the Argon2id password hasher (m=19456 KiB, t=2, p=1 by default) with a concurrency cap.
+ * @example
+ * const passwords = createPasswordHasher()
+ * const phc = await passwords.hash('correct horse battery staple')
+ * await passwords.verify(phc, 'correct horse battery staple') // true
+ */
+export function createPasswordHasher({
+  memoryCost = 19456,
+  timeCost = 2,
+  parallelism = 1,
+  maxConcurrency = availableParallelism(),
+}: PasswordHasherOptions = {}): PasswordHasher {
+  for (const [name, value] of Object.entries({ memoryCost, timeCost, parallelism, maxConcurrency })) {
+    if (!Number.isSafeInteger(value) || value < 1) {
+      throw new AuthError('ERR_CONFIG', `"${name}" must be a positive integer`)
+    }
+  }
+  const options = { memoryCost, timeCost, parallelism, algorithm: ARGON2ID }
+  const limit = createSemaphore(maxConcurrency)
+  let dummy: Promise<string> | undefined
+
+  const verifyPhc = (phc: string, password: string) =>
+    limit(async () => {
+      try {
+        return await verify(phc, password)
+      } catch {
+        // a malformed stored hash must not let anyone in, nor crash the login
+        return false
+      }
+    })
+
+  return {
+    hash(password) {
+      return limit(() => hash(password, options))
+    },
+    verify: verifyPhc,
+    async verifyDummy(password) {
+      // computed once, lazily: hashing at import or creation time would slow every start
+      dummy ??= limit(() => hash('tokenflow-dummy-password', options))
+      await verifyPhc(await dummy, password)
+      return false
+    },
+    needsRehash(phc) {
+      try {
+        const current = parseOptions(phc)
+        return (
+          current.algorithm !== ARGON2ID ||
+          current.memoryCost !== memoryCost ||
+          current.timeCost !== timeCost ||
+          current.parallelism !== parallelism
+        )
+      } catch {
+        return true
+      }
+    },
+  }
+}
+
+/**
+ * A counting semaphore: runs at most `max` tasks at once, first come first served.
+ * @example
+ * const limit = createSemaphore(2)
+ * const results = await Promise.all(passwords.map((password) => limit(() => hash(password))))
+ */
+export function createSemaphore(max: number): <T>(task: () => Promise<T>) => Promise<T> {
+  let running = 0
+  const waiting: Array<() => void> = []
+  return async <T>(task: () => Promise<T>): Promise<T> => {
+    if (running >= max) await new Promise<void>((resolve) => waiting.push(resolve))
+    else running++
+    try {
+      return await task()
+    } finally {
+      // hand the slot straight to the next waiter, so `running` never dips and a newcomer cannot jump the line
+      const next = waiting.shift()
+      if (next) next()
+      else running--
+    }
+  }
+}

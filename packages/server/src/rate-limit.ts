@@ -1,0 +1,233 @@
+import { AuthError } from './errors.js'
+
+/**
+ * The answer of `RateLimiter.consume`.
+ * @example
+ * const { ok, retryAfter }: RateLimitResult = await limiter.consume(key)
+ */
+export interface RateLimitResult {
+  /** false when the key is over its limit for the current window */
+  ok: boolean
+  /** whole seconds until the window resets (0 when `ok`); the `Retry-After` value */
+  retryAfter: number
+}
+
+/**
+ * Counts attempts per key in fixed windows.
+ * @example
+ * const limiter: RateLimiter = createRateLimiter({ limit: 10 })
+ */
+export interface RateLimiter {
+  /** counts one attempt for `key` and says whether it is within the limit */
+  consume(key: string): Promise<RateLimitResult>
+  /** releases the Redis connection when this limiter opened it */
+  close(): Promise<void>
+}
+
+/**
+ * The part of an ioredis client a limiter uses; an `ioredis` `Redis` instance fits.
+ * @example
+ * const redis: RedisLike = new Redis('redis://127.0.0.1:6379')
+ */
+export interface RedisLike {
+  multi(): RedisMultiLike
+  quit(): Promise<unknown>
+}
+
+/**
+ * An ioredis `MULTI` pipeline, as far as a limiter uses it.
+ * @example
+ * await redis.multi().set(key, '0', 'PX', 60_000, 'NX').incr(key).pttl(key).exec()
+ */
+export interface RedisMultiLike {
+  set(key: string, value: string, px: 'PX', milliseconds: number, nx: 'NX'): RedisMultiLike
+  incr(key: string): RedisMultiLike
+  pttl(key: string): RedisMultiLike
+  exec(): Promise<Array<[Error | null, unknown]> | null>
+}
+
+/**
+ * Options of `createRateLimiter`.
+ * @example
+ * const options: RateLimiterOptions = { limit: 10, window: 60_000, redisUrl: 'redis://127.0.0.1:6379' }
+ */
+export interface RateLimiterOptions {
+  /** attempts allowed per key per window */
+  limit: number
+  /**
+   * Window length in ms.
+   * @default 60_000
+   */
+  window?: number
+  /**
+   * Keep counters in Redis (shared by every instance) instead of in memory. `ioredis` is an
+   * optional peer dependency, imported only when this is set.
+   */
+  redisUrl?: string
+  /**
+   * An ioredis client to keep counters in, its promise, or a function that opens it on first use.
+   * `close()` leaves it open: it belongs to the caller.
+   */
+  redis?: RedisLike | Promise<RedisLike> | (() => Promise<RedisLike>)
+  /**
+   * Prefix of the Redis keys.
+   * @default 'tokenflow:rl:'
+   */
+  prefix?: string
+  /**
+   * Most keys kept in memory; beyond it the expired ones are dropped, then the oldest.
+   * @default 10_000
+   */
+  maxKeys?: number
+  /** clock for the in-memory windows, epoch ms */
+  now?: () => number
+}
+
+/**
+ * Creates a fixed-window rate limiter, in memory or on Redis.
+ * @example
+ * const perIp = createRateLimiter({ limit: 50, window: 60_000 })
+ * const { ok, retryAfter } = await perIp.consume(request.ip)
+ * if (!ok) reply.header('retry-after', retryAfter).code(429)
+ */
+export function createRateLimiter({
+  limit,
+  window = 60_000,
+  redisUrl,
+  redis,
+  prefix = 'tokenflow:rl:',
+  maxKeys = 10_000,
+  now = Date.now,
+}: RateLimiterOptions): RateLimiter {
+  if (!Number.isSafeInteger(limit) || limit < 1) {
+    throw new AuthError('ERR_CONFIG', '"limit" must be a positive integer')
+  }
+  if (!Number.isSafeInteger(window) || window < 1000) {
+    throw new AuthError('ERR_CONFIG', '"window" must be an integer of at least 1000 (ms)')
+  }
+  if (!Number.isSafeInteger(maxKeys) || maxKeys < 1) {
+    throw new AuthError('ERR_CONFIG', '"maxKeys" must be a positive integer')
+  }
+  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) {
+    throw new AuthError('ERR_CONFIG', '"redisUrl" must be a redis:// or rediss:// URL')
+  }
+  if (redis !== undefined || redisUrl !== undefined) {
+    return redisLimiter({ limit, window, prefix, redis, redisUrl })
+  }
+  return memoryLimiter({ limit, window, maxKeys, now })
+}
+
+function memoryLimiter({
+  limit,
+  window,
+  maxKeys,
+  now,
+}: {
+  limit: number
+  window: number
+  maxKeys: number
+  now: () => number
+}): RateLimiter {
+  // insertion order is reset order (every window has the same length), so the oldest entries come first
+  const windows = new Map<string, { count: number; resetAt: number }>()
+
+  const prune = (time: number) => {
+    for (const [key, entry] of windows) {
+      if (entry.resetAt > time && windows.size < maxKeys) break
+      windows.delete(key)
+    }
+  }
+
+  return {
+    async consume(key) {
+      const time = now()
+      let entry = windows.get(key)
+      if (!entry || entry.resetAt <= time) {
+        windows.delete(key)
+        if (windows.size >= maxKeys) prune(time)
+        entry = { count: 0, resetAt: time + window }
+        windows.set(key, entry)
+      }
+      entry.count++
+      if (entry.count <= limit) return { ok: true, retryAfter: 0 }
+      return { ok: false, retryAfter: Math.max(1, Math.ceil((entry.resetAt - time) / 1000)) }
+    },
+    async close() {
+      windows.clear()
+    },
+  }
+}
+
+function redisLimiter({
+  limit,
+  window,
+  prefix,
+  redis,
+  redisUrl,
+}: {
+  limit: number
+  window: number
+  prefix: string
+  redis: RedisLike | Promise<RedisLike> | (() => Promise<RedisLike>) | undefined
+  redisUrl: string | undefined
+}): RateLimiter {
+  const owned = redis === undefined
+  let client: Promise<RedisLike> | undefined
+  const connect = () => {
+    client ??=
+      redis === undefined
+        ? connectRedis(redisUrl!)
+        : typeof redis === 'function'
+          ? redis()
+          : Promise.resolve(redis)
+    return client
+  }
+
+  return {
+    async consume(key) {
+      const redisKey = prefix + key
+      // SET NX PX starts a window only when none is running, INCR keeps its expiry: a fixed window,
+      // atomic in one MULTI. (INCR + PEXPIRE would push the expiry on every attempt, so a user who
+      // tries once a minute would never get out.)
+      const replies = await (await connect())
+        .multi()
+        .set(redisKey, '0', 'PX', window, 'NX')
+        .incr(redisKey)
+        .pttl(redisKey)
+        .exec()
+      const failed = replies?.find(([error]) => error)
+      if (!replies || failed) {
+        throw new AuthError('ERR_CONFIG', 'rate limit: redis MULTI failed', { cause: failed?.[0] })
+      }
+      const count = Number(replies[1]?.[1])
+      const ttl = Number(replies[2]?.[1])
+      if (count <= limit) return { ok: true, retryAfter: 0 }
+      return { ok: false, retryAfter: Math.max(1, Math.ceil((ttl > 0 ? ttl : window) / 1000)) }
+    },
+    async close() {
+      if (owned && client) await (await client).quit()
+    },
+  }
+}
+
+/**
+ * Opens an ioredis connection (ioredis is imported only here, on demand).
+ * @example
+ * const redis = await connectRedis('redis://127.0.0.1:6379')
+ * const limiter = createRateLimiter({ limit: 10, redis })
+ */
+export async function connectRedis(url: string): Promise<RedisLike> {
+  let Redis: new (url: string, options: object) => RedisLike
+  try {
+    // a variable specifier keeps bundlers and TypeScript from requiring the optional peer
+    const name = 'ioredis'
+    const module = (await import(name)) as { default: typeof Redis }
+    Redis = module.default
+  } catch (error) {
+    throw new AuthError('ERR_CONFIG', '"redisUrl" needs the optional peer dependency "ioredis"', {
+      cause: error,
+    })
+  }
+  // fail a command after one reconnect attempt instead of queueing logins forever while Redis is down
+  return new Redis(url, { maxRetriesPerRequest: 1, connectTimeout: 5000, enableAutoPipelining: true })
+}

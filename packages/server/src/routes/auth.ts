@@ -1,0 +1,163 @@
+/**
+ * The recipe's JSON routes: `POST /auth/login`, `POST /refresh/token`, `POST /auth/logout`.
+ * In cookie mode the refresh token travels only in an HttpOnly cookie, never in a body.
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest, preValidationHookHandler } from 'fastify'
+import type { IssuedTokens, Issuer } from '../issuer.js'
+import { bearerToken, MAX_FIELD_LENGTH, noStore, sendAuthError, sendError } from './http.js'
+
+/** Cookie mode, resolved: every field set. */
+export interface RefreshCookie {
+  name: string
+  path: string
+  /** a request header a cookie-mode refresh must carry, against CSRF */
+  csrfHeader: string
+  domain: string | undefined
+}
+
+/** Options of the `authRoutes` plugin. */
+export interface AuthRoutesOptions {
+  issuer: Issuer
+  cookie: RefreshCookie | undefined
+  now: () => number
+}
+
+const field = { type: 'string', minLength: 1, maxLength: MAX_FIELD_LENGTH } as const
+
+const loginSchema = {
+  body: {
+    type: 'object',
+    required: ['username', 'password'],
+    additionalProperties: false,
+    properties: { username: field, password: field },
+  },
+}
+
+const refreshSchema = {
+  body: {
+    type: 'object',
+    required: ['refreshToken'],
+    additionalProperties: false,
+    properties: { refreshToken: field },
+  },
+}
+
+const logoutSchema = {
+  body: { type: 'object', additionalProperties: false, properties: { refreshToken: field } },
+}
+
+// a bodiless POST (no Content-Type) arrives as undefined; these routes treat it as `{}`
+const emptyBodyIsObject: preValidationHookHandler = (request, _reply, done) => {
+  request.body ??= {}
+  done()
+}
+
+/**
+ * Registers the JSON login, refresh and logout routes.
+ * @example
+ * app.register(authRoutes, { issuer, cookie: undefined, now: Date.now })
+ */
+export async function authRoutes(
+  app: FastifyInstance,
+  { issuer, cookie, now }: AuthRoutesOptions,
+): Promise<void> {
+  const sendTokens = (reply: FastifyReply, tokens: IssuedTokens) => {
+    noStore(reply)
+    if (!cookie) {
+      return reply.send({
+        accessToken: tokens.accessToken,
+        refreshToken: tokens.refreshToken,
+        tokenType: tokens.tokenType,
+        expiresIn: tokens.expiresIn,
+      })
+    }
+    reply.setCookie(cookie.name, tokens.refreshToken, {
+      httpOnly: true,
+      secure: true,
+      sameSite: 'strict',
+      path: cookie.path,
+      maxAge: Math.max(0, Math.floor((tokens.refreshExpiresAt - now()) / 1000)),
+      ...(cookie.domain === undefined ? {} : { domain: cookie.domain }),
+    })
+    return reply.send({
+      accessToken: tokens.accessToken,
+      tokenType: tokens.tokenType,
+      expiresIn: tokens.expiresIn,
+    })
+  }
+
+  const clearCookie = (reply: FastifyReply) => {
+    if (cookie) {
+      reply.clearCookie(cookie.name, {
+        httpOnly: true,
+        secure: true,
+        sameSite: 'strict',
+        path: cookie.path,
+        ...(cookie.domain === undefined ? {} : { domain: cookie.domain }),
+      })
+    }
+  }
+
+  app.post('/auth/login', { schema: loginSchema }, async (request, reply) => {
+    const { username, password } = request.body as { username: string; password: string }
+    try {
+      const userAgent = request.headers['user-agent']
+      return sendTokens(reply, await issuer.login(username, password, { ip: request.ip, userAgent }))
+    } catch (error) {
+      return sendAuthError(request, reply, error)
+    }
+  })
+
+  if (cookie) {
+    const csrfHeader = cookie.csrfHeader
+    app.post('/refresh/token', async (request, reply) => {
+      // a cross-site form or image cannot set a custom header, and no CORS preflight is ever granted
+      const marker = request.headers[csrfHeader]
+      if (typeof marker !== 'string' || marker === '') {
+        return sendError(reply, 400, {
+          error: 'invalid_request',
+          error_description: `missing "${csrfHeader}" header`,
+          code: 'ERR_INVALID_REQUEST',
+        })
+      }
+      try {
+        return sendTokens(reply, await issuer.refresh(request.cookies[cookie.name]))
+      } catch (error) {
+        clearCookie(reply)
+        return sendAuthError(request, reply, error)
+      }
+    })
+  } else {
+    app.post('/refresh/token', { schema: refreshSchema }, async (request, reply) => {
+      const { refreshToken } = request.body as { refreshToken: string }
+      try {
+        return sendTokens(reply, await issuer.refresh(refreshToken))
+      } catch (error) {
+        return sendAuthError(request, reply, error)
+      }
+    })
+  }
+
+  app.post(
+    '/auth/logout',
+    { schema: logoutSchema, preValidation: emptyBodyIsObject },
+    async (request: FastifyRequest, reply) => {
+      const { refreshToken } = request.body as { refreshToken?: string }
+      // the cookie is scoped to the refresh path, so a browser's logout names its session by the
+      // access token; both ways are tried and the answer is the same whatever happened
+      const candidates = [refreshToken, cookie ? request.cookies[cookie.name] : undefined]
+      try {
+        for (const token of candidates) if (token !== undefined) await issuer.logout(token)
+        const accessToken = bearerToken(request)
+        if (accessToken !== undefined) {
+          const claims = await issuer.verifyAccessToken(accessToken).catch(() => undefined)
+          if (claims) await issuer.revokeSession(claims.sub, claims.sid).catch(() => undefined)
+        }
+      } catch (error) {
+        return sendAuthError(request, reply, error)
+      }
+      clearCookie(reply)
+      return noStore(reply).send({})
+    },
+  )
+}

@@ -1,0 +1,146 @@
+/**
+ * What every route shares: RFC 6749 section 5.2 error bodies, the no-store headers of token
+ * responses, and the Bearer check of the protected routes.
+ */
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import { type AuthError, isAuthError } from '../errors.js'
+import type { AccessTokenClaims, Issuer } from '../issuer.js'
+import { isVerifyError } from '../verify.js'
+
+/** Longest string field accepted in a body; tokens and passwords are far shorter. */
+export const MAX_FIELD_LENGTH = 1024
+
+/** The JSON body of every error answer. `code` is stable; `error` is the RFC 6749 spelling. */
+export interface ErrorBody {
+  error: string
+  error_description: string
+  code: string
+}
+
+/** HTTP status and RFC 6749 `error` for each `AuthError` code. */
+const AUTH_ERRORS: Record<AuthError['code'], { status: number; error: string }> = {
+  ERR_INVALID_GRANT: { status: 400, error: 'invalid_grant' },
+  // RFC 6749 section 5.2 answers wrong resource-owner credentials with invalid_grant (400), which
+  // also keeps a client's 401 interceptor from trying to refresh after a failed login
+  ERR_INVALID_CREDENTIALS: { status: 400, error: 'invalid_grant' },
+  ERR_INVALID_REQUEST: { status: 400, error: 'invalid_request' },
+  ERR_RATE_LIMITED: { status: 429, error: 'too_many_requests' },
+  ERR_INVALID_TOKEN: { status: 401, error: 'invalid_token' },
+  ERR_NOT_FOUND: { status: 404, error: 'not_found' },
+  ERR_USER_EXISTS: { status: 409, error: 'user_exists' },
+  ERR_CONFIG: { status: 500, error: 'server_error' },
+  // 400, not 401: a 401 would need a challenge header for a client that sent no credentials (RFC 6749 section 5.2)
+  ERR_INVALID_CLIENT: { status: 400, error: 'invalid_client' },
+  ERR_INTERNAL: { status: 500, error: 'server_error' },
+}
+
+/**
+ * Sends an error body with the headers its status needs.
+ * @example
+ * return sendError(reply, 400, { error: 'invalid_request', error_description: 'missing "token"', code: 'ERR_INVALID_REQUEST' })
+ */
+export function sendError(
+  reply: FastifyReply,
+  status: number,
+  body: ErrorBody,
+  { retryAfter }: { retryAfter?: number | undefined } = {},
+): FastifyReply {
+  // error answers of token endpoints must not be cached either (RFC 6749 section 5.2)
+  noStore(reply)
+  if (status === 401 || body.error === 'invalid_token') {
+    reply.header(
+      'www-authenticate',
+      `Bearer error="invalid_token", error_description="${quote(body.error_description)}"`,
+    )
+  }
+  if (retryAfter !== undefined) reply.header('retry-after', String(retryAfter))
+  return reply.code(status).send(body)
+}
+
+/**
+ * Answers an `AuthError` with its status and body; anything else is a 500 without details.
+ * @example
+ * try { return await issuer.refresh(token) } catch (error) { return sendAuthError(request, reply, error) }
+ */
+export function sendAuthError(request: FastifyRequest, reply: FastifyReply, error: unknown): FastifyReply {
+  if (isAuthError(error) && error.code !== 'ERR_CONFIG') {
+    const { status, error: name } = AUTH_ERRORS[error.code]
+    request.log.info({ code: error.code }, 'request rejected')
+    return sendError(
+      reply,
+      status,
+      { error: name, error_description: error.message, code: error.code },
+      { retryAfter: error.retryAfter },
+    )
+  }
+  if (isVerifyError(error)) {
+    // the codes of "@tokenflow/server/verify" (ERR_JWT_EXPIRED, …), so every tokenflow API answers alike
+    request.log.info({ code: error.code }, 'access token rejected')
+    return sendError(reply, error.status, {
+      error: 'invalid_token',
+      error_description: error.message,
+      code: error.code,
+    })
+  }
+  request.log.error({ err: error }, 'request failed')
+  return sendError(reply, 500, {
+    error: 'server_error',
+    error_description: 'internal server error',
+    code: 'ERR_INTERNAL',
+  })
+}
+
+/**
+ * Marks a response as never cacheable (RFC 6749 section 5.1).
+ * @example
+ * return noStore(reply).send(tokens)
+ */
+export function noStore(reply: FastifyReply): FastifyReply {
+  return reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
+}
+
+/**
+ * The Bearer token of a request, or undefined (RFC 6750 section 2.1).
+ * @example
+ * const token = bearerToken(request)
+ */
+export function bearerToken(request: FastifyRequest): string | undefined {
+  const header = request.headers.authorization
+  if (typeof header !== 'string') return undefined
+  const match = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i.exec(header)
+  return match?.[1]
+}
+
+/**
+ * Verifies the request's Bearer access token, or answers 401 with `WWW-Authenticate` and resolves undefined.
+ * @example
+ * const claims = await authenticateRequest(issuer, request, reply)
+ * if (!claims) return reply
+ */
+export async function authenticateRequest(
+  issuer: Issuer,
+  request: FastifyRequest,
+  reply: FastifyReply,
+): Promise<AccessTokenClaims | undefined> {
+  const token = bearerToken(request)
+  if (token === undefined) {
+    // the code "@tokenflow/server/verify" gives a request without a token
+    sendError(reply, 401, {
+      error: 'invalid_token',
+      error_description: 'the access token is missing',
+      code: 'ERR_TOKEN_MISSING',
+    })
+    return undefined
+  }
+  try {
+    return await issuer.verifyAccessToken(token)
+  } catch (error) {
+    sendAuthError(request, reply, error)
+    return undefined
+  }
+}
+
+// a quoted-string in WWW-Authenticate (RFC 9110 section 5.6.4) cannot hold a bare `"` or `\`
+function quote(text: string): string {
+  return text.replace(/["\\]/g, '')
+}

@@ -1,0 +1,141 @@
+/**
+ * The OAuth 2.0 routes, in RFC spelling: `POST /oauth/token` (refresh_token grant, RFC 6749
+ * section 6) and `POST /oauth/revoke` (RFC 7009). Bodies are form-encoded, as the RFCs require.
+ */
+import type { FastifyInstance, FastifyReply } from 'fastify'
+import { AuthError } from '../errors.js'
+import type { Issuer } from '../issuer.js'
+import { MAX_FIELD_LENGTH, noStore, sendAuthError, sendError } from './http.js'
+
+/** Options of the `oauthRoutes` plugin. */
+export interface OAuthRoutesOptions {
+  issuer: Issuer
+  clientId: string
+  /** body limit of the form parser, in bytes */
+  bodyLimit: number
+}
+
+const param = { type: 'string', maxLength: MAX_FIELD_LENGTH } as const
+
+// unknown parameters are ignored, as RFC 6749 section 3.2 requires; known ones are bounded
+const tokenSchema = {
+  body: {
+    type: 'object',
+    properties: { grant_type: param, refresh_token: param, client_id: param, scope: param },
+  },
+}
+
+const revokeSchema = {
+  body: {
+    type: 'object',
+    properties: { token: param, token_type_hint: param, client_id: param },
+  },
+}
+
+/**
+ * Registers `/oauth/token` and `/oauth/revoke` with their own form-encoded body parser.
+ * @example
+ * app.register(oauthRoutes, { issuer, clientId: 'web', bodyLimit: 4096 })
+ */
+export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, bodyLimit }: OAuthRoutesOptions) {
+  // only form bodies here (RFC 6749 section 3.2): a JSON body is a 415, not a guess
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser(
+    'application/x-www-form-urlencoded',
+    { parseAs: 'string', bodyLimit },
+    (_request, body, done) => {
+      const params: Record<string, string> = Object.create(null)
+      for (const [name, value] of new URLSearchParams(body as string)) {
+        // RFC 6749 section 3.2: "Request and response parameters MUST NOT be included more than once"
+        if (name in params) {
+          done(
+            new AuthError('ERR_INVALID_REQUEST', `parameter "${name.slice(0, 64)}" is repeated`),
+            undefined,
+          )
+          return
+        }
+        params[name] = value
+      }
+      done(null, params)
+    },
+  )
+
+  const checkClient = (reply: FastifyReply, presented: string | undefined) => {
+    if (presented === undefined || presented === '') {
+      sendError(reply, 400, {
+        error: 'invalid_request',
+        error_description: 'missing "client_id"',
+        code: 'ERR_INVALID_REQUEST',
+      })
+      return false
+    }
+    if (presented !== clientId) {
+      // 400 rather than 401: a 401 must carry a challenge, and this public client sent no credentials
+      sendError(reply, 400, {
+        error: 'invalid_client',
+        error_description: 'unknown client',
+        code: 'ERR_INVALID_CLIENT',
+      })
+      return false
+    }
+    return true
+  }
+
+  app.post('/oauth/token', { schema: tokenSchema }, async (request, reply) => {
+    const body = request.body as Record<string, string | undefined>
+    if (!checkClient(reply, body.client_id)) return reply
+    if (body.grant_type === undefined || body.grant_type === '') {
+      return sendError(reply, 400, {
+        error: 'invalid_request',
+        error_description: 'missing "grant_type"',
+        code: 'ERR_INVALID_REQUEST',
+      })
+    }
+    if (body.grant_type !== 'refresh_token') {
+      return sendError(reply, 400, {
+        error: 'unsupported_grant_type',
+        error_description: 'only the "refresh_token" grant is supported',
+        code: 'ERR_INVALID_REQUEST',
+      })
+    }
+    if (body.refresh_token === undefined || body.refresh_token === '') {
+      return sendError(reply, 400, {
+        error: 'invalid_request',
+        error_description: 'missing "refresh_token"',
+        code: 'ERR_INVALID_REQUEST',
+      })
+    }
+    try {
+      const tokens = await issuer.refresh(body.refresh_token, { clientId })
+      // RFC 6749 section 5.1, with expires_in in seconds
+      return noStore(reply).send({
+        access_token: tokens.accessToken,
+        token_type: tokens.tokenType,
+        expires_in: tokens.expiresIn,
+        refresh_token: tokens.refreshToken,
+      })
+    } catch (error) {
+      return sendAuthError(request, reply, error)
+    }
+  })
+
+  app.post('/oauth/revoke', { schema: revokeSchema }, async (request, reply) => {
+    const body = request.body as Record<string, string | undefined>
+    if (!checkClient(reply, body.client_id)) return reply
+    if (body.token === undefined || body.token === '') {
+      return sendError(reply, 400, {
+        error: 'invalid_request',
+        error_description: 'missing "token"',
+        code: 'ERR_INVALID_REQUEST',
+      })
+    }
+    try {
+      // RFC 7009 section 2.2: 200 whether or not the token was valid; an access token (JWT) cannot be
+      // recalled and simply expires, so any hint is accepted and anything but our refresh tokens is a no-op
+      await issuer.logout(body.token)
+    } catch (error) {
+      return sendAuthError(request, reply, error)
+    }
+    return noStore(reply).code(200).send()
+  })
+}

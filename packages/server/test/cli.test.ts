@@ -1,0 +1,188 @@
+/**
+ * The `tokenflow-server` bin, run as a real process. The sources are bundled once with esbuild
+ * (dependencies stay external, as in the published package): loading them through tsx costs
+ * over a second per spawn, which made this file take 20 s.
+ */
+import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { build } from 'esbuild'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+
+const ROOT = resolve(import.meta.dirname, '../../..')
+// under node_modules, so the bundle resolves fastify, jose, pg… like the installed package would
+const OUT = join(ROOT, 'node_modules/.cache/tokenflow-cli-test', `${process.pid}`)
+const CLI = join(OUT, 'cli.mjs')
+const dir = mkdtempSync(join(tmpdir(), 'tokenflow-cli-'))
+const children = new Set<ChildProcess>()
+
+beforeAll(async () => {
+  mkdirSync(OUT, { recursive: true })
+  await build({
+    entryPoints: [resolve(import.meta.dirname, '../src/cli.ts')],
+    outfile: CLI,
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    packages: 'external',
+    logLevel: 'warning',
+  })
+})
+
+// no configuration leaks in from the machine (CI sets DATABASE_URL for the store tests)
+const { DATABASE_URL: _db, TOKENFLOW_DB: _file, PORT: _port, ...baseEnv } = process.env
+
+afterAll(() => {
+  for (const child of children) child.kill('SIGKILL')
+  rmSync(dir, { recursive: true, force: true })
+  rmSync(OUT, { recursive: true, force: true })
+})
+
+interface Run {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+function cli(args: string[], { input }: { input?: string } = {}): Promise<Run> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      env: baseEnv,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    })
+    children.add(child)
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk
+    })
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk
+    })
+    child.on('error', reject)
+    child.on('close', (code) => {
+      children.delete(child)
+      resolvePromise({ code, stdout, stderr })
+    })
+    child.stdin.end(input ?? '')
+  })
+}
+
+/** One line on stderr, prefixed, without a stack trace. */
+function expectOneLineError(run: Run, pattern: RegExp) {
+  expect(run.code).toBe(1)
+  const lines = run.stderr.split('\n').filter((line) => line !== '')
+  expect(lines).toHaveLength(1)
+  expect(lines[0]).toMatch(/^tokenflow-server: /)
+  expect(lines[0]).toMatch(pattern)
+  expect(run.stderr).not.toMatch(/\n\s+at |node_modules|Error:/)
+}
+
+// spawning processes is slow on a loaded machine: these get more time than the default
+describe.concurrent('tokenflow-server', { timeout: 60_000 }, () => {
+  it('prints the usage for --help and exits 0', async () => {
+    const run = await cli(['--help'])
+    expect(run.code).toBe(0)
+    expect(run.stdout).toContain('usage: tokenflow-server <command> [options]')
+    expect(run.stdout).toContain('user add <name>')
+  })
+
+  it('answers a bad flag, an unknown command, a bad port and --db with --postgres with one line each', async () => {
+    const [flag, unknown, port, both] = await Promise.all([
+      cli(['start', '--nope']),
+      cli(['launch', '--db', join(dir, 'x.db')]),
+      cli(['start', '--port', '99999', '--db', join(dir, 'x.db')]),
+      cli(['start', '--db', join(dir, 'x.db'), '--postgres', 'postgres://127.0.0.1/x']),
+    ])
+    expectOneLineError(flag, /Unknown option '--nope'/)
+    expectOneLineError(unknown, /unknown command "launch"/)
+    expectOneLineError(port, /--port must be an integer from 0 to 65535/)
+    expectOneLineError(both, /either --db or --postgres/)
+  })
+
+  it('answers an unreachable PostgreSQL with one line, without a stack or the password', async () => {
+    const run = await cli(['start', '--postgres', 'postgres://tokenflow:s3cret-pw@127.0.0.1:1/tokenflow'])
+    expectOneLineError(run, /cannot use the PostgreSQL database: .*ECONNREFUSED/)
+    expect(run.stderr).not.toContain('s3cret-pw')
+  })
+
+  it('answers an unusable SQLite path with one line', async () => {
+    expectOneLineError(
+      await cli(['user', 'list', '--db', join(dir, 'missing-dir', 'x.db')]),
+      /cannot open sqlite database/,
+    )
+  })
+
+  it('adds a user with the password from stdin, lists and removes it', async () => {
+    const db = join(dir, 'users.db')
+    const password = 'stdin-password-123'
+    const added = await cli(['user', 'add', 'ada', '--db', db], { input: `${password}\n` })
+    expect(added).toMatchObject({ code: 0, stdout: 'added user "ada"\n', stderr: '' })
+    const [again, list, fromArgument, emptyStdin] = await Promise.all([
+      cli(['user', 'add', 'ada', '--db', db], { input: `${password}\n` }),
+      cli(['user', 'list', '--db', db]),
+      // a password is never taken from the command line
+      cli(['user', 'add', 'bob', password, '--db', db]),
+      cli(['user', 'add', 'bob', '--db', db], { input: '' }),
+    ])
+    expectOneLineError(again, /user "ada" already exists/)
+    expect(list).toMatchObject({ code: 0, stdout: 'ada\n' })
+    expectOneLineError(fromArgument, /usage: tokenflow-server user add <name>/)
+    expectOneLineError(emptyStdin, /no password on stdin/)
+    expect(await cli(['user', 'remove', 'ada', '--db', db])).toMatchObject({
+      code: 0,
+      stdout: 'removed user "ada"\n',
+    })
+    expectOneLineError(await cli(['user', 'remove', 'ada', '--db', db]), /no user "ada"/)
+  })
+
+  it('starts on a free port, serves the JWKS with the key from `keys rotate`, and logs no password', async () => {
+    const db = join(dir, 'start.db')
+    const password = 'start-password-456'
+    expect((await cli(['user', 'add', 'ada', '--db', db], { input: password })).code).toBe(0)
+    const rotated = await cli(['keys', 'rotate', '--db', db])
+    expect(rotated.code).toBe(0)
+    const kid = /new signing key "([^"]+)"/.exec(rotated.stdout)?.[1]
+    expect(kid).toBeTruthy()
+
+    const child = spawn(process.execPath, [CLI, 'start', '--port', '0', '--db', db], {
+      env: baseEnv,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    children.add(child)
+    let stdout = ''
+    const exited = new Promise<number | null>((resolveExit) => child.on('close', resolveExit))
+    const url = await new Promise<string>((resolveUrl, reject) => {
+      child.stdout.on('data', (chunk: Buffer) => {
+        stdout += chunk
+        const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(stdout)
+        if (match) resolveUrl(match[1]!)
+      })
+      child.on('close', () => reject(new Error(`the server exited before listening: ${stdout}`)))
+    })
+    const jwks = await fetch(`${url}/.well-known/jwks.json`)
+    expect(jwks.status).toBe(200)
+    expect(((await jwks.json()) as { keys: Array<{ kid: string }> }).keys.map((key) => key.kid)).toContain(
+      kid,
+    )
+    const login = await fetch(`${url}/auth/login`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ username: 'ada', password }),
+    })
+    expect(login.status).toBe(200)
+    const { accessToken, refreshToken } = (await login.json()) as {
+      accessToken: string
+      refreshToken: string
+    }
+    expect(accessToken.split('.')[0]).toBe(
+      Buffer.from(JSON.stringify({ alg: 'ES256', kid, typ: 'at+jwt' })).toString('base64url'),
+    )
+
+    child.kill('SIGTERM')
+    expect(await exited).toBe(0)
+    expect(stdout).toContain('"msg":"request completed"')
+    for (const secret of [password, accessToken, refreshToken]) expect(stdout).not.toContain(secret)
+  })
+})

@@ -1,0 +1,164 @@
+import { calculateJwkThumbprint, createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { createKeyring } from '../src/keys.js'
+import { createSqliteStore } from '../src/stores/sqlite.js'
+import type { TokenStore } from '../src/stores/store.js'
+
+const T0 = Date.UTC(2030, 0, 1)
+const MINUTE = 60_000
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k']
+
+let store: TokenStore
+
+beforeEach(async () => {
+  store = createSqliteStore({ filename: ':memory:' })
+  await store.migrate()
+})
+
+afterEach(async () => {
+  await store.close()
+})
+
+async function verifyWith(
+  jwks: Awaited<ReturnType<ReturnType<typeof createKeyring>['jwks']>>,
+  token: string,
+) {
+  return jwtVerify(token, createLocalJWKSet(jwks), { currentDate: new Date(T0) })
+}
+
+describe('createKeyring', () => {
+  it('generates one ES256 key on first use, kid = JWK thumbprint, and keeps it in the store', async () => {
+    const keyring = createKeyring({ store, now: () => T0 })
+    const { kid, alg } = await keyring.activeKey()
+    expect(alg).toBe('ES256')
+    const { keys } = await keyring.jwks()
+    expect(keys).toHaveLength(1)
+    expect(keys[0]).toMatchObject({ kid, alg: 'ES256', use: 'sig', kty: 'EC', crv: 'P-256' })
+    expect(await calculateJwkThumbprint(keys[0]!)).toBe(kid)
+    const records = await store.listKeys()
+    expect(records.map((record) => record.kid)).toEqual([kid])
+    expect(JSON.parse(records[0]!.privateJwk)).toHaveProperty('d')
+  })
+
+  it('signs with the stored key after a restart, so issued tokens stay valid', async () => {
+    const before = createKeyring({ store, now: () => T0 })
+    const token = await before.sign({ sub: 'ada', exp: T0 / 1000 + 60 }, { typ: 'at+jwt' })
+    const after = createKeyring({ store, now: () => T0 })
+    expect(await after.activeKey()).toEqual(await before.activeKey())
+    const { payload, protectedHeader } = await verifyWith(await after.jwks(), token)
+    expect(payload.sub).toBe('ada')
+    expect(protectedHeader).toEqual({ alg: 'ES256', kid: (await before.activeKey()).kid, typ: 'at+jwt' })
+    expect(await store.listKeys()).toHaveLength(1)
+  })
+
+  it('makes two instances starting at once over one database agree on the signing key', async () => {
+    const clock = { now: T0 }
+    const first = createKeyring({ store, cacheTtl: 30_000, now: () => clock.now })
+    const second = createKeyring({ store, cacheTtl: 30_000, now: () => clock.now })
+    const [a, b] = await Promise.all([first.sign({ sub: 'a' }), second.sign({ sub: 'b' })])
+    // whichever key each one signs with, both publish it at once: every token verifies everywhere
+    for (const keyring of [first, second]) {
+      const jwks = await keyring.jwks()
+      await expect(verifyWith(jwks, a)).resolves.toMatchObject({ payload: { sub: 'a' } })
+      await expect(verifyWith(jwks, b)).resolves.toMatchObject({ payload: { sub: 'b' } })
+    }
+    // and once their cached key is re-read, both sign with the oldest live key
+    clock.now += 30_000
+    const [x, y] = await Promise.all([first.activeKey(), second.activeKey()])
+    expect(x).toEqual(y)
+    const records = await store.listKeys()
+    // oldest first, kid breaking the tie of a frozen clock
+    const [oldest] = records
+      .filter((record) => record.retiredAt === null)
+      .sort((p, q) => p.createdAt - q.createdAt || (p.kid < q.kid ? -1 : 1))
+    expect(x.kid).toBe(oldest!.kid)
+  })
+
+  it('publishes a key rotated in by another instance at once', async () => {
+    const reader = createKeyring({ store, now: () => T0 })
+    await reader.activeKey()
+    const { kid } = await createKeyring({ store, now: () => T0 }).rotateKeys()
+    expect((await reader.jwks()).keys.map((key) => key.kid)).toContain(kid)
+  })
+
+  it('rotateKeys: the new key signs, the old one stays in the JWKS for accessTokenTtl + 60 s, then leaves', async () => {
+    const clock = { now: T0 }
+    const keyring = createKeyring({ store, accessTokenTtl: 15 * MINUTE, now: () => clock.now })
+    const old = await keyring.activeKey()
+    const oldToken = await keyring.sign({ sub: 'ada', exp: T0 / 1000 + 900 })
+    const { kid } = await keyring.rotateKeys()
+    expect(kid).not.toBe(old.kid)
+    expect((await keyring.activeKey()).kid).toBe(kid)
+    expect(decodeProtectedHeader(await keyring.sign({ sub: 'ada' })).kid).toBe(kid)
+    expect((await keyring.jwks()).keys.map((key) => key.kid).sort()).toEqual([old.kid, kid].sort())
+    // a token signed before the rotation still verifies against the published keys
+    await expect(verifyWith(await keyring.jwks(), oldToken)).resolves.toMatchObject({
+      payload: { sub: 'ada' },
+    })
+
+    clock.now = T0 + 16 * MINUTE - 1
+    expect((await createKeyring({ store, now: () => clock.now }).jwks()).keys).toHaveLength(2)
+    clock.now = T0 + 16 * MINUTE
+    const later = createKeyring({ store, now: () => clock.now })
+    expect((await later.jwks()).keys.map((key) => key.kid)).toEqual([kid])
+  })
+
+  it('picks up a rotation made by another instance within cacheTtl', async () => {
+    const clock = { now: T0 }
+    const reader = createKeyring({ store, cacheTtl: 30_000, now: () => clock.now })
+    const old = await reader.activeKey()
+    const { kid } = await createKeyring({ store, now: () => clock.now }).rotateKeys()
+    expect((await reader.activeKey()).kid).toBe(old.kid)
+    clock.now += 30_000
+    expect((await reader.activeKey()).kid).toBe(kid)
+  })
+
+  it('supports RS256', async () => {
+    const keyring = createKeyring({ store, alg: 'RS256', now: () => T0 })
+    const token = await keyring.sign({ sub: 'ada' }, { typ: 'at+jwt' })
+    expect(decodeProtectedHeader(token)).toMatchObject({ alg: 'RS256', typ: 'at+jwt' })
+    const { keys } = await keyring.jwks()
+    expect(keys[0]).toMatchObject({ kty: 'RSA', alg: 'RS256', use: 'sig', e: 'AQAB' })
+    await expect(verifyWith({ keys }, token)).resolves.toMatchObject({ payload: { sub: 'ada' } })
+  })
+
+  it('never publishes a private member, even if the stored public JWK carries one', async () => {
+    for (const alg of ['ES256', 'RS256'] as const) {
+      const keyring = createKeyring({ store, alg, now: () => T0 })
+      await keyring.rotateKeys()
+      for (const key of (await keyring.jwks()).keys) {
+        for (const member of PRIVATE_MEMBERS) expect(key).not.toHaveProperty(member)
+      }
+    }
+    await store.insertKey({
+      kid: 'tampered',
+      alg: 'ES256',
+      privateJwk: '{}',
+      publicJwk: JSON.stringify({ kty: 'EC', crv: 'P-256', x: 'x', y: 'y', d: 'secret' }),
+      createdAt: T0 + 10 * MINUTE,
+      retiredAt: null,
+    })
+    const { keys } = await createKeyring({ store, now: () => T0 }).jwks()
+    expect(keys.find((key) => key.kid === 'tampered')).toEqual({
+      kid: 'tampered',
+      alg: 'ES256',
+      use: 'sig',
+      kty: 'EC',
+      crv: 'P-256',
+      x: 'x',
+      y: 'y',
+    })
+  })
+
+  it('rejects bad options with ERR_CONFIG', () => {
+    expect(() => createKeyring({ store, alg: 'HS256' as 'ES256' })).toThrow(
+      expect.objectContaining({ code: 'ERR_CONFIG' }),
+    )
+    expect(() => createKeyring({ store, accessTokenTtl: -1 })).toThrow(
+      expect.objectContaining({ code: 'ERR_CONFIG' }),
+    )
+    expect(() => createKeyring({ store: {} as TokenStore })).toThrow(
+      expect.objectContaining({ code: 'ERR_CONFIG' }),
+    )
+  })
+})

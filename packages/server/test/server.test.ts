@@ -1,0 +1,918 @@
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import {
+  type AuthServer,
+  type AuthServerOptions,
+  createAuthServer,
+  createSqliteStore,
+  type TokenStore,
+} from '@tokenflow/server'
+import type { LightMyRequestResponse } from 'fastify'
+import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { encodeRefreshToken, newSessionId, newSessionKey } from '../src/refresh-token.js'
+
+const ISSUER = 'https://auth.tokenflow.test'
+const AUDIENCE = 'https://api.tokenflow.test'
+const PASSWORD = 'correct horse battery staple'
+const FORM = { 'content-type': 'application/x-www-form-urlencoded' }
+const INVALID_GRANT = {
+  error: 'invalid_grant',
+  error_description: 'the refresh token is invalid, expired or revoked',
+  code: 'ERR_INVALID_GRANT',
+}
+
+// one database and one Argon2 hash for the file; each server gets its own limits and logs
+let store: TokenStore
+let app: AuthServer
+const servers: AuthServer[] = []
+
+function server(options: Partial<AuthServerOptions> = {}): AuthServer {
+  const created = createAuthServer({
+    issuer: ISSUER,
+    audience: AUDIENCE,
+    clientId: 'web',
+    store,
+    rateLimit: { perAccount: 1000, perIp: 1000 },
+    ...options,
+  })
+  servers.push(created)
+  return created
+}
+
+beforeAll(async () => {
+  store = createSqliteStore({ filename: ':memory:' })
+  app = server()
+  await app.ready()
+  await app.tokenflow.issuer.addUser('ada', PASSWORD)
+  await app.tokenflow.issuer.addUser('bob', PASSWORD)
+})
+
+afterAll(async () => {
+  for (const created of servers) await created.close()
+  await store.close()
+})
+
+function form(params: Record<string, string>): string {
+  return new URLSearchParams(params).toString()
+}
+
+async function login(target: AuthServer = app, username = 'ada') {
+  const response = await target.inject({
+    method: 'POST',
+    url: '/auth/login',
+    payload: { username, password: PASSWORD },
+  })
+  expect(response.statusCode).toBe(200)
+  return response.json() as {
+    accessToken: string
+    refreshToken: string
+    tokenType: string
+    expiresIn: number
+  }
+}
+
+function expectNoStore(response: LightMyRequestResponse) {
+  expect(response.headers['cache-control']).toBe('no-store')
+  expect(response.headers.pragma).toBe('no-cache')
+}
+
+describe('POST /auth/login', () => {
+  it('answers { accessToken, refreshToken, tokenType, expiresIn } with Cache-Control: no-store', async () => {
+    const response = await app.inject({
+      method: 'POST',
+      url: '/auth/login',
+      payload: { username: 'ada', password: PASSWORD },
+    })
+    expect(response.statusCode).toBe(200)
+    expect(response.headers['content-type']).toBe('application/json; charset=utf-8')
+    expectNoStore(response)
+    const body = response.json()
+    expect(Object.keys(body)).toEqual(['accessToken', 'refreshToken', 'tokenType', 'expiresIn'])
+    expect(body).toMatchObject({ tokenType: 'Bearer', expiresIn: 900 })
+    expect(decodeProtectedHeader(body.accessToken)).toMatchObject({ alg: 'ES256', typ: 'at+jwt' })
+    expect(body.refreshToken).toMatch(/^[A-Za-z0-9_-]{52}$/)
+  })
+
+  it('gives an unknown user and a wrong password the same status and body', async () => {
+    const wrong = await app.inject({
+      method: 'POST',
+      url: '/auth/login',
+      payload: { username: 'ada', password: 'nope' },
+    })
+    const unknown = await app.inject({
+      method: 'POST',
+      url: '/auth/login',
+      payload: { username: 'nobody', password: 'nope' },
+    })
+    expect(wrong.statusCode).toBe(400)
+    expect(unknown.statusCode).toBe(wrong.statusCode)
+    expect(wrong.json()).toEqual({
+      error: 'invalid_grant',
+      error_description: 'invalid username or password',
+      code: 'ERR_INVALID_CREDENTIALS',
+    })
+    expect(unknown.body).toBe(wrong.body)
+    expectNoStore(wrong)
+  })
+
+  it('answers a brute force on one account with 429 and Retry-After (default 10 per minute)', async () => {
+    const guarded = server({ rateLimit: {} })
+    for (let i = 0; i < 10; i++) {
+      const response = await guarded.inject({
+        method: 'POST',
+        url: '/auth/login',
+        payload: { username: 'bob', password: `guess-${i}` },
+        remoteAddress: `192.0.2.${i}`,
+      })
+      expect(response.statusCode).toBe(400)
+    }
+    // the right password does not get through the block either
+    const blocked = await guarded.inject({
+      method: 'POST',
+      url: '/auth/login',
+      payload: { username: 'bob', password: PASSWORD },
+      remoteAddress: '192.0.2.99',
+    })
+    expect(blocked.statusCode).toBe(429)
+    expect(Number(blocked.headers['retry-after'])).toBeGreaterThanOrEqual(1)
+    expect(Number(blocked.headers['retry-after'])).toBeLessThanOrEqual(60)
+    expect(blocked.json()).toEqual({
+      error: 'too_many_requests',
+      error_description: 'too many login attempts',
+      code: 'ERR_RATE_LIMITED',
+    })
+    // other accounts are not affected
+    await login(guarded, 'ada')
+  })
+
+  // .ci/run sets REDIS_URL to the machine's server
+  it.skipIf(!process.env.REDIS_URL)('shares the login limits of two instances through Redis', async () => {
+    const options = { rateLimit: { perAccount: 2 }, redisUrl: process.env.REDIS_URL! }
+    const one = server(options)
+    const two = server(options)
+    // a fresh account name per run: Redis keeps the windows between runs
+    const username = `redis-${newSessionId()}`
+    const attempt = (target: AuthServer) =>
+      target.inject({ method: 'POST', url: '/auth/login', payload: { username, password: 'x' } })
+    expect((await attempt(one)).statusCode).toBe(400)
+    expect((await attempt(two)).statusCode).toBe(400)
+    const blocked = await attempt(one)
+    expect(blocked.statusCode).toBe(429)
+    expect(blocked.json()).toMatchObject({ code: 'ERR_RATE_LIMITED' })
+    expect(Number(blocked.headers['retry-after'])).toBeGreaterThanOrEqual(1)
+  })
+
+  it('limits attempts per client IP across accounts', async () => {
+    const guarded = server({ rateLimit: { perIp: 3 } })
+    const attempt = (username: string, remoteAddress: string) =>
+      guarded.inject({
+        method: 'POST',
+        url: '/auth/login',
+        payload: { username, password: 'x' },
+        remoteAddress,
+      })
+    for (const username of ['u1', 'u2', 'u3'])
+      expect((await attempt(username, '198.51.100.7')).statusCode).toBe(400)
+    const blocked = await attempt('u4', '198.51.100.7')
+    expect(blocked.statusCode).toBe(429)
+    expect(blocked.headers['retry-after']).toBe('60')
+    expect((await attempt('u4', '198.51.100.8')).statusCode).toBe(400)
+  })
+})
+
+describe('bad bodies', () => {
+  const cases: Array<{ name: string; status: number; payload: string; contentType?: string }> = [
+    { name: 'non-JSON', status: 400, payload: '{"username":"ada","password":' },
+    { name: 'an empty JSON body', status: 400, payload: '' },
+    { name: 'a JSON array', status: 400, payload: '[]' },
+    { name: 'a missing field', status: 400, payload: '{"username":"ada"}' },
+    { name: 'an extra field', status: 400, payload: `{"username":"ada","password":"x","admin":true}` },
+    { name: 'a number for a string', status: 400, payload: '{"username":"ada","password":12345678}' },
+    {
+      name: 'a string over 1024 characters',
+      status: 400,
+      payload: JSON.stringify({ username: 'ada', password: 'p'.repeat(1025) }),
+    },
+    {
+      name: 'a __proto__ key',
+      status: 400,
+      payload: '{"username":"ada","password":"x","__proto__":{"admin":true}}',
+    },
+    {
+      name: 'nesting 2000 levels deep (within 4 KiB)',
+      status: 400,
+      payload: `${'['.repeat(2000)}${']'.repeat(2000)}`,
+    },
+    {
+      name: 'an object nested 600 levels deep',
+      status: 400,
+      payload: `${'{"a":'.repeat(600)}1${'}'.repeat(600)}`,
+    },
+    {
+      name: 'nesting 10 000 levels deep',
+      status: 413,
+      payload: `${'['.repeat(10_000)}${']'.repeat(10_000)}`,
+    },
+    {
+      name: 'a body over 4 KiB',
+      status: 413,
+      payload: JSON.stringify({ username: 'ada', password: 'p'.repeat(5000) }),
+    },
+    { name: 'text/plain', status: 415, payload: 'username=ada', contentType: 'text/plain' },
+    {
+      name: 'a form body on a JSON route',
+      status: 415,
+      payload: 'username=ada&password=x',
+      contentType: FORM['content-type'],
+    },
+    { name: 'application/xml', status: 415, payload: '<login/>', contentType: 'application/xml' },
+  ]
+
+  for (const { name, status, payload, contentType = 'application/json' } of cases) {
+    it(`answers ${name} with ${status} invalid_request and keeps serving`, async () => {
+      const response = await app.inject({
+        method: 'POST',
+        url: '/auth/login',
+        payload,
+        headers: { 'content-type': contentType },
+      })
+      expect(response.statusCode).toBe(status)
+      const body = response.json()
+      expect(body).toMatchObject({ error: 'invalid_request', code: 'ERR_INVALID_REQUEST' })
+      expect(Object.keys(body).sort()).toEqual(['code', 'error', 'error_description'])
+      // no stack trace, no echo of the body
+      expect(response.body).not.toMatch(/ at |node_modules|\.ts:|"password"/)
+      const alive = await app.inject({ method: 'GET', url: '/.well-known/jwks.json' })
+      expect(alive.statusCode).toBe(200)
+    })
+  }
+
+  it('never echoes the body in a parse error (JSON.parse quotes its input)', async () => {
+    const response = await app.inject({
+      method: 'POST',
+      url: '/auth/login',
+      payload: '{"username":"ada","password":"hunter2-secret" oops}',
+      headers: { 'content-type': 'application/json' },
+    })
+    expect(response.statusCode).toBe(400)
+    expect(response.json()).toEqual({
+      error: 'invalid_request',
+      error_description: 'malformed request',
+      code: 'ERR_INVALID_REQUEST',
+    })
+  })
+})
+
+describe('POST /refresh/token', () => {
+  it('rotates, and a retry within the grace window gets the byte-identical refresh token', async () => {
+    const { refreshToken } = await login()
+    const first = await app.inject({ method: 'POST', url: '/refresh/token', payload: { refreshToken } })
+    expect(first.statusCode).toBe(200)
+    expectNoStore(first)
+    const body = first.json()
+    expect(Object.keys(body)).toEqual(['accessToken', 'refreshToken', 'tokenType', 'expiresIn'])
+    expect(body.refreshToken).not.toBe(refreshToken)
+    const retry = await app.inject({ method: 'POST', url: '/refresh/token', payload: { refreshToken } })
+    expect(retry.statusCode).toBe(200)
+    expect(retry.json().refreshToken).toBe(body.refreshToken)
+  })
+
+  it('answers unknown, forged and garbage tokens with one identical 400 invalid_grant body', async () => {
+    const { refreshToken } = await login()
+    const bytes = Buffer.from(refreshToken, 'base64url')
+    bytes[30]! ^= 0xff
+    const tokens = [
+      encodeRefreshToken({ sessionId: newSessionId(), counter: 0, key: newSessionKey() }),
+      bytes.toString('base64url'),
+      'garbage',
+    ]
+    for (const token of tokens) {
+      const response = await app.inject({
+        method: 'POST',
+        url: '/refresh/token',
+        payload: { refreshToken: token },
+      })
+      expect(response.statusCode).toBe(400)
+      expect(response.json()).toEqual(INVALID_GRANT)
+      expectNoStore(response)
+    }
+  })
+
+  it('answers reuse outside the grace window with invalid_grant and kills the current token', async () => {
+    const clock = { now: Date.UTC(2030, 0, 1) }
+    const events: string[] = []
+    const timed = server({ now: () => clock.now, onEvent: (event) => events.push(event.type) })
+    const { refreshToken } = await login(timed)
+    const next = (
+      await timed.inject({ method: 'POST', url: '/refresh/token', payload: { refreshToken } })
+    ).json()
+    clock.now += 11_000
+    const reuse = await timed.inject({ method: 'POST', url: '/refresh/token', payload: { refreshToken } })
+    expect(reuse.statusCode).toBe(400)
+    expect(reuse.json()).toEqual(INVALID_GRANT)
+    const current = await timed.inject({
+      method: 'POST',
+      url: '/refresh/token',
+      payload: { refreshToken: next.refreshToken },
+    })
+    expect(current.json()).toEqual(INVALID_GRANT)
+    expect(timed.tokenflow.issuer.stats.reuseDetected).toBe(1)
+    expect(events).toContain('reuseDetected')
+  })
+
+  it('answers a missing refreshToken with 400 invalid_request', async () => {
+    const response = await app.inject({ method: 'POST', url: '/refresh/token', payload: {} })
+    expect(response.statusCode).toBe(400)
+    expect(response.json()).toMatchObject({ error: 'invalid_request', code: 'ERR_INVALID_REQUEST' })
+  })
+})
+
+describe('POST /auth/logout', () => {
+  it('always answers 200, and revokes the session of a valid token', async () => {
+    const { refreshToken } = await login()
+    for (const request of [
+      { payload: { refreshToken: 'garbage' } },
+      {
+        payload: {
+          refreshToken: encodeRefreshToken({ sessionId: newSessionId(), counter: 0, key: newSessionKey() }),
+        },
+      },
+      { payload: {} },
+      {},
+      { payload: { refreshToken } },
+      { payload: { refreshToken } },
+    ]) {
+      const response = await app.inject({ method: 'POST', url: '/auth/logout', ...request })
+      expect(response.statusCode).toBe(200)
+      expect(response.json()).toEqual({})
+    }
+    const after = await app.inject({ method: 'POST', url: '/refresh/token', payload: { refreshToken } })
+    expect(after.json()).toEqual(INVALID_GRANT)
+  })
+
+  it('revokes the session named by a Bearer access token', async () => {
+    const { accessToken, refreshToken } = await login()
+    const response = await app.inject({
+      method: 'POST',
+      url: '/auth/logout',
+      headers: { authorization: `Bearer ${accessToken}` },
+    })
+    expect(response.statusCode).toBe(200)
+    const after = await app.inject({ method: 'POST', url: '/refresh/token', payload: { refreshToken } })
+    expect(after.json()).toEqual(INVALID_GRANT)
+  })
+})
+
+describe('POST /oauth/token (RFC 6749 section 6)', () => {
+  const token = (params: Record<string, string>, headers: Record<string, string> = FORM) =>
+    app.inject({ method: 'POST', url: '/oauth/token', payload: form(params), headers })
+
+  it('answers the refresh_token grant in RFC spelling with no-store', async () => {
+    const { refreshToken } = await login()
+    const response = await token({
+      grant_type: 'refresh_token',
+      refresh_token: refreshToken,
+      client_id: 'web',
+    })
+    expect(response.statusCode).toBe(200)
+    expectNoStore(response)
+    const body = response.json()
+    expect(Object.keys(body)).toEqual(['access_token', 'token_type', 'expires_in', 'refresh_token'])
+    expect(body).toMatchObject({ token_type: 'Bearer', expires_in: 900 })
+    expect(body.refresh_token).not.toBe(refreshToken)
+  })
+
+  it('answers errors with RFC 6749 section 5.2 bodies', async () => {
+    const { refreshToken } = await login()
+    const cases: Array<[Record<string, string>, number, string]> = [
+      [{ grant_type: 'password', client_id: 'web' }, 400, 'unsupported_grant_type'],
+      [{ grant_type: 'authorization_code', code: 'x', client_id: 'web' }, 400, 'unsupported_grant_type'],
+      [{ refresh_token: refreshToken, client_id: 'web' }, 400, 'invalid_request'],
+      [{ grant_type: 'refresh_token', client_id: 'web' }, 400, 'invalid_request'],
+      [{ grant_type: 'refresh_token', refresh_token: refreshToken }, 400, 'invalid_request'],
+      [
+        { grant_type: 'refresh_token', refresh_token: refreshToken, client_id: 'evil' },
+        400,
+        'invalid_client',
+      ],
+      [{ grant_type: 'refresh_token', refresh_token: 'garbage', client_id: 'web' }, 400, 'invalid_grant'],
+    ]
+    for (const [params, status, error] of cases) {
+      const response = await token(params)
+      expect(response.statusCode).toBe(status)
+      expect(response.json()).toMatchObject({ error, code: expect.stringMatching(/^ERR_/) })
+      expect(typeof response.json().error_description).toBe('string')
+      expectNoStore(response)
+    }
+    // none of those spent the token
+    expect(
+      (await token({ grant_type: 'refresh_token', refresh_token: refreshToken, client_id: 'web' }))
+        .statusCode,
+    ).toBe(200)
+  })
+
+  it('refuses a repeated parameter and a JSON body', async () => {
+    const repeated = await app.inject({
+      method: 'POST',
+      url: '/oauth/token',
+      payload: 'grant_type=refresh_token&grant_type=refresh_token&client_id=web&refresh_token=x',
+      headers: FORM,
+    })
+    expect(repeated.statusCode).toBe(400)
+    expect(repeated.json()).toMatchObject({ error: 'invalid_request', code: 'ERR_INVALID_REQUEST' })
+    const json = await app.inject({
+      method: 'POST',
+      url: '/oauth/token',
+      payload: { grant_type: 'refresh_token', refresh_token: 'x', client_id: 'web' },
+    })
+    expect(json.statusCode).toBe(415)
+  })
+})
+
+describe('POST /oauth/revoke (RFC 7009)', () => {
+  it('answers 200 for unknown tokens and revokes a valid one', async () => {
+    const { refreshToken, accessToken } = await login()
+    for (const value of ['garbage', accessToken, refreshToken]) {
+      const response = await app.inject({
+        method: 'POST',
+        url: '/oauth/revoke',
+        payload: form({ token: value, client_id: 'web' }),
+        headers: FORM,
+      })
+      expect(response.statusCode).toBe(200)
+      expect(response.body).toBe('')
+    }
+    const after = await app.inject({ method: 'POST', url: '/refresh/token', payload: { refreshToken } })
+    expect(after.json()).toEqual(INVALID_GRANT)
+    const missing = await app.inject({
+      method: 'POST',
+      url: '/oauth/revoke',
+      payload: form({ client_id: 'web' }),
+      headers: FORM,
+    })
+    expect(missing.statusCode).toBe(400)
+    expect(missing.json()).toMatchObject({ error: 'invalid_request' })
+  })
+})
+
+describe('session routes', () => {
+  const bearer = (accessToken: string) => ({ authorization: `Bearer ${accessToken}` })
+
+  it("GET /auth/sessions lists the user's sessions and marks the current one", async () => {
+    const current = await login()
+    const other = await login()
+    const response = await app.inject({
+      method: 'GET',
+      url: '/auth/sessions',
+      headers: bearer(current.accessToken),
+    })
+    expect(response.statusCode).toBe(200)
+    expectNoStore(response)
+    const { sessions } = response.json() as { sessions: Array<{ id: string; current: boolean }> }
+    expect(sessions.filter((session) => session.current).map((session) => session.id)).toEqual([
+      sidOf(current.accessToken),
+    ])
+    expect(sessions.map((session) => session.id)).toContain(sidOf(other.accessToken))
+    expect(JSON.stringify(sessions)).not.toMatch(/"key"|refreshToken/)
+  })
+
+  it('answers 401 with WWW-Authenticate: Bearer error="invalid_token" and a stable code', async () => {
+    const cases: Array<[Record<string, string>, string]> = [
+      [{}, 'ERR_TOKEN_MISSING'],
+      [{ authorization: 'Bearer not.a.jwt' }, 'ERR_JWS_INVALID'],
+      [{ authorization: 'Basic YWRhOnB3' }, 'ERR_TOKEN_MISSING'],
+    ]
+    for (const [headers, code] of cases) {
+      const response = await app.inject({ method: 'GET', url: '/auth/sessions', headers })
+      expect(response.statusCode).toBe(401)
+      expect(response.headers['www-authenticate']).toMatch(/^Bearer error="invalid_token"/)
+      expect(response.json()).toMatchObject({ error: 'invalid_token', code })
+    }
+  })
+
+  it("DELETE /auth/sessions/:id revokes one of mine; someone else's is 404", async () => {
+    const mine = await login()
+    const second = await login()
+    const bobs = await login(app, 'bob')
+    const foreign = await app.inject({
+      method: 'DELETE',
+      url: `/auth/sessions/${sidOf(bobs.accessToken)}`,
+      headers: bearer(mine.accessToken),
+    })
+    expect(foreign.statusCode).toBe(404)
+    expect(foreign.json()).toEqual({
+      error: 'not_found',
+      error_description: 'session not found',
+      code: 'ERR_NOT_FOUND',
+    })
+    const own = await app.inject({
+      method: 'DELETE',
+      url: `/auth/sessions/${sidOf(second.accessToken)}`,
+      headers: bearer(mine.accessToken),
+    })
+    expect(own.statusCode).toBe(204)
+    const dead = await app.inject({
+      method: 'POST',
+      url: '/refresh/token',
+      payload: { refreshToken: second.refreshToken },
+    })
+    expect(dead.json()).toEqual(INVALID_GRANT)
+    const alive = await app.inject({
+      method: 'POST',
+      url: '/refresh/token',
+      payload: { refreshToken: bobs.refreshToken },
+    })
+    expect(alive.statusCode).toBe(200)
+  })
+
+  it('POST /auth/logout-all ends every session; the access token stops working on these routes', async () => {
+    const one = await login(app, 'bob')
+    const two = await login(app, 'bob')
+    const response = await app.inject({
+      method: 'POST',
+      url: '/auth/logout-all',
+      headers: bearer(one.accessToken),
+    })
+    expect(response.statusCode).toBe(200)
+    expect(response.json().revoked).toBeGreaterThanOrEqual(2)
+    for (const { refreshToken } of [one, two]) {
+      const dead = await app.inject({ method: 'POST', url: '/refresh/token', payload: { refreshToken } })
+      expect(dead.json()).toEqual(INVALID_GRANT)
+    }
+    const after = await app.inject({ method: 'GET', url: '/auth/sessions', headers: bearer(two.accessToken) })
+    expect(after.statusCode).toBe(401)
+    expect(after.headers['www-authenticate']).toMatch(/^Bearer error="invalid_token"/)
+    expect(after.json()).toMatchObject({ error: 'invalid_token', code: 'ERR_INVALID_TOKEN' })
+  })
+})
+
+describe('discovery', () => {
+  it('serves the JWKS with public keys only', async () => {
+    const response = await app.inject({ method: 'GET', url: '/.well-known/jwks.json' })
+    expect(response.statusCode).toBe(200)
+    const { keys } = response.json() as { keys: Array<Record<string, string>> }
+    expect(keys.length).toBeGreaterThanOrEqual(1)
+    for (const key of keys) {
+      expect(key).toMatchObject({ use: 'sig', alg: 'ES256', kty: 'EC' })
+      expect(Object.keys(key).sort()).toEqual(['alg', 'crv', 'kid', 'kty', 'use', 'x', 'y'])
+    }
+  })
+
+  it('serves RFC 8414 metadata', async () => {
+    const response = await app.inject({ method: 'GET', url: '/.well-known/oauth-authorization-server' })
+    expect(response.statusCode).toBe(200)
+    expect(response.json()).toEqual({
+      issuer: ISSUER,
+      token_endpoint: `${ISSUER}/oauth/token`,
+      revocation_endpoint: `${ISSUER}/oauth/revoke`,
+      jwks_uri: `${ISSUER}/.well-known/jwks.json`,
+      grant_types_supported: ['refresh_token'],
+      response_types_supported: [],
+      token_endpoint_auth_methods_supported: ['none'],
+      revocation_endpoint_auth_methods_supported: ['none'],
+    })
+  })
+
+  it('answers an unknown route with a JSON 404', async () => {
+    const response = await app.inject({ method: 'GET', url: '/nope?token=secret' })
+    expect(response.statusCode).toBe(404)
+    expect(response.json()).toEqual({
+      error: 'not_found',
+      error_description: 'no route GET /nope',
+      code: 'ERR_NOT_FOUND',
+    })
+  })
+})
+
+describe('signing keys', () => {
+  it('rotateKeys: tokens signed before stay verifiable through the JWKS, new ones use the new key', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tokenflow-rotate-'))
+    const own = createSqliteStore({ filename: join(dir, 'keys.db') })
+    try {
+      const target = server({ store: own })
+      await target.ready()
+      await target.tokenflow.issuer.addUser('ada', PASSWORD)
+      const before = await login(target)
+      const oldKid = decodeProtectedHeader(before.accessToken).kid
+      const { kid } = await target.tokenflow.rotateKeys()
+      expect(kid).not.toBe(oldKid)
+      const jwks = (await target.inject({ method: 'GET', url: '/.well-known/jwks.json' })).json()
+      expect(jwks.keys.map((key: { kid: string }) => key.kid).sort()).toEqual([oldKid, kid].sort())
+      const keySet = createLocalJWKSet(jwks)
+      await expect(
+        jwtVerify(before.accessToken, keySet, { issuer: ISSUER, audience: AUDIENCE }),
+      ).resolves.toBeTruthy()
+      const after = await login(target)
+      expect(decodeProtectedHeader(after.accessToken).kid).toBe(kid)
+      await expect(
+        jwtVerify(after.accessToken, keySet, { issuer: ISSUER, audience: AUDIENCE }),
+      ).resolves.toBeTruthy()
+    } finally {
+      await own.close()
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('signs with RS256 when keys.alg says so', async () => {
+    const own = createSqliteStore({ filename: ':memory:' })
+    try {
+      const target = server({ store: own, keys: { alg: 'RS256' } })
+      await target.ready()
+      await target.tokenflow.issuer.addUser('ada', PASSWORD)
+      const { accessToken } = await login(target)
+      expect(decodeProtectedHeader(accessToken)).toMatchObject({ alg: 'RS256', typ: 'at+jwt' })
+      const jwks = (await target.inject({ method: 'GET', url: '/.well-known/jwks.json' })).json()
+      expect(jwks.keys).toEqual([expect.objectContaining({ kty: 'RSA', alg: 'RS256', use: 'sig' })])
+      await expect(
+        jwtVerify(accessToken, createLocalJWKSet(jwks), {
+          issuer: ISSUER,
+          audience: AUDIENCE,
+          typ: 'at+jwt',
+        }),
+      ).resolves.toBeTruthy()
+    } finally {
+      await own.close()
+    }
+  })
+
+  it('keeps the key across a restart over the same SQLite file, so issued tokens stay valid', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tokenflow-restart-'))
+    const filename = join(dir, 'tokenflow.db')
+    try {
+      const firstStore = createSqliteStore({ filename })
+      const first = createAuthServer({ issuer: ISSUER, audience: AUDIENCE, store: firstStore })
+      await first.ready()
+      await first.tokenflow.issuer.addUser('ada', PASSWORD)
+      const tokens = await login(first)
+      const firstJwks = (await first.inject({ method: 'GET', url: '/.well-known/jwks.json' })).json()
+      await first.close()
+      await firstStore.close()
+
+      const secondStore = createSqliteStore({ filename })
+      const second = createAuthServer({ issuer: ISSUER, audience: AUDIENCE, store: secondStore })
+      try {
+        const secondJwks = (await second.inject({ method: 'GET', url: '/.well-known/jwks.json' })).json()
+        expect(secondJwks).toEqual(firstJwks)
+        await expect(
+          jwtVerify(tokens.accessToken, createLocalJWKSet(secondJwks), {
+            issuer: ISSUER,
+            audience: AUDIENCE,
+          }),
+        ).resolves.toBeTruthy()
+        const sessions = await second.inject({
+          method: 'GET',
+          url: '/auth/sessions',
+          headers: { authorization: `Bearer ${tokens.accessToken}` },
+        })
+        expect(sessions.statusCode).toBe(200)
+        const refreshed = await second.inject({
+          method: 'POST',
+          url: '/refresh/token',
+          payload: { refreshToken: tokens.refreshToken },
+        })
+        expect(refreshed.statusCode).toBe(200)
+      } finally {
+        await second.close()
+        await secondStore.close()
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
+
+describe('cookie mode', () => {
+  let cookieApp: AuthServer
+  beforeAll(async () => {
+    // a frozen clock makes Max-Age exact
+    const frozen = Date.UTC(2030, 0, 1)
+    cookieApp = server({ cookie: true, now: () => frozen })
+    await cookieApp.ready()
+  })
+
+  const cookieOf = (response: LightMyRequestResponse) => {
+    const header = response.headers['set-cookie']
+    return Array.isArray(header) ? header[0] : header
+  }
+
+  async function cookieLogin() {
+    const response = await cookieApp.inject({
+      method: 'POST',
+      url: '/auth/login',
+      payload: { username: 'ada', password: PASSWORD },
+    })
+    expect(response.statusCode).toBe(200)
+    const value = response.cookies.find((cookie) => cookie.name === '__Secure-tokenflow_rt')?.value
+    expect(value).toMatch(/^[A-Za-z0-9_-]{52}$/)
+    return { response, refreshToken: value!, accessToken: response.json().accessToken as string }
+  }
+
+  it('puts the refresh token in an HttpOnly, Secure, SameSite=Strict cookie scoped to /refresh/token, never in the body', async () => {
+    const { response } = await cookieLogin()
+    expect(Object.keys(response.json())).toEqual(['accessToken', 'tokenType', 'expiresIn'])
+    const cookie = cookieOf(response)!
+    expect(cookie).toMatch(/^__Secure-tokenflow_rt=[A-Za-z0-9_-]{52}; /)
+    for (const attribute of [
+      'HttpOnly',
+      'Secure',
+      'SameSite=Strict',
+      'Path=/refresh/token',
+      'Max-Age=2592000',
+    ]) {
+      expect(cookie.split('; ')).toContain(attribute)
+    }
+    expectNoStore(response)
+  })
+
+  it('refreshes from the cookie only with the CSRF header, and rotates the cookie', async () => {
+    const { refreshToken } = await cookieLogin()
+    const cookies = { '__Secure-tokenflow_rt': refreshToken }
+    const noHeader = await cookieApp.inject({ method: 'POST', url: '/refresh/token', cookies })
+    expect(noHeader.statusCode).toBe(400)
+    expect(noHeader.json()).toEqual({
+      error: 'invalid_request',
+      error_description: 'missing "x-tokenflow-refresh" header',
+      code: 'ERR_INVALID_REQUEST',
+    })
+    const ok = await cookieApp.inject({
+      method: 'POST',
+      url: '/refresh/token',
+      cookies,
+      headers: { 'x-tokenflow-refresh': '1' },
+    })
+    expect(ok.statusCode).toBe(200)
+    expect(Object.keys(ok.json())).toEqual(['accessToken', 'tokenType', 'expiresIn'])
+    expectNoStore(ok)
+    const rotated = ok.cookies.find((cookie) => cookie.name === '__Secure-tokenflow_rt')
+    expect(rotated?.value).toMatch(/^[A-Za-z0-9_-]{52}$/)
+    expect(rotated?.value).not.toBe(refreshToken)
+  })
+
+  it('ignores a refresh token in the body and answers a missing cookie with invalid_grant, clearing it', async () => {
+    const { refreshToken } = await cookieLogin()
+    const response = await cookieApp.inject({
+      method: 'POST',
+      url: '/refresh/token',
+      payload: { refreshToken },
+      headers: { 'x-tokenflow-refresh': '1' },
+    })
+    expect(response.statusCode).toBe(400)
+    expect(response.json()).toEqual(INVALID_GRANT)
+    expect(cookieOf(response)).toMatch(/^__Secure-tokenflow_rt=; .*Path=\/refresh\/token/)
+  })
+
+  it('logs out by the access token, since the cookie never reaches /auth/logout', async () => {
+    const { refreshToken, accessToken } = await cookieLogin()
+    const out = await cookieApp.inject({
+      method: 'POST',
+      url: '/auth/logout',
+      headers: { authorization: `Bearer ${accessToken}` },
+    })
+    expect(out.statusCode).toBe(200)
+    expect(cookieOf(out)).toMatch(/^__Secure-tokenflow_rt=; /)
+    const after = await cookieApp.inject({
+      method: 'POST',
+      url: '/refresh/token',
+      cookies: { '__Secure-tokenflow_rt': refreshToken },
+      headers: { 'x-tokenflow-refresh': '1' },
+    })
+    expect(after.json()).toEqual(INVALID_GRANT)
+  })
+})
+
+describe('logging', () => {
+  it('never writes a token or a password to the logs', async () => {
+    let logs = ''
+    const logged = server({
+      logger: {
+        level: 'trace',
+        stream: {
+          write: (line: string) => {
+            logs += line
+          },
+        },
+      },
+    })
+    await logged.ready()
+    const secrets: string[] = [PASSWORD, 'hunter2-typo-password']
+    const first = await logged.inject({
+      method: 'POST',
+      url: '/auth/login',
+      payload: { username: 'ada', password: PASSWORD },
+      headers: { 'user-agent': 'vitest' },
+    })
+    const tokens = first.json()
+    secrets.push(tokens.accessToken, tokens.refreshToken)
+    await logged.inject({
+      method: 'POST',
+      url: '/auth/login',
+      payload: { username: 'ada', password: 'hunter2-typo-password' },
+    })
+    await logged.inject({
+      method: 'POST',
+      url: '/auth/login',
+      payload: `{"username":"ada","password":"${PASSWORD}"`,
+      headers: { 'content-type': 'application/json' },
+    })
+    const next = (
+      await logged.inject({
+        method: 'POST',
+        url: '/refresh/token',
+        payload: { refreshToken: tokens.refreshToken },
+      })
+    ).json()
+    secrets.push(next.accessToken, next.refreshToken)
+    const oauth = (
+      await logged.inject({
+        method: 'POST',
+        url: '/oauth/token',
+        payload: form({ grant_type: 'refresh_token', refresh_token: next.refreshToken, client_id: 'web' }),
+        headers: FORM,
+      })
+    ).json()
+    secrets.push(oauth.access_token, oauth.refresh_token)
+    await logged.inject({
+      method: 'GET',
+      url: `/auth/sessions?access_token=${oauth.access_token}`,
+      headers: { authorization: `Bearer ${oauth.access_token}`, cookie: `rt=${oauth.refresh_token}` },
+    })
+    // reuse: logged as a warning, by session id only
+    await logged.inject({
+      method: 'POST',
+      url: '/refresh/token',
+      payload: { refreshToken: tokens.refreshToken },
+    })
+    await logged.inject({
+      method: 'POST',
+      url: '/oauth/revoke',
+      payload: form({ token: oauth.refresh_token, client_id: 'web' }),
+      headers: FORM,
+    })
+    await logged.inject({
+      method: 'POST',
+      url: '/auth/logout',
+      payload: { refreshToken: oauth.refresh_token },
+    })
+    // an app logging a request body next to the request is redacted too
+    logged.log.info({ body: { password: PASSWORD, refreshToken: next.refreshToken } }, 'app log')
+
+    expect(logs).toContain('"msg":"request completed"')
+    expect(logs).toContain('refresh token reuse: session revoked')
+    expect(logs).toContain('"msg":"app log"')
+    expect(secrets.every((secret) => typeof secret === 'string' && secret.length > 10)).toBe(true)
+    for (const secret of secrets) expect(logs).not.toContain(secret)
+  })
+})
+
+describe('createAuthServer options', () => {
+  it('throws ERR_CONFIG at creation for a bad configuration', () => {
+    const base = { issuer: ISSUER, audience: AUDIENCE, store }
+    for (const bad of [
+      { issuer: 'not a url' },
+      { issuer: 'https://auth.example.com/?x=1' },
+      { audience: '' },
+      { accessTokenTtl: 0 },
+      { reuseGrace: -1 },
+      { cookie: { path: '/auth' } },
+      { cookie: { name: '__Host-rt' } },
+      { cookie: { name: 'bad name' } },
+      { redisUrl: 'http://127.0.0.1:6379' },
+      { keys: { alg: 'HS256' } },
+      { pruneInterval: -5 },
+    ]) {
+      expect(() => createAuthServer({ ...base, ...(bad as object) } as AuthServerOptions)).toThrow(
+        expect.objectContaining({ name: 'AuthError', code: 'ERR_CONFIG' }),
+      )
+    }
+  })
+
+  it('answers a failing store with a 500 that reveals nothing', async () => {
+    const broken = new Proxy(store, {
+      get(target, property, receiver) {
+        if (property === 'getSession')
+          return async () => Promise.reject(new Error('db down at /srv/secret/path'))
+        const value = Reflect.get(target, property, receiver)
+        return typeof value === 'function' ? value.bind(target) : value
+      },
+    })
+    const failing = server({ store: broken })
+    const { refreshToken } = await login()
+    const response = await failing.inject({
+      method: 'POST',
+      url: '/refresh/token',
+      payload: { refreshToken },
+    })
+    expect(response.statusCode).toBe(500)
+    expect(response.json()).toEqual({
+      error: 'server_error',
+      error_description: 'internal server error',
+      code: 'ERR_INTERNAL',
+    })
+  })
+})
+
+function sidOf(accessToken: string): string {
+  return JSON.parse(Buffer.from(accessToken.split('.')[1]!, 'base64url').toString()).sid
+}
