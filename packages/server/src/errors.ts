@@ -42,6 +42,8 @@ export class AuthError extends Error {
 export function isAuthError(error: unknown): error is AuthError {
   return (
     error instanceof AuthError ||
-    (error instanceof Error && error.name === 'AuthError' && typeof (error as { code?: unknown }).code === 'string')
+    (error instanceof Error &&
+      error.name === 'AuthError' &&
+      typeof (error as { code?: unknown }).code === 'string')
   )
 }
