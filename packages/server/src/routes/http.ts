@@ -5,7 +5,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { type AuthError, isAuthError } from '../errors.js'
 import type { AccessTokenClaims, Issuer } from '../issuer.js'
-import { isVerifyError } from '../verify.js'
+import { isVerifyError, verifyErrorResponse } from '../verify.js'
 
 /** Longest string field accepted in a body; tokens and passwords are far shorter. */
 export const MAX_FIELD_LENGTH = 1024
@@ -76,11 +76,11 @@ export function sendAuthError(request: FastifyRequest, reply: FastifyReply, erro
   if (isVerifyError(error)) {
     // the codes of "@tokenflow/server/verify" (ERR_JWT_EXPIRED, …), so every tokenflow API answers alike
     request.log.info({ code: error.code }, 'access token rejected')
-    return sendError(reply, error.status, {
-      error: 'invalid_token',
-      error_description: error.message,
-      code: error.code,
-    })
+    const { status, headers, body } = verifyErrorResponse(error)
+    return reply
+      .code(status)
+      .headers({ ...headers, pragma: 'no-cache' })
+      .send(body)
   }
   request.log.error({ err: error }, 'request failed')
   return sendError(reply, 500, {
