@@ -1,0 +1,370 @@
+import type { Browser, BrowserContext } from 'playwright-core'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import {
+  afterExpiry,
+  type BrowserTestServer,
+  bundlePage,
+  CHROMIUM_PATH,
+  claimsOf,
+  hasChromium,
+  launchChromium,
+  openTab,
+  PASSWORD,
+  reloadTab,
+  type ServerCounts,
+  sleepUntil,
+  startBrowserTestServer,
+  type Tab,
+  USERNAME,
+} from './harness.js'
+import type { PageSetup, RecordedEvent, RequestResult } from './page.js'
+
+// Real tabs of one Chromium profile share localStorage, navigator.locks and BroadcastChannel. They talk to
+// the real @tokenflow/server with 1 s access tokens and rotating refresh tokens with no reuse grace, so a
+// second refresh with the same refresh token shows up as a reuse detection (and a revoked session).
+
+const inCI = process.env.CI === 'true'
+if (!hasChromium && !inCI) {
+  console.log(
+    `browser tests skipped: no Chromium at ${CHROMIUM_PATH}; on Debian/Ubuntu: apt-get install -y chromium`,
+  )
+}
+
+describe.runIf(!hasChromium && inCI)('browser tests', () => {
+  it('have Chromium to run on', () => {
+    throw new Error('Chromium is required in CI: apt-get install -y chromium')
+  })
+})
+
+const NO_TRAFFIC: ServerCounts = {
+  logins: 0,
+  refreshRequests: 0,
+  refreshes: 0,
+  graceReplays: 0,
+  reuseDetected: 0,
+  apiOk: 0,
+  apiUnauthorized: 0,
+}
+const LOCK = 'tokenflow:refresh'
+
+const ofType = (list: RecordedEvent[], type: string) => list.filter((event) => event.type === type)
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+const allOk = (count: number, jti: string | undefined) =>
+  Array.from({ length: count }, () => ({ status: 200, jti, doneAt: expect.any(Number) }))
+
+describe.skipIf(!hasChromium)('in Chromium', () => {
+  let browser: Browser
+  let server: BrowserTestServer
+  const contexts: BrowserContext[] = []
+
+  beforeAll(async () => {
+    const [script, launched] = await Promise.all([bundlePage(), launchChromium()])
+    browser = launched
+    server = await startBrowserTestServer({ script })
+  })
+
+  afterEach(async () => {
+    for (const context of contexts.splice(0)) await context.close()
+  })
+
+  afterAll(async () => {
+    await browser?.close()
+    await server?.close()
+  })
+
+  /** A fresh profile: its tabs share storage, locks and channels with each other and with no other test. */
+  async function profile(): Promise<BrowserContext> {
+    const context = await browser.newContext()
+    contexts.push(context)
+    return context
+  }
+
+  const tabs = (context: BrowserContext, count: number, setup: PageSetup) =>
+    Promise.all(Array.from({ length: count }, () => openTab(context, server.url, setup)))
+  const login = (tab: Tab) =>
+    tab.page.evaluate(([username, password]) => window.tf.login(username, password), [
+      USERNAME,
+      PASSWORD,
+    ] as const)
+  const events = (tab: Tab) => tab.page.evaluate(() => window.tf.events())
+  /** the events of each tab after the first `seen[i]` */
+  const eventsSince = (list: Tab[], seen: number[]) =>
+    Promise.all(list.map(async (tab, i) => (await events(tab)).slice(seen[i])))
+  const counted = (list: Tab[]) => Promise.all(list.map(async (tab) => (await events(tab)).length))
+  const status = (tab: Tab) => tab.page.evaluate(() => window.tf.status())
+  const burst = (tab: Tab, count: number, at?: number) =>
+    tab.page.evaluate(([n, time]) => window.tf.burst(n, time), [count, at] as const)
+  const getAccessToken = (tab: Tab) => tab.page.evaluate(() => window.tf.getAccessToken())
+  const stored = (tab: Tab, storage: 'local' | 'session', key: string) =>
+    tab.page.evaluate(([which, name]) => window.tf.stored(which, name), [storage, key] as const)
+  const storedSet = async (tab: Tab, storage: 'local' | 'session', key: string) =>
+    JSON.parse((await stored(tab, storage, key)) ?? 'null') as {
+      accessToken: string
+      refreshToken: string
+    } | null
+  // Chromium copies a localStorage write to the other tabs' processes asynchronously: their view catches up
+  const waitForStored = (tab: Tab, storage: 'local' | 'session', key: string, accessToken: string | null) =>
+    tab.page.waitForFunction(
+      ([which, name, token]) => {
+        const raw = window.tf.stored(which, name)
+        return (raw === null ? null : (JSON.parse(raw) as { accessToken: string }).accessToken) === token
+      },
+      [storage, key, accessToken] as const,
+      { polling: 10, timeout: 2_000 },
+    )
+  const waitForStatus = (tab: Tab, wanted: string) =>
+    tab.page.waitForFunction((value) => window.tf.status() === value, wanted, { polling: 10, timeout: 2_000 })
+  /** logs in in the first tab and waits until the others have the session */
+  async function loginEverywhere(list: Tab[]): Promise<string> {
+    const accessToken = await login(list[0]!)
+    for (const tab of list.slice(1)) await waitForStatus(tab, 'authenticated')
+    return accessToken
+  }
+
+  it('5 tabs, 20 requests each after expiry: 1 refresh reaches the server, 100 ok, 0 reuse (3 rounds)', async () => {
+    const context = await profile()
+    // four tabs are open at login and hear of it by broadcast; the fifth opens later and reads localStorage
+    const open = await tabs(context, 4, { storage: 'local' })
+    let accessToken = await loginEverywhere(open)
+    const all = [...open, await openTab(context, server.url, { storage: 'local' })]
+
+    for (let round = 1; round <= 3; round++) {
+      server.reset()
+      const seen = await counted(all)
+      // every tab fires at the same wall-clock time, once the token has certainly expired
+      const at = afterExpiry(claimsOf(accessToken).exp)
+      const results = await Promise.all(all.map((tab) => burst(tab, 20, at)))
+
+      expect(server.counts(), `round ${round}`).toEqual({
+        ...NO_TRAFFIC,
+        refreshRequests: 1,
+        refreshes: 1,
+        apiOk: 100,
+      })
+      const [jti, ...others] = new Set(server.apiTokens())
+      expect(others, `round ${round}: every request carried the one new token`).toEqual([])
+      expect(results.flat()).toEqual(allOk(100, jti))
+
+      const fresh = await eventsSince(all, seen)
+      const refreshed = fresh.flatMap((list) => ofType(list, 'refreshed'))
+      const local = refreshed.filter((event) => event.source === 'local')
+      expect(local, `round ${round}: exactly one tab refreshed`).toHaveLength(1)
+      accessToken = local[0]!.accessToken!
+      expect(claimsOf(accessToken).jti).toBe(jti)
+      // the other tabs adopted that very token, by broadcast and again from storage under the lock
+      expect(new Set(refreshed.map((event) => event.accessToken))).toEqual(new Set([accessToken]))
+      fresh.forEach((list, i) => {
+        const where = `tab ${i + 1}, round ${round}`
+        expect(ofType(list, 'refreshed').length, where).toBeGreaterThan(0)
+        // one refresh at a time per manager, shared by its 20 requests; none at all in a tab whose timer
+        // fired late enough to hear of the new token first
+        expect(ofType(list, 'refreshStarted').length, where).toBeLessThanOrEqual(1)
+        expect(list.length, where).toBe(
+          ofType(list, 'refreshed').length + ofType(list, 'refreshStarted').length,
+        )
+      })
+    }
+
+    for (const tab of all) await waitForStored(tab, 'local', 'tokenflow', accessToken)
+    for (const tab of all) expect(tab.errors).toEqual([])
+  })
+
+  it('one tab logs out: every tab emits loggedOut within 1 s', async () => {
+    const context = await profile()
+    const all = await tabs(context, 5, { storage: 'local' })
+    await loginEverywhere(all)
+    server.reset()
+
+    const clearedAt = await all[0]!.page.evaluate(() => window.tf.clear())
+    for (const tab of all) await waitForStatus(tab, 'unauthenticated')
+
+    const loggedOut = await Promise.all(all.map(async (tab) => ofType(await events(tab), 'loggedOut')))
+    expect(loggedOut.map((list) => list.map((event) => event.reason))).toEqual([
+      ['cleared'],
+      ['otherTab'],
+      ['otherTab'],
+      ['otherTab'],
+      ['otherTab'],
+    ])
+    for (const [event] of loggedOut) {
+      expect(event!.at - clearedAt).toBeGreaterThanOrEqual(0)
+      expect(event!.at - clearedAt).toBeLessThan(1_000)
+    }
+    for (const tab of all) {
+      expect(await getAccessToken(tab)).toBeNull()
+      await waitForStored(tab, 'local', 'tokenflow', null)
+      expect(tab.errors).toEqual([])
+    }
+    // a local logout: nothing refreshed, nothing reused
+    expect(server.counts()).toEqual(NO_TRAFFIC)
+  })
+
+  it('a tab closed while it holds the lock does not block the others: they carry on within lockTimeout', async () => {
+    const lockTimeout = 1_500
+    const context = await profile()
+    const [a, b, c] = (await tabs(context, 3, { storage: 'local', lockTimeout })) as [Tab, Tab, Tab]
+    const accessToken = await loginEverywhere([a, b, c])
+    await sleepUntil(afterExpiry(claimsOf(accessToken).exp))
+    server.reset()
+    const seen = await counted([b, c])
+
+    // tab A starts the refresh and the server holds it, so A keeps the lock until the tab closes
+    const held = server.holdNextRefresh()
+    const lost = burst(a, 5).catch(() => 'tab closed')
+    await held.arrived
+    const locks = () => b.page.evaluate(() => navigator.locks.query())
+    expect((await locks()).held?.map((lock) => lock.name)).toEqual([LOCK])
+
+    // B and C need a token too: they queue behind A's lock
+    const waiting = [burst(b, 10), burst(c, 10)]
+    await b.page.waitForFunction(
+      async (name) =>
+        (await navigator.locks.query()).pending?.filter((lock) => lock.name === name).length === 2,
+      LOCK,
+      { polling: 10, timeout: 2_000 },
+    )
+
+    const closedAt = Date.now()
+    await a.page.close()
+    const results: RequestResult[] = (await Promise.all(waiting)).flat()
+    held.release()
+
+    const [jti, ...others] = new Set(server.apiTokens())
+    expect(others).toEqual([])
+    expect(results).toEqual(allOk(20, jti))
+    expect(await lost).toBe('tab closed')
+    // A's refresh arrived and was never answered; B or C refreshed once, and the other adopted its tokens
+    expect(server.counts()).toEqual({ ...NO_TRAFFIC, refreshRequests: 2, refreshes: 1, apiOk: 20 })
+    const after = await eventsSince([b, c], seen)
+    expect(
+      after.flatMap((list) => ofType(list, 'refreshed')).filter((e) => e.source === 'local'),
+    ).toHaveLength(1)
+    for (const list of after) {
+      // Chromium frees a closed tab's locks at once: each tab had its token well within lockTimeout
+      expect(ofType(list, 'refreshed')[0]!.at - closedAt).toBeLessThan(lockTimeout)
+      expect(new Set(list.map((event) => event.type))).toEqual(new Set(['refreshStarted', 'refreshed']))
+    }
+    expect((await locks()).held?.map((lock) => lock.name)).not.toContain(LOCK)
+    for (const tab of [b, c]) expect(tab.errors).toEqual([])
+  })
+
+  // KNOWN BUG (found by this suite, issue 4): `it.fails` until it is fixed, then make it `it`. When the lock wait times
+  // out, `withLock` runs the refresh with no lock at all. Every tab that was waiting times out at about the
+  // same moment and they all refresh with the same refresh token: the server sees reuse and revokes the
+  // session. (With the defaults, lockTimeout = refreshTimeout = 10 s and 2 retries, a holder that is merely
+  // slow keeps the lock longer than its waiters wait.)
+  it.fails('a tab whose refresh hangs past lockTimeout: the tabs that stop waiting still refresh one at a time', async () => {
+    const lockTimeout = 1_500
+    const context = await profile()
+    const [a, b, c] = (await tabs(context, 3, { storage: 'local', lockTimeout })) as [Tab, Tab, Tab]
+    const accessToken = await loginEverywhere([a, b, c])
+    await sleepUntil(afterExpiry(claimsOf(accessToken).exp))
+    server.reset()
+
+    // A holds the lock, its refresh stuck on the network
+    const stuck = server.holdNextRefresh()
+    void burst(a, 1).catch(() => {})
+    await stuck.arrived
+    const waiting = [burst(b, 5), burst(c, 5)]
+    // the first tab to give up waiting refreshes; that answer is slow too, so any other refresh that is not
+    // serialised behind it arrives meanwhile, with the same refresh token
+    const first = server.holdNextRefresh()
+    await first.arrived
+    for (let waited = 0; waited < 1_000 && server.counts().refreshRequests < 3; waited += 10) await sleep(10)
+    first.release('pass')
+    const results = (await Promise.all(waiting)).flat()
+    await a.page.close()
+    stuck.release()
+
+    expect(server.counts()).toEqual({ ...NO_TRAFFIC, refreshRequests: 2, refreshes: 1, apiOk: 10 })
+    expect(results.map((result) => result.status)).toEqual(Array(10).fill(200))
+  })
+
+  describe('webStorage', () => {
+    it('over localStorage: the tokens are kept under the key, shared by the tabs and read back after a reload', async () => {
+      const key = 'tf-local'
+      const setup: PageSetup = { storage: 'local', key }
+      const context = await profile()
+      const a = await openTab(context, server.url, setup)
+      server.reset()
+      const accessToken = await login(a)
+      const { sid } = claimsOf(accessToken)
+      const first = await storedSet(a, 'local', key)
+      expect(first).toEqual({ accessToken, refreshToken: expect.any(String) })
+      expect(await stored(a, 'local', 'tokenflow')).toBeNull()
+      expect(await stored(a, 'session', key)).toBeNull()
+
+      // a tab opened later has only localStorage to go by: its refresh uses the stored refresh token
+      const b = await openTab(context, server.url, setup)
+      await sleepUntil(afterExpiry(claimsOf(accessToken).exp))
+      const fromB = (await getAccessToken(b))!
+      expect(claimsOf(fromB).sid).toBe(sid)
+      const second = (await storedSet(b, 'local', key))!
+      expect(second.accessToken).toBe(fromB)
+      expect(second.refreshToken).not.toBe(first!.refreshToken)
+
+      // after a reload A reads B's rotated tokens back; refreshing with its own spent one would be reuse
+      await reloadTab(a, setup)
+      await waitForStored(a, 'local', key, fromB)
+      expect(await storedSet(a, 'local', key)).toEqual(second)
+      await sleepUntil(afterExpiry(claimsOf(fromB).exp))
+      const fromA = (await getAccessToken(a))!
+      expect(claimsOf(fromA).sid).toBe(sid)
+      expect(await events(a)).toEqual([
+        { type: 'refreshStarted', at: expect.any(Number) },
+        { type: 'refreshed', source: 'local', accessToken: fromA, at: expect.any(Number) },
+      ])
+      expect(server.counts()).toEqual({ ...NO_TRAFFIC, logins: 1, refreshRequests: 2, refreshes: 2 })
+      expect(server.refreshedSessions()).toEqual([sid, sid])
+      await waitForStored(b, 'local', key, fromA)
+      expect(a.errors).toEqual([])
+      expect(b.errors).toEqual([])
+    })
+
+    it('over sessionStorage: each tab is its own session, kept under the key and read back after a reload', async () => {
+      const key = 'tf-session'
+      // per-tab sessions: the tabs must not adopt each other's logins and refreshes by broadcast either
+      const setup: PageSetup = { storage: 'session', key, channel: false }
+      const context = await profile()
+      const [a, b] = (await tabs(context, 2, setup)) as [Tab, Tab]
+      server.reset()
+      const tokenA = await login(a)
+      const tokenB = await login(b)
+      const sids = [claimsOf(tokenA).sid, claimsOf(tokenB).sid]
+      expect(sids[0]).not.toBe(sids[1])
+      const keptA = await storedSet(a, 'session', key)
+      expect(keptA).toEqual({ accessToken: tokenA, refreshToken: expect.any(String) })
+      expect(await storedSet(b, 'session', key)).toEqual({
+        accessToken: tokenB,
+        refreshToken: expect.any(String),
+      })
+      for (const tab of [a, b]) {
+        expect(await stored(tab, 'local', key)).toBeNull()
+        expect(await stored(tab, 'local', 'tokenflow')).toBeNull()
+        expect(await status(tab)).toBe('authenticated')
+      }
+
+      await reloadTab(a, setup)
+      expect(await storedSet(a, 'session', key)).toEqual(keptA)
+
+      // both sessions expire; each tab refreshes its own, with the refresh token its sessionStorage holds
+      await sleepUntil(afterExpiry(Math.max(claimsOf(tokenA).exp, claimsOf(tokenB).exp)))
+      const [nextA, nextB] = (await Promise.all([getAccessToken(a), getAccessToken(b)])) as [string, string]
+      expect([claimsOf(nextA).sid, claimsOf(nextB).sid]).toEqual(sids)
+      expect(server.counts()).toEqual({ ...NO_TRAFFIC, logins: 2, refreshRequests: 2, refreshes: 2 })
+      expect([...server.refreshedSessions()].sort()).toEqual([...sids].sort())
+      expect((await storedSet(a, 'session', key))!.accessToken).toBe(nextA)
+      expect((await storedSet(b, 'session', key))!.accessToken).toBe(nextB)
+      for (const [tab, next] of [
+        [a, nextA],
+        [b, nextB],
+      ] as const) {
+        expect(await events(tab)).toEqual([
+          { type: 'refreshStarted', at: expect.any(Number) },
+          { type: 'refreshed', source: 'local', accessToken: next, at: expect.any(Number) },
+        ])
+        expect(tab.errors).toEqual([])
+      }
+    })
+  })
+})

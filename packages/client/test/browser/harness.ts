@@ -1,0 +1,255 @@
+/**
+ * What the browser suite runs on: the real @tokenflow/server (1 s access tokens, rotation, no reuse grace)
+ * on 127.0.0.1, which also serves the test page, the page script bundled from the client's sources, and a
+ * protected `GET /api/data`; and Debian's Chromium driven by playwright-core (never a downloaded browser).
+ */
+import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { type AuthServer, createAuthServer, createSqliteStore, type TokenStore } from '@tokenflow/server'
+import { createVerifier, type Verifier } from '@tokenflow/server/verify'
+import { build } from 'esbuild'
+import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core'
+import type { PageSetup } from './page.js'
+
+/** Where Debian puts Chromium; `TOKENFLOW_CHROMIUM` points elsewhere (or nowhere, to try the skip path). */
+export const CHROMIUM_PATH = process.env.TOKENFLOW_CHROMIUM ?? '/usr/bin/chromium'
+export const hasChromium = existsSync(CHROMIUM_PATH)
+
+export const USERNAME = 'ada'
+export const PASSWORD = 'correct horse battery staple'
+const ISSUER = 'http://tokenflow.test'
+const AUDIENCE = 'http://tokenflow.test/api'
+
+/** Bundles page.ts for the browser from the client's TypeScript sources. */
+export async function bundlePage(): Promise<string> {
+  const result = await build({
+    entryPoints: [fileURLToPath(new URL('./page.ts', import.meta.url))],
+    bundle: true,
+    write: false,
+    format: 'esm',
+    platform: 'browser',
+    target: 'chrome120',
+    // `@tokenflow/client` resolves to packages/client/src, so the tabs run the code under test
+    conditions: ['@tokenflow/source'],
+    logLevel: 'silent',
+  })
+  return result.outputFiles[0]!.text
+}
+
+/** What the server saw since the last `reset()`. */
+export interface ServerCounts {
+  logins: number
+  /** POST /refresh/token requests that arrived, answered or not */
+  refreshRequests: number
+  /** rotations (the issuer's `refreshed` events outside the grace window) */
+  refreshes: number
+  graceReplays: number
+  /** old refresh tokens presented again: each one revoked its session */
+  reuseDetected: number
+  apiOk: number
+  apiUnauthorized: number
+}
+
+/** A refresh request the server holds until `release()` (or `close()`). */
+export interface HeldRefresh {
+  /** resolves when the request has arrived */
+  arrived: Promise<void>
+  /**
+   * 'unavailable' (the default) answers 503 without rotating anything; 'pass' hands the request on to the
+   * issuer, as if the network had just been slow
+   */
+  release(outcome?: 'unavailable' | 'pass'): void
+}
+
+export interface BrowserTestServer {
+  /** `http://127.0.0.1:<port>` */
+  url: string
+  counts(): ServerCounts
+  /** `jti` of the access token each 200 from /api/data was sent with, in order */
+  apiTokens(): string[]
+  /** `sid` (session) of each rotation, in order */
+  refreshedSessions(): string[]
+  /** holds the next POST /refresh/token */
+  holdNextRefresh(): HeldRefresh
+  reset(): void
+  close(): Promise<void>
+}
+
+const zero = (): ServerCounts => ({
+  logins: 0,
+  refreshRequests: 0,
+  refreshes: 0,
+  graceReplays: 0,
+  reuseDetected: 0,
+  apiOk: 0,
+  apiUnauthorized: 0,
+})
+
+/**
+ * Starts the real auth server on 127.0.0.1 with 1 s access tokens and no reuse grace, plus the page,
+ * its script and `GET /api/data`, which answers the `jti` of the access token it was sent with.
+ */
+export async function startBrowserTestServer({ script }: { script: string }): Promise<BrowserTestServer> {
+  let counts = zero()
+  let apiTokens: string[] = []
+  let refreshedSessions: string[] = []
+  type Outcome = 'unavailable' | 'pass'
+  const holds: { arrive(): void; released: Promise<Outcome> }[] = []
+  const releases = new Set<(outcome: Outcome) => void>()
+
+  const store: TokenStore = createSqliteStore({ filename: ':memory:' })
+  const app: AuthServer = createAuthServer({
+    issuer: ISSUER,
+    audience: AUDIENCE,
+    store,
+    accessTokenTtl: 1_000,
+    // any second use of a rotated refresh token, even a millisecond later, revokes the session
+    reuseGrace: 0,
+    rateLimit: false,
+    onEvent(event) {
+      if (event.type === 'login') counts.logins++
+      if (event.type === 'reuseDetected') counts.reuseDetected++
+      if (event.type === 'refreshed' && event.grace) counts.graceReplays++
+      if (event.type === 'refreshed' && !event.grace) {
+        counts.refreshes++
+        refreshedSessions.push(event.sessionId)
+      }
+    },
+  })
+
+  app.addHook('onRequest', async (request, reply) => {
+    if (request.method !== 'POST' || request.url !== '/refresh/token') return
+    counts.refreshRequests++
+    const hold = holds.shift()
+    if (!hold) return
+    hold.arrive()
+    if ((await hold.released) === 'pass') return
+    // not handed to the issuer: rotating now, with a token another tab has since rotated, would be reuse
+    return reply.code(503).send({ error: 'temporarily_unavailable' })
+  })
+
+  let verifier: Verifier | undefined
+  app.get('/', (_request, reply) =>
+    reply
+      .header('cache-control', 'no-store')
+      .type('text/html')
+      .send(
+        '<!doctype html><meta charset="utf-8"><title>tokenflow</title><script type="module" src="/page.js"></script>',
+      ),
+  )
+  app.get('/page.js', (_request, reply) =>
+    reply.header('cache-control', 'no-store').type('text/javascript').send(script),
+  )
+  app.get('/api/data', { preHandler: (request, reply) => verifier!.fastify(request, reply) }, (request) => {
+    counts.apiOk++
+    apiTokens.push(request.auth!.jti)
+    return { jti: request.auth!.jti }
+  })
+  app.addHook('onResponse', async (request, reply) => {
+    if (request.url === '/api/data' && reply.statusCode === 401) counts.apiUnauthorized++
+  })
+
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  await app.tokenflow.issuer.addUser(USERNAME, PASSWORD)
+  verifier = createVerifier({
+    jwks: await app.tokenflow.keyring.jwks(),
+    issuer: ISSUER,
+    audience: AUDIENCE,
+    // a burst of 100 requests on a busy machine can outlive a fresh 1 s token while it is in flight; the
+    // tests check which token every request carried (its `jti`) instead of relying on the API's clock
+    clockTolerance: 10_000,
+  })
+  const address = app.server.address()
+  const port = typeof address === 'object' && address ? address.port : 0
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    counts: () => ({ ...counts }),
+    apiTokens: () => [...apiTokens],
+    refreshedSessions: () => [...refreshedSessions],
+    holdNextRefresh() {
+      let arrive!: () => void
+      let release!: (outcome: Outcome) => void
+      const arrived = new Promise<void>((resolve) => {
+        arrive = resolve
+      })
+      const released = new Promise<Outcome>((resolve) => {
+        release = resolve
+      })
+      holds.push({ arrive, released })
+      releases.add(release)
+      return { arrived, release: (outcome = 'unavailable') => release(outcome) }
+    },
+    reset() {
+      counts = zero()
+      apiTokens = []
+      refreshedSessions = []
+    },
+    async close() {
+      holds.length = 0
+      for (const release of releases) release('unavailable')
+      await app.close()
+      await store.close()
+    },
+  }
+}
+
+/** Launches Debian's Chromium headless. */
+export function launchChromium(): Promise<Browser> {
+  return chromium.launch({
+    executablePath: CHROMIUM_PATH,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--no-first-run',
+      '--disable-sync',
+    ],
+  })
+}
+
+/** A tab of the test profile, with every uncaught page error it threw. */
+export interface Tab {
+  page: Page
+  errors: Error[]
+}
+
+/** Opens a tab on the test page and sets up its manager. Tabs of one context share storage, locks and channels. */
+export async function openTab(context: BrowserContext, url: string, setup: PageSetup): Promise<Tab> {
+  const page = await context.newPage()
+  const errors: Error[] = []
+  page.on('pageerror', (error) => errors.push(error))
+  await page.goto(url)
+  await setUp(page, setup)
+  return { page, errors }
+}
+
+/** Reloads a tab and sets its manager up again, as an app does on every page load. */
+export async function reloadTab(tab: Tab, setup: PageSetup): Promise<void> {
+  await tab.page.reload()
+  await setUp(tab.page, setup)
+}
+
+async function setUp(page: Page, setup: PageSetup): Promise<void> {
+  await page.waitForFunction(() => 'tf' in window, undefined, { polling: 10 })
+  await page.evaluate((options) => window.tf.setup(options), setup)
+}
+
+/** The `exp` (epoch s), `jti` and `sid` of a JWT, read without verifying it. */
+export function claimsOf(token: string): { exp: number; jti: string; sid: string } {
+  return JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString('utf8'))
+}
+
+/**
+ * A wall-clock time (epoch ms) at which a token with `exp` (epoch s) has certainly expired, 50 ms into a
+ * second: the token a refresh then issues has `exp` at the next whole second, so it lives about 950 ms
+ * (JWT times have 1 s resolution, so a "1 s" token issued late in a second could be nearly dead at birth).
+ */
+export function afterExpiry(exp: number): number {
+  return Math.max(exp, Math.ceil((Date.now() + 200) / 1000)) * 1000 + 50
+}
+
+export const sleepUntil = (at: number) =>
+  new Promise((resolve) => setTimeout(resolve, Math.max(0, at - Date.now())))
