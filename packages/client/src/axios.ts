@@ -1,6 +1,6 @@
 // Types only: axios is an optional peer dependency and the client has no runtime dependencies.
-import type { AxiosError, AxiosInstance, GenericAbortSignal, InternalAxiosRequestConfig } from 'axios'
-import { isTokenflowError, TokenflowError } from './errors.js'
+import type { AxiosError, AxiosInstance, InternalAxiosRequestConfig } from 'axios'
+import { invalidOption, type TokenflowError } from './errors.js'
 import type { TokenManager } from './token-manager.js'
 
 /** Per-request options of the axios adapter, under the `tokenflow` key of an axios request config. */
@@ -33,65 +33,19 @@ export interface AttachTokenRefreshOptions {
 
 /** What the adapter itself adds under `config.tokenflow`: kept off the public type. */
 interface InternalFlags extends TokenflowRequestOptions {
-  /** set on the one retry the adapter sends, so its own 401 is passed on instead of refreshed again */
-  retried?: symbol
-}
-
-const BEARER = /^\s*bearer\s+(\S+)\s*$/i
-
-/** The value of a header in an AxiosHeaders instance or a plain object another interceptor put there. */
-function readHeader(headers: unknown, name: string): unknown {
-  if (!headers || typeof headers !== 'object') return undefined
-  const get = (headers as { get?: unknown }).get
-  if (typeof get === 'function') return get.call(headers, name)
-  const key = Object.keys(headers).find((candidate) => candidate.toLowerCase() === name.toLowerCase())
-  return key === undefined ? undefined : (headers as Record<string, unknown>)[key]
+  /**
+   * Set on the one retry the adapter sends, so its own 401 is passed on instead of refreshed again.
+   * A function, because axios deep-copies plain objects of a config but keeps functions as they are.
+   */
+  retried?: (ok: boolean, value: unknown) => void
 }
 
 /**
- * The bearer token this request really went out with, read back from its own headers.
- * axios hands the response side a flattened copy of the config and other interceptors may spread it,
- * so a field or a WeakMap keyed by the config object would not survive; the header always does.
+ * The names of every spelling of the Authorization header. AxiosHeaders keeps each header as an own
+ * property, as a plain object another interceptor put in its place does, so one lookup serves both.
  */
-function sentToken(config: InternalAxiosRequestConfig): string | null {
-  const value = readHeader(config.headers, 'Authorization')
-  const match = typeof value === 'string' ? BEARER.exec(value) : null
-  return match?.[1] ?? null
-}
-
-function setAuthorization(config: InternalAxiosRequestConfig, token: string): void {
-  const value = `Bearer ${token}`
-  const headers = config.headers as unknown
-  if (headers && typeof (headers as { set?: unknown }).set === 'function') {
-    config.headers.set('Authorization', value)
-    return
-  }
-  // another interceptor replaced the AxiosHeaders with a plain object: drop any other spelling first
-  const plain = (headers && typeof headers === 'object' ? headers : {}) as Record<string, unknown>
-  for (const key of Object.keys(plain)) if (key.toLowerCase() === 'authorization') delete plain[key]
-  plain.Authorization = value
-  config.headers = plain as InternalAxiosRequestConfig['headers']
-}
-
-/** The manager needs a real AbortSignal; axios accepts any object shaped like one. */
-function toAbortSignal(signal: GenericAbortSignal | undefined): AbortSignal | undefined {
-  if (!signal) return undefined
-  const native = signal as AbortSignal
-  if (typeof native.throwIfAborted === 'function' && typeof native.addEventListener === 'function')
-    return native
-  // a polyfilled or foreign signal: follow it with a native one
-  const controller = new AbortController()
-  if (signal.aborted) controller.abort()
-  else signal.addEventListener?.('abort', () => controller.abort(), { once: true })
-  return controller.signal
-}
-
-const invalid = (message: string): never => {
-  throw new TokenflowError('ERR_INVALID_OPTION', message)
-}
-
-const isAxiosError = (error: unknown): error is AxiosError =>
-  typeof error === 'object' && error !== null && (error as { isAxiosError?: unknown }).isAxiosError === true
+const authorizationKeys = (headers: object | undefined): string[] =>
+  Object.keys(headers ?? {}).filter((name) => name.toLowerCase() === 'authorization')
 
 /**
  * Attaches a token manager to an axios instance: every request gets `Authorization: Bearer …`,
@@ -119,97 +73,93 @@ export function attachTokenRefresh(
   { shouldRefresh = (error) => error.response?.status === 401 }: AttachTokenRefreshOptions = {},
 ): () => void {
   if (typeof instance?.interceptors?.request?.use !== 'function')
-    invalid('"instance" must be an axios instance')
+    invalidOption('instance', 'an axios instance')
   if (typeof manager?.getAccessToken !== 'function' || typeof manager.refresh !== 'function')
-    invalid('"manager" must be a token manager')
-  if (typeof shouldRefresh !== 'function') invalid('"shouldRefresh" must be a function')
+    invalidOption('manager', 'a token manager')
+  if (typeof shouldRefresh !== 'function') invalidOption('shouldRefresh', 'a function')
 
   const requestId = instance.interceptors.request.use(async (config) => {
     if (config.tokenflow?.skip) return config
-    const signal = toAbortSignal(config.signal)
-    let token: string | null
+    // the manager only needs the parts of an AbortSignal that axios's GenericAbortSignal has too
+    const signal = config.signal as AbortSignal | undefined
     try {
-      token = await manager.getAccessToken({ signal })
+      const token = await manager.getAccessToken({ signal })
+      // logged out: the request goes without a token, and a 401 then reaches the app unchanged
+      if (token !== null) {
+        // another interceptor may have put a plain object in place of the AxiosHeaders, or nothing at all
+        config.headers ??= {} as never
+        const headers = config.headers as unknown as Record<string, unknown>
+        for (const name of authorizationKeys(headers)) delete headers[name]
+        headers.Authorization = `Bearer ${token}`
+      }
     } catch (error) {
       // aborted while it waited for a refresh: axios rejects it with its own CanceledError before sending
-      if (signal?.aborted) return config
-      throw error
+      if (!signal?.aborted) throw error
     }
-    // logged out: the request goes without a token, and a 401 then reaches the app unchanged
-    if (token !== null) setAuthorization(config, token)
     return config
   })
 
   /**
-   * What each retry in flight looked like when it reached this interceptor. The retry runs the whole
-   * response chain, and its result then runs the rest of the original chain: interceptors after this one
-   * would see it twice (`response => response.data` would unwrap twice), so the original chain goes on
-   * from the value captured here instead.
+   * The retry runs the whole response chain, and its result then runs the rest of the original chain:
+   * interceptors after this one would see it twice (`response => response.data` would unwrap twice), so the
+   * original chain goes on from what the retry looked like when it reached this interceptor.
    */
-  const retries = new Map<symbol, { captured: boolean; ok: boolean; value: unknown }>()
-  const capture = (marker: unknown, ok: boolean, value: unknown): void => {
-    const slot = typeof marker === 'symbol' ? retries.get(marker) : undefined
-    if (slot && !slot.captured) Object.assign(slot, { captured: true, ok, value })
-  }
-
-  async function retry(
-    config: InternalAxiosRequestConfig,
-    flags: InternalFlags | undefined,
-  ): Promise<unknown> {
-    const marker = Symbol('tokenflow retry')
-    const slot = { captured: false, ok: false, value: undefined as unknown }
-    retries.set(marker, slot)
-    let result: unknown
+  async function retry(config: InternalAxiosRequestConfig, flags: InternalFlags | undefined) {
+    let captured: [ok: boolean, value: unknown] | undefined
+    const retried = (ok: boolean, value: unknown) => {
+      captured ??= [ok, value]
+    }
     try {
       // the retry passes the request interceptor again, which sets the fresh token
-      const tokenflow: InternalFlags = { ...flags, retried: marker }
-      result = await instance.request({ ...config, tokenflow })
+      const result = await instance.request({ ...config, tokenflow: { ...flags, retried } as InternalFlags })
+      if (!captured) return result
     } catch (error) {
-      if (!slot.captured) throw error
-    } finally {
-      retries.delete(marker)
+      if (!captured) throw error
     }
-    if (!slot.captured) return result
-    if (slot.ok) return slot.value
-    throw slot.value
+    if (captured[0]) return captured[1]
+    throw captured[1]
   }
 
   const responseId = instance.interceptors.response.use(
     (response) => {
-      capture((response?.config?.tokenflow as InternalFlags | undefined)?.retried, true, response)
+      ;(response?.config?.tokenflow as InternalFlags | undefined)?.retried?.(true, response)
       return response
     },
-    async (error: unknown) => {
-      // no response (network error, timeout, cancel) or not from axios: pass on the very same error
-      if (!isAxiosError(error) || !error.config) throw error
-      const config = error.config
-      const flags = config.tokenflow as InternalFlags | undefined
+    async (error: AxiosError) => {
+      const config = error?.config
+      const flags = config?.tokenflow as InternalFlags | undefined
       // rule 4: one retry at most, so a token the server keeps refusing cannot loop
-      if (flags?.retried) {
-        capture(flags.retried, false, error)
+      flags?.retried?.(false, error)
+      // no response (network error, timeout, cancel) or not from axios: pass on the very same error
+      if (
+        !config ||
+        !error.isAxiosError ||
+        !error.response ||
+        flags?.retried ||
+        flags?.skip ||
+        !shouldRefresh(error)
+      )
         throw error
-      }
-      if (!error.response || flags?.skip || !shouldRefresh(error)) throw error
 
-      const signal = toAbortSignal(config.signal)
-      const rejectedToken = sentToken(config)
-      let token: string | null
+      const signal = config.signal as AbortSignal | undefined
+      // the token this request really went out with, read back from its own headers: axios hands the response
+      // side a flattened copy of the config and other interceptors may spread it, but the header survives both
+      const [sent] = authorizationKeys(config.headers).map((name) => String(config.headers[name]))
+      const rejectedToken = /^bearer\s+(\S+)/i.exec(sent ?? '')?.[1]
+      let token: string | null = null
       try {
-        token =
-          rejectedToken === null
-            ? // sent without a token: retry only when a session started meanwhile, and never refresh for it
-              await manager.getAccessToken({ signal })
-            : // rule 2: the manager refreshes only when the refused token is still the current one
-              await manager.refresh({ rejectedToken, signal })
+        token = rejectedToken
+          ? // rule 2: the manager refreshes only when the refused token is still the current one
+            await manager.refresh({ rejectedToken, signal })
+          : // sent without a token: retry only when a session started meanwhile, and never refresh for it
+            await manager.getAccessToken({ signal })
       } catch (reason) {
-        // aborted while it waited: the retry goes through axios, which rejects it as canceled without sending it
-        if (signal?.aborted) return retry(config, flags)
-        // nobody is logged in: the 401 is the answer
-        if (isTokenflowError(reason) && reason.code === 'ERR_NO_REFRESH_TOKEN') throw error
-        // the same RefreshError for every waiter, not wrapped
-        throw reason
+        // nobody is logged in: the 401 is the answer; otherwise the same RefreshError for every waiter, not wrapped
+        if (!signal?.aborted)
+          throw (reason as TokenflowError)?.code === 'ERR_NO_REFRESH_TOKEN' ? error : reason
       }
-      if (token === null) throw error
+      // aborted while it waited: the retry goes through axios, which rejects it as canceled without sending it
+      if (token === null && !signal?.aborted) throw error
       return retry(config, flags)
     },
   )

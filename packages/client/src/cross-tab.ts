@@ -30,7 +30,8 @@ function fingerprint(value: string): string {
   return (hash >>> 0).toString(36)
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+/** Resolves after `ms`. */
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /**
  * Sets up cross-tab coordination on channel `name`: `receive` gets other tabs' messages (unchecked: the
@@ -67,15 +68,14 @@ export function createCrossTab(
     rotated(spent) {
       if (!lock) return
       lock
-        .request(signalName(spent), { mode: 'exclusive', ifAvailable: true }, (held) =>
-          held ? sleep(SIGNAL_MS) : undefined,
-        )
+        // exclusive, the default mode; ifAvailable: a signal some tab holds already is left as it is
+        .request(signalName(spent), { ifAvailable: true }, (held) => (held ? sleep(SIGNAL_MS) : undefined))
         .catch(() => {})
     },
 
     async settle(refreshToken, read) {
       let current = await read()
-      if (!lock || typeof lock.query !== 'function') return current
+      if (!lock || lock.query === undefined) return current
       const wanted = signalName(refreshToken)
       const { held = [] } = await lock.query().catch(() => ({ held: [] }))
       if (!held.some((l) => l.name === wanted)) return current

@@ -65,11 +65,11 @@ export class RefreshError extends TokenflowError {
  * if (isTokenflowError(error)) console.warn(error.code)
  */
 export function isTokenflowError(error: unknown): error is TokenflowError {
-  if (error instanceof TokenflowError) return true
   return (
-    error instanceof Error &&
-    (error.name === 'TokenflowError' || error.name === 'RefreshError') &&
-    typeof (error as { code?: unknown }).code === 'string'
+    error instanceof TokenflowError ||
+    (error instanceof Error &&
+      /^(Tokenflow|Refresh)Error$/.test(error.name) &&
+      typeof (error as { code?: unknown }).code === 'string')
   )
 }
 

@@ -1,5 +1,7 @@
-import { RefreshError, type RefreshErrorKind, TokenflowError } from './errors.js'
+import { invalidOption, RefreshError, type RefreshErrorKind } from './errors.js'
 import type { RefreshContext, RefreshFunction, TokenSet } from './types.js'
+
+type RefreshErrorOptions = ConstructorParameters<typeof RefreshError>[2]
 
 /**
  * Options of `jsonRefresh`.
@@ -44,93 +46,79 @@ export interface OAuthRefreshOptions {
   headers?: HeadersInit
 }
 
-function invalidOption(message: string): TokenflowError {
-  return new TokenflowError('ERR_INVALID_OPTION', message)
-}
-
-function checkOptions(name: string, url: unknown, customFetch: unknown): string {
-  if (!url || (typeof url !== 'string' && typeof (url as URL).href !== 'string')) {
-    throw invalidOption(`"${name}" must be a string or URL`)
-  }
-  if (customFetch !== undefined && typeof customFetch !== 'function')
-    throw invalidOption('"fetch" must be a function')
-  // what messages show: no query string and no user:password, which may carry secrets
-  return `POST ${String(url)
-    .replace(/\/\/[^/@]*@/, '//')
-    .replace(/[?#][\s\S]*/, '')}`
-}
-
-/** Cuts anything token-shaped from server text before it goes into a message: servers echo tokens. */
-function redact(text: unknown): string {
-  return typeof text === 'string' ? text.replace(/[\w.~+/=-]{24,}/g, '[redacted]') : ''
+/** Checks what every refresh factory takes, when the factory runs (not on the first refresh). */
+function checkOptions(name: string, url: unknown, customFetch: unknown): void {
+  if (!url || (typeof url !== 'string' && typeof (url as URL).href !== 'string'))
+    invalidOption(name, 'a string or URL')
+  if (customFetch !== undefined && typeof customFetch !== 'function') invalidOption('fetch', 'a function')
 }
 
 async function send(
   url: string | URL,
-  target: string,
   init: RequestInit,
   customFetch: typeof fetch | undefined,
   { signal, now }: RefreshContext,
 ): Promise<TokenSet> {
-  const fail = (
-    kind: RefreshErrorKind,
-    what: string,
-    options: ConstructorParameters<typeof RefreshError>[2],
-  ) => new RefreshError(kind, `refresh failed: ${target} ${what}`, options)
+  // messages carry no url and no server text but a short error code: urls and servers' answers can hold secrets
+  const fail = (kind: RefreshErrorKind, what: string, options?: RefreshErrorOptions) =>
+    new RefreshError(kind, `refresh failed: ${what}`, options)
   let response: Response | undefined
-  let text: string
+  let body: unknown
+  let cause: unknown
   try {
     response = await (customFetch ?? globalThis.fetch)(url, { ...init, signal })
-    text = await response.text()
-  } catch (cause) {
+    const text = await response.text()
+    try {
+      body = JSON.parse(text)
+    } catch (error) {
+      cause = error
+    }
+  } catch (error) {
     // the manager aborts `signal` when refreshTimeout passes; fetch rejects with an AbortError then
-    const timeout = signal.aborted
-    throw fail(timeout ? 'timeout' : 'network', timeout ? 'timed out' : 'got no response', {
-      cause,
+    throw fail(signal.aborted ? 'timeout' : 'network', signal.aborted ? 'timed out' : 'got no response', {
+      cause: error,
       status: response?.status,
     })
   }
   const { status } = response
-  let body: Record<string, unknown> | undefined
-  let cause: unknown
-  try {
-    const parsed: unknown = JSON.parse(text)
-    if (typeof parsed === 'object' && parsed && !Array.isArray(parsed))
-      body = parsed as Record<string, unknown>
-  } catch (error) {
-    cause = error
-  }
-  const error = body?.error
+  // JSON.parse also returns strings, numbers, arrays and null: only an object's fields are read
+  const fields = (typeof body === 'object' && body ? body : {}) as Record<string, unknown>
+  const error = fields.error
   if (!response.ok || error === 'invalid_grant') {
-    const retryAfter = response.headers.get('retry-after')?.trim()
-    const description = redact(body?.error_description)
-    const detail = redact(error) + (description && `: ${description}`)
+    // only what an RFC 6749 error code looks like (invalid_grant): a token has digits or capitals
+    const code = typeof error === 'string' && /^[a-z_]{1,40}$/.test(error) ? ` (${error})` : ''
+    const retryAfter = response.headers.get('retry-after') ?? ''
     // RFC 6749 section 5.2: invalid_grant means the refresh token is expired, revoked or already used
     throw fail(
       status === 400 || status === 401 || status === 403 || error === 'invalid_grant' ? 'rejected' : 'server',
-      `answered ${status}${detail && ` (${detail})`}`,
-      { status, retryAfter: retryAfter && /^\d+$/.test(retryAfter) ? Number(retryAfter) : undefined },
+      `answered ${status}${code}`,
+      { status, retryAfter: /^\s*\d+\s*$/.test(retryAfter) ? Number(retryAfter) : undefined },
     )
   }
   // camelCase as the recipe's POST /refresh/token answers; snake_case as RFC 6749 section 5.1 does
-  const accessToken = body?.accessToken ?? body?.access_token
-  const refreshToken = body?.refreshToken ?? body?.refresh_token
+  const accessToken = fields.accessToken ?? fields.access_token
+  const refreshToken = fields.refreshToken ?? fields.refresh_token
   if (
     !accessToken ||
     typeof accessToken !== 'string' ||
     (refreshToken != null && (!refreshToken || typeof refreshToken !== 'string'))
-  ) {
+  )
     throw fail('invalid-response', `answered ${status} without a valid token`, { cause, status })
-  }
   // a missing refresh token keeps the current one: servers that do not rotate leave it out
   const tokens: TokenSet = { accessToken, refreshToken: refreshToken ?? undefined }
   // expires_in is in seconds (RFC 6749 section 5.1); some servers send it as a string
-  const rawExpiresIn = body!.expiresIn ?? body!.expires_in
-  const expiresIn =
-    typeof rawExpiresIn === 'number' || typeof rawExpiresIn === 'string' ? Number(rawExpiresIn) : 0
-  if (expiresIn > 0 && expiresIn < Number.POSITIVE_INFINITY) tokens.expiresAt = now() + expiresIn * 1000
+  const expiresIn = fields.expiresIn ?? fields.expires_in
+  const seconds = typeof expiresIn === 'number' || typeof expiresIn === 'string' ? Number(expiresIn) : 0
+  if (seconds > 0 && seconds < 1 / 0) tokens.expiresAt = now() + seconds * 1000
   return tokens
 }
+
+/** The caller's headers over the defaults. */
+const withHeaders = (contentType: string, headers: HeadersInit | undefined) => ({
+  accept: 'application/json',
+  'content-type': contentType,
+  ...Object.fromEntries(new Headers(headers)),
+})
 
 /**
  * Refreshes with the recipe's protocol: POST `{ refreshToken }` as JSON, answered with `{ accessToken, refreshToken, expiresIn }`.
@@ -141,15 +129,15 @@ export function jsonRefresh(
   url: string | URL,
   { fetch: customFetch, headers, credentials }: JsonRefreshOptions = {},
 ): RefreshFunction {
-  const target = checkOptions('url', url, customFetch)
+  checkOptions('url', url, customFetch)
   return (context) => {
     const init: RequestInit = {
       method: 'POST',
-      headers: buildHeaders({ 'content-type': 'application/json' }, headers),
+      headers: withHeaders('application/json', headers),
       body: JSON.stringify({ refreshToken: context.refreshToken }),
     }
     if (credentials) init.credentials = credentials
-    return send(url, target, init, customFetch, context)
+    return send(url, init, customFetch, context)
   }
 }
 
@@ -162,27 +150,18 @@ export function oauthRefresh(
   tokenEndpoint: string | URL,
   { clientId, fetch: customFetch, headers }: OAuthRefreshOptions = {} as OAuthRefreshOptions,
 ): RefreshFunction {
-  const target = checkOptions('tokenEndpoint', tokenEndpoint, customFetch)
-  if (typeof clientId !== 'string' || !clientId) throw invalidOption('"clientId" must be a non-empty string')
+  checkOptions('tokenEndpoint', tokenEndpoint, customFetch)
+  if (typeof clientId !== 'string' || !clientId) invalidOption('clientId', 'a non-empty string')
   return (context) =>
     send(
       tokenEndpoint,
-      target,
       {
         method: 'POST',
-        headers: buildHeaders({ 'content-type': 'application/x-www-form-urlencoded' }, headers),
+        headers: withHeaders('application/x-www-form-urlencoded', headers),
         // encoded by hand: React Native's URLSearchParams is incomplete
         body: `grant_type=refresh_token&refresh_token=${encodeURIComponent(context.refreshToken)}&client_id=${encodeURIComponent(clientId)}`,
       },
       customFetch,
       context,
     )
-}
-
-function buildHeaders(defaults: Record<string, string>, extra: HeadersInit | undefined): Headers {
-  const headers = new Headers({ accept: 'application/json', ...defaults })
-  new Headers(extra).forEach((value, name) => {
-    headers.set(name, value)
-  })
-  return headers
 }

@@ -1,4 +1,4 @@
-import { TokenflowError } from './errors.js'
+import { invalidOption, TokenflowError } from './errors.js'
 import type { TokenSet, TokenStorage } from './types.js'
 
 /**
@@ -68,14 +68,12 @@ export interface AsyncStorageOptions {
  * const tokens = isTokenSet(parsed) ? parsed : null
  */
 export function isTokenSet(value: unknown): value is TokenSet {
-  const tokens = value as TokenSet | null
+  const { accessToken, refreshToken, expiresAt } = (value ?? {}) as TokenSet
   return (
-    typeof tokens === 'object' &&
-    !!tokens &&
-    typeof tokens.accessToken === 'string' &&
-    !!tokens.accessToken &&
-    (tokens.refreshToken == null || typeof tokens.refreshToken === 'string') &&
-    (tokens.expiresAt === undefined || Number.isFinite(tokens.expiresAt))
+    typeof accessToken === 'string' &&
+    accessToken !== '' &&
+    (refreshToken == null || typeof refreshToken === 'string') &&
+    (expiresAt === undefined || Number.isFinite(expiresAt))
   )
 }
 
@@ -83,12 +81,12 @@ export function isTokenSet(value: unknown): value is TokenSet {
  * Applies `next` over `previous` into a fresh object: a `refreshToken` of `undefined` keeps the previous one,
  * and what is read back always has `refreshToken` as a string or `null`.
  */
-function merge(previous: TokenSet | null, next: TokenSet): TokenSet {
-  const tokens: TokenSet = {
-    accessToken: next.accessToken,
-    refreshToken: (next.refreshToken === undefined ? previous?.refreshToken : next.refreshToken) || null,
-  }
-  if (next.expiresAt !== undefined) tokens.expiresAt = next.expiresAt
+function merge(
+  previous: TokenSet | null,
+  { accessToken, refreshToken = previous?.refreshToken, expiresAt }: TokenSet,
+): TokenSet {
+  const tokens: TokenSet = { accessToken, refreshToken: refreshToken || null }
+  if (expiresAt !== undefined) tokens.expiresAt = expiresAt
   return tokens
 }
 
@@ -97,7 +95,8 @@ export function toTokenSet(value: unknown): TokenSet | null {
   return isTokenSet(value) ? merge(value, value) : null
 }
 
-function storageError(cause: unknown): TokenflowError {
+/** What a storage failure surfaces as: ERR_STORAGE, with the backend's error as the cause. */
+export function storageError(cause: unknown): TokenflowError {
   return new TokenflowError('ERR_STORAGE', 'token storage failed', { cause })
 }
 
@@ -110,19 +109,12 @@ function attempt<T>(run: () => T): T {
   }
 }
 
-function invalidOption(message: string, cause?: unknown): TokenflowError {
-  return new TokenflowError('ERR_INVALID_OPTION', message, cause === undefined ? undefined : { cause })
-}
-
-function checkStorage(storage: unknown, keys: unknown[]): void {
-  for (const method of ['getItem', 'setItem', 'removeItem']) {
-    if (typeof (storage as Record<string, unknown> | undefined)?.[method] !== 'function') {
-      throw invalidOption('"storage" must have getItem, setItem and removeItem')
-    }
-  }
-  for (const key of keys) {
-    if (typeof key !== 'string' || !key) throw invalidOption('storage keys must be non-empty strings')
-  }
+function checkStorage(storage: unknown, keys: Record<string, unknown>): void {
+  for (const method of ['getItem', 'setItem', 'removeItem'])
+    if (typeof (storage as Record<string, unknown> | undefined)?.[method] !== 'function')
+      invalidOption('storage', 'a Storage: getItem, setItem and removeItem')
+  for (const [name, key] of Object.entries(keys))
+    if (typeof key !== 'string' || !key) invalidOption(name, 'a non-empty string')
 }
 
 /**
@@ -154,28 +146,26 @@ export function webStorage(
   storage?: StorageLike,
   { key = 'tokenflow' }: WebStorageOptions = {},
 ): TokenStorage {
-  let web = storage
   let cause: unknown
   try {
     // read when called, not at import, so the module loads under SSR; the getter throws in sandboxed iframes
-    web ??= globalThis.localStorage
+    storage ??= globalThis.localStorage
   } catch (error) {
     cause = error
   }
-  if (!web) {
-    throw invalidOption(
+  if (!storage)
+    throw new TokenflowError(
+      'ERR_INVALID_OPTION',
       '"storage" is required: localStorage is not available; pass memoryStorage() on the server',
-      cause,
+      { cause },
     )
-  }
-  checkStorage(web, [key])
-  const backend = web
+  checkStorage(storage, { key })
+  const backend = storage
   const read = (): TokenSet | null => {
     const raw = attempt(() => backend.getItem(key))
     try {
-      const tokens: unknown = raw && JSON.parse(raw)
       // corrupt or foreign data reads as logged out rather than crashing the app
-      return isTokenSet(tokens) ? merge(tokens, tokens) : null
+      return toTokenSet(raw && JSON.parse(raw))
     } catch {
       return null
     }
@@ -205,8 +195,8 @@ export function asyncStorage(
     expiresAtKey = 'accessTokenExpiresAt',
   }: AsyncStorageOptions = {},
 ): TokenStorage {
+  checkStorage(storage, { accessTokenKey, refreshTokenKey, expiresAtKey })
   const keys = [accessTokenKey, refreshTokenKey, expiresAtKey]
-  checkStorage(storage, keys)
   // every backend failure, thrown or rejected, surfaces as ERR_STORAGE
   const guard = <T>(run: () => Promise<T>): Promise<T> =>
     run().catch((cause: unknown) => {

@@ -1,7 +1,7 @@
-import { type CrossTabMessage, createCrossTab } from './cross-tab.js'
+import { type CrossTabMessage, createCrossTab, sleep } from './cross-tab.js'
 import { invalidOption, isRefreshError, RefreshError, TokenflowError } from './errors.js'
 import { decodeJwtClaims } from './jwt.js'
-import { memoryStorage, toTokenSet } from './storage.js'
+import { memoryStorage, storageError, toTokenSet } from './storage.js'
 import type { LockManagerLike, RefreshFunction, TokenSet, TokenStorage } from './types.js'
 
 /** What a manager tells its subscribers. One union of `{ type }` objects. */
@@ -67,7 +67,6 @@ export interface TokenManager {
   readonly status: TokenStatus
 }
 
-type Outcome = { tokens: TokenSet; source: 'local' | 'otherTab' }
 type LogoutReason = 'refreshRejected' | 'cleared' | 'otherTab'
 
 /** Reject with the signal's reason as soon as it aborts; the promise itself goes on. */
@@ -76,13 +75,18 @@ function wait<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<
     ? new Promise<T>((resolve, reject) => {
         const onAbort = () => reject(signal.reason)
         if (signal.aborted) onAbort()
-        signal.addEventListener('abort', onAbort, { once: true })
-        promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+        // axios passes its GenericAbortSignal on as it is: there the listener methods are optional
+        signal.addEventListener?.('abort', onAbort)
+        promise.then(resolve, reject).finally(() => signal.removeEventListener?.('abort', onAbort))
       })
     : promise
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+/** What a refresh failed with: a `RefreshError` as it is, anything else as kind 'network' with its cause. */
+const toRefreshError = (cause: unknown): RefreshError =>
+  isRefreshError(cause) ? cause : new RefreshError('network', 'refresh failed', { cause })
+
+const sessionCleared = () => new TokenflowError('ERR_SESSION_CLEARED', 'the session was cleared')
 
 /**
  * Creates a token manager: one refresh at a time, every waiter settles, `loggedOut` once.
@@ -107,14 +111,15 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   } = options ?? invalidOption('options', 'an object')
   const { attempts = 2, baseDelay = 300, maxDelay = 5_000 } = retry || { attempts: 0 }
   const check = (ok: unknown, name: string, what: string) => ok || invalidOption(name, what)
-  check(typeof refreshTokens === 'function', 'refresh', 'a function')
+  const isFunction = (value: unknown) => typeof value === 'function'
+  check(isFunction(refreshTokens), 'refresh', 'a function')
   check(
-    ['get', 'set', 'clear'].every((m) => typeof (storage as never)?.[m] === 'function'),
+    ['get', 'set', 'clear'].every((method) => isFunction((storage as never)?.[method])),
     'storage',
     'a TokenStorage',
   )
-  check(!lock || typeof lock.request === 'function', 'lock', 'a LockManager or false')
-  check(typeof now === 'function', 'now', 'a function')
+  check(!lock || isFunction(lock.request), 'lock', 'a LockManager or false')
+  check(isFunction(now), 'now', 'a function')
   check(channel === false || (typeof channel === 'string' && channel), 'channel', 'a name or false')
   check(Number.isInteger(attempts) && attempts >= 0, 'retry.attempts', 'a whole number')
   const durations = {
@@ -127,7 +132,6 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   for (const [name, ms] of Object.entries(durations))
     check(typeof ms === 'number' && ms >= 0 && ms < 1 / 0, name, 'milliseconds')
 
-  const lockName = `${channel || 'tokenflow'}:refresh`
   const listeners = new Set<(event: TokenEvent) => void>()
   let tokens: TokenSet | null = null
   /** local-clock epoch ms at which the access token expires, and its lifetime in ms (caps the leeway) */
@@ -167,21 +171,14 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     }
   }
 
-  function storageFailed(cause: unknown, action: string): void {
-    emit({
-      type: 'storageError',
-      error: new TokenflowError('ERR_STORAGE', `token storage failed to ${action}`, { cause }),
-    })
-  }
-
   /** The stored tokens; `undefined` when storage could not be read or is not trusted (then nothing is assumed). */
   async function read(): Promise<TokenSet | null | undefined> {
     // our own writes land first, so what we read is never older than what we wrote
     await writes
     try {
       return inSync ? toTokenSet(await storage.get()) : undefined
-    } catch (error) {
-      storageFailed(error, 'read')
+    } catch (cause) {
+      emit({ type: 'storageError', error: storageError(cause) })
     }
   }
 
@@ -190,15 +187,15 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       try {
         await (value ? storage.set(value) : storage.clear())
         inSync = true
-      } catch (error) {
+      } catch (cause) {
         inSync = false
-        storageFailed(error, value ? 'save tokens' : 'clear tokens')
+        emit({ type: 'storageError', error: storageError(cause) })
       }
     })
     return writes
   }
 
-  /** The JWT's exp (server clock) corrected to the local clock, else the token set's `expiresAt`. */
+  /** The JWT's exp (server clock) corrected to the local clock, else the token set's `expiresAt`; and the lifetime. */
   function expiryOf(set: TokenSet, fresh?: boolean): [number | undefined, number | undefined] {
     const { exp, iat } = decodeJwtClaims(set.accessToken) ?? {}
     if (exp === undefined) return [set.expiresAt, fresh && set.expiresAt ? set.expiresAt - now() : undefined]
@@ -221,16 +218,14 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     }))
 
   const isExpired = (at = expiresAt, margin = 0) => at !== undefined && at - margin <= now()
+  // the leeway is capped at half the lifetime, or a short-lived token would always be "about to expire"
   const needsRefresh = () => isExpired(expiresAt, Math.min(leeway, (lifetime ?? 1 / 0) / 2))
 
   /** A new session (or none): the running refresh's waiters get its token (or an error); its result is dropped. */
   function switchSession(next: TokenSet | null, fresh?: boolean, settle = true): void {
     session++
     use(next, fresh)
-    if (settle)
-      settlePending?.(
-        next ? next.accessToken : new TokenflowError('ERR_SESSION_CLEARED', 'the session was cleared'),
-      )
+    if (settle) settlePending?.(next ? next.accessToken : sessionCleared())
   }
 
   /** `fromRefresh`: the failing refresh rejects its own waiters, with its own error. */
@@ -264,7 +259,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     const controller = new AbortController()
     const timer = setTimeout(() => controller.abort(), lockTimeout)
     try {
-      return await lock.request(lockName, { signal: controller.signal }, () => {
+      return await lock.request(`${channel || 'tokenflow'}:refresh`, { signal: controller.signal }, () => {
         acquired = true
         clearTimeout(timer)
         return fn()
@@ -283,7 +278,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     for (let attempt = 0; ; attempt++) {
       const controller = new AbortController()
       const timer = setTimeout(
-        () => controller.abort(new RefreshError('timeout', `refresh timed out after ${refreshTimeout} ms`)),
+        () => controller.abort(new RefreshError('timeout', 'refresh failed: timed out')),
         refreshTimeout,
       )
       try {
@@ -293,14 +288,13 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           controller.signal,
         )
         const next = toTokenSet(answer)
-        if (!next) throw new RefreshError('invalid-response', 'refresh failed: no access token in the answer')
+        if (!next)
+          throw new RefreshError('invalid-response', 'refresh failed: answered without a valid token')
         // undefined means "keep the current one" (servers that do not rotate)
         if (answer.refreshToken === undefined) next.refreshToken = refreshToken
         return next
       } catch (cause) {
-        const error = isRefreshError(cause)
-          ? cause
-          : new RefreshError('network', 'refresh failed: the refresh function threw', { cause })
+        const error = toRefreshError(cause)
         if (/rejected|invalid/.test(error.kind) || attempt >= attempts || session !== started) throw error
         const delay = Math.min(
           maxDelay,
@@ -319,40 +313,41 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     const started = session
     let base = start
     let endedElsewhere = false
+    let local = false
     emit({ type: 'refreshStarted' })
-    let outcome: Outcome
+    let next: TokenSet
     try {
-      outcome = await withLock(async (): Promise<Outcome> => {
+      next = await withLock(async () => {
         // rule 7: another tab may have refreshed while we waited for the lock; a broadcast may have
         // brought newer tokens than this tab's copy of storage shows yet
         const fresher = async () => (tokens && tokens.accessToken !== start.accessToken ? tokens : read())
         const stored = await (crossTab ? crossTab.settle(start.refreshToken!, fresher) : read())
-        if (session !== started) return { tokens: tokens ?? start, source: 'otherTab' }
+        // a replaced session's result is dropped anyway: make no call for it
+        if (session !== started) return start
         if (stored === null) {
           // our own clear() would have changed the session: someone else logged out
           endedElsewhere = true
           throw new RefreshError('rejected', 'refresh failed: the session ended in another tab')
         }
         if (stored && stored.accessToken !== start.accessToken) {
-          const [at] = expiryOf(stored)
-          if (!isExpired(at)) return { tokens: stored, source: 'otherTab' }
+          if (!isExpired(expiryOf(stored)[0])) return stored
           base = stored
         }
-        const next = await callRefresh(base.refreshToken!, started)
+        const refreshed = await callRefresh(base.refreshToken!, started)
+        local = true
         // saved under the lock, so the next tab to take it reads the rotated refresh token
-        if (session === started) await write(next)
-        if (next.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!)
-        return { tokens: next, source: 'local' }
+        if (session === started) await write(refreshed)
+        if (refreshed.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!)
+        return refreshed
       })
     } catch (cause) {
-      const error = isRefreshError(cause) ? cause : new RefreshError('network', 'refresh failed', { cause })
+      const error = toRefreshError(cause)
       const rejected = error.kind === 'rejected' && session === started
       if (rejected && !endedElsewhere) {
         // a rotated token refused because another tab rotated it first is not a logout (rule 7)
         const stored = await read()
         if (stored?.refreshToken && stored.refreshToken !== base.refreshToken && session === started) {
-          use(stored)
-          emit({ type: 'refreshed', tokens: stored, source: 'otherTab' })
+          adopt({ type: 'refreshed', tokens: stored })
           return stored.accessToken
         }
       }
@@ -360,14 +355,13 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       if (rejected) await endSession(endedElsewhere ? 'otherTab' : 'refreshRejected', error, true)
       throw error
     }
-    if (session !== started) {
-      if (tokens) return tokens.accessToken
-      throw new TokenflowError('ERR_SESSION_CLEARED', 'the session was cleared during the refresh')
-    }
-    const { tokens: next, source } = outcome
-    use(next, source === 'local')
-    if (source === 'local') crossTab?.post({ type: 'refreshed', tokens: next })
-    emit({ type: 'refreshed', tokens: next, source })
+    // the waiters of a replaced session were settled when it was replaced
+    if (session !== started) throw sessionCleared()
+    if (local) {
+      use(next, true)
+      crossTab?.post({ type: 'refreshed', tokens: next })
+      emit({ type: 'refreshed', tokens: next, source: 'local' })
+    } else adopt({ type: 'refreshed', tokens: next })
     return next.accessToken
   }
 
@@ -433,7 +427,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     },
 
     subscribe(listener) {
-      check(typeof listener === 'function', 'listener', 'a function')
+      check(isFunction(listener), 'listener', 'a function')
       listeners.add(listener)
       return () => void listeners.delete(listener)
     },

@@ -260,9 +260,7 @@ describe('oauthRefresh', () => {
     const error = await failure(oauthRefresh(`${origin}/oauth/token`, { clientId: 'my-app' }))
     expect(error.kind).toBe('rejected')
     expect(error.status).toBe(400)
-    expect(error.message).toBe(
-      `refresh failed: POST ${origin}/oauth/token answered 400 (invalid_grant: the refresh token was revoked)`,
-    )
+    expect(error.message).toBe('refresh failed: answered 400 (invalid_grant)')
   })
 
   it.each([
@@ -338,16 +336,14 @@ describe.each(factories)('%s failure classification', (_, path, make) => {
     answer(status, { error: 'temporarily_unavailable' }, headers)
     const error = await failure(refresh())
     expect(error).toMatchObject({ kind: 'server', status, retryAfter })
-    expect(error.message).toBe(
-      `refresh failed: POST ${origin}${path} answered ${status} (temporarily_unavailable)`,
-    )
+    expect(error.message).toBe(`refresh failed: answered ${status} (temporarily_unavailable)`)
   })
 
   it.each([404, 405, 409, 418, 300])('any other non-2xx status (%i) is "server"', async (status) => {
     answer(status, 'nope')
     const error = await failure(refresh())
     expect(error).toMatchObject({ kind: 'server', status, retryAfter: undefined })
-    expect(error.message).toBe(`refresh failed: POST ${origin}${path} answered ${status}`)
+    expect(error.message).toBe(`refresh failed: answered ${status}`)
   })
 
   it('a 200 with a body that is not JSON is "invalid-response" and keeps the parse error as cause', async () => {
@@ -355,7 +351,7 @@ describe.each(factories)('%s failure classification', (_, path, make) => {
     const error = await failure(refresh())
     expect(error).toMatchObject({ kind: 'invalid-response', status: 200 })
     expect(error.cause).toBeInstanceOf(SyntaxError)
-    expect(error.message).toBe(`refresh failed: POST ${origin}${path} answered 200 without a valid token`)
+    expect(error.message).toBe('refresh failed: answered 200 without a valid token')
   })
 
   it.each(['[]', '"access-2"', 'null', '42', ''])(
@@ -386,7 +382,7 @@ describe.each(factories)('%s failure classification', (_, path, make) => {
     answer(200, body)
     const error = await failure(refresh())
     expect(error).toMatchObject({ kind: 'invalid-response', status: 200 })
-    expect(error.message).toBe(`refresh failed: POST ${origin}${path} answered 200 without a valid token`)
+    expect(error.message).toBe('refresh failed: answered 200 without a valid token')
   })
 
   it('a connection dropped before any answer is "network", with the fetch error as cause', async () => {
@@ -394,7 +390,7 @@ describe.each(factories)('%s failure classification', (_, path, make) => {
     const error = await failure(refresh())
     expect(error).toMatchObject({ kind: 'network', status: undefined, retryAfter: undefined })
     expect(error.cause).toBeInstanceOf(TypeError)
-    expect(error.message).toBe(`refresh failed: POST ${origin}${path} got no response`)
+    expect(error.message).toBe('refresh failed: got no response')
   })
 
   it('a connection dropped in the middle of the body is "network"', async () => {
@@ -429,7 +425,7 @@ describe.each(factories)('%s failure classification', (_, path, make) => {
     const error = await pending
     expect(error).toMatchObject({ kind: 'timeout', status: undefined })
     expect((error.cause as Error).name).toBe('AbortError')
-    expect(error.message).toBe(`refresh failed: POST ${origin}${path} timed out`)
+    expect(error.message).toBe('refresh failed: timed out')
   })
 
   it('a signal that aborts while the body is read is "timeout"', async () => {
@@ -464,7 +460,7 @@ describe.each(factories)('%s failure classification', (_, path, make) => {
     handler = (_, response) =>
       response.writeHead(500).end(`upstream failed for ${refreshToken}, access ${jwt}`)
     const plain = await failure(refresh(), context({ refreshToken }))
-    expect(plain.message).toBe(`refresh failed: POST ${origin}${path} answered 500`)
+    expect(plain.message).toBe('refresh failed: answered 500')
 
     answer(500, {
       error: 'server_error',
@@ -473,9 +469,7 @@ describe.each(factories)('%s failure classification', (_, path, make) => {
     })
     const json = await failure(refresh(), context({ refreshToken }))
     expect(json.kind).toBe('server')
-    expect(json.message).toBe(
-      `refresh failed: POST ${origin}${path} answered 500 (server_error: could not rotate [redacted] for [redacted])`,
-    )
+    expect(json.message).toBe('refresh failed: answered 500 (server_error)')
     for (const error of [plain, json]) {
       expect(error.message).not.toContain(refreshToken)
       expect(error.message).not.toContain('eyJ')
@@ -489,7 +483,7 @@ describe.each(factories)('%s failure classification', (_, path, make) => {
     url.username = 'user'
     url.password = 'password-1'
     const error = await failure(make(url.href))
-    expect(error.message).toBe(`refresh failed: POST ${origin}${path} got no response`)
+    expect(error.message).toBe('refresh failed: got no response')
   })
 })
 

@@ -204,7 +204,7 @@ describe('webStorage', () => {
     expect(() => webStorage(storage as unknown as StorageLike)).toThrow(
       expect.objectContaining({
         code: 'ERR_INVALID_OPTION',
-        message: '"storage" must have getItem, setItem and removeItem',
+        message: '"storage" must be a Storage: getItem, setItem and removeItem',
       }),
     )
   })
@@ -213,7 +213,7 @@ describe('webStorage', () => {
     expect(() => webStorage(new MapStorage(), { key: '' })).toThrow(
       expect.objectContaining({
         code: 'ERR_INVALID_OPTION',
-        message: 'storage keys must be non-empty strings',
+        message: '"key" must be a non-empty string',
       }),
     )
   })
@@ -382,7 +382,7 @@ describe('asyncStorage', () => {
     expect(() => asyncStorage(storage as unknown as AsyncStorageLike)).toThrow(
       expect.objectContaining({
         code: 'ERR_INVALID_OPTION',
-        message: '"storage" must have getItem, setItem and removeItem',
+        message: '"storage" must be a Storage: getItem, setItem and removeItem',
       }),
     )
   })
@@ -391,7 +391,7 @@ describe('asyncStorage', () => {
     expect(() => asyncStorage(new MapAsyncStorage(), { refreshTokenKey: '' })).toThrow(
       expect.objectContaining({
         code: 'ERR_INVALID_OPTION',
-        message: 'storage keys must be non-empty strings',
+        message: '"refreshTokenKey" must be a non-empty string',
       }),
     )
   })

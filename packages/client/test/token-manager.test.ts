@@ -591,7 +591,7 @@ describe('storage failures lose nothing', () => {
     expect(await manager.getAccessToken()).toBe(next.accessToken)
     const failure = events.find((e) => e.type === 'storageError')
     expect(failure).toMatchObject({
-      error: { code: 'ERR_STORAGE', message: 'token storage failed to save tokens' },
+      error: { code: 'ERR_STORAGE', message: 'token storage failed' },
     })
     expect(JSON.stringify(failure)).not.toContain(next.accessToken)
     // storage still holds the first session; the next refresh must use the rotated token from memory
