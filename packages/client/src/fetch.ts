@@ -1,4 +1,4 @@
-import { isTokenflowError } from './errors.js'
+import { invalidOption, isTokenflowError } from './errors.js'
 import type { TokenManager } from './token-manager.js'
 
 /** Options of `createAuthFetch`. */
@@ -42,11 +42,17 @@ export function createAuthFetch(
   manager: TokenManager,
   { fetch: baseFetch, shouldRefresh = (response) => response.status === 401 }: AuthFetchOptions = {},
 ): typeof fetch {
+  if (typeof manager?.getAccessToken !== 'function' || typeof manager.refresh !== 'function')
+    invalidOption('manager', 'a token manager')
+  if (baseFetch !== undefined && typeof baseFetch !== 'function') invalidOption('fetch', 'a function')
+  if (typeof shouldRefresh !== 'function') invalidOption('shouldRefresh', 'a function')
+
   return async function authFetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
     const doFetch = baseFetch ?? globalThis.fetch
     const original = input instanceof Request ? input : undefined
     const signal = init?.signal ?? original?.signal ?? undefined
-    signal?.throwIfAborted()
+    // waited for before the body is touched: a request aborted while it waits leaves its body to the caller
+    const sent = await manager.getAccessToken({ signal })
 
     // a Request's body can be read once: clone it before the first send, so the retry has its own copy
     let bodies: [Body | undefined, Body | undefined] | undefined = [undefined, undefined]
@@ -54,6 +60,12 @@ export function createAuthFetch(
     if (init?.body != null) bodies = replayable(init.body)
     else if (original?.bodyUsed) bodies = undefined
     else if (original?.body) inputs = [original, original.clone()]
+    // the unused copy of a tee'd stream or a cloned Request would otherwise buffer the whole body
+    const dropSpare = () => {
+      const spare = inputs[1] !== inputs[0] ? (inputs[1] as Request).body : bodies?.[1]
+      if (typeof ReadableStream !== 'undefined' && spare instanceof ReadableStream && spare !== bodies?.[0])
+        return spare.cancel().catch(() => {})
+    }
 
     const send = (attempt: 0 | 1, token: string | null) => {
       const headers = new Headers(init?.headers ?? original?.headers)
@@ -63,16 +75,11 @@ export function createAuthFetch(
       return doFetch(inputs[attempt], next)
     }
 
-    const sent = await manager.getAccessToken({ signal })
     const response = await send(0, sent)
-    if (!bodies || !shouldRefresh(response)) {
-      // the unused copy of a tee'd stream would otherwise buffer the whole body
-      const spare = inputs[1] !== inputs[0] ? (inputs[1] as Request).body : bodies?.[1]
-      if (typeof ReadableStream !== 'undefined' && spare instanceof ReadableStream && spare !== bodies?.[0])
-        await spare.cancel().catch(() => {})
+    if (!shouldRefresh(response)) {
+      await dropSpare()
       return response
     }
-
     let token: string | null
     try {
       // rule 2: a 401 for a token that is no longer current retries with the current one, without a refresh
@@ -80,10 +87,12 @@ export function createAuthFetch(
         ? await manager.refresh({ rejectedToken: sent, signal })
         : await manager.getAccessToken({ signal })
     } catch (error) {
+      await dropSpare()
       if (isTokenflowError(error) && error.code === 'ERR_NO_REFRESH_TOKEN') return response
       throw error
     }
-    if (!token) return response
+    // a body that cannot be replayed is not retried; the refresh above still lets the caller's own retry succeed
+    if (!token || !bodies) return response
     // the first answer is not read: release its connection before the retry
     await response.body?.cancel().catch(() => {})
     return send(1, token)

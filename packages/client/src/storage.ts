@@ -161,6 +161,11 @@ export function webStorage(
     )
   checkStorage(storage, { key })
   const backend = storage
+  let shared = true
+  try {
+    // sessionStorage is per tab: tabs that talked to each other would mix their sessions
+    shared = storage !== globalThis.sessionStorage
+  } catch {}
   const read = (): TokenSet | null => {
     const raw = attempt(() => backend.getItem(key))
     try {
@@ -171,6 +176,7 @@ export function webStorage(
     }
   }
   return {
+    shared,
     get: read,
     set(tokens) {
       const value = JSON.stringify(merge(tokens.refreshToken === undefined ? read() : null, tokens))

@@ -144,15 +144,17 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   let loaded: Promise<void> | undefined
   let pending: Promise<string> | undefined
   let settlePending: ((result: string | Error) => void) | undefined
+  /** calls off the refresh attempt in flight, when its session is replaced */
+  let abortAttempt: (() => void) | undefined
   /** storage writes run one after another, in call order */
   let writes: Promise<unknown> = Promise.resolve()
   /** false after a write failed: until one succeeds, storage is older than memory and is not trusted */
   let inSync = true
 
-  // by default only a page talks to other tabs: in Node (SSR) every BroadcastChannel of a process hears
-  // every other, and managers of different users must never share tokens (rule 8)
+  // by default only a page whose storage other tabs share talks to them: in Node (SSR) every BroadcastChannel
+  // of a process hears every other, and managers of different users must never share tokens (rule 8)
   const crossTab =
-    channel && (options.channel || 'document' in globalThis)
+    channel && (options.channel || (storage.shared && 'document' in globalThis))
       ? createCrossTab(channel, lock, adopt, async () => {
           const stored = await read()
           if (stored !== undefined)
@@ -196,19 +198,25 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   }
 
   /** The JWT's exp (server clock) corrected to the local clock, else the token set's `expiresAt`; and the lifetime. */
-  function expiryOf(set: TokenSet, fresh?: boolean): [number | undefined, number | undefined] {
+  function expiryOf(set: TokenSet, receivedAt?: number): [number | undefined, number | undefined] {
     const { exp, iat } = decodeJwtClaims(set.accessToken) ?? {}
-    if (exp === undefined) return [set.expiresAt, fresh && set.expiresAt ? set.expiresAt - now() : undefined]
-    if (fresh && iat !== undefined) {
-      const estimate = iat * 1000 - now()
+    if (exp === undefined)
+      return [
+        set.expiresAt,
+        receivedAt !== undefined && set.expiresAt ? set.expiresAt - receivedAt : undefined,
+      ]
+    if (receivedAt !== undefined && iat !== undefined) {
+      // measured when the answer arrived: a slow storage write after it must not look like clock skew
+      const estimate = iat * 1000 - receivedAt
       skew = Math.abs(estimate) > 5_000 ? estimate : 0
     }
     return [exp * 1000 - skew, iat === undefined ? undefined : (exp - iat) * 1000]
   }
 
-  function use(next: TokenSet | null, fresh?: boolean): void {
+  /** `receivedAt`: when fresh tokens arrived from the server (a login or a refresh), to estimate clock skew */
+  function use(next: TokenSet | null, receivedAt?: number): void {
     tokens = next
-    ;[expiresAt, lifetime] = next ? expiryOf(next, fresh) : []
+    ;[expiresAt, lifetime] = next ? expiryOf(next, receivedAt) : []
   }
 
   const ready = () =>
@@ -222,16 +230,17 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   const needsRefresh = () => isExpired(expiresAt, Math.min(leeway, (lifetime ?? 1 / 0) / 2))
 
   /** A new session (or none): the running refresh's waiters get its token (or an error); its result is dropped. */
-  function switchSession(next: TokenSet | null, fresh?: boolean, settle = true): void {
+  function switchSession(next: TokenSet | null, receivedAt?: number, settle = true): void {
     session++
-    use(next, fresh)
+    abortAttempt?.()
+    use(next, receivedAt)
     if (settle) settlePending?.(next ? next.accessToken : sessionCleared())
   }
 
   /** `fromRefresh`: the failing refresh rejects its own waiters, with its own error. */
   function endSession(reason: LogoutReason, error?: RefreshError, fromRefresh?: boolean): Promise<unknown> {
     const had = tokens
-    switchSession(null, false, !fromRefresh)
+    switchSession(null, undefined, !fromRefresh)
     // another tab cleared the storage already
     const cleared = reason === 'otherTab' ? writes : write(null)
     // loggedOut fires once per session: the session is gone now, so a second call finds none
@@ -253,21 +262,22 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     emit({ type: 'refreshed', tokens: next, source: 'otherTab' })
   }
 
-  async function withLock<T>(fn: () => Promise<T>): Promise<T> {
+  async function withLock<T>(fn: () => Promise<T>, name = `${channel || 'tokenflow'}:refresh`): Promise<T> {
     if (!lock) return fn()
     let acquired = false
     const controller = new AbortController()
     const timer = setTimeout(() => controller.abort(), lockTimeout)
     try {
-      return await lock.request(`${channel || 'tokenflow'}:refresh`, { signal: controller.signal }, () => {
+      return await lock.request(name, { signal: controller.signal }, () => {
         acquired = true
         clearTimeout(timer)
         return fn()
       })
     } catch (error) {
-      // the lock timed out (or the lock manager failed): refresh without it rather than hang
       if (acquired) throw error
-      return fn()
+      // the holder is stuck (a hung refresh, a frozen tab): the tabs that gave up take turns under a second
+      // lock, or they would all refresh with the same token at once; after that one, go without a lock
+      return name.endsWith(':fallback') ? fn() : withLock(fn, `${name}:fallback`)
     } finally {
       clearTimeout(timer)
     }
@@ -276,7 +286,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   /** One refresh call with its timeout, retried with backoff on transient failures. */
   async function callRefresh(refreshToken: string, started: number): Promise<TokenSet> {
     for (let attempt = 0; ; attempt++) {
+      // a session replaced during the backoff gets no further attempt
+      if (session !== started) throw sessionCleared()
       const controller = new AbortController()
+      abortAttempt = () => controller.abort(sessionCleared())
       const timer = setTimeout(
         () => controller.abort(new RefreshError('timeout', 'refresh failed: timed out')),
         refreshTimeout,
@@ -304,6 +317,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         await sleep(delay / 2 + (Math.random() * delay) / 2)
       } finally {
         clearTimeout(timer)
+        abortAttempt = undefined
       }
     }
   }
@@ -313,7 +327,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     const started = session
     let base = start
     let endedElsewhere = false
-    let local = false
+    let receivedAt: number | undefined
     emit({ type: 'refreshStarted' })
     let next: TokenSet
     try {
@@ -334,7 +348,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           base = stored
         }
         const refreshed = await callRefresh(base.refreshToken!, started)
-        local = true
+        receivedAt = now()
         // saved under the lock, so the next tab to take it reads the rotated refresh token
         if (session === started) await write(refreshed)
         if (refreshed.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!)
@@ -342,23 +356,28 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       })
     } catch (cause) {
       const error = toRefreshError(cause)
-      const rejected = error.kind === 'rejected' && session === started
-      if (rejected && !endedElsewhere) {
+      // a replaced session's refresh was called off: its waiters were settled already, nothing to report
+      if (session !== started) throw error
+      if (error.kind === 'rejected' && !endedElsewhere) {
         // a rotated token refused because another tab rotated it first is not a logout (rule 7)
         const stored = await read()
         if (stored?.refreshToken && stored.refreshToken !== base.refreshToken && session === started) {
+          // what the other tab left may have expired meanwhile: refresh with its refresh token instead
+          if (isExpired(expiryOf(stored)[0])) return run(stored)
           adopt({ type: 'refreshed', tokens: stored })
           return stored.accessToken
         }
       }
-      emit({ type: 'refreshFailed', error, willLogout: rejected })
-      if (rejected) await endSession(endedElsewhere ? 'otherTab' : 'refreshRejected', error, true)
+      // read again after the storage read: a rejection only ends the session it was made for
+      const willLogout = error.kind === 'rejected' && session === started
+      emit({ type: 'refreshFailed', error, willLogout })
+      if (willLogout) await endSession(endedElsewhere ? 'otherTab' : 'refreshRejected', error, true)
       throw error
     }
     // the waiters of a replaced session were settled when it was replaced
     if (session !== started) throw sessionCleared()
-    if (local) {
-      use(next, true)
+    if (receivedAt !== undefined) {
+      use(next, receivedAt)
       crossTab?.post({ type: 'refreshed', tokens: next })
       emit({ type: 'refreshed', tokens: next, source: 'local' })
     } else adopt({ type: 'refreshed', tokens: next })
@@ -406,8 +425,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       await wait(ready(), signal)
       const current = tokens
       if (!pending) {
-        // rule 2: a 401 for a token that is no longer current is retried with the current one
-        if (current && rejectedToken && rejectedToken !== current.accessToken) return current.accessToken
+        // rule 2: a 401 for a token that is no longer current is retried with the current one, unless
+        // that one is about to expire too
+        const stale = current && rejectedToken && rejectedToken !== current.accessToken
+        if (stale && (!needsRefresh() || (!current.refreshToken && !isExpired()))) return current.accessToken
         if (!current?.refreshToken) throw new TokenflowError('ERR_NO_REFRESH_TOKEN', 'no session to refresh')
         startRefresh(current)
       }
@@ -416,7 +437,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
     async setTokens(next) {
       const valid = toTokenSet(next) || invalidOption('tokens.accessToken', 'a non-empty string')
-      switchSession(valid, true)
+      switchSession(valid, now())
       crossTab?.post({ type: 'refreshed', tokens: valid })
       await write(valid)
     },

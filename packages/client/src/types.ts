@@ -30,6 +30,8 @@ export interface TokenStorage {
   get(): TokenSet | null | Promise<TokenSet | null>
   set(tokens: TokenSet): void | Promise<void>
   clear(): void | Promise<void>
+  /** other tabs see the same storage (localStorage): the manager then talks to them by default */
+  shared?: boolean
 }
 
 /** The subset of `navigator.locks` (Web Locks API) the manager needs. */

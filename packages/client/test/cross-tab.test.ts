@@ -1,4 +1,10 @@
-import { createTokenManager, memoryStorage, type TokenEvent, type TokenStorage } from '@tokenflow/client'
+import {
+  createTokenManager,
+  memoryStorage,
+  type TokenEvent,
+  type TokenStorage,
+  webStorage,
+} from '@tokenflow/client'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { controlledRefresh, createTestLock, flush, tokenSet } from './helpers/tokens.js'
 
@@ -133,6 +139,41 @@ describe('BroadcastChannel', () => {
     await alice.clear()
     await new Promise((resolve) => setTimeout(resolve, 50))
     expect(await bob.getAccessToken()).toBe(tokenSet(T0, MIN, 'bob').accessToken)
+  })
+})
+
+describe('default channel in a page', () => {
+  function mapStorage() {
+    const map = new Map<string, string>()
+    return {
+      getItem: (key: string) => map.get(key) ?? null,
+      setItem: (key: string, value: string) => void map.set(key, value),
+      removeItem: (key: string) => void map.delete(key),
+    }
+  }
+
+  it('is on for localStorage, which the tabs share, and off for sessionStorage, which is per tab', async () => {
+    const local = mapStorage()
+    const perTab = [mapStorage(), mapStorage()]
+    vi.stubGlobal('document', {})
+    vi.stubGlobal('localStorage', local)
+    vi.stubGlobal('sessionStorage', perTab[0])
+    const make = (storage: TokenStorage) =>
+      createTokenManager({ refresh: async () => tokenSet(T0, MIN, 'r'), storage, lock: false, now: () => T0 })
+    // sessionStorage: a login in one tab must not become the other tab's session
+    const [a, b] = [make(webStorage(perTab[0])), make(webStorage(perTab[0]))]
+    expect(webStorage(perTab[0]).shared).toBe(false)
+    await a.setTokens(tokenSet(T0, MIN, 'tab-a'))
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    expect(b.status).toBe('unauthenticated')
+    a.clear()
+    // localStorage: the default channel carries the login to the other tab
+    expect(webStorage().shared).toBe(true)
+    const [c, d] = [make(webStorage()), make(webStorage())]
+    await c.setTokens(tokenSet(T0, MIN, 'shared'))
+    await eventually(() => d.status === 'authenticated')
+    await c.clear()
+    await eventually(() => d.status === 'unauthenticated')
   })
 })
 

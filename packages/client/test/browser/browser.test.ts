@@ -248,12 +248,10 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
     for (const tab of [b, c]) expect(tab.errors).toEqual([])
   })
 
-  // KNOWN BUG (found by this suite, issue 4): `it.fails` until it is fixed, then make it `it`. When the lock wait times
-  // out, `withLock` runs the refresh with no lock at all. Every tab that was waiting times out at about the
-  // same moment and they all refresh with the same refresh token: the server sees reuse and revokes the
-  // session. (With the defaults, lockTimeout = refreshTimeout = 10 s and 2 retries, a holder that is merely
-  // slow keeps the lock longer than its waiters wait.)
-  it.fails('a tab whose refresh hangs past lockTimeout: the tabs that stop waiting still refresh one at a time', async () => {
+  // Bug found by this suite: when the lock wait timed out, every waiting tab refreshed at once with the same
+  // refresh token and the server revoked the session for reuse. The tabs that give up now take turns under a
+  // second lock.
+  it('a tab whose refresh hangs past lockTimeout: the tabs that stop waiting still refresh one at a time', async () => {
     const lockTimeout = 1_500
     const context = await profile()
     const [a, b, c] = (await tabs(context, 3, { storage: 'local', lockTimeout })) as [Tab, Tab, Tab]
