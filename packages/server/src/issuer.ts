@@ -596,7 +596,12 @@ export function createIssuer({
         continue
       }
 
-      if (parsed.counter === session.counter - 1 && time - session.rotatedAt <= reuseGrace) {
+      // reuseGrace 0 turns the window off: even a replay in the millisecond of the rotation is reuse
+      if (
+        reuseGrace > 0 &&
+        parsed.counter === session.counter - 1 &&
+        time - session.rotatedAt <= reuseGrace
+      ) {
         // a retry (lost response, two tabs) within the grace window: the byte-identical current token
         stats.graceReplays++
         emit({ type: 'refreshed', userId: session.userId, sessionId: session.id, grace: true })

@@ -318,10 +318,10 @@ describe('refresh rotation', () => {
     const { issuer } = setup({ reuseGrace: 0 })
     const first = await issuer.login('ada', PASSWORD)
     const second = await issuer.refresh(first.refreshToken)
-    // the same millisecond is still within a grace of 0 ms
-    await expect(issuer.refresh(first.refreshToken)).resolves.toMatchObject({
-      refreshToken: second.refreshToken,
-    })
+    // even in the millisecond of the rotation (this clock does not move): there is no grace at all
+    await expectInvalidGrant(issuer, issuer.refresh(first.refreshToken))
+    expect(issuer.stats).toMatchObject({ graceReplays: 0, reuseDetected: 1 })
+    await expectInvalidGrant(issuer, issuer.refresh(second.refreshToken))
   })
 
   it('ends a session at its absolute expiry, however recently it was used', async () => {

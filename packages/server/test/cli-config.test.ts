@@ -1,0 +1,252 @@
+/**
+ * `tokenflow-server` misconfigured, and its logs under real traffic. Issue 3: "A bad configuration,
+ * such as an unreachable database or a bad flag, gets one clear line and exit code 1, never a stack
+ * trace", and "structured logs (pino, through Fastify) that never contain a token or a password".
+ * The CLI is bundled once with esbuild, as in cli.test.ts (tsx would cost a second per spawn).
+ */
+import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer, type Server } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { build } from 'esbuild'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { INVALID_GRANT_BODY, postForm, postJson, refresh, send } from './helpers/http.js'
+
+const ROOT = resolve(import.meta.dirname, '../../..')
+// under node_modules, so the bundle resolves its dependencies like the installed package would
+const OUT = join(ROOT, 'node_modules/.cache/tokenflow-cli-config-test', `${process.pid}`)
+const CLI = join(OUT, 'cli.mjs')
+const dir = mkdtempSync(join(tmpdir(), 'tokenflow-cli-config-'))
+const children = new Set<ChildProcess>()
+let busy: Server | undefined
+
+beforeAll(async () => {
+  mkdirSync(OUT, { recursive: true })
+  await build({
+    entryPoints: [resolve(import.meta.dirname, '../src/cli.ts')],
+    outfile: CLI,
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    packages: 'external',
+    logLevel: 'warning',
+  })
+})
+
+afterAll(async () => {
+  for (const child of children) child.kill('SIGKILL')
+  await new Promise((done) => (busy ? busy.close(done) : done(undefined)))
+  rmSync(dir, { recursive: true, force: true })
+  rmSync(OUT, { recursive: true, force: true })
+})
+
+// no configuration leaks in from the machine (CI sets DATABASE_URL for the store tests)
+const { DATABASE_URL: _db, TOKENFLOW_DB: _file, PORT: _port, ...baseEnv } = process.env
+
+interface Run {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+function cli(
+  args: string[],
+  { input = '', env = {} }: { input?: string; env?: Record<string, string> } = {},
+) {
+  return new Promise<Run>((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...baseEnv, ...env } })
+    children.add(child)
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk
+    })
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk
+    })
+    child.on('error', reject)
+    child.on('close', (code) => {
+      children.delete(child)
+      resolvePromise({ code, stdout, stderr })
+    })
+    child.stdin.end(input)
+  })
+}
+
+/** Exit code 1 and exactly one line on stderr, prefixed, with no stack trace; nothing on stdout. */
+function expectOneLine(run: Run, line: string | RegExp) {
+  const lines = run.stderr.split('\n').filter((text) => text !== '')
+  expect({ code: run.code, lines: lines.length, stdout: run.stdout }).toEqual({
+    code: 1,
+    lines: 1,
+    stdout: '',
+  })
+  if (typeof line === 'string') expect(lines[0]).toBe(`tokenflow-server: ${line}`)
+  else expect(lines[0]).toMatch(line)
+  expect(run.stderr).not.toMatch(/\n\s+at |node_modules|Error:|\.ts:\d/)
+}
+
+describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_000 }, () => {
+  // cli.test.ts covers `start --nope`, `launch`, `--port 99999`, --db with --postgres and a missing directory
+  it('a bad flag or an unknown subcommand of `user` and `keys`', async () => {
+    const db = join(dir, 'commands.db')
+    const [flag, user, keys] = await Promise.all([
+      cli(['user', 'list', '--verbose', '--db', db]),
+      cli(['user', 'frobnicate', '--db', db]),
+      cli(['keys', 'list', '--db', db]),
+    ])
+    expectOneLine(flag, "Unknown option '--verbose' (see --help)")
+    expectOneLine(user, 'unknown command "user frobnicate" (see --help)')
+    expectOneLine(keys, 'usage: tokenflow-server keys rotate')
+  })
+
+  it('bad values, from flags and from the environment', async () => {
+    const db = join(dir, 'values.db')
+    const [port, envPort, alg, issuer, redis, mysql] = await Promise.all([
+      cli(['start', '--port=-1', '--db', db]),
+      cli(['start', '--db', db], { env: { PORT: 'eighty' } }),
+      cli(['start', '--alg', 'HS256', '--db', db]),
+      cli(['start', '--port', '0', '--issuer', 'not a url', '--db', db]),
+      cli(['start', '--port', '0', '--redis', 'http://127.0.0.1:6379', '--db', db]),
+      cli(['user', 'list'], { env: { DATABASE_URL: 'mysql://root@127.0.0.1/app' } }),
+    ])
+    expectOneLine(port, '--port must be an integer from 0 to 65535, got "-1"')
+    expectOneLine(envPort, '--port must be an integer from 0 to 65535, got "eighty"')
+    expectOneLine(alg, '--alg must be one of ES256, ES384, RS256, PS256')
+    expectOneLine(issuer, '"issuer" must be an http(s) URL without query or fragment')
+    expectOneLine(redis, '"redisUrl" must be a redis:// or rediss:// URL')
+    expectOneLine(mysql, '--postgres must be a postgres:// URL')
+  })
+
+  it('an unreachable PostgreSQL, from --postgres and from DATABASE_URL, without the password', async () => {
+    const url = 'postgres://tokenflow:pw-do-not-print@127.0.0.1:1/tokenflow'
+    const [flag, env] = await Promise.all([
+      cli(['start', '--port', '0', '--postgres', url]),
+      cli(['user', 'list'], { env: { DATABASE_URL: url } }),
+    ])
+    for (const run of [flag, env]) {
+      expectOneLine(run, 'cannot use the PostgreSQL database: connect ECONNREFUSED 127.0.0.1:1')
+      expect(run.stderr).not.toContain('pw-do-not-print')
+    }
+  })
+
+  it('a --db path that cannot be written or is not a database', async () => {
+    const file = join(dir, 'a-file')
+    writeFileSync(file, '')
+    const notes = join(dir, 'notes.txt')
+    writeFileSync(notes, 'my notes, not a database\n'.repeat(300))
+    const cases: Array<[string[], Record<string, string>, string]> = [
+      // under a regular file, and in /proc (where even root cannot create a file)
+      [['start', '--port', '0', '--db', join(file, 'x.db')], {}, join(file, 'x.db')],
+      [['keys', 'rotate', '--db', '/proc/tokenflow.db'], {}, '/proc/tokenflow.db'],
+      // a directory, named by TOKENFLOW_DB
+      [['start', '--port', '0'], { TOKENFLOW_DB: dir }, dir],
+    ]
+    const runs = await Promise.all(cases.map(([args, env]) => cli(args, { env })))
+    for (const [i, run] of runs.entries()) {
+      expectOneLine(run, `cannot open sqlite database "${cases[i]![2]}": unable to open database file`)
+    }
+    expectOneLine(
+      await cli(['start', '--port', '0', '--db', notes]),
+      `cannot open sqlite database "${notes}": file is not a database`,
+    )
+  })
+
+  it('a port that is already taken', async () => {
+    busy = createServer()
+    await new Promise<void>((listening) => busy!.listen(0, '127.0.0.1', listening))
+    const port = (busy.address() as { port: number }).port
+    expectOneLine(
+      await cli(['start', '--port', String(port), '--db', join(dir, 'port.db')]),
+      `listen EADDRINUSE: address already in use 127.0.0.1:${port}`,
+    )
+  })
+})
+
+describe('tokenflow-server logs', { timeout: 60_000 }, () => {
+  it('never contain a token or a password, through login, refresh, OAuth, reuse, revocation and logout', async () => {
+    const db = join(dir, 'logs.db')
+    const password = 'log-test-password-8c1f'
+    const typo = 'log-test-typo-77aa'
+    expect(await cli(['user', 'add', 'ada', '--db', db], { input: `${password}\n` })).toMatchObject({
+      code: 0,
+      stderr: '',
+    })
+
+    const child = spawn(process.execPath, [CLI, 'start', '--port', '0', '--db', db, '--client-id', 'web'], {
+      env: baseEnv,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    children.add(child)
+    let output = ''
+    const exited = new Promise<number | null>((done) => child.on('close', done))
+    const origin = await new Promise<string>((found, reject) => {
+      const read = (chunk: Buffer) => {
+        output += chunk
+        const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(output)
+        if (match) found(match[1]!)
+      }
+      child.stdout.on('data', read)
+      child.stderr.on('data', read)
+      child.on('close', () => reject(new Error(`the server exited before listening: ${output}`)))
+    })
+
+    const secrets: string[] = [password, typo]
+    const keep = (...values: string[]) => {
+      for (const value of values) {
+        expect(typeof value === 'string' && value.length > 16).toBe(true)
+        secrets.push(value)
+      }
+    }
+    expect((await postJson(origin, '/auth/login', { username: 'ada', password: typo })).status).toBe(400)
+    // a body that does not parse still carries the password
+    expect((await postJson(origin, '/auth/login', `{"username":"ada","password":"${password}"`)).status).toBe(
+      400,
+    )
+    const first = (await postJson(origin, '/auth/login', { username: 'ada', password })).json()
+    keep(first.accessToken, first.refreshToken)
+    const second = (await refresh(origin, first.refreshToken)).json()
+    keep(second.accessToken, second.refreshToken)
+    const oauth = (
+      await postForm(origin, '/oauth/token', {
+        grant_type: 'refresh_token',
+        refresh_token: second.refreshToken,
+        client_id: 'web',
+      })
+    ).json()
+    keep(oauth.access_token, oauth.refresh_token)
+    // tokens in places a logger might look: the query string, the Authorization header, a cookie
+    const sessions = await send(`${origin}/auth/sessions?access_token=${oauth.access_token}`, {
+      headers: { authorization: `Bearer ${oauth.access_token}`, cookie: `rt=${oauth.refresh_token}` },
+    })
+    expect(sessions.status).toBe(200)
+    // the login's token, two rotations old: reuse, which is logged as a warning by session id only
+    expect((await refresh(origin, first.refreshToken)).text).toBe(INVALID_GRANT_BODY)
+    const other = (await postJson(origin, '/auth/login', { username: 'ada', password })).json()
+    keep(other.accessToken, other.refreshToken)
+    expect(
+      (await postForm(origin, '/oauth/revoke', { token: other.refreshToken, client_id: 'web' })).status,
+    ).toBe(200)
+    const last = (await postJson(origin, '/auth/login', { username: 'ada', password })).json()
+    keep(last.accessToken, last.refreshToken)
+    expect((await postJson(origin, '/auth/logout', { refreshToken: last.refreshToken })).status).toBe(200)
+
+    child.kill('SIGTERM')
+    expect(await exited).toBe(0)
+    // the logs did record the traffic, so their silence about secrets means something
+    for (const url of [
+      '/auth/login',
+      '/refresh/token',
+      '/oauth/token',
+      '/auth/sessions',
+      '/oauth/revoke',
+      '/auth/logout',
+    ]) {
+      expect(output).toContain(`"url":"${url}"`)
+    }
+    expect(output).toContain('refresh token reuse: session revoked')
+    expect(output).toContain('"msg":"request completed"')
+    for (const secret of secrets) expect(output).not.toContain(secret)
+  })
+})

@@ -1,0 +1,143 @@
+/**
+ * `createAuthServer` with nothing but `issuer` and `audience`: the defaults issue 3 names
+ * (`accessTokenTtl` 15 min, `reuseGrace` 10 s, `refreshIdleTimeout` 7 days, `refreshTokenTtl`
+ * 30 days absolute, `store` SQLite in ./tokenflow.db) hold through HTTP.
+ */
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { type AuthServer, createAuthServer, createSqliteStore, type TokenStore } from '@tokenflow/server'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { AUDIENCE, INVALID_GRANT_BODY, ISSUER, PASSWORD } from './helpers/http.js'
+
+const SECOND = 1000
+const DAY = 86_400_000
+// a whole second, so `exp` (1 s resolution) comes out exact
+const T0 = Date.UTC(2030, 0, 1)
+
+const claimsOf = (token: string) => JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString())
+
+describe('default lifetimes', () => {
+  let store: TokenStore
+  let app: AuthServer
+  const clock = { now: T0 }
+
+  beforeAll(async () => {
+    store = createSqliteStore({ filename: ':memory:' })
+    // only what is required, plus the store and the clock under test
+    app = createAuthServer({ issuer: ISSUER, audience: AUDIENCE, store, now: () => clock.now })
+    await app.ready()
+    await app.tokenflow.issuer.addUser('ada', PASSWORD)
+  })
+  afterAll(async () => {
+    await app.close()
+    await store.close()
+  })
+
+  const login = async () => {
+    const response = await app.inject({
+      method: 'POST',
+      url: '/auth/login',
+      payload: { username: 'ada', password: PASSWORD },
+    })
+    expect(response.statusCode).toBe(200)
+    return response.json() as { accessToken: string; refreshToken: string; expiresIn: number }
+  }
+  const refresh = (refreshToken: string) =>
+    app.inject({ method: 'POST', url: '/refresh/token', payload: { refreshToken } })
+
+  it('access tokens live 15 minutes', async () => {
+    clock.now = T0
+    const tokens = await login()
+    expect(tokens.expiresIn).toBe(900)
+    const { iat, exp } = claimsOf(tokens.accessToken)
+    expect({ iat, exp }).toEqual({ iat: T0 / 1000, exp: T0 / 1000 + 900 })
+  })
+
+  it('the previous refresh token gets the same successor for 10 s, and is reuse after that', async () => {
+    clock.now = T0
+    const first = await login()
+    const second = (await refresh(first.refreshToken)).json()
+    clock.now += 10 * SECOND
+    const retry = await refresh(first.refreshToken)
+    expect(retry.statusCode).toBe(200)
+    expect(retry.json().refreshToken).toBe(second.refreshToken)
+    const reuseBefore = app.tokenflow.issuer.stats.reuseDetected
+    clock.now += 1
+    expect((await refresh(first.refreshToken)).body).toBe(INVALID_GRANT_BODY)
+    expect(app.tokenflow.issuer.stats.reuseDetected).toBe(reuseBefore + 1)
+    expect((await refresh(second.refreshToken)).body).toBe(INVALID_GRANT_BODY)
+  })
+
+  it('a session unused for 7 days ends', async () => {
+    clock.now = T0
+    let { refreshToken } = await login()
+    clock.now += 7 * DAY - 1
+    const used = await refresh(refreshToken)
+    expect(used.statusCode).toBe(200)
+    refreshToken = used.json().refreshToken
+    const reuseBefore = app.tokenflow.issuer.stats.reuseDetected
+    // idle time counts from the last use
+    clock.now += 7 * DAY
+    expect((await refresh(refreshToken)).body).toBe(INVALID_GRANT_BODY)
+    expect(app.tokenflow.issuer.stats.reuseDetected).toBe(reuseBefore)
+  })
+
+  it('a session ends 30 days after the login however often it is used, and its last access token with it', async () => {
+    clock.now = T0
+    let { refreshToken } = await login()
+    for (let day = 6; day < 30; day += 6) {
+      clock.now = T0 + day * DAY
+      const used = await refresh(refreshToken)
+      expect(used.statusCode).toBe(200)
+      refreshToken = used.json().refreshToken
+    }
+    clock.now = T0 + 30 * DAY - 1
+    const last = await refresh(refreshToken)
+    expect(last.statusCode).toBe(200)
+    // the access token does not outlive the session: 1 s left, not 15 minutes
+    expect(last.json().expiresIn).toBe(1)
+    expect(claimsOf(last.json().accessToken).exp).toBe((T0 + 30 * DAY) / 1000)
+    clock.now = T0 + 30 * DAY
+    expect((await refresh(last.json().refreshToken)).body).toBe(INVALID_GRANT_BODY)
+  })
+})
+
+describe('default store', () => {
+  it('is SQLite in ./tokenflow.db: a restart in the same directory keeps users, keys and sessions', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tokenflow-default-store-'))
+    const cwd = process.cwd()
+    process.chdir(dir)
+    try {
+      const first = createAuthServer({ issuer: ISSUER, audience: AUDIENCE })
+      await first.ready()
+      await first.tokenflow.issuer.addUser('ada', PASSWORD)
+      const login = await first.inject({
+        method: 'POST',
+        url: '/auth/login',
+        payload: { username: 'ada', password: PASSWORD },
+      })
+      const jwks = (await first.inject({ method: 'GET', url: '/.well-known/jwks.json' })).json()
+      // the server owns the store it made, and closes it
+      await first.close()
+      expect(existsSync(join(dir, 'tokenflow.db'))).toBe(true)
+
+      const second = createAuthServer({ issuer: ISSUER, audience: AUDIENCE })
+      try {
+        expect((await second.inject({ method: 'GET', url: '/.well-known/jwks.json' })).json()).toEqual(jwks)
+        const refreshed = await second.inject({
+          method: 'POST',
+          url: '/refresh/token',
+          payload: { refreshToken: login.json().refreshToken },
+        })
+        expect(refreshed.statusCode).toBe(200)
+        expect((await second.tokenflow.issuer.listUsers()).map((user) => user.username)).toEqual(['ada'])
+      } finally {
+        await second.close()
+      }
+    } finally {
+      process.chdir(cwd)
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
