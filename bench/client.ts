@@ -64,6 +64,10 @@ export interface ClientBenchResult {
     tokenflow: number
     axiosAuthRefresh: number
     axiosJwt: number
+    /** the same app on fetch: createTokenManager + jsonRefresh + webStorage + createAuthFetch */
+    tokenflowFetch: number
+    /** the cross-tab module alone (BroadcastChannel, storage event, rotation signal), part of createTokenManager */
+    crossTab: number
     /** bytes in the minified (not gzipped) tokenflow bundle per source file, largest first */
     tokenflowContributors: Record<string, number>
     budget: number
@@ -252,6 +256,19 @@ attachTokenRefresh(api, manager)
 export const login = (tokens) => manager.setTokens(tokens)
 export const logout = () => manager.clear()
 `,
+  tokenflowFetch: `
+import { createTokenManager, jsonRefresh, webStorage } from '@tokenflow/client'
+import { createAuthFetch } from '@tokenflow/client/fetch'
+
+export const manager = createTokenManager({
+  refresh: jsonRefresh('https://api.example.com/refresh/token'),
+  storage: webStorage(),
+})
+export const api = createAuthFetch(manager)
+export const login = (tokens) => manager.setTokens(tokens)
+export const logout = () => manager.clear()
+`,
+  crossTab: `export { createCrossTab } from './packages/client/dist/cross-tab.js'`,
   axiosAuthRefresh: `
 import axios from 'axios'
 import { createAuthRefresh } from 'axios-auth-refresh'
@@ -315,8 +332,10 @@ async function bundle(name: keyof typeof apps): Promise<{ gzip: number; metafile
 }
 
 async function measureSize(): Promise<ClientBenchResult['size']> {
-  const [tokenflow, axiosAuthRefresh, axiosJwt] = await Promise.all([
+  const [tokenflow, tokenflowFetch, crossTab, axiosAuthRefresh, axiosJwt] = await Promise.all([
     bundle('tokenflow'),
+    bundle('tokenflowFetch'),
+    bundle('crossTab'),
     bundle('axiosAuthRefresh'),
     bundle('axiosJwt'),
   ])
@@ -331,6 +350,8 @@ async function measureSize(): Promise<ClientBenchResult['size']> {
     method:
       'esbuild bundle of the app (minify, platform browser, format esm, axios external; @tokenflow/* from dist), then gzip level 9',
     tokenflow: tokenflow.gzip,
+    tokenflowFetch: tokenflowFetch.gzip,
+    crossTab: crossTab.gzip,
     axiosAuthRefresh: axiosAuthRefresh.gzip,
     axiosJwt: axiosJwt.gzip,
     tokenflowContributors,
@@ -375,6 +396,7 @@ function table(result: ClientBenchResult): string {
     `Noise floor: a second bare-axios instance measured ${overhead.control.ratio.toFixed(2)}× (CPU), ${overhead.control.wallRatio.toFixed(2)}× (wall clock) against the first`,
     `Overhead budget: tokenflow ≤ ${overhead.budget.toFixed(2)}× bare axios: ${overhead.ratio.tokenflow.toFixed(2)}× ${verdict(overhead.pass)}`,
     `Size budget: tokenflow ≤ ${number(size.budget)} B min+gzip: ${number(size.tokenflow)} B ${verdict(size.pass)}`,
+    `Also: the same app on fetch (createAuthFetch) ${number(size.tokenflowFetch)} B; the cross-tab module alone ${number(size.crossTab)} B`,
   ].join('\n')
 }
 
