@@ -1,51 +1,62 @@
 /**
- * The terminal demo (`npm start`): concurrent axios requests across an access-token expiry, against the
- * client's local test auth server (rotating refresh tokens, no reuse grace), first through tokenflow,
- * then through the blog recipe it replaces. tokenflow must make 1 refresh and get every request back ok;
- * the exit code says whether it did.
+ * The terminal demo (`npm run demo:cli`): concurrent axios requests across an access-token expiry, against
+ * the real @tokenflow/server the web demo runs (SQLite in a temporary directory, rotating refresh tokens, no
+ * reuse grace, the API checked by @tokenflow/server/verify), first through tokenflow, then through the blog
+ * recipe it replaces. tokenflow must make 1 refresh and get every request back ok; the exit code says
+ * whether it did.
  *
- *   npx tsx examples/demo/cli-demo.ts [--requests 50] [--ttl 3000]
+ *   npx tsx examples/demo/cli-demo.ts [--requests 50] [--access-ttl 3s]
  *
- * It imports @tokenflow/client by name, so it runs on the built packages (`npm run build` first).
+ * It imports the packages by name, so it runs on the built packages (`npm run build` first).
  */
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { createTokenManager, isTokenflowError, jsonRefresh } from '@tokenflow/client'
 import { attachTokenRefresh } from '@tokenflow/client/axios'
 import axios, { type AxiosAdapter, type AxiosInstance } from 'axios'
-import { startTestAuthServer, type TestAuthServer } from '../../packages/client/test/helpers/auth-server.js'
 import { installRecipe, type RecipeAsyncStorage } from './recipe.js'
+import { type Demo, startDemo } from './start-demo.js'
 
 /** how long the recipe's requests get to settle after the last one is sent: some never do */
 const recipeTimeout = 5_000
 /** the same bound for tokenflow, which needs a fraction of it */
 const tokenflowTimeout = 10_000
 
-const usage = 'usage: tsx examples/demo/cli-demo.ts [--requests N] [--ttl ms]'
+const usage = 'usage: npm run demo:cli -- [--requests N] [--access-ttl 3s]'
+
+/** Parses `3s`, `2.5s`, `3000ms` or `3000` (ms); NaN for anything else. */
+function duration(text: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$/.exec(text)
+  if (!match) return Number.NaN
+  return Math.round(Number(match[1]) * (match[2] === 's' ? 1_000 : 1))
+}
 
 function options(): { requests: number; ttl: number } {
-  let values: { requests?: string | undefined; ttl?: string | undefined; help?: boolean | undefined }
+  let values: { requests?: string | undefined; 'access-ttl'?: string | undefined; help?: boolean | undefined }
   try {
     ;({ values } = parseArgs({
       options: {
         requests: { type: 'string', default: '50' },
         // exp has a one-second resolution, so a token refreshed just before T lives about TTL - 1 s: 3 s
         // leaves the storm a margin of over a second on a loaded machine, where 2 s leaves a few hundred ms
-        ttl: { type: 'string', default: '3000' },
+        'access-ttl': { type: 'string', default: '3s' },
         help: { type: 'boolean', short: 'h' },
       },
     }))
   } catch (error) {
-    console.error(`${(error as Error).message}\n${usage}`)
+    console.error(`${(error as Error).message.split('. ')[0]}\n${usage}`)
     process.exit(1)
   }
   if (values.help) {
     console.log(
-      `${usage}\n  --requests N  concurrent requests sent across the expiry (default 50)\n  --ttl ms      access-token lifetime, from 2000 to 120000 (default 3000)`,
+      `${usage}\n  --requests N    concurrent requests sent across the expiry (default 50)\n  --access-ttl T  access-token lifetime: seconds with "s" (3s) or milliseconds (3000); from 2 s to 120 s (default 3s)`,
     )
     process.exit(0)
   }
   const requests = Number(values.requests)
-  const ttl = Number(values.ttl)
+  const ttl = duration(values['access-ttl'] ?? '')
   const problems = [
     !Number.isInteger(requests) || requests < 1 || requests > 10_000
       ? '"--requests" must be a whole number from 1 to 10000'
@@ -53,7 +64,7 @@ function options(): { requests: number; ttl: number } {
     // exp has a resolution of one second (RFC 7519): a shorter token, refreshed just before a second
     // ends, would be born (nearly) expired
     !Number.isInteger(ttl) || ttl < 2_000 || ttl > 120_000
-      ? '"--ttl" must be a whole number of milliseconds from 2000 to 120000'
+      ? '"--access-ttl" must be from 2s to 120s (e.g. 3s, or 3000 for milliseconds)'
       : '',
   ].filter(Boolean)
   if (problems.length > 0) {
@@ -117,7 +128,7 @@ interface Client {
 }
 
 type Connect = (context: {
-  server: TestAuthServer
+  server: Demo
   login: { accessToken: string; refreshToken: string }
   api: AxiosInstance
   /** ms before exp at which tokenflow refreshes first */
@@ -143,6 +154,12 @@ function reason(error: unknown): string {
   return code ?? name ?? 'unknown error'
 }
 
+/** `exp` (epoch s) of a JWT, read without verifying it. */
+function expiryOf(token: string): number {
+  return (JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as { exp: number })
+    .exp
+}
+
 async function storm({
   requests,
   ttl,
@@ -155,7 +172,10 @@ async function storm({
   /** sets up the client under test on `api` */
   connect: Connect
 }): Promise<Outcome> {
-  const server = await startTestAuthServer({ accessTtl: ttl, reuseGrace: 0 })
+  // a server of its own, in a directory of its own: its counters are this storm's, and closing it at the
+  // end makes whatever is still in flight fail, so it is counted
+  const dataDir = await mkdtemp(join(tmpdir(), 'tokenflow-demo-cli-'))
+  const server = await startDemo({ dataDir, port: 0, accessTokenTtl: ttl, page: false })
   const rejectionsBefore = unhandledRejections
   let listening = true
   const close = async () => {
@@ -169,11 +189,10 @@ async function storm({
     // exp has a one-second resolution: log in just after a second starts, so the token lives the whole TTL
     await sleep(1_000 - (Date.now() % 1_000) + 20)
     const { data: tokens } = await axios.post(`${server.url}/auth/login`, {
-      username: 'alice',
-      password: 'password',
+      username: server.username,
+      password: server.password,
     })
-    const claims = server.claims(tokens.accessToken)!
-    const expiry = claims.exp * 1_000
+    const expiry = expiryOf(tokens.accessToken) * 1_000
     const log = timeline(() => expiry)
 
     // sent before the proactive window, so with the old token, and in flight until 200 ms after T
@@ -184,9 +203,16 @@ async function storm({
     const afterAt = expiry + 100
 
     const http = axios.getAdapter('http')
-    // a slow mobile link for the requests that ask for it; every other byte goes straight to the server
+    // a slow mobile link for the first trip of the requests that ask for it: they carry the token they got
+    // before T to the server after T. Retries (and the recipe's replays) travel at normal speed, so what
+    // decides their fate is the token they carry, as in the web demo.
+    const travelled = new Set<unknown>()
     const adapter: AxiosAdapter = async (config) => {
-      if (config.params?.link === 'slow') await sleep(slowLatency)
+      const id = config.headers?.['x-req-id']
+      if (config.params?.link === 'slow' && !travelled.has(id)) {
+        travelled.add(id)
+        await sleep(slowLatency)
+      }
       return http(config)
     }
     const api = axios.create({ baseURL: server.url, adapter })
@@ -255,7 +281,17 @@ async function storm({
     send(after, false)
     log(`${after} requests sent after expiry`)
 
+    // on a terminal, one line that counts the answers while they come in
+    const live = process.stdout.isTTY === true
+    const ticker = live
+      ? setInterval(
+          () => process.stdout.write(`\r\x1b[2K  ${dim(`${settled} of ${requests} answered…`)}`),
+          100,
+        )
+      : undefined
     await Promise.race([everyoneSettled, sleep(timeout)])
+    clearInterval(ticker)
+    if (live) process.stdout.write('\r\x1b[2K')
     closed = true
     log(
       settled === requests
@@ -263,15 +299,16 @@ async function storm({
         : `${requests - settled} of ${requests} requests still waiting after ${timeout} ms: counted as hung`,
     )
     client.done?.()
+    const counts = server.stats()
     const outcome = {
       requests,
-      refreshes: server.counters.refreshes,
-      unauthorized: server.counters.unauthorized,
+      refreshes: counts.refreshes,
+      unauthorized: counts.apiUnauthorized,
       ok,
       failed,
       hung: requests - settled,
-      reuseDetections: server.counters.reuseDetections,
-      apiHits: server.requests.length,
+      reuseDetections: counts.reuseDetected,
+      apiHits: counts.apiRequests,
       failures,
     }
     await close()
@@ -280,6 +317,7 @@ async function storm({
     return { ...outcome, unhandledRejections: unhandledRejections - rejectionsBefore }
   } finally {
     await close()
+    await rm(dataDir, { recursive: true, force: true })
   }
 }
 
@@ -367,6 +405,7 @@ const { requests, ttl } = options()
 const { slow, before, after } = split(requests)
 console.log(
   bold(`tokenflow demo: ${requests} concurrent axios requests across an access-token expiry`) +
+    `\n${dim('  @tokenflow/server on SQLite, its API checked by @tokenflow/server/verify; a fresh server for each client')}` +
     `\n${dim(`  access tokens live ${ttl} ms; refresh tokens rotate, and any reuse revokes the session (no grace)`)}` +
     `\n${dim(`  ${slow} in flight across the expiry, ${before} sent just before it, ${after} just after`)}\n`,
 )

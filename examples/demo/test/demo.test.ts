@@ -1,0 +1,220 @@
+/**
+ * The demo in Debian's Chromium (playwright-core; it never downloads a browser): start it as `npm start`
+ * does (startDemo, on a free port, a temporary SQLite directory and 4 s access tokens), log in, fire 50
+ * requests through tokenflow next to the recipe, share one refresh between two tabs, and save the
+ * screenshot the README shows (docs/demo.png).
+ */
+import { execFile } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { type Demo, startDemo } from '../start-demo.js'
+
+/** Where Debian puts Chromium; `TOKENFLOW_CHROMIUM` points elsewhere (or nowhere, to try the skip path). */
+const CHROMIUM_PATH = process.env.TOKENFLOW_CHROMIUM ?? '/usr/bin/chromium'
+const hasChromium = existsSync(CHROMIUM_PATH)
+const inCI = process.env.CI === 'true'
+const root = fileURLToPath(new URL('../../../', import.meta.url))
+
+if (!hasChromium && !inCI) {
+  console.log(
+    `demo test skipped: no Chromium at ${CHROMIUM_PATH}; on Debian/Ubuntu: apt-get install -y chromium`,
+  )
+}
+
+describe.runIf(!hasChromium && inCI)('the demo', () => {
+  it('has Chromium to run on', () => {
+    throw new Error('Chromium is required in CI: apt-get install -y chromium')
+  })
+})
+
+/** What a column's counter shows. */
+const counter = (page: Page, client: 'tokenflow' | 'recipe', name: string) =>
+  page.locator(`#col-${client} [data-counter="${name}"] dd`).textContent()
+
+/** The `sid` (session) of the access token tokenflow keeps in the page's localStorage. */
+const tokenflowSession = (page: Page) =>
+  page.evaluate(() => {
+    const { accessToken } = JSON.parse(localStorage.getItem('tokenflow-demo') ?? '{}') as {
+      accessToken?: string
+    }
+    const payload = accessToken?.split('.')[1] ?? ''
+    return (JSON.parse(atob(payload.replace(/-/g, '+').replace(/_/g, '/'))) as { sid: string }).sid
+  })
+
+/** Resolves once every row of the column's burst has its final state: ok, failed, or hung. */
+const settled = (page: Page, client: 'tokenflow' | 'recipe', timeout: number) =>
+  page.waitForFunction(
+    (id) => {
+      const rows = [...document.querySelectorAll(`#${id} li.row`)]
+      return (
+        rows.length > 0 &&
+        rows.every((row) => ['ok', 'failed', 'hung'].includes(row.getAttribute('data-state')!))
+      )
+    },
+    `col-${client}`,
+    { timeout, polling: 100 },
+  )
+
+describe.skipIf(!hasChromium)('the demo in Chromium', () => {
+  let demo: Demo
+  let browser: Browser
+  let context: BrowserContext
+  let dataDir: string
+
+  beforeAll(async () => {
+    // the page is bundled from the packages' dist, as `npm start` does after `npm run build`
+    await promisify(execFile)('npm', ['run', 'build'], { cwd: root })
+    dataDir = await mkdtemp(join(tmpdir(), 'tokenflow-demo-'))
+    ;[demo, browser] = await Promise.all([
+      startDemo({ dataDir, port: 0, accessTokenTtl: 4_000 }),
+      chromium.launch({
+        executablePath: CHROMIUM_PATH,
+        args: [
+          '--headless',
+          '--no-sandbox',
+          '--disable-gpu',
+          '--disable-background-networking',
+          '--disable-component-update',
+          '--no-first-run',
+          '--disable-sync',
+        ],
+      }),
+    ])
+    context = await browser.newContext({ viewport: { width: 1440, height: 900 } })
+  }, 120_000)
+
+  afterAll(async () => {
+    await browser?.close()
+    await demo?.close()
+    if (dataDir) await rm(dataDir, { recursive: true, force: true })
+  })
+
+  it('serves the page, its script and the API on one origin, and refuses the API without a token', async () => {
+    expect(demo.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
+    expect(demo.createdUser).toBe(true)
+    const page = await fetch(demo.url)
+    expect(page.status).toBe(200)
+    expect(page.headers.get('content-type')).toMatch(/^text\/html/)
+    expect(await page.text()).toContain('<script type="module" src="/demo.js"></script>')
+    const script = await fetch(`${demo.url}/demo.js`)
+    expect(script.status).toBe(200)
+    expect(script.headers.get('content-type')).toMatch(/^text\/javascript/)
+    const api = await fetch(`${demo.url}/api/items/1`)
+    expect(api.status).toBe(401)
+    expect(api.headers.get('www-authenticate')).toMatch(/^Bearer /)
+    expect(await api.json()).toMatchObject({ error: 'invalid_token', code: 'ERR_TOKEN_MISSING' })
+  })
+
+  it('fires 50 requests: tokenflow makes 1 refresh and gets 50 ok; the recipe hangs or replays', async () => {
+    const page = await context.newPage()
+    const errors: Error[] = []
+    page.on('pageerror', (error) => errors.push(error))
+    await page.goto(demo.url)
+    await page.waitForSelector('body[data-ready]')
+
+    await expect(page.getByLabel('User').inputValue()).resolves.toBe(demo.username)
+    await page.getByLabel('Password').fill(demo.password)
+    await page.getByRole('button', { name: 'Log in' }).click()
+    await page.getByRole('button', { name: 'Log out' }).waitFor()
+    await page.getByRole('switch', { name: 'Run the original recipe side by side' }).check()
+    await expect(page.getByRole('spinbutton', { name: 'Requests' }).inputValue()).resolves.toBe('50')
+    await expect(page.getByLabel('Send across the next expiry').isChecked()).resolves.toBe(true)
+    await page.getByRole('button', { name: 'Fire through axios' }).click()
+
+    // tokenflow: every row ends ok, after one rotation of its session's refresh token
+    await settled(page, 'tokenflow', 15_000)
+    await expect(page.locator('#col-tokenflow li.row').count()).resolves.toBe(50)
+    await expect(page.locator('#col-tokenflow li.row[data-state="ok"]').count()).resolves.toBe(50)
+    await expect(page.locator('#col-tokenflow li.row:not([data-replayed="0"])').count()).resolves.toBe(0)
+    const sid = await tokenflowSession(page)
+    expect(demo.session(sid)).toEqual({ refreshes: 1, reuseDetected: 0 })
+    // the page polls the server's counts twice a second
+    await page.waitForFunction(
+      () => document.querySelector('#col-tokenflow [data-counter="refreshes"] dd')?.textContent !== '0',
+      undefined,
+      { timeout: 5_000 },
+    )
+    const counts = Object.fromEntries(
+      await Promise.all(
+        ['requests', 'ok', 'refreshes', 'reuseDetected', 'failed', 'hung', 'replayed'].map(
+          async (name) => [name, await counter(page, 'tokenflow', name)] as const,
+        ),
+      ),
+    )
+    expect(counts).toEqual({
+      requests: '50',
+      ok: '50',
+      refreshes: '1',
+      reuseDetected: '0',
+      failed: '0',
+      hung: '0',
+      replayed: '0',
+    })
+    await expect(page.locator('#col-tokenflow [data-verdict]').textContent()).resolves.toBe('50 of 50 ok.')
+
+    // the recipe, same burst, same server: its first 401 starts a refresh it never retries (hung), and
+    // each late 401 starts another refresh that sends every earlier request again (replayed)
+    await settled(page, 'recipe', 15_000)
+    const hung = await page.locator('#col-recipe li.row[data-state="hung"]').count()
+    const replayed = await page.locator('#col-recipe li.row:not([data-replayed="0"])').count()
+    expect(hung + replayed).toBeGreaterThan(0)
+    await expect(counter(page, 'recipe', 'hung')).resolves.toBe(String(hung))
+    expect(Number(await counter(page, 'recipe', 'replayed'))).toBeGreaterThanOrEqual(replayed)
+    await expect(page.locator('#col-recipe [data-verdict]').getAttribute('data-tone')).resolves.toBe('bad')
+    expect(errors).toEqual([])
+
+    // the picture the README shows: both columns after the same burst
+    await page.evaluate(() => (document.activeElement as HTMLElement | null)?.blur())
+    await page.mouse.move(0, 0)
+    await mkdir(join(root, 'docs'), { recursive: true })
+    await page.screenshot({ path: join(root, 'docs', 'demo.png'), fullPage: true })
+    await page.close()
+  }, 40_000)
+
+  it('two tabs share one refresh: both bursts across the same expiry, one rotation, no reuse', async () => {
+    const first = await context.newPage()
+    await first.goto(demo.url)
+    await first.waitForSelector('body[data-ready]')
+    // the session of the previous test is in this profile's localStorage
+    await first.getByRole('button', { name: 'Log out' }).waitFor()
+    await first.getByRole('switch', { name: 'Run the original recipe side by side' }).uncheck()
+
+    const opened = context.waitForEvent('page')
+    await first.getByRole('button', { name: 'Open another tab' }).click()
+    const second = await opened
+    await second.waitForSelector('body[data-ready]')
+    await second.getByRole('button', { name: 'Log out' }).waitFor()
+    const sid = await tokenflowSession(first)
+    expect(await tokenflowSession(second)).toBe(sid)
+    const before = demo.session(sid)
+
+    // one request now refreshes the expired token, so both bursts can wait for the next expiry together
+    await first.getByLabel('Send across the next expiry').uncheck()
+    await first.getByRole('spinbutton', { name: 'Requests' }).fill('1')
+    await first.getByRole('button', { name: 'Fire through fetch' }).click()
+    await settled(first, 'tokenflow', 10_000)
+    await expect(first.locator('#col-tokenflow li.row[data-state="ok"]').count()).resolves.toBe(1)
+    const ready = demo.session(sid)
+    // at most one refresh: the token of the previous test has expired by now, unless it was still fresh
+    expect(ready.refreshes - before.refreshes).toBeLessThanOrEqual(1)
+
+    await first.getByLabel('Send across the next expiry').check()
+    await first.getByRole('spinbutton', { name: 'Requests' }).fill('50')
+    await Promise.all([
+      first.getByRole('button', { name: 'Fire through fetch' }).click(),
+      second.getByRole('button', { name: 'Fire through axios' }).click(),
+    ])
+    await Promise.all([settled(first, 'tokenflow', 15_000), settled(second, 'tokenflow', 15_000)])
+    for (const tab of [first, second]) {
+      await expect(tab.locator('#col-tokenflow li.row[data-state="ok"]').count()).resolves.toBe(50)
+    }
+    expect(demo.session(sid)).toEqual({ refreshes: ready.refreshes + 1, reuseDetected: 0 })
+    expect(demo.stats().reuseDetected).toBe(0)
+  }, 40_000)
+})
