@@ -25,6 +25,14 @@ export interface SqliteStoreOptions {
    * @default 5000
    */
   busyTimeout?: number
+  /**
+   * Group commit: the rotations that arrive in one event-loop turn are applied in one
+   * `BEGIN IMMEDIATE … COMMIT` transaction, so they share one fsync, and each resolves only after
+   * that transaction committed. Each rotation is still its own compare-and-swap, in arrival order.
+   * `false` commits every rotation on its own.
+   * @default true
+   */
+  groupCommit?: boolean
 }
 
 /**
@@ -64,6 +72,15 @@ const migrations: readonly string[] = [
     retired_at INTEGER
   ) STRICT;`,
 ]
+
+/** A rotation waiting for its group commit. */
+interface PendingRotation {
+  id: string
+  expectedCounter: number
+  now: number
+  resolve: (session: SessionRecord | null) => void
+  reject: (error: unknown) => void
+}
 
 interface SessionRow {
   id: string
@@ -108,6 +125,7 @@ export function createSqliteStore({
   filename = 'tokenflow.db',
   synchronous = 'FULL',
   busyTimeout = 5000,
+  groupCommit = true,
 }: SqliteStoreOptions = {}): TokenStore {
   if (typeof filename !== 'string' || filename === '') {
     throw new AuthError('ERR_CONFIG', '"filename" must be a non-empty string')
@@ -117,6 +135,9 @@ export function createSqliteStore({
   }
   if (!Number.isSafeInteger(busyTimeout) || busyTimeout < 0) {
     throw new AuthError('ERR_CONFIG', '"busyTimeout" must be a non-negative integer (ms)')
+  }
+  if (typeof groupCommit !== 'boolean') {
+    throw new AuthError('ERR_CONFIG', '"groupCommit" must be a boolean')
   }
 
   let db: Database.Database
@@ -149,10 +170,44 @@ export function createSqliteStore({
     return prepared
   }
 
-  // the rotation compare-and-swap, kept in one function so it can be swapped for a group commit
+  // the rotation compare-and-swap
   const rotate = (id: string, expectedCounter: number, now: number): SessionRecord | null => {
     const row = statements().rotate.get(now, now, id, expectedCounter, now) as SessionRow | undefined
     return row ? toSession(row) : null
+  }
+
+  // Group commit. With synchronous=FULL every commit waits for an fsync, which costs more than the
+  // rest of a refresh put together (issue 6: about 385 refreshes/s with one commit each, against
+  // 5,400/s without a database); rotations queued in one event-loop turn share one transaction and
+  // so one fsync. A caller's promise settles only after COMMIT returned, so every rotation that
+  // was answered is durable, exactly as with one commit per rotation.
+  let queue: PendingRotation[] = []
+  const flush = () => {
+    const batch = queue
+    queue = []
+    if (batch.length === 0) return
+    const results: (SessionRecord | null)[] = []
+    try {
+      // IMMEDIATE takes the write lock first: a BEGIN DEFERRED that later needs it could fail with
+      // SQLITE_BUSY halfway through the batch instead of waiting on busy_timeout
+      db.exec('BEGIN IMMEDIATE')
+      // one compare-and-swap per rotation, in arrival order: a second rotation of the same session
+      // sees the first one's counter and loses, as it would have if they had been serial
+      for (const { id, expectedCounter, now } of batch) results.push(rotate(id, expectedCounter, now))
+      db.exec('COMMIT')
+    } catch (error) {
+      // nothing of the batch was committed, so no caller may be told its rotation happened
+      if (db.open && db.inTransaction) {
+        try {
+          db.exec('ROLLBACK')
+        } catch {
+          // the connection already rolled back (SQLite does after some I/O errors)
+        }
+      }
+      for (const pending of batch) pending.reject(error)
+      return
+    }
+    for (const [i, pending] of batch.entries()) pending.resolve(results[i]!)
   }
 
   const applyMigrations = db.transaction(() => {
@@ -182,6 +237,8 @@ export function createSqliteStore({
       applyMigrations.immediate()
     },
     async close() {
+      // rotations already queued are committed and answered, not dropped
+      flush()
       if (db.open) db.close()
     },
 
@@ -213,7 +270,14 @@ export function createSqliteStore({
       return row ? toSession(row) : null
     },
     async rotateSession(id, expectedCounter, now) {
-      return rotate(id, expectedCounter, now)
+      if (!groupCommit) return rotate(id, expectedCounter, now)
+      // a store used before migrate() fails here, for this caller alone
+      statements()
+      return new Promise((resolve, reject) => {
+        // the first rotation of a turn schedules the commit: setImmediate runs after the I/O
+        // callbacks of this turn, so every request that arrived with it is in the batch
+        if (queue.push({ id, expectedCounter, now, resolve, reject }) === 1) setImmediate(flush)
+      })
     },
     async revokeSession(id, now, reason) {
       return statements().revokeSession.run(now, reason, id).changes === 1
