@@ -26,7 +26,8 @@ export interface PasswordHasherOptions {
   /**
    * At most this many hashes or verifications run at once; the rest wait in line, so a login
    * burst cannot take every core and all the memory (each hash holds `memoryCost` KiB).
-   * @default os.availableParallelism()
+   * @default os.availableParallelism() - 1, at least 1: one core stays free for the event loop, so refreshes
+   *   keep their latency while logins saturate the hashers
    */
   maxConcurrency?: number
 }
@@ -65,7 +66,7 @@ export function createPasswordHasher({
   memoryCost = 19456,
   timeCost = 2,
   parallelism = 1,
-  maxConcurrency = availableParallelism(),
+  maxConcurrency = Math.max(1, availableParallelism() - 1),
 }: PasswordHasherOptions = {}): PasswordHasher {
   for (const [name, value] of Object.entries({ memoryCost, timeCost, parallelism, maxConcurrency })) {
     if (!Number.isSafeInteger(value) || value < 1) {
