@@ -81,6 +81,8 @@ function migrations(table: (name: string) => string): readonly (readonly string[
  * @example
  * import pg from 'pg'
  * const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL })
+ * // a PostgreSQL restart kills idle connections; without a listener, pg's 'error' event ends the process
+ * pool.on('error', (error) => console.warn('postgres connection lost:', error.message))
  * const store = createPostgresStore({ client: pool })
  * await store.migrate()
  */

@@ -1,0 +1,197 @@
+/**
+ * The soak's own PostgreSQL schema, the session-row check, and the real restart of the local cluster.
+ * Other suites share this PostgreSQL: the soak only ever creates and drops its own `tf_soak_*` schema.
+ */
+import { execFile } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { existsSync, readdirSync } from 'node:fs'
+import pg from 'pg'
+// straight from its module: the package index would load Fastify into the soak's own process
+import { parseRefreshToken } from '../../packages/server/src/refresh-token.js'
+import type { SoakClient } from './clients.js'
+
+/** A schema of this soak run, and a pool for checking it. */
+export interface SoakDatabase {
+  url: string
+  schema: string
+  /** the current session rows (id, counter, revocation) */
+  sessions(): Promise<Map<string, { counter: number; revokedReason: string | null; revoked: boolean }>>
+  /** drops the schema and closes the pool; retried while PostgreSQL restarts */
+  drop(): Promise<void>
+}
+
+/** What the session rows say about the clients' tokens. */
+export interface SessionCheck {
+  /** clients whose row is missing, revoked, or holds another counter than the client's refresh token */
+  inconsistentRows: number
+  /** rows of the schema revoked with reason 'reuse' */
+  revokedForReuse: number
+  /** clients without a refresh token: a session the client lost */
+  withoutToken: number
+}
+
+/**
+ * Connects, or resolves null when PostgreSQL is not reachable (a machine without a local cluster).
+ * @example
+ * const db = await openSoakDatabase('postgres://postgres@127.0.0.1:5432/test')
+ */
+export async function openSoakDatabase(url: string): Promise<SoakDatabase | null> {
+  const pool = new pg.Pool({ connectionString: url, max: 2, connectionTimeoutMillis: 3_000 })
+  // the soak restarts PostgreSQL: an idle connection of this pool dies then, which is no error here
+  pool.on('error', () => undefined)
+  try {
+    await pool.query('SELECT 1')
+  } catch {
+    await pool.end().catch(() => undefined)
+    return null
+  }
+  const schema = `tf_soak_${randomBytes(6).toString('hex')}`
+  await pool.query(`CREATE SCHEMA "${schema}"`)
+  // a connection that died with a restart fails its next query once: the pool then opens a new one
+  const retried = async <T>(fn: () => Promise<T>, attempts: number): Promise<T> => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await fn()
+      } catch (error) {
+        if (attempt >= attempts) throw error
+        await new Promise((resolve) => setTimeout(resolve, 500))
+      }
+    }
+  }
+  return {
+    url,
+    schema,
+    async sessions() {
+      const { rows } = await retried(
+        () =>
+          pool.query<{
+            id: string
+            counter: string
+            revoked_at: string | null
+            revoked_reason: string | null
+          }>(`SELECT id, counter, revoked_at, revoked_reason FROM "${schema}".sessions`),
+        3,
+      )
+      return new Map(
+        rows.map((row) => [
+          row.id,
+          {
+            counter: Number(row.counter),
+            revoked: row.revoked_at !== null,
+            revokedReason: row.revoked_reason,
+          },
+        ]),
+      )
+    },
+    async drop() {
+      await retried(() => pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`), 10)
+      await pool.end().catch(() => undefined)
+    },
+  }
+}
+
+/**
+ * Compares every client's refresh token (session id and counter, read with `parseRefreshToken`)
+ * with its session row. Run it while no request is in flight.
+ * @example
+ * const { inconsistentRows } = await checkSessions(db, fleet.clients)
+ */
+export async function checkSessions(db: SoakDatabase, clients: readonly SoakClient[]): Promise<SessionCheck> {
+  const rows = await db.sessions()
+  let inconsistentRows = 0
+  let withoutToken = 0
+  for (const client of clients) {
+    const parsed = parseRefreshToken((await client.storage.get())?.refreshToken)
+    if (!parsed) {
+      withoutToken++
+      continue
+    }
+    const row = rows.get(parsed.sessionId)
+    if (!row || row.revoked || row.counter !== parsed.counter) inconsistentRows++
+  }
+  const revokedForReuse = [...rows.values()].filter((row) => row.revokedReason === 'reuse').length
+  return { inconsistentRows, revokedForReuse, withoutToken }
+}
+
+/** How to restart the local cluster, or why the soak cannot. */
+export type RestartCommand = { command: string; args: string[] } | { skip: string }
+
+/**
+ * The real restart command of the local PostgreSQL (Debian's `pg_ctlcluster`), when this process may run it.
+ * @example
+ * const restart = postgresRestartCommand()
+ * if ('skip' in restart) console.log(restart.skip)
+ */
+export function postgresRestartCommand(): RestartCommand {
+  if (process.env.SOAK_POSTGRES_RESTART === 'skip') return { skip: 'SOAK_POSTGRES_RESTART=skip' }
+  if (process.getuid?.() !== 0) return { skip: 'not root, so pg_ctlcluster cannot restart PostgreSQL' }
+  const binary = ['/usr/bin/pg_ctlcluster', '/usr/sbin/pg_ctlcluster'].find((path) => existsSync(path))
+  if (!binary || !existsSync('/etc/postgresql'))
+    return { skip: 'no local PostgreSQL cluster (pg_ctlcluster)' }
+  const [version] = readdirSync('/etc/postgresql')
+  if (!version) return { skip: 'no cluster under /etc/postgresql' }
+  return { command: binary, args: ['--skip-systemctl-redirect', version, 'main', 'restart'] }
+}
+
+/**
+ * Runs the restart and resolves when the command returned (the cluster accepts connections again).
+ * @example
+ * await restartPostgres({ command: 'pg_ctlcluster', args: ['--skip-systemctl-redirect', '15', 'main', 'restart'] })
+ */
+export function restartPostgres({ command, args }: { command: string; args: string[] }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    execFile(command, args, { timeout: 60_000 }, (error, _stdout, stderr) => {
+      if (error) reject(new Error(`${command} ${args.join(' ')} failed: ${stderr.trim() || error.message}`))
+      else resolve()
+    })
+  })
+}
+
+/** When PostgreSQL stopped answering and when it answered again, as seen by a probe every 100 ms. */
+export interface Outage {
+  /** epoch ms of the first failed probe, or null when none failed */
+  from: number | null
+  /** epoch ms of the first ok probe after a failure */
+  to: number | null
+}
+
+/**
+ * Probes PostgreSQL with `SELECT 1` until stopped (and, once it failed, until it answers again), to
+ * measure the outage a restart causes.
+ * @example
+ * const watch = watchOutage(url)
+ * await restartPostgres(command)
+ * const { from, to } = await watch.stop()
+ */
+export function watchOutage(url: string): { stop(): Promise<Outage> } {
+  const pool = new pg.Pool({ connectionString: url, max: 1, connectionTimeoutMillis: 1_000 })
+  pool.on('error', () => undefined)
+  const outage: Outage = { from: null, to: null }
+  let watching = true
+  const loop = (async () => {
+    while (watching) {
+      const sent = Date.now()
+      const ok = await pool.query('SELECT 1').then(
+        () => true,
+        () => false,
+      )
+      // from the start of the first failed probe to the end of the first ok one: never shorter than it was
+      if (!ok) outage.from ??= sent
+      else if (outage.from !== null) outage.to ??= Date.now()
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+  })()
+  return {
+    async stop() {
+      // an outage that began is watched until it ends, or for 15 s more at most
+      const until = Date.now() + 15_000
+      while (outage.from !== null && outage.to === null && Date.now() < until) {
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+      watching = false
+      await loop
+      await pool.end().catch(() => undefined)
+      return outage
+    },
+  }
+}
