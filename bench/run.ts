@@ -23,6 +23,7 @@ interface BenchPart {
 const parts: Record<string, () => Promise<BenchPart>> = {
   client: () => import('./client.js'),
   server: () => import('./server.js'),
+  peers: () => import('./peers.js'),
 }
 
 const here = dirname(fileURLToPath(import.meta.url))
