@@ -190,7 +190,10 @@ export async function startDemo({
       stats: () => ({ ...stats }),
       session: (sid) => ({ ...(sessions.get(sid) ?? { refreshes: 0, reuseDetected: 0 }) }),
       async close() {
-        await server.close()
+        // a browser tab or a hung recipe request may still hold a connection: do not wait for it
+        const closing = server.close()
+        server.server.closeAllConnections()
+        await closing
         await store.close()
       },
     }

@@ -38,15 +38,16 @@ interface VectorFile<Group> {
 /** accepted, or the stable code it was rejected with */
 type Outcome = 'accepted' | string
 
-// CI clones the repo next to a `shared/` folder: from this file that is ../../../../shared
+// The vectors are vendored from C2SP/wycheproof (Apache-2.0, see fixtures/wycheproof/LICENSE), so a fresh
+// clone runs them; where the project's shared/ folder sits next to the repository (as in CI), the vendored
+// copy must be byte-identical to it.
 function loadVectors<Group>(name: string): VectorFile<Group> {
-  const url = new URL(`../../../../shared/testdata/wycheproof/${name}`, import.meta.url)
-  if (!existsSync(url)) {
-    throw new Error(
-      `wycheproof vectors not found at ${fileURLToPath(url)}: the repository must sit next to the "shared" folder`,
-    )
+  const vendored = readFileSync(new URL(`fixtures/wycheproof/${name}`, import.meta.url), 'utf8')
+  const shared = new URL(`../../../../shared/testdata/wycheproof/${name}`, import.meta.url)
+  if (existsSync(shared) && readFileSync(shared, 'utf8') !== vendored) {
+    throw new Error(`${fileURLToPath(shared)} differs from the vendored copy: update fixtures/wycheproof`)
   }
-  return JSON.parse(readFileSync(url, 'utf8')) as VectorFile<Group>
+  return JSON.parse(vendored) as VectorFile<Group>
 }
 
 /** The algorithm allow-list of a key: its own `alg`, or the ones its `kty`/`crv` allow. */
