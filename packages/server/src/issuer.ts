@@ -301,9 +301,8 @@ export function createIssuer({
 
   const issue = async (session: SessionRecord, time: number): Promise<IssuedTokens> => {
     const iat = Math.floor(time / 1000)
-    // exp has 1 s resolution: rounded up, a token lives at least accessTokenTtl (rounded down, a "1 s" token
-    // issued late in a second would live 1 ms); it never outlives its session's absolute expiry
-    const exp = Math.min(Math.ceil((time + accessTokenTtl) / 1000), Math.floor(session.expiresAt / 1000))
+    // an access token never outlives its session's absolute expiry
+    const exp = Math.min(iat + Math.floor(accessTokenTtl / 1000), Math.floor(session.expiresAt / 1000))
     // RFC 9068: typ "at+jwt" and these claims; signed after the rotation committed, outside any transaction
     const accessToken = await keyring.sign(
       {
@@ -323,8 +322,7 @@ export function createIssuer({
       // deterministic: the same session and counter always give the byte-identical token
       refreshToken: encodeRefreshToken({ sessionId: session.id, counter: session.counter, key: session.key }),
       tokenType: 'Bearer',
-      // whole seconds the token is still valid for, never more than it really is
-      expiresIn: Math.max(0, Math.floor(exp - time / 1000)),
+      expiresIn: exp - iat,
       userId: session.userId,
       sessionId: session.id,
       refreshExpiresAt: session.expiresAt,
