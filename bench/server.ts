@@ -475,8 +475,8 @@ async function measureLogins(
   }
   return {
     login: { ...figures(login), connections: settings.loginConnections, errors: login.errors },
-    // the built-in users table's hasher runs createPasswordHasher's default: one hash per core
-    loginFlood: flood('builtIn', availableParallelism()),
+    // the built-in default of createPasswordHasher: one core stays free for the event loop
+    loginFlood: flood('builtIn', Math.max(1, availableParallelism() - 1)),
     loginFloodOneHasher: flood('oneHasher', oneHasherConcurrency),
   }
 }
