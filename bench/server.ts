@@ -139,7 +139,7 @@ export interface ServerBenchResult {
     pass: boolean
   }
   login: Figures & { connections: number; errors: number }
-  /** the server as shipped: the built-in users table, Argon2id hashes capped at the core count */
+  /** the server as shipped: the built-in users table, Argon2id hashes capped at cores - 1 (at least 1) */
   loginFlood: LoginFlood
   /** the same, with logins checked through `authenticate` by a hasher capped at `oneHasherConcurrency` */
   loginFloodOneHasher: LoginFlood

@@ -8,6 +8,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { type PeersBenchResult, peersTable } from '../bench/peers.js'
+import type { ServerBenchResult, TargetFigures } from '../bench/server.js'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const resultsDir = join(root, 'bench', 'results')
@@ -16,73 +17,10 @@ const docsDir = join(root, 'docs')
 // ---------------------------------------------------------------------------------------------
 // The result files, as far as this page reads them (bench/server.ts and bench/client.ts own them)
 
-interface Figures {
-  rps: number
-  p50: number
-  p99: number
-}
-interface TargetFigures extends Figures {
-  requests: number
-  errors: number
-  seconds: number
-  serverCpuUs: number
-  rounds: Figures[]
-}
-interface ServerResult {
-  machine: {
-    cpus: number
-    model: string
-    node: string
-    os: string
-    loadAverage: { before: number; after: number }
-    fsync: { before: FsyncProbe; after: FsyncProbe }
-  }
-  date: string
-  method: string
+/** bench/server.ts's result, with the two maps this page looks up by a computed key */
+type ServerResult = Omit<ServerBenchResult, 'settings' | 'ratios'> & {
   settings: Record<string, number | string>
-  ceiling: TargetFigures
-  sqliteFull: TargetFigures
-  sqliteFullNoGroupCommit: TargetFigures
-  sqliteNormal: TargetFigures
-  postgres1: TargetFigures | null
-  postgres2: TargetFigures | null
-  postgresSkipped?: string
   ratios: Record<string, number | null>
-  goal: { minRatio: number; ratio: number; pass: boolean }
-  verify: {
-    rps: number
-    joseRps: number
-    ratio: number
-    p99: number
-    joseP99: number
-    cpuUs: number
-    joseCpuUs: number
-    errors: number
-    budget: number
-    pass: boolean
-  }
-  login: Figures & { connections: number; errors: number }
-  loginFlood: LoginFlood
-  loginFloodOneHasher: LoginFlood
-}
-interface FsyncProbe {
-  p50: number
-  p99: number
-  max: number
-}
-interface LoginFlood {
-  refreshP99Unloaded: number
-  refreshP99UnderLogins: number
-  ratio: number
-  rate: number
-  refreshP50Unloaded: number
-  refreshP50UnderLogins: number
-  refreshErrors: number
-  loginRps: number
-  rounds: { unloaded: number; underLogins: number }[]
-  maxConcurrentHashes: number
-  budget: number
-  pass: boolean
 }
 interface ClientResult {
   machine: { cpus: number; model: string; node: string }

@@ -6,6 +6,8 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import { relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import type { SqliteKillResult } from './lib/sqlite-kill.js'
+import type { InstanceKillResult, PostgresRestartResult, SteadyResult } from './run.js'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 
@@ -34,62 +36,10 @@ interface SoakResult {
   falseLogouts: number
   reuseDetections: number
   refreshes: number
-  steady: {
-    expectedRefreshes: number
-    refreshRatio: number
-    serverRefreshes: number
-    requestsPerSecond: number
-    latencyMs: { p50: number; p99: number; max: number }
-    inconsistentRows: number
-  } | null
-  instanceKill: {
-    lostSessions: number
-    inconsistentRows: number
-    revokedForReuse: number
-    seconds: number
-    killedAfterSeconds: number
-    restartedAfterSeconds: number
-    restartMs: number
-    answersByInstance: Record<string, number>
-    requests: number
-    failed: number
-    failovers: number
-    logouts: number
-    slowestClientMs: number
-  } | null
-  postgresRestart: {
-    skipped: string | null
-    logouts: number
-    recovered: boolean
-    requests: number
-    failed: number
-    failures: Record<string, number>
-    nonTransient: number
-    failedAfterRecovery: number
-    restartMs: number
-    outageMs: number | null
-    serverErrors: number
-    refreshFailures: Record<string, number>
-    recoveryMs: number | null
-    poolErrors: number
-    inconsistentRows: number
-    revokedForReuse: number
-    crashes: number
-    cli: { survived: boolean; failedProbes: number; okAfterRestart: boolean }
-  } | null
-  sqliteKill: {
-    rounds: number
-    sessions: number
-    answered: number
-    stillValid: number
-    answeredRefreshes: number
-    stormRefreshesPerSecond: number
-    inFlightAtKill: number
-    refusedDuringStorm: number
-    graceReplays: number
-    unanswered: { checked: number; stillValid: number }
-    restartMs: number
-  }
+  steady: SteadyResult | null
+  instanceKill: InstanceKillResult | null
+  postgresRestart: PostgresRestartResult | null
+  sqliteKill: SqliteKillResult
   totals: { reuseDetections: number; crashes: number }
   wallSeconds: number
   checks: { phase: string; name: string; ok: boolean; value: string }[]

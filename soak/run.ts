@@ -134,7 +134,7 @@ async function cleanUp() {
     .catch((error: unknown) => console.error(`could not drop the soak schema: ${error}`))
 }
 
-interface SteadyResult {
+export interface SteadyResult {
   clients: number
   seconds: number
   requests: number
@@ -207,7 +207,7 @@ async function steadyLoad(fleet: Fleet, db: SoakDatabase, instances: Instance[],
   return result
 }
 
-interface InstanceKillResult {
+export interface InstanceKillResult {
   lostSessions: number
   inconsistentRows: number
   revokedForReuse: number
@@ -291,7 +291,7 @@ async function instanceKill(fleet: Fleet, db: SoakDatabase, victim: Instance, ev
   return result
 }
 
-interface PostgresRestartResult {
+export interface PostgresRestartResult {
   skipped: string | null
   logouts: number
   recovered: boolean
