@@ -95,6 +95,10 @@ describe('createKeyring', () => {
     await expect(verifyWith(await keyring.jwks(), oldToken)).resolves.toMatchObject({
       payload: { sub: 'ada' },
     })
+    // the retired key's private half is gone from the store; the new key keeps its own
+    const records = await store.listKeys()
+    expect(records.find((record) => record.kid === old.kid)?.privateJwk).toBe('')
+    expect(JSON.parse(records.find((record) => record.kid === kid)!.privateJwk)).toHaveProperty('d')
 
     clock.now = T0 + 16 * MINUTE - 1
     expect((await createKeyring({ store, now: () => clock.now }).jwks()).keys).toHaveLength(2)

@@ -124,7 +124,7 @@ describe('createSqliteStore', () => {
 
     const raw = new Database(filename)
     expect(raw.pragma('journal_mode', { simple: true })).toBe('wal')
-    expect(raw.prepare('SELECT version FROM schema_migrations').pluck().all()).toEqual([1])
+    expect(raw.prepare('SELECT version FROM schema_migrations').pluck().all()).toEqual([1, 2])
     raw.close()
 
     const reopened = createSqliteStore({ filename })
@@ -150,9 +150,51 @@ describe('createSqliteStore', () => {
     const error = await rejection(store.migrate())
     expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_CONFIG' })
     expect((error as Error).message).toBe(
-      'database schema version 99 is newer than this @tokenflow/server supports (1)',
+      'database schema version 99 is newer than this @tokenflow/server supports (2)',
     )
     await store.close()
+  })
+})
+
+describe('createSqliteStore migration 2', () => {
+  it('drops the private keys that a version-1 database kept for retired signing keys', async (context) => {
+    const { dir, remove } = tempDir()
+    context.onTestFinished(remove)
+    const filename = join(dir, 'tokenflow.db')
+    const store = createSqliteStore({ filename })
+    await store.migrate()
+    await store.close()
+    // what a version-1 database holds: a retired key with its private half, and the active key
+    const raw = new Database(filename)
+    raw.prepare('DELETE FROM schema_migrations WHERE version = 2').run()
+    const insert = raw.prepare(
+      'INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, retired_at) VALUES (?, ?, ?, ?, ?, ?)',
+    )
+    insert.run('old', 'ES256', '{"d":"private-old"}', '{"x":"old"}', NOW, NOW + 1)
+    insert.run('new', 'ES256', '{"d":"private-new"}', '{"x":"new"}', NOW + 1, null)
+    raw.close()
+
+    const reopened = createSqliteStore({ filename })
+    await reopened.migrate()
+    expect(await reopened.listKeys()).toEqual([
+      {
+        kid: 'new',
+        alg: 'ES256',
+        privateJwk: '{"d":"private-new"}',
+        publicJwk: '{"x":"new"}',
+        createdAt: NOW + 1,
+        retiredAt: null,
+      },
+      {
+        kid: 'old',
+        alg: 'ES256',
+        privateJwk: '',
+        publicJwk: '{"x":"old"}',
+        createdAt: NOW,
+        retiredAt: NOW + 1,
+      },
+    ])
+    await reopened.close()
   })
 })
 
@@ -231,9 +273,42 @@ describe('createPostgresStore on PGlite', () => {
     const error = await rejection(store.migrate())
     expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_CONFIG' })
     expect((error as Error).message).toBe(
-      'database schema version 99 is newer than this @tokenflow/server supports (1)',
+      'database schema version 99 is newer than this @tokenflow/server supports (2)',
     )
     await db.query('DROP SCHEMA tf_newer CASCADE')
+  })
+
+  it('migration 2 drops the private keys that a version-1 schema kept for retired signing keys', async () => {
+    const db = sharedPglite()
+    await db.query('CREATE SCHEMA tf_v1')
+    const store = createPostgresStore({ client: db, schema: 'tf_v1' })
+    await store.migrate()
+    await db.query('DELETE FROM tf_v1.schema_migrations WHERE version = 2')
+    await db.query(
+      `INSERT INTO tf_v1.signing_keys (kid, alg, private_jwk, public_jwk, created_at, retired_at)
+       VALUES ('old', 'ES256', '{"d":"private-old"}', '{"x":"old"}', $1, $2), ('new', 'ES256', '{"d":"private-new"}', '{"x":"new"}', $2, NULL)`,
+      [NOW, NOW + 1],
+    )
+    await store.migrate()
+    expect(await store.listKeys()).toEqual([
+      {
+        kid: 'new',
+        alg: 'ES256',
+        privateJwk: '{"d":"private-new"}',
+        publicJwk: '{"x":"new"}',
+        createdAt: NOW + 1,
+        retiredAt: null,
+      },
+      {
+        kid: 'old',
+        alg: 'ES256',
+        privateJwk: '',
+        publicJwk: '{"x":"old"}',
+        createdAt: NOW,
+        retiredAt: NOW + 1,
+      },
+    ])
+    await db.query('DROP SCHEMA tf_v1 CASCADE')
   })
 
   it('does not keep the bound values (session keys) on a driver error', async () => {
@@ -336,9 +411,9 @@ describe.skipIf(!databaseUrl)('PostgreSQL (DATABASE_URL)', () => {
       const store = createPostgresStore({ client, schema })
       const [, found] = await Promise.all([store.migrate(), store.getUser('nobody')])
       expect(found).toBeNull()
-      expect((await client.query(`SELECT version FROM ${schema}.schema_migrations`)).rows).toEqual([
-        { version: 1 },
-      ])
+      expect(
+        (await client.query(`SELECT version FROM ${schema}.schema_migrations ORDER BY version`)).rows,
+      ).toEqual([{ version: 1 }, { version: 2 }])
     } finally {
       await client.query(`DROP SCHEMA ${schema} CASCADE`)
       await client.end()
@@ -354,9 +429,9 @@ describe.skipIf(!databaseUrl)('PostgreSQL (DATABASE_URL)', () => {
       await store.migrate()
       await store.close()
       expect((await pool.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }])
-      expect((await pool.query(`SELECT version FROM ${schema}.schema_migrations`)).rows).toEqual([
-        { version: 1 },
-      ])
+      expect(
+        (await pool.query(`SELECT version FROM ${schema}.schema_migrations ORDER BY version`)).rows,
+      ).toEqual([{ version: 1 }, { version: 2 }])
     } finally {
       await pool.query(`DROP SCHEMA ${schema} CASCADE`)
       await pool.end()

@@ -71,6 +71,8 @@ function migrations(table: (name: string) => string): readonly (readonly string[
         retired_at BIGINT
       )`,
     ],
+    // 2: a retired key never signs again, so its private half is not kept (the public half stays in the JWKS)
+    [`UPDATE ${table('signing_keys')} SET private_jwk = '' WHERE retired_at IS NOT NULL`],
   ]
 }
 
@@ -260,9 +262,9 @@ export function createPostgresStore({ client, schema }: PostgresStoreOptions): T
       if (rows.length === 0) throw new AuthError('ERR_CONFIG', `signing key "${key.kid}" already exists`)
     },
     async retireKey(kid, retiredAt) {
-      // a key retired twice keeps its first retirement time
+      // a key retired twice keeps its first retirement time; its private half is dropped: it never signs again
       const rows = await query(
-        `UPDATE ${keys} SET retired_at = coalesce(retired_at, $1) WHERE kid = $2 RETURNING kid`,
+        `UPDATE ${keys} SET retired_at = coalesce(retired_at, $1), private_jwk = '' WHERE kid = $2 RETURNING kid`,
         [retiredAt, kid],
       )
       if (rows.length === 0) throw new AuthError('ERR_NOT_FOUND', `signing key "${kid}" does not exist`)

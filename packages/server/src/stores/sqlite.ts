@@ -71,6 +71,8 @@ const migrations: readonly string[] = [
     created_at INTEGER NOT NULL,
     retired_at INTEGER
   ) STRICT;`,
+  // 2: a retired key never signs again, so its private half is not kept (the public half stays in the JWKS)
+  `UPDATE signing_keys SET private_jwk = '' WHERE retired_at IS NOT NULL;`,
 ]
 
 /** A rotation waiting for its group commit. */
@@ -382,8 +384,10 @@ function prepare(db: Database.Database) {
       `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, retired_at) VALUES (?, ?, ?, ?, ?, ?)
        ON CONFLICT (kid) DO NOTHING`,
     ),
-    // a key retired twice keeps its first retirement time
-    retireKey: db.prepare('UPDATE signing_keys SET retired_at = coalesce(retired_at, ?) WHERE kid = ?'),
+    // a key retired twice keeps its first retirement time; its private half is dropped: it never signs again
+    retireKey: db.prepare(
+      "UPDATE signing_keys SET retired_at = coalesce(retired_at, ?), private_jwk = '' WHERE kid = ?",
+    ),
   }
 }
 

@@ -40,6 +40,7 @@ export interface UserRecord {
 export interface KeyRecord {
   kid: string
   alg: string
+  /** '' once the key is retired: `retireKey` drops the private half, which never signs again */
   privateJwk: string
   publicJwk: string
   createdAt: number

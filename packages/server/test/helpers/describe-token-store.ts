@@ -430,7 +430,7 @@ export function describeTokenStore(name: string, make: () => Promise<TokenStoreF
           expect(await store.listKeys()).toEqual([first])
         })
 
-        it('retireKey sets retiredAt once; an unknown kid fails with ERR_NOT_FOUND', async () => {
+        it('retireKey sets retiredAt once and drops the private key; an unknown kid fails with ERR_NOT_FOUND', async () => {
           const first = key('k1', NOW)
           const other = key('k2', NOW + 1)
           await store.insertKey(first)
@@ -438,7 +438,8 @@ export function describeTokenStore(name: string, make: () => Promise<TokenStoreF
 
           await store.retireKey('k1', NOW + 5)
           await store.retireKey('k1', NOW + 9)
-          expect(await store.listKeys()).toEqual([other, { ...first, retiredAt: NOW + 5 }])
+          // the private half is gone, the public half (still in the JWKS for a while) is kept
+          expect(await store.listKeys()).toEqual([other, { ...first, retiredAt: NOW + 5, privateJwk: '' }])
           await expectAuthError(store.retireKey('k9', NOW), 'ERR_NOT_FOUND')
         })
       })
