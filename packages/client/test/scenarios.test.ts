@@ -1,6 +1,9 @@
+// the oldest axios the peer range (>=1.6.0) allows, installed under another name; its own types differ
+import axios16 from 'axios-1.6'
 import { afterEach, beforeEach, describe, it } from 'vitest'
 import {
   axiosAdapter,
+  axiosAdapterFor,
   fetchAdapter,
   type ScenarioContext,
   scenarios,
@@ -9,10 +12,16 @@ import {
 
 /**
  * The numbers the README promises, for every adapter: one list of scenarios (test/helpers/scenarios.ts),
- * each run with real axios + attachTokenRefresh and with createAuthFetch over the real global fetch,
- * against a real HTTP server on 127.0.0.1 with rotating refresh tokens and reuse detection.
+ * each run with real axios + attachTokenRefresh (the current axios, and 1.6.0, the oldest the peer range
+ * allows) and with createAuthFetch over the real global fetch, against a real HTTP server on 127.0.0.1
+ * with rotating refresh tokens and reuse detection.
  */
-describe.each([axiosAdapter, fetchAdapter])('scenarios with $name and a real server', (adapter) => {
+const axios16Adapter = axiosAdapterFor(
+  `axios ${axios16.VERSION}`,
+  axios16 as unknown as Parameters<typeof axiosAdapterFor>[1],
+)
+
+describe.each([axiosAdapter, axios16Adapter, fetchAdapter])('scenarios with $name and a real server', (adapter) => {
   let context: ScenarioContext
   beforeEach(async () => {
     context = await startScenarioContext(adapter)

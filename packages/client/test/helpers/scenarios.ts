@@ -47,35 +47,43 @@ export interface AdapterUnderTest {
   expectAbortRejection(error: unknown, reason: unknown): void
 }
 
-/** axios + `attachTokenRefresh`. An HTTP error status becomes a reply; anything else rejects as axios rejected. */
-export const axiosAdapter: AdapterUnderTest = {
-  name: 'axios',
-  connect(manager, baseURL) {
-    const api = axios.create({ baseURL })
-    attachTokenRefresh(api, manager)
-    return async (url, { method = 'GET', body, signal, headers = {} } = {}) => {
-      const config: AxiosRequestConfig = {
-        url,
-        method,
-        headers,
-        ...(body === undefined ? {} : { data: body }),
+/**
+ * axios + `attachTokenRefresh`, for one copy of axios. An HTTP error status becomes a reply; anything else
+ * rejects as axios rejected.
+ */
+export function axiosAdapterFor(name: string, axiosModule: typeof axios): AdapterUnderTest {
+  return {
+    name,
+    connect(manager, baseURL) {
+      const api = axiosModule.create({ baseURL })
+      attachTokenRefresh(api, manager)
+      return async (url, { method = 'GET', body, signal, headers = {} } = {}) => {
+        const config: AxiosRequestConfig = {
+          url,
+          method,
+          headers,
+          ...(body === undefined ? {} : { data: body }),
+        }
+        if (signal) config.signal = signal
+        try {
+          const response = await api.request(config)
+          return { status: response.status, data: response.data }
+        } catch (error) {
+          if (axiosModule.isAxiosError(error) && error.response)
+            return { status: error.response.status, data: error.response.data }
+          throw error
+        }
       }
-      if (signal) config.signal = signal
-      try {
-        const response = await api.request(config)
-        return { status: response.status, data: response.data }
-      } catch (error) {
-        if (axios.isAxiosError(error) && error.response)
-          return { status: error.response.status, data: error.response.data }
-        throw error
-      }
-    }
-  },
-  // axios checks the signal before it sends and rejects with its own CanceledError, whatever the reason
-  expectAbortRejection(error) {
-    expect(axios.isCancel(error), String(error)).toBe(true)
-  },
+    },
+    // axios checks the signal before it sends and rejects with its own CanceledError, whatever the reason
+    expectAbortRejection(error) {
+      expect(axiosModule.isCancel(error), String(error)).toBe(true)
+    },
+  }
 }
+
+/** The axios the workspace develops against. */
+export const axiosAdapter = axiosAdapterFor('axios', axios)
 
 /** `createAuthFetch` over the real global fetch. A 4xx resolves, as fetch does. */
 export const fetchAdapter: AdapterUnderTest = {
