@@ -21,12 +21,15 @@ const axios16Adapter = axiosAdapterFor(
   axios16 as unknown as Parameters<typeof axiosAdapterFor>[1],
 )
 
-describe.each([axiosAdapter, axios16Adapter, fetchAdapter])('scenarios with $name and a real server', (adapter) => {
-  let context: ScenarioContext
-  beforeEach(async () => {
-    context = await startScenarioContext(adapter)
-  })
-  afterEach(() => context.close())
+describe.each([axiosAdapter, axios16Adapter, fetchAdapter])(
+  'scenarios with $name and a real server',
+  (adapter) => {
+    let context: ScenarioContext
+    beforeEach(async () => {
+      context = await startScenarioContext(adapter)
+    })
+    afterEach(() => context.close())
 
-  for (const scenario of scenarios) it(scenario.name, () => scenario.run(context))
-})
+    for (const scenario of scenarios) it(scenario.name, () => scenario.run(context))
+  },
+)
