@@ -222,7 +222,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   const ready = () =>
     (loaded ??= read().then((stored) => {
       // a session started while we read wins over what was stored
-      if (!session && stored) use(stored)
+      if (session) return
+      if (stored) use(stored)
+      // the storage threw (this early, no write of ours can have failed): the next call reads again
+      else if (stored === undefined) loaded = undefined
     }))
 
   const isExpired = (at = expiresAt, margin = 0) => at !== undefined && at - margin <= now()
@@ -232,6 +235,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   /** A new session (or none): the running refresh's waiters get its token (or an error); its result is dropped. */
   function switchSession(next: TokenSet | null, receivedAt?: number, settle = true): void {
     session++
+    // what storage held before this session does not matter any more: no (further) read for it
+    loaded ??= Promise.resolve()
     abortAttempt?.()
     use(next, receivedAt)
     if (settle) settlePending?.(next ? next.accessToken : sessionCleared())

@@ -624,21 +624,54 @@ describe('storage failures lose nothing', () => {
     await again
   })
 
-  it('starts logged out, without clearing anything, when reading the storage throws', async () => {
+  it('answers null, without clearing anything, when reading the storage throws, and reads again on the next call', async () => {
     let cleared = false
+    let reads = 0
+    const stored = tokenSet(T0, MIN, 0)
     const storage: TokenStorage = {
       get: async () => {
-        throw new Error('disk I/O error')
+        if (++reads <= 2) throw new Error('disk I/O error')
+        return stored
       },
       set() {},
       clear() {
         cleared = true
       },
     }
-    const { manager, types } = setup({ storage })
-    expect(await manager.getAccessToken()).toBeNull()
+    const { manager, types, events } = setup({ storage })
+    // two calls at once share the one failed read
+    expect(await Promise.all([manager.getAccessToken(), manager.getAccessToken()])).toEqual([null, null])
     expect(types()).toEqual(['storageError'])
+    expect(events[0]).toMatchObject({ error: { code: 'ERR_STORAGE', cause: { message: 'disk I/O error' } } })
+    expect(manager.status).toBe('unauthenticated')
+    // still failing: null again, and the event says so
+    expect(await manager.getAccessToken()).toBeNull()
+    expect(types()).toEqual(['storageError', 'storageError'])
+    // the storage answers again: the session it kept is back, and nothing was cleared
+    expect(await manager.getAccessToken()).toBe(stored.accessToken)
+    expect(manager.status).toBe('authenticated')
+    expect(reads).toBe(3)
+    expect(await manager.getAccessToken()).toBe(stored.accessToken)
+    expect(reads).toBe(3)
     expect(cleared).toBe(false)
+  })
+
+  it('does not read the storage again once a session started after a failed read', async () => {
+    let reads = 0
+    const storage: TokenStorage = {
+      get: () => {
+        reads++
+        throw new Error('disk I/O error')
+      },
+      set() {},
+      clear() {},
+    }
+    const { manager } = setup({ storage })
+    expect(await manager.getAccessToken()).toBeNull()
+    const login = tokenSet(T0, MIN, 1)
+    await manager.setTokens(login)
+    expect(await manager.getAccessToken()).toBe(login.accessToken)
+    expect(reads).toBe(1)
   })
 })
 
