@@ -28,6 +28,8 @@ import { controlledRefresh, deferred, flush, tokenSet } from './helpers/tokens.j
  * - stale-401 (rule 2): a 401 for a token that is no longer current gets the current token, no refresh
  * - bounded-retries (rule 5): one refresh makes at most `retry.attempts + 1` calls
  * - unhandled-rejection: none, seen through process.on('unhandledRejection')
+ * A quarter of the schedules have a storage that throws now and then: the same invariants hold, and each
+ * failure reaches the app as a storageError event with code ERR_STORAGE and the storage's error as cause.
  * A failure prints fast-check's seed and path (rerun with them) and the scheduler's order of answers.
  */
 
@@ -50,6 +52,7 @@ const everyRun: Milestone[] = [
   'loggedOut: cleared',
   'aborted while waiting',
   'session changed during a refresh',
+  'storage failed',
 ]
 
 /** Runs the property and then checks that the generated schedules got into every situation worth testing. */

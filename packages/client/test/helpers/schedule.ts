@@ -51,6 +51,8 @@ export interface Schedule {
   initialTtl: number
   /** 'async': every storage call is an answer the scheduler delivers (AsyncStorage-like) */
   storage: 'sync' | 'async'
+  /** one per storage call (get, set or clear, of either manager), in call order: true throws; none once they run out */
+  storageFailures: boolean[]
   lock: boolean
   leeway: number
   refreshTimeout: number
@@ -91,6 +93,7 @@ export type Milestone =
   | 'aborted while waiting'
   | 'session changed during a refresh'
   | 'adopted tokens from the other manager'
+  | 'storage failed'
 
 export interface RunResult {
   violations: Violation[]
@@ -179,6 +182,11 @@ export function scheduleArbitrary(managers: 1 | 2, maxOps = 40): fc.Arbitrary<Sc
     ),
     initialTtl: ttl,
     storage: fc.constantFrom('sync' as const, 'async' as const),
+    // a quarter of the schedules have a storage that throws now and then (quota, disk, SecurityError)
+    storageFailures: fc.oneof(
+      { weight: 3, arbitrary: fc.constant<boolean[]>([]) },
+      { weight: 1, arbitrary: fc.array(fc.boolean(), { minLength: 1, maxLength: 12 }) },
+    ),
     // two managers always share a lock: without one, two refreshes at once are expected (rule 7)
     lock: managers === 2 ? fc.constant(true) : fc.boolean(),
     leeway: fc.constantFrom(0, 1_000, 5_000, 30_000),
@@ -373,13 +381,25 @@ async function run(
         ? issue(schedule.initialTtl, T0 - 2 * schedule.initialTtl)
         : issue(schedule.initialTtl, T0, schedule.initial !== 'noRefreshToken')
   const backing = memoryStorage(initial)
+  let storageCalls = 0
+  /** the backing call, or the throw `storageFailures` asks for at this call */
+  const attempt = <T>(run: () => T): T => {
+    if (schedule.storageFailures[storageCalls++]) throw new Error(`storage failure #${storageCalls}`)
+    return run()
+  }
   const storage: TokenStorage =
     schedule.storage === 'sync'
-      ? backing
+      ? {
+          get: () => attempt(() => backing.get()),
+          set: (tokens) => attempt(() => backing.set(tokens)),
+          clear: () => attempt(() => backing.clear()),
+        }
       : {
-          get: () => s.schedule(Promise.resolve(), 'storage.get').then(() => backing.get()),
-          set: (tokens) => s.schedule(Promise.resolve(), 'storage.set').then(() => backing.set(tokens)),
-          clear: () => s.schedule(Promise.resolve(), 'storage.clear').then(() => backing.clear()),
+          get: () => s.schedule(Promise.resolve(), 'storage.get').then(() => attempt(() => backing.get())),
+          set: (tokens) =>
+            s.schedule(Promise.resolve(), 'storage.set').then(() => attempt(() => backing.set(tokens))),
+          clear: () =>
+            s.schedule(Promise.resolve(), 'storage.clear').then(() => attempt(() => backing.clear())),
         }
   const lock = schedule.lock ? createTestLock() : false
   for (let index = 0; index < schedule.managers; index++) {
@@ -419,6 +439,19 @@ async function run(
       if (event.type === 'loggedOut') reached.add(`loggedOut: ${event.reason}`)
       if (event.type === 'refreshed' && event.source === 'otherTab')
         reached.add('adopted tokens from the other manager')
+      if (event.type === 'storageError') {
+        reached.add('storage failed')
+        const { error } = event
+        if (
+          !isTokenflowError(error) ||
+          error.code !== 'ERR_STORAGE' ||
+          !/^storage failure #/.test(String((error.cause as Error)?.message))
+        )
+          violate(
+            'error-identity',
+            `manager ${index}: storageError carried ${show(error)}, not ERR_STORAGE with the storage's error as cause`,
+          )
+      }
     })
     states.push(state)
   }
