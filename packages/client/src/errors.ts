@@ -9,7 +9,10 @@ export type TokenflowErrorCode =
   | 'ERR_REFRESH_FAILED'
   /** a refresh was needed but there is no refresh token (nobody is logged in) */
   | 'ERR_NO_REFRESH_TOKEN'
-  /** the session was cleared (`clear()`, or a logout in another tab) while the request waited */
+  /**
+   * the session was cleared (`clear()`, or a logout in another tab) while the request waited, or another
+   * tab's login replaced it with tokens that have expired and cannot be refreshed
+   */
   | 'ERR_SESSION_CLEARED'
   /** the token storage threw or returned something that is not a token set */
   | 'ERR_STORAGE'

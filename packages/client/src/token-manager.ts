@@ -1,5 +1,5 @@
 import { type CrossTabMessage, createCrossTab, sleep } from './cross-tab.js'
-import { invalidOption, isRefreshError, RefreshError, TokenflowError } from './errors.js'
+import { invalidOption, isRefreshError, isTokenflowError, RefreshError, TokenflowError } from './errors.js'
 import { decodeJwtClaims } from './jwt.js'
 import { memoryStorage, storageError, toTokenSet } from './storage.js'
 import type { LockManagerLike, RefreshFunction, TokenSet, TokenStorage } from './types.js'
@@ -239,7 +239,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     loaded ??= Promise.resolve()
     abortAttempt?.()
     use(next, receivedAt)
-    if (settle) settlePending?.(next ? next.accessToken : sessionCleared())
+    // an expired token is never handed out: a login broadcast long ago may reach a tab that just thawed
+    if (settle) settlePending?.(next && !isExpired() ? next.accessToken : sessionCleared())
   }
 
   /** `fromRefresh`: the failing refresh rejects its own waiters, with its own error. */
@@ -350,6 +351,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         }
         if (stored && stored.accessToken !== start.accessToken) {
           if (!isExpired(expiryOf(stored)[0])) return stored
+          if (!stored.refreshToken) {
+            // another tab's login replaced this session, and it cannot be refreshed: take it, with no token to give
+            adopt({ type: 'refreshed', tokens: stored })
+            throw sessionCleared()
+          }
           base = stored
         }
         const refreshed = await callRefresh(base.refreshToken!, started)
@@ -360,6 +366,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         return refreshed
       })
     } catch (cause) {
+      // not a failed refresh (ERR_SESSION_CLEARED): nothing to report or recover
+      if (isTokenflowError(cause) && !isRefreshError(cause)) throw cause
       const error = toRefreshError(cause)
       // a replaced session's refresh was called off: its waiters were settled already, nothing to report
       if (session !== started) throw error

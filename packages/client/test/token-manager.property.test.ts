@@ -9,7 +9,7 @@ import {
 import fc from 'fast-check'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { type Milestone, runSchedule, scheduleArbitrary, T0 } from './helpers/schedule.js'
-import { controlledRefresh, deferred, flush, tokenSet } from './helpers/tokens.js'
+import { controlledRefresh, createTestLock, deferred, flush, tokenSet } from './helpers/tokens.js'
 
 /**
  * Issue 2: random schedules of requests, clock jumps, refresh outcomes (ok, 400, 401, 500, network error,
@@ -28,6 +28,8 @@ import { controlledRefresh, deferred, flush, tokenSet } from './helpers/tokens.j
  * - stale-401 (rule 2): a 401 for a token that is no longer current gets the current token, no refresh
  * - bounded-retries (rule 5): one refresh makes at most `retry.attempts + 1` calls
  * - unhandled-rejection: none, seen through process.on('unhandledRejection')
+ * Half of the two-manager schedules also connect them by a BroadcastChannel whose messages arrive in any
+ * order and as late as the scheduler likes.
  * A quarter of the schedules have a storage that throws now and then: the same invariants hold, and each
  * failure reaches the app as a storageError event with code ERR_STORAGE and the storage's error as cause.
  * A failure prints fast-check's seed and path (rerun with them) and the scheduler's order of answers.
@@ -83,7 +85,12 @@ describe(`token manager properties (fast-check, ${RUNS} random schedules each)`,
   it(
     'two managers sharing storage and a lock: the same invariants, and one refresh in flight between them',
     async () => {
-      await check(2, [...everyRun, 'loggedOut: otherTab', 'adopted tokens from the other manager'])
+      await check(2, [
+        ...everyRun,
+        'loggedOut: otherTab',
+        'adopted tokens from the other manager',
+        'broadcast delivered',
+      ])
     },
     TIMEOUT,
   )
@@ -277,5 +284,91 @@ describe('counterexamples found by the properties', () => {
     // the only way to a fresh token: refresh with the refresh token a left in storage
     expect(b.calls.map((call) => call.context.refreshToken)).toEqual(['rt-0', 'rt-1'])
     expect(b.types()).not.toContain('loggedOut')
+  })
+
+  it('never calls the refresh function without a refresh token, when another manager logged in with none and it expired', async () => {
+    // error-identity, with the managers also talking over a BroadcastChannel: under the lock, a found b's login in
+    // storage and refreshed it with its missing refresh token (null), then crashed on it (a 'network' TypeError)
+    const storage = memoryStorage()
+    const lock = createTestLock()
+    const a = setup({ storage, lock })
+    const b = setup({ storage, lock })
+    await a.manager.setTokens(tokenSet(T0, MIN, 0))
+    const login = { ...tokenSet(T0, MIN, 1), refreshToken: null }
+    await b.manager.setTokens(login)
+    a.clock.advance(2 * MIN)
+    b.clock.advance(2 * MIN)
+    const waiter = a.manager.getAccessToken().catch((e: unknown) => e)
+    await flush()
+    expect(a.calls.map((call) => call.context.refreshToken)).toEqual([])
+    const error = await waiter
+    // the session this refresh was for was replaced, and the one that replaced it cannot be refreshed
+    expect(error).toMatchObject({ name: 'TokenflowError', code: 'ERR_SESSION_CLEARED' })
+    expect(a.events).toEqual([
+      { type: 'refreshStarted' },
+      { type: 'refreshed', tokens: login, source: 'otherTab' },
+    ])
+    // from now on a holds b's session: expired and without a refresh token, so no token at all
+    expect(await a.manager.getAccessToken()).toBeNull()
+    await expect(a.manager.refresh()).rejects.toMatchObject({ code: 'ERR_NO_REFRESH_TOKEN' })
+    expect(a.calls).toHaveLength(0)
+    expect(a.manager.status).toBe('authenticated')
+  })
+
+  it('does not hand the waiters of a rejected refresh an expired token from a login broadcast long ago', async () => {
+    // no-expired-token, with a BroadcastChannel that delivers late (a tab that thaws gets its messages then):
+    // logged out by the rejection, a adopted b's old login as a new session and gave its expired token to the
+    // waiters of the refresh that had just failed
+    const held: Array<() => void> = []
+    const open = new Set<{ name: string; onmessage: ((event: { data: unknown }) => void) | null }>()
+    class HeldChannel {
+      onmessage: ((event: { data: unknown }) => void) | null = null
+      constructor(readonly name: string) {
+        open.add(this)
+      }
+      postMessage(data: unknown) {
+        for (const other of open)
+          if (other !== this && other.name === this.name)
+            held.push(() => other.onmessage?.({ data: structuredClone(data) }))
+      }
+      close() {}
+    }
+    vi.stubGlobal('BroadcastChannel', HeldChannel)
+    try {
+      const cleared = deferred<void>()
+      let saved: TokenSet | null = null
+      const storage: TokenStorage = {
+        get: () => saved,
+        set(tokens) {
+          saved = tokens
+        },
+        clear() {
+          saved = null
+          return cleared.promise
+        },
+      }
+      const a = setup({ storage, channel: 'tabs' })
+      const b = setup({ channel: 'tabs' })
+      await a.manager.setTokens(tokenSet(T0, MIN, 0))
+      const login = tokenSet(T0, MIN, 1)
+      await b.manager.setTokens(login)
+      a.clock.advance(2 * MIN)
+      const waiter = a.manager.getAccessToken().catch((e: unknown) => e)
+      await flush()
+      a.calls[0]!.reject(new RefreshError('rejected', 'refresh failed: invalid_grant', { status: 400 }))
+      await flush()
+      // a logged out and is clearing its storage; b's login, broadcast two minutes ago, arrives only now
+      expect(a.types()).toEqual(['refreshStarted', 'refreshFailed', 'loggedOut'])
+      for (const deliver of held.splice(0)) deliver()
+      cleared.resolve()
+      const result = await waiter
+      expect(result).toMatchObject({ name: 'TokenflowError', code: 'ERR_SESSION_CLEARED' })
+      // a follows b's session from now on (its next read refreshes that session first)
+      expect(a.events.at(-1)).toEqual({ type: 'refreshed', tokens: login, source: 'otherTab' })
+      expect(a.manager.status).toBe('authenticated')
+      expect(a.calls).toHaveLength(1)
+    } finally {
+      vi.unstubAllGlobals()
+    }
   })
 })

@@ -53,6 +53,11 @@ export interface Schedule {
   storage: 'sync' | 'async'
   /** one per storage call (get, set or clear, of either manager), in call order: true throws; none once they run out */
   storageFailures: boolean[]
+  /**
+   * two managers also talk over a BroadcastChannel (a fake one, whose messages the scheduler delivers in the
+   * order it picks, as late as it likes): refreshed and loggedOut reach the other manager that way too
+   */
+  broadcast: boolean
   lock: boolean
   leeway: number
   refreshTimeout: number
@@ -94,6 +99,7 @@ export type Milestone =
   | 'session changed during a refresh'
   | 'adopted tokens from the other manager'
   | 'storage failed'
+  | 'broadcast delivered'
 
 export interface RunResult {
   violations: Violation[]
@@ -187,6 +193,7 @@ export function scheduleArbitrary(managers: 1 | 2, maxOps = 40): fc.Arbitrary<Sc
       { weight: 3, arbitrary: fc.constant<boolean[]>([]) },
       { weight: 1, arbitrary: fc.array(fc.boolean(), { minLength: 1, maxLength: 12 }) },
     ),
+    broadcast: managers === 2 ? fc.boolean() : fc.constant(false),
     // two managers always share a lock: without one, two refreshes at once are expected (rule 7)
     lock: managers === 2 ? fc.constant(true) : fc.boolean(),
     leeway: fc.constantFrom(0, 1_000, 5_000, 30_000),
@@ -261,18 +268,55 @@ export async function runSchedule(s: fc.Scheduler, schedule: Schedule): Promise<
   process.on('unhandledRejection', onUnhandled)
   vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
   const random = vi.spyOn(Math, 'random').mockReturnValue(schedule.jitter)
+  if (schedule.broadcast) vi.stubGlobal('BroadcastChannel', fakeBroadcastChannel(s, reached))
   try {
     await run(s, schedule, violate, reached)
     // unhandled rejections are reported after the microtask queue drains
     await flush()
     await flush()
   } finally {
+    if (schedule.broadcast) vi.unstubAllGlobals()
     random.mockRestore()
     vi.useRealTimers()
     process.off('unhandledRejection', onUnhandled)
   }
   for (const reason of unhandled) violate('unhandled-rejection', `unhandled rejection: ${show(reason)}`)
   return { violations, reached }
+}
+
+/**
+ * A BroadcastChannel for one run: a message reaches every other channel of the same name, as a structured
+ * clone, when the scheduler delivers it: as late as it likes (a frozen tab gets its messages when it thaws),
+ * in any order between senders, and in the order they were posted from one sender, as the HTML spec has it.
+ */
+function fakeBroadcastChannel(s: fc.Scheduler, reached: Set<Milestone>) {
+  const open = new Set<FakeChannel>()
+  class FakeChannel {
+    onmessage: ((event: { data: unknown }) => void) | null = null
+    constructor(readonly name: string) {
+      open.add(this)
+    }
+    /** messages posted to each other channel and not delivered yet, oldest first */
+    readonly queues = new Map<FakeChannel, unknown[]>()
+    postMessage(message: unknown) {
+      const data = structuredClone(message)
+      for (const other of open) {
+        if (other === this || other.name !== this.name) continue
+        const queue = this.queues.get(other) ?? []
+        this.queues.set(other, queue)
+        queue.push(data)
+        // each delivery takes the oldest message still queued for that channel
+        void s.schedule(Promise.resolve(), `broadcast ${(data as { type?: string })?.type}`).then(() => {
+          reached.add('broadcast delivered')
+          other.onmessage?.({ data: structuredClone(queue.shift()) })
+        })
+      }
+    }
+    close() {
+      open.delete(this)
+    }
+  }
+  return FakeChannel
 }
 
 /** An error or value, short and without any token in it. */
@@ -411,7 +455,7 @@ async function run(
       retry: schedule.retry,
       lock,
       lockTimeout: LOCK_TIMEOUT,
-      channel: false,
+      channel: schedule.broadcast ? 'tokenflow-property' : false,
       now: () => Date.now(),
     })
     const state: ManagerState = {
@@ -427,6 +471,8 @@ async function run(
       current: schedule.managers === 1 ? (initial?.accessToken ?? null) : undefined,
     }
     manager.subscribe((event) => {
+      // logged out, a manager takes a login broadcast by the other one as a session of its own
+      if (event.type === 'refreshed' && event.source === 'otherTab' && state.current === null) state.session++
       state.events.push({ event, session: state.session })
       if (event.type === 'refreshStarted') {
         state.refreshStartedAt = Date.now()
@@ -757,7 +803,7 @@ async function run(
         if (!isRefreshError(error) || error.code !== 'ERR_REFRESH_FAILED' || !known)
           violate(
             'error-identity',
-            `manager ${index}: refreshFailed carries ${show(error)}, not a classified failure`,
+            `manager ${index}: refreshFailed carries ${show(error)} (cause ${show(error.cause)}), not a classified failure`,
           )
         if (error.kind !== 'rejected' && event.willLogout)
           violate('error-identity', `manager ${index}: a ${error.kind} failure said willLogout`)
