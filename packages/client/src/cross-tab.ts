@@ -1,7 +1,9 @@
 import type { LockManagerLike, TokenSet } from './types.js'
 
 /** What a tab tells the others. */
-export type CrossTabMessage = { type: 'refreshed'; tokens: TokenSet } | { type: 'loggedOut' }
+export type CrossTabMessage =
+  /** `spent`: the refresh token this refresh rotated, which nobody may use again */
+  { type: 'refreshed'; tokens: TokenSet; spent?: string } | { type: 'loggedOut' }
 
 /** Cross-tab coordination for one manager: BroadcastChannel, or the storage event, plus the rotation signal. */
 export interface CrossTab {

@@ -150,6 +150,18 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   let writes: Promise<unknown> = Promise.resolve()
   /** false after a write failed: until one succeeds, storage is older than memory and is not trusted */
   let inSync = true
+  /**
+   * Refresh tokens known to be rotated already, by this manager or by a tab that said so: tokens that carry
+   * one are behind (a late broadcast, a lagging copy of storage) and are never taken or refreshed with.
+   */
+  const spent = new Set<string>()
+  const spend = (refreshToken: string | null | undefined) => {
+    if (!refreshToken) return
+    spent.add(refreshToken)
+    // the last few are enough: an older token cannot come back after a newer one has been seen
+    if (spent.size > 16) spent.delete(spent.values().next().value!)
+  }
+  const isSpent = (set: TokenSet | null | undefined) => !!set?.refreshToken && spent.has(set.refreshToken)
 
   // by default only a page whose storage other tabs share talks to them: in Node (SSR) every BroadcastChannel
   // of a process hears every other, and managers of different users must never share tokens (rule 8)
@@ -261,7 +273,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   function adopt(message: CrossTabMessage): void {
     if (message?.type === 'loggedOut') return void endSession('otherTab')
     const next = message?.type === 'refreshed' && toTokenSet(message.tokens)
-    if (!next || next.accessToken === tokens?.accessToken) return
+    if (next && typeof message.spent === 'string') spend(message.spent)
+    if (!next || next.accessToken === tokens?.accessToken || isSpent(next)) return
     // a login in another tab starts a session here; a refresh there hands over its tokens
     if (tokens) use(next)
     else switchSession(next)
@@ -340,7 +353,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       next = await withLock(async () => {
         // rule 7: another tab may have refreshed while we waited for the lock; a broadcast may have
         // brought newer tokens than this tab's copy of storage shows yet
-        const fresher = async () => (tokens && tokens.accessToken !== start.accessToken ? tokens : read())
+        const fresher = async () => {
+          const stored = await read()
+          // storage is the truth, unless it is known to be behind what a broadcast brought
+          return isSpent(stored) && tokens && !isSpent(tokens) ? tokens : stored
+        }
         const stored = await (crossTab ? crossTab.settle(start.refreshToken!, fresher) : read())
         // a replaced session's result is dropped anyway: make no call for it
         if (session !== started) return start
@@ -360,6 +377,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         }
         const refreshed = await callRefresh(base.refreshToken!, started)
         receivedAt = now()
+        if (refreshed.refreshToken !== base.refreshToken) spend(base.refreshToken)
         // saved under the lock, so the next tab to take it reads the rotated refresh token
         if (session === started) await write(refreshed)
         if (refreshed.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!)
@@ -374,7 +392,12 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       if (error.kind === 'rejected' && !endedElsewhere) {
         // a rotated token refused because another tab rotated it first is not a logout (rule 7)
         const stored = await read()
-        if (stored?.refreshToken && stored.refreshToken !== base.refreshToken && session === started) {
+        if (
+          stored?.refreshToken &&
+          stored.refreshToken !== base.refreshToken &&
+          !isSpent(stored) &&
+          session === started
+        ) {
           // what the other tab left may have expired meanwhile: refresh with its refresh token instead
           if (isExpired(expiryOf(stored)[0])) return run(stored)
           adopt({ type: 'refreshed', tokens: stored })
@@ -391,7 +414,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     if (session !== started) throw sessionCleared()
     if (receivedAt !== undefined) {
       use(next, receivedAt)
-      crossTab?.post({ type: 'refreshed', tokens: next })
+      crossTab?.post(
+        next.refreshToken === base.refreshToken
+          ? { type: 'refreshed', tokens: next }
+          : { type: 'refreshed', tokens: next, spent: base.refreshToken! },
+      )
       emit({ type: 'refreshed', tokens: next, source: 'local' })
     } else adopt({ type: 'refreshed', tokens: next })
     return next.accessToken

@@ -27,9 +27,12 @@ import { controlledRefresh, createTestLock, deferred, flush, tokenSet } from './
  * - own-session: a rejected refresh logs out the session it was made for, never a login that replaced it
  * - stale-401 (rule 2): a 401 for a token that is no longer current gets the current token, no refresh
  * - bounded-retries (rule 5): one refresh makes at most `retry.attempts + 1` calls
+ * - no-reuse (rule 7): a refresh token whose rotation reached a manager is never sent again, by either
+ *   manager (unless the storage threw: then the other manager may not know)
  * - unhandled-rejection: none, seen through process.on('unhandledRejection')
- * Half of the two-manager schedules also connect them by a BroadcastChannel whose messages arrive in any
- * order and as late as the scheduler likes.
+ * Half of the two-manager schedules also connect them by a BroadcastChannel whose messages arrive as late as
+ * the scheduler likes, in any order between senders and in posting order from one sender (as in browsers).
+ * An async storage answers whenever the scheduler says, but carries its calls out in the order they were made.
  * A quarter of the schedules have a storage that throws now and then: the same invariants hold, and each
  * failure reaches the app as a storageError event with code ERR_STORAGE and the storage's error as cause.
  * A failure prints fast-check's seed and path (rerun with them) and the scheduler's order of answers.
@@ -118,6 +121,35 @@ afterEach(() => {
   vi.restoreAllMocks()
   vi.useRealTimers()
 })
+
+/**
+ * Stubs BroadcastChannel with one that holds every message until the test delivers it, in any order it likes
+ * (a tab that was frozen, or busy, gets its messages late). Restore with vi.unstubAllGlobals().
+ */
+function holdBroadcasts() {
+  const held: Array<{ from: string; data: unknown; deliver: () => void }> = []
+  const open = new Set<{ name: string; onmessage: ((event: { data: unknown }) => void) | null }>()
+  let channels = 0
+  class HeldChannel {
+    onmessage: ((event: { data: unknown }) => void) | null = null
+    readonly id = `channel ${++channels}`
+    constructor(readonly name: string) {
+      open.add(this)
+    }
+    postMessage(data: unknown) {
+      for (const other of open)
+        if (other !== this && other.name === this.name)
+          held.push({
+            from: this.id,
+            data,
+            deliver: () => other.onmessage?.({ data: structuredClone(data) }),
+          })
+    }
+    close() {}
+  }
+  vi.stubGlobal('BroadcastChannel', HeldChannel)
+  return held
+}
 
 describe('counterexamples found by the properties', () => {
   it('answers a late 401 for a stale token with a fresh token, not with a current token that has expired', async () => {
@@ -319,21 +351,7 @@ describe('counterexamples found by the properties', () => {
     // no-expired-token, with a BroadcastChannel that delivers late (a tab that thaws gets its messages then):
     // logged out by the rejection, a adopted b's old login as a new session and gave its expired token to the
     // waiters of the refresh that had just failed
-    const held: Array<() => void> = []
-    const open = new Set<{ name: string; onmessage: ((event: { data: unknown }) => void) | null }>()
-    class HeldChannel {
-      onmessage: ((event: { data: unknown }) => void) | null = null
-      constructor(readonly name: string) {
-        open.add(this)
-      }
-      postMessage(data: unknown) {
-        for (const other of open)
-          if (other !== this && other.name === this.name)
-            held.push(() => other.onmessage?.({ data: structuredClone(data) }))
-      }
-      close() {}
-    }
-    vi.stubGlobal('BroadcastChannel', HeldChannel)
+    const held = holdBroadcasts()
     try {
       const cleared = deferred<void>()
       let saved: TokenSet | null = null
@@ -359,7 +377,7 @@ describe('counterexamples found by the properties', () => {
       await flush()
       // a logged out and is clearing its storage; b's login, broadcast two minutes ago, arrives only now
       expect(a.types()).toEqual(['refreshStarted', 'refreshFailed', 'loggedOut'])
-      for (const deliver of held.splice(0)) deliver()
+      for (const message of held.splice(0)) message.deliver()
       cleared.resolve()
       const result = await waiter
       expect(result).toMatchObject({ name: 'TokenflowError', code: 'ERR_SESSION_CLEARED' })
@@ -367,6 +385,56 @@ describe('counterexamples found by the properties', () => {
       expect(a.events.at(-1)).toEqual({ type: 'refreshed', tokens: login, source: 'otherTab' })
       expect(a.manager.status).toBe('authenticated')
       expect(a.calls).toHaveLength(1)
+    } finally {
+      vi.unstubAllGlobals()
+    }
+  })
+
+  it('does not take tokens from a late broadcast whose refresh token it rotated itself, so never sends that one again', async () => {
+    // no-reuse: waiting for the lock, b took a's login from a broadcast that arrived late, and then refreshed it
+    // with rt-1, which b itself had rotated: a server with no reuse grace revokes the session for that
+    const held = holdBroadcasts()
+    try {
+      const storage = memoryStorage()
+      const lock = createTestLock()
+      const a = setup({ storage, lock, channel: 'tabs' })
+      const b = setup({ storage, lock, channel: 'tabs' })
+      const login = tokenSet(T0, MIN, 1)
+      await a.manager.setTokens(login)
+      // the login's broadcast to b is held back; b reads the login from storage
+      expect(await b.manager.getAccessToken()).toBe(login.accessToken)
+      const advance = (ms: number) => {
+        a.clock.advance(ms)
+        b.clock.advance(ms)
+      }
+      advance(2 * MIN)
+      const first = b.manager.getAccessToken()
+      await flush()
+      const second = tokenSet(b.clock.now(), MIN, 2)
+      b.calls[0]!.resolve(second)
+      expect(await first).toBe(second.accessToken)
+      advance(2 * MIN)
+      // a refreshes what it finds in storage (rt-2) and holds the lock; b waits for the lock
+      const fromA = a.manager.getAccessToken()
+      await flush()
+      expect(a.calls.map((call) => call.context.refreshToken)).toEqual(['rt-2'])
+      const fromB = b.manager.getAccessToken()
+      await flush()
+      // now the login a broadcast at the start reaches b
+      const late = held.find(
+        (message) => (message.data as { tokens?: TokenSet }).tokens?.refreshToken === 'rt-1',
+      )!
+      late.deliver()
+      const third = tokenSet(a.clock.now(), MIN, 3)
+      a.calls[0]!.resolve(third)
+      expect(await fromA).toBe(third.accessToken)
+      await flush()
+      // b takes what a left in storage, and sends no refresh token twice
+      expect(b.calls.map((call) => call.context.refreshToken)).toEqual(['rt-1'])
+      expect(await fromB).toBe(third.accessToken)
+      expect(b.events.filter((event) => event.type === 'refreshed' && event.source === 'otherTab')).toEqual([
+        { type: 'refreshed', tokens: third, source: 'otherTab' },
+      ])
     } finally {
       vi.unstubAllGlobals()
     }

@@ -80,6 +80,7 @@ export type Invariant =
   | 'bounded-retries'
   | 'stale-401'
   | 'own-session'
+  | 'no-reuse'
 
 export interface Violation {
   invariant: Invariant
@@ -362,11 +363,20 @@ async function run(
   let refreshCalls = 0
   let inFlight = 0
   const states: ManagerState[] = []
+  /** refresh tokens whose rotation (an ok answer) reached the manager that sent them, and that manager */
+  const spent = new Map<string, number>()
   const makeRefresh =
     (index: number) =>
-    ({ signal }: RefreshContext): Promise<TokenSet> => {
+    ({ signal, refreshToken }: RefreshContext): Promise<TokenSet> => {
       const id = ++refreshCalls
       const state = states[index]!
+      // rule 7: once a refresh token's rotation reached a manager, no manager sends it again (a server with
+      // no reuse grace would revoke the session). A storage that threw can leave the other manager behind.
+      if (spent.has(refreshToken) && !schedule.storageFailures.includes(true))
+        violate(
+          'no-reuse',
+          `manager ${index}: refresh call #${id} sent ${refreshToken}, whose rotation manager ${spent.get(refreshToken)} had received`,
+        )
       state.attempts++
       if (state.attempts > 1) reached.add('transient failure retried')
       const allowed = schedule.retry === false ? 1 : schedule.retry.attempts + 1
@@ -401,6 +411,8 @@ async function run(
         let error: unknown
         switch (next.kind) {
           case 'ok':
+            // an answer after the manager gave up on the call (timeout, session replaced) never reaches it
+            if (!signal.aborted) spent.set(refreshToken, index)
             return issue(next.ttl)
           case 'rejected':
             error = new RefreshError('rejected', 'refresh failed: invalid_grant', { status: next.status })
@@ -426,24 +438,43 @@ async function run(
         : issue(schedule.initialTtl, T0, schedule.initial !== 'noRefreshToken')
   const backing = memoryStorage(initial)
   let storageCalls = 0
+  let readFailed = false
   /** the backing call, or the throw `storageFailures` asks for at this call */
-  const attempt = <T>(run: () => T): T => {
-    if (schedule.storageFailures[storageCalls++]) throw new Error(`storage failure #${storageCalls}`)
+  const attempt = <T>(run: () => T, read = false): T => {
+    if (schedule.storageFailures[storageCalls++]) {
+      // a manager whose first read failed reads again on its next call: when it loads is not known any more
+      if (read) readFailed = true
+      throw new Error(`storage failure #${storageCalls}`)
+    }
     return run()
   }
+  /**
+   * An async storage answers when the scheduler says, but carries its calls out in the order they were made,
+   * as AsyncStorage's native queue and a browser's storage do: a write never lands after a later one.
+   */
+  const waiting: Array<() => void> = []
+  const queued = <T>(label: string, run: () => T, read = false): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      waiting.push(() => {
+        try {
+          resolve(attempt(run, read))
+        } catch (error) {
+          reject(error)
+        }
+      })
+      void s.schedule(Promise.resolve(), label).then(() => waiting.shift()!())
+    })
   const storage: TokenStorage =
     schedule.storage === 'sync'
       ? {
-          get: () => attempt(() => backing.get()),
+          get: () => attempt(() => backing.get(), true),
           set: (tokens) => attempt(() => backing.set(tokens)),
           clear: () => attempt(() => backing.clear()),
         }
       : {
-          get: () => s.schedule(Promise.resolve(), 'storage.get').then(() => attempt(() => backing.get())),
-          set: (tokens) =>
-            s.schedule(Promise.resolve(), 'storage.set').then(() => attempt(() => backing.set(tokens))),
-          clear: () =>
-            s.schedule(Promise.resolve(), 'storage.clear').then(() => attempt(() => backing.clear())),
+          get: () => queued('storage.get', () => backing.get() as TokenSet | null, true),
+          set: (tokens) => queued('storage.set', () => void backing.set(tokens)),
+          clear: () => queued('storage.clear', () => void backing.clear()),
         }
   const lock = schedule.lock ? createTestLock() : false
   for (let index = 0; index < schedule.managers; index++) {
@@ -561,6 +592,7 @@ async function run(
     const starts = state.starts
     const applies =
       state.loaded &&
+      !readFailed &&
       typeof current === 'string' &&
       rejectedToken !== undefined &&
       rejectedToken !== current &&
