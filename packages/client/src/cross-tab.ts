@@ -11,14 +11,11 @@ export interface CrossTab {
   /** after a rotation: hold a lock named after the spent refresh token for a few seconds */
   rotated(spentRefreshToken: string): void
   /**
-   * Before refreshing under the lock with `refreshToken`: if another tab holds the rotation signal for it,
-   * our copy of storage is behind (Chromium copies localStorage writes between tabs asynchronously), so wait
-   * for `read` to show something newer. Resolves with what `read` last returned.
+   * Before refreshing under the lock: if another tab holds the rotation signal for the refresh token that `read`
+   * shows, our copy of storage is behind (Chromium copies localStorage writes between tabs asynchronously), so
+   * wait for `read` to show its successor. Resolves with what `read` last returned.
    */
-  settle(
-    refreshToken: string,
-    read: () => Promise<TokenSet | null | undefined>,
-  ): Promise<TokenSet | null | undefined>
+  settle(read: () => Promise<TokenSet | null | undefined>): Promise<TokenSet | null | undefined>
 }
 
 /** How long the tab that rotated keeps the signal, and how long another tab waits for storage to catch up. */
@@ -36,11 +33,13 @@ function fingerprint(value: string): string {
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /**
- * Sets up cross-tab coordination on channel `name`: `receive` gets other tabs' messages (unchecked: the
- * manager checks them), `changed` runs on the `storage` event where BroadcastChannel is missing.
+ * Sets up cross-tab coordination named `name`. With `talk`, messages go over a BroadcastChannel of that name:
+ * `receive` gets other tabs' messages (unchecked: the manager checks them), and `changed` runs on the
+ * `storage` event where BroadcastChannel is missing. The rotation signal needs only the lock.
  */
 export function createCrossTab(
   name: string,
+  talk: boolean,
   lock: LockManagerLike | false,
   receive: (message: CrossTabMessage) => void,
   changed: () => void,
@@ -51,12 +50,12 @@ export function createCrossTab(
     addEventListener?: (type: string, listener: (event: { key?: string | null }) => void) => void
   }
   let channel: (BroadcastChannel & { unref?: () => void }) | undefined
-  if (g.BroadcastChannel) {
+  if (talk && g.BroadcastChannel) {
     channel = new g.BroadcastChannel(name)
     channel.onmessage = (event) => receive(event.data)
     // a channel must not keep a Node process (tests, SSR) alive
     channel.unref?.()
-  } else g.addEventListener?.('storage', changed)
+  } else if (talk) g.addEventListener?.('storage', changed)
 
   return {
     post(message) {
@@ -75,14 +74,17 @@ export function createCrossTab(
         .catch(() => {})
     },
 
-    async settle(refreshToken, read) {
+    async settle(read) {
       let current = await read()
-      if (!lock || lock.query === undefined) return current
-      const wanted = signalName(refreshToken)
-      const { held = [] } = await lock.query().catch(() => ({ held: [] }))
-      if (!held.some((l) => l.name === wanted)) return current
+      const { query } = lock || {}
+      if (!query) return current
+      const rotated = async () => {
+        const token = current?.refreshToken
+        const { held = [] } = token ? await query.call(lock).catch(() => ({ held: [] })) : {}
+        return held.some((l) => l.name === signalName(token!))
+      }
       // another tab rotated this very token moments ago: wait for its write (or its broadcast) to reach us
-      for (let waited = 0; waited < SETTLE_MS && current?.refreshToken === refreshToken; waited += 25) {
+      for (let waited = 0; waited < SETTLE_MS && (await rotated()); waited += 25) {
         await sleep(25)
         current = await read()
       }

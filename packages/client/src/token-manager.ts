@@ -165,9 +165,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
   // by default only a page whose storage other tabs share talks to them: in Node (SSR) every BroadcastChannel
   // of a process hears every other, and managers of different users must never share tokens (rule 8)
+  const talk = !!channel && !!(options.channel || (storage.shared && 'document' in globalThis))
+  // the rotation signal (rule 7) comes with the lock, talking or not
   const crossTab =
-    channel && (options.channel || (storage.shared && 'document' in globalThis))
-      ? createCrossTab(channel, lock, adopt, async () => {
+    talk || lock
+      ? createCrossTab(channel || 'tokenflow', talk, lock, adopt, async () => {
           const stored = await read()
           if (stored !== undefined)
             adopt(stored ? { type: 'refreshed', tokens: stored } : { type: 'loggedOut' })
@@ -358,7 +360,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           // storage is the truth, unless it is known to be behind what a broadcast brought
           return isSpent(stored) && tokens && !isSpent(tokens) ? tokens : stored
         }
-        const stored = await (crossTab ? crossTab.settle(start.refreshToken!, fresher) : read())
+        const stored = await (crossTab ? crossTab.settle(fresher) : read())
         // a replaced session's result is dropped anyway: make no call for it
         if (session !== started) return start
         if (stored === null) {

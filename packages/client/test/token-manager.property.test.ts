@@ -33,6 +33,9 @@ import { controlledRefresh, createTestLock, deferred, flush, tokenSet } from './
  * Half of the two-manager schedules also connect them by a BroadcastChannel whose messages arrive as late as
  * the scheduler likes, in any order between senders and in posting order from one sender (as in browsers).
  * An async storage answers whenever the scheduler says, but carries its calls out in the order they were made.
+ * A third of the two-manager schedules give each manager its own copy of storage, which gets the other's writes
+ * late (by less than half a second of the clock), as Chromium copies localStorage between tabs; the lock then
+ * answers query(), so the rotation signal of rule 7 is what keeps a manager from reusing a rotated token.
  * A quarter of the schedules have a storage that throws now and then: the same invariants hold, and each
  * failure reaches the app as a storageError event with code ERR_STORAGE and the storage's error as cause.
  * A failure prints fast-check's seed and path (rerun with them) and the scheduler's order of answers.
@@ -93,6 +96,7 @@ describe(`token manager properties (fast-check, ${RUNS} random schedules each)`,
         'loggedOut: otherTab',
         'adopted tokens from the other manager',
         'broadcast delivered',
+        'saw a rotation signal',
       ])
     },
     TIMEOUT,
@@ -388,6 +392,61 @@ describe('counterexamples found by the properties', () => {
     } finally {
       vi.unstubAllGlobals()
     }
+  })
+
+  it('waits for its copy of storage when the refresh token it shows was just rotated, even if it is not the one it started from', async () => {
+    // no-reuse, with a copy of storage per manager (Chromium's localStorage between tabs): a's copy showed rt-2,
+    // newer than the rt-1 a started from; the rotation signal was checked for rt-1 only, so a refreshed with rt-2,
+    // which b had rotated a moment before
+    const copies = [memoryStorage(), memoryStorage()]
+    const inTransit: Array<() => void> = []
+    const copyFor = (index: number): TokenStorage => {
+      const write = (apply: (copy: TokenStorage) => unknown) => {
+        apply(copies[index]!)
+        inTransit.push(() => apply(copies[1 - index]!))
+      }
+      return {
+        get: () => copies[index]!.get(),
+        set: (tokens) => write((copy) => copy.set(tokens)),
+        clear: () => write((copy) => copy.clear()),
+      }
+    }
+    const lock = createTestLock({ query: true })
+    const a = setup({ storage: copyFor(0), lock })
+    const b = setup({ storage: copyFor(1), lock })
+    const advance = (ms: number) => {
+      a.clock.advance(ms)
+      b.clock.advance(ms)
+    }
+    const deliver = () => {
+      for (const apply of inTransit.splice(0)) apply()
+    }
+    const first = tokenSet(T0, MIN, 1)
+    await b.manager.setTokens(first)
+    deliver()
+    expect(await a.manager.getAccessToken()).toBe(first.accessToken)
+    // b rotates rt-1; a's copy gets it, a's memory still holds the first tokens
+    advance(2 * MIN)
+    const second = b.manager.getAccessToken()
+    await flush()
+    b.calls[0]!.resolve(tokenSet(b.clock.now(), MIN, 2))
+    await second
+    deliver()
+    // b rotates rt-2; this time a's copy is behind
+    advance(2 * MIN)
+    const third = b.manager.getAccessToken()
+    await flush()
+    const latest = tokenSet(b.clock.now(), MIN, 3)
+    b.calls[1]!.resolve(latest)
+    expect(await third).toBe(latest.accessToken)
+    const fromA = a.manager.getAccessToken()
+    await new Promise((resolve) => setTimeout(resolve, 60))
+    // a holds the lock and waits: its copy shows rt-2, whose rotation signal b holds
+    expect(a.calls).toHaveLength(0)
+    deliver()
+    expect(await fromA).toBe(latest.accessToken)
+    expect(a.calls).toHaveLength(0)
+    expect(b.calls.map((call) => call.context.refreshToken)).toEqual(['rt-1', 'rt-2'])
   })
 
   it('does not take tokens from a late broadcast whose refresh token it rotated itself, so never sends that one again', async () => {

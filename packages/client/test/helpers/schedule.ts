@@ -49,8 +49,13 @@ export interface Schedule {
   /** what storage holds when the managers are created */
   initial: 'none' | 'fresh' | 'expired' | 'noRefreshToken'
   initialTtl: number
-  /** 'async': every storage call is an answer the scheduler delivers (AsyncStorage-like) */
-  storage: 'sync' | 'async'
+  /**
+   * 'async': every storage call is an answer the scheduler delivers (AsyncStorage-like).
+   * 'lagging' (two managers): each has its own copy of storage, which gets the other's writes when the scheduler
+   * delivers them, in order, as Chromium copies localStorage between tabs; the lock then answers `query()`, so
+   * the rotation signal of rule 7 is in play.
+   */
+  storage: 'sync' | 'async' | 'lagging'
   /** one per storage call (get, set or clear, of either manager), in call order: true throws; none once they run out */
   storageFailures: boolean[]
   /**
@@ -101,6 +106,7 @@ export type Milestone =
   | 'adopted tokens from the other manager'
   | 'storage failed'
   | 'broadcast delivered'
+  | 'saw a rotation signal'
 
 export interface RunResult {
   violations: Violation[]
@@ -188,7 +194,10 @@ export function scheduleArbitrary(managers: 1 | 2, maxOps = 40): fc.Arbitrary<Sc
       'noRefreshToken' as const,
     ),
     initialTtl: ttl,
-    storage: fc.constantFrom('sync' as const, 'async' as const),
+    storage:
+      managers === 2
+        ? fc.constantFrom('sync' as const, 'async' as const, 'lagging' as const)
+        : fc.constantFrom('sync' as const, 'async' as const),
     // a quarter of the schedules have a storage that throws now and then (quota, disk, SecurityError)
     storageFailures: fc.oneof(
       { weight: 3, arbitrary: fc.constant<boolean[]>([]) },
@@ -464,6 +473,26 @@ async function run(
       })
       void s.schedule(Promise.resolve(), label).then(() => waiting.shift()!())
     })
+  /** 'lagging': each manager's copy, and the other's writes still on their way to it (oldest first) */
+  const copies = [memoryStorage(initial), memoryStorage(initial)]
+  const inTransit: Array<Array<(copy: TokenStorage) => void>> = [[], []]
+  const deliverCopy = (to: number) => {
+    const write = inTransit[to]!.shift()
+    if (write) write(copies[to]!)
+  }
+  /** a write lands in the writer's copy at once and in the other's when the scheduler says */
+  const writeCopies = (from: number, write: (copy: TokenStorage) => void) =>
+    attempt(() => {
+      write(copies[from]!)
+      const to = 1 - from
+      inTransit[to]!.push(write)
+      void s.schedule(Promise.resolve(), `storage copy to manager ${to}`).then(() => deliverCopy(to))
+    })
+  const laggingStorage = (index: number): TokenStorage => ({
+    get: () => attempt(() => copies[index]!.get(), true),
+    set: (tokens) => writeCopies(index, (copy) => copy.set(tokens)),
+    clear: () => writeCopies(index, (copy) => copy.clear()),
+  })
   const storage: TokenStorage =
     schedule.storage === 'sync'
       ? {
@@ -476,11 +505,18 @@ async function run(
           set: (tokens) => queued('storage.set', () => void backing.set(tokens)),
           clear: () => queued('storage.clear', () => void backing.clear()),
         }
-  const lock = schedule.lock ? createTestLock() : false
+  const lock = schedule.lock
+    ? createTestLock({
+        query: schedule.storage === 'lagging',
+        onQuery: (held) => {
+          if (held.some((name) => name.includes(':rotated:'))) reached.add('saw a rotation signal')
+        },
+      })
+    : false
   for (let index = 0; index < schedule.managers; index++) {
     const manager = createTokenManager({
       refresh: makeRefresh(index),
-      storage,
+      storage: schedule.storage === 'lagging' ? laggingStorage(index) : storage,
       leeway: schedule.leeway,
       refreshTimeout: schedule.refreshTimeout,
       retry: schedule.retry,
@@ -733,7 +769,13 @@ async function run(
         break
       }
       case 'advance':
-        await vi.advanceTimersByTimeAsync(step.ms)
+        if (schedule.storage !== 'lagging') await vi.advanceTimersByTimeAsync(step.ms)
+        // a copy of storage lags by less than half a second: well inside what rule 7 waits for (2 s)
+        else
+          for (let left = step.ms; left > 0; left -= 500) {
+            for (const to of [0, 1]) while (inTransit[to]!.length) deliverCopy(to)
+            await vi.advanceTimersByTimeAsync(Math.min(left, 500))
+          }
         break
       case 'abort': {
         const live = controllers.filter((controller) => !controller.signal.aborted)

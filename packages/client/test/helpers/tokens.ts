@@ -42,8 +42,17 @@ export function controlledRefresh() {
   return { refresh, calls }
 }
 
-/** An in-process Web Locks stand-in: one FIFO exclusive lock per name, honouring `signal`. */
-export function createTestLock(): LockManagerLike & { held: () => boolean } {
+/**
+ * An in-process Web Locks stand-in: one FIFO exclusive lock per name, honouring `signal`.
+ * With `query`, it also answers `query()` with the names held, as navigator.locks does (and `onQuery` sees them).
+ */
+export function createTestLock({
+  query = false,
+  onQuery,
+}: {
+  query?: boolean
+  onQuery?: (held: string[]) => void
+} = {}): LockManagerLike & { held: () => boolean } {
   const queues = new Map<string, Array<() => void>>()
   const busy = new Set<string>()
   const release = (name: string) => {
@@ -51,7 +60,7 @@ export function createTestLock(): LockManagerLike & { held: () => boolean } {
     if (next) next()
     else busy.delete(name)
   }
-  return {
+  const lock: LockManagerLike & { held: () => boolean } = {
     /** whether the refresh lock is held (the rotation signal locks do not count) */
     held: () => [...busy].some((name) => !name.includes(':rotated:')),
     request(name, options, callback) {
@@ -88,6 +97,13 @@ export function createTestLock(): LockManagerLike & { held: () => boolean } {
       })
     },
   }
+  if (query)
+    lock.query = async () => {
+      const held = [...busy]
+      onQuery?.(held)
+      return { held: held.map((name) => ({ name })) }
+    }
+  return lock
 }
 
 export const flush = () => new Promise((resolve) => setImmediate(resolve))
