@@ -310,7 +310,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       // a session replaced during the backoff gets no further attempt
       if (session !== started) throw sessionCleared()
       const controller = new AbortController()
-      abortAttempt = () => controller.abort(sessionCleared())
+      const abort = () => controller.abort(sessionCleared())
+      abortAttempt = abort
       const timer = setTimeout(
         () => controller.abort(new RefreshError('timeout', 'refresh failed: timed out')),
         refreshTimeout,
@@ -338,7 +339,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         await sleep(delay / 2 + (Math.random() * delay) / 2)
       } finally {
         clearTimeout(timer)
-        abortAttempt = undefined
+        // this runs after the backoff: by then a newer session's refresh may have its own attempt in flight
+        if (abortAttempt === abort) abortAttempt = undefined
       }
     }
   }

@@ -36,6 +36,8 @@ import { controlledRefresh, createTestLock, deferred, flush, tokenSet } from './
  * A third of the two-manager schedules give each manager its own copy of storage, which gets the other's writes
  * late (by less than half a second of the clock), as Chromium copies localStorage between tabs; the lock then
  * answers query(), so the rotation signal of rule 7 is what keeps a manager from reusing a rotated token.
+ * A third of the schedules wait a short `lockTimeout` for the lock; a manager that gives up refreshes under the
+ * fallback lock by design, so only the two invariants between managers are not checked there.
  * A quarter of the schedules have a storage that throws now and then: the same invariants hold, and each
  * failure reaches the app as a storageError event with code ERR_STORAGE and the storage's error as cause.
  * A failure prints fast-check's seed and path (rerun with them) and the scheduler's order of answers.
@@ -97,6 +99,7 @@ describe(`token manager properties (fast-check, ${RUNS} random schedules each)`,
         'adopted tokens from the other manager',
         'broadcast delivered',
         'saw a rotation signal',
+        'lock wait timed out',
       ])
     },
     TIMEOUT,
@@ -392,6 +395,36 @@ describe('counterexamples found by the properties', () => {
     } finally {
       vi.unstubAllGlobals()
     }
+  })
+
+  it('calls off the refresh of a replaced session even after an older refresh ended its backoff', async () => {
+    // single-flight: the refresh of a session replaced during its retry backoff woke up after the next session's
+    // refresh had started, and forgot that one's attempt; a third session then ran a refresh next to it
+    const { manager, calls } = setup({ retry: { attempts: 1, baseDelay: 40, maxDelay: 40 } })
+    vi.spyOn(Math, 'random').mockReturnValue(0.999)
+    await manager.setTokens(tokenSet(T0, MIN, 0))
+    const first = manager.refresh().catch((e: unknown) => e)
+    await flush()
+    calls[0]!.reject(new TypeError('fetch failed'))
+    await flush()
+    // in the backoff: a login replaces the session, and its own refresh starts
+    const second = tokenSet(T0, MIN, 1)
+    await manager.setTokens(second)
+    expect(await first).toBe(second.accessToken)
+    const waiting = manager.refresh().catch((e: unknown) => e)
+    await flush()
+    expect(calls.map((call) => call.context.refreshToken)).toEqual(['rt-0', 'rt-1'])
+    // the first refresh's backoff ends
+    await new Promise((resolve) => setTimeout(resolve, 80))
+    // another login: the refresh of the session it replaces is called off
+    await manager.setTokens(tokenSet(T0, MIN, 2))
+    expect(calls[1]!.context.signal.aborted).toBe(true)
+    expect(await waiting).toBe(tokenSet(T0, MIN, 2).accessToken)
+    const third = manager.refresh()
+    await flush()
+    expect(calls).toHaveLength(3)
+    calls[2]!.resolve(tokenSet(T0, MIN, 3))
+    expect(await third).toBe(tokenSet(T0, MIN, 3).accessToken)
   })
 
   it('waits for its copy of storage when the refresh token it shows was just rotated, even if it is not the one it started from', async () => {

@@ -64,6 +64,12 @@ export interface Schedule {
    */
   broadcast: boolean
   lock: boolean
+  /**
+   * ms to wait for the lock: mostly `LOCK_TIMEOUT` (never), sometimes short. Then a manager that gives up refreshes
+   * under the fallback lock, by design next to the one holding the lock: the invariants between the two managers
+   * (one refresh in flight between them, no reuse) do not apply, and every other one still does.
+   */
+  lockTimeout: number
   leeway: number
   refreshTimeout: number
   retry: false | { attempts: number; baseDelay: number; maxDelay: number }
@@ -107,6 +113,7 @@ export type Milestone =
   | 'storage failed'
   | 'broadcast delivered'
   | 'saw a rotation signal'
+  | 'lock wait timed out'
 
 export interface RunResult {
   violations: Violation[]
@@ -206,6 +213,10 @@ export function scheduleArbitrary(managers: 1 | 2, maxOps = 40): fc.Arbitrary<Sc
     broadcast: managers === 2 ? fc.boolean() : fc.constant(false),
     // two managers always share a lock: without one, two refreshes at once are expected (rule 7)
     lock: managers === 2 ? fc.constant(true) : fc.boolean(),
+    lockTimeout: fc.oneof(
+      { weight: 2, arbitrary: fc.constant(LOCK_TIMEOUT) },
+      { weight: 1, arbitrary: fc.integer({ min: 50, max: 1_000 }) },
+    ),
     leeway: fc.constantFrom(0, 1_000, 5_000, 30_000),
     refreshTimeout: fc.integer({ min: 500, max: 10_000 }),
     retry: fc.oneof(
@@ -381,7 +392,11 @@ async function run(
       const state = states[index]!
       // rule 7: once a refresh token's rotation reached a manager, no manager sends it again (a server with
       // no reuse grace would revoke the session). A storage that threw can leave the other manager behind.
-      if (spent.has(refreshToken) && !schedule.storageFailures.includes(true))
+      if (
+        spent.has(refreshToken) &&
+        !schedule.storageFailures.includes(true) &&
+        schedule.lockTimeout === LOCK_TIMEOUT
+      )
         violate(
           'no-reuse',
           `manager ${index}: refresh call #${id} sent ${refreshToken}, whose rotation manager ${spent.get(refreshToken)} had received`,
@@ -398,7 +413,7 @@ async function run(
       inFlight++
       if (state.inFlight > 1)
         violate('single-flight', `manager ${index}: refresh call #${id} started while another was in flight`)
-      if (schedule.managers === 2 && inFlight > 1)
+      if (schedule.managers === 2 && inFlight > 1 && schedule.lockTimeout === LOCK_TIMEOUT)
         violate(
           'single-flight',
           `refresh call #${id} (manager ${index}) started while the other manager's was in flight`,
@@ -508,6 +523,7 @@ async function run(
   const lock = schedule.lock
     ? createTestLock({
         query: schedule.storage === 'lagging',
+        onGiveUp: () => reached.add('lock wait timed out'),
         onQuery: (held) => {
           if (held.some((name) => name.includes(':rotated:'))) reached.add('saw a rotation signal')
         },
@@ -521,7 +537,7 @@ async function run(
       refreshTimeout: schedule.refreshTimeout,
       retry: schedule.retry,
       lock,
-      lockTimeout: LOCK_TIMEOUT,
+      lockTimeout: schedule.lockTimeout,
       channel: schedule.broadcast ? 'tokenflow-property' : false,
       now: () => Date.now(),
     })

@@ -49,9 +49,12 @@ export function controlledRefresh() {
 export function createTestLock({
   query = false,
   onQuery,
+  onGiveUp,
 }: {
   query?: boolean
   onQuery?: (held: string[]) => void
+  /** a waiter's signal aborted before it got the lock (its `lockTimeout`) */
+  onGiveUp?: (name: string) => void
 } = {}): LockManagerLike & { held: () => boolean } {
   const queues = new Map<string, Array<() => void>>()
   const busy = new Set<string>()
@@ -89,6 +92,7 @@ export function createTestLock({
           grant()
         }
         const onAbort = () => {
+          onGiveUp?.(name)
           queue.splice(queue.indexOf(entry), 1)
           reject(options.signal!.reason)
         }
