@@ -49,7 +49,7 @@ const profile = ci
       requestInterval: [300, 500] as const,
       steadySeconds: 15,
       kill: { seconds: 6, killAfter: 2, restartAfter: 4 },
-      postgres: { before: 2, recoveryDeadline: 15, after: 1 },
+      postgres: { before: 2, downMs: 1_500, recoveryDeadline: 15, after: 1 },
       sqlite: { sessions: 50, rounds: 2, stormMs: [600, 1200] as const },
       budgetSeconds: 100,
       output: 'bench/results/soak-ci.json',
@@ -60,7 +60,7 @@ const profile = ci
       requestInterval: [300, 500] as const,
       steadySeconds: 60,
       kill: { seconds: 60, killAfter: 20, restartAfter: 40 },
-      postgres: { before: 20, recoveryDeadline: 20, after: 30 },
+      postgres: { before: 20, downMs: 3_000, recoveryDeadline: 20, after: 30 },
       sqlite: { sessions: 200, rounds: 15, stormMs: [1000, 2500] as const },
       budgetSeconds: 9 * 60,
       output: 'bench/results/soak.json',
@@ -411,8 +411,10 @@ async function postgresRestart(
     console.log(`skip phase 3 (PostgreSQL restarts): ${result.skipped}`)
     return result
   }
-  const { before, recoveryDeadline, after } = profile.postgres
-  console.log(`phase 3 (PostgreSQL restarts): ${command.command} ${command.args.join(' ')} after ${before} s`)
+  const { before, downMs, recoveryDeadline, after } = profile.postgres
+  console.log(
+    `phase 3 (PostgreSQL restarts): ${command.command} ${command.args.slice(0, -1).join(' ')} stop, ${downMs} ms down, start; after ${before} s`,
+  )
   const reuseBefore = events.reuseDetected
   const poolErrorsBefore = events.poolErrors
   const crashesBefore = events.crashes.length
@@ -442,7 +444,7 @@ async function postgresRestart(
   const outage = watchOutage(db.url)
   const restartStarted = Date.now()
   let restartError: unknown
-  await restartPostgres(command).catch((error: unknown) => {
+  await restartPostgres(command, downMs).catch((error: unknown) => {
     restartError = error
   })
   const restarted = Date.now()
@@ -496,11 +498,11 @@ async function postgresRestart(
       `${result.failed} of ${result.requests} requests failed ${JSON.stringify(result.failures)}; all clients ok again ${result.recoveryMs ?? '-'} ms ` +
       `after it; ${result.poolErrors} idle pool clients died`,
   )
-  // without this the checks below could pass on a restart that never reached the instances
+  // without this the checks below could pass on an outage that no refresh met
   check(
     phase,
-    'the restart reached the instances (5xx answers or dead pool clients)',
-    result.serverErrors + result.poolErrors > 0,
+    'refreshes met the outage (5xx answers, which the clients retried)',
+    result.serverErrors > 0,
     `${result.serverErrors} 5xx, ${result.poolErrors} pool errors`,
   )
   check(phase, 'no logout', result.logouts === 0, result.logouts)

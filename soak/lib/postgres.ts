@@ -133,18 +133,36 @@ export function postgresRestartCommand(): RestartCommand {
   return { command: binary, args: ['--skip-systemctl-redirect', version, 'main', 'restart'] }
 }
 
-/**
- * Runs the restart and resolves when the command returned (the cluster accepts connections again).
- * @example
- * await restartPostgres({ command: 'pg_ctlcluster', args: ['--skip-systemctl-redirect', '15', 'main', 'restart'] })
- */
-export function restartPostgres({ command, args }: { command: string; args: string[] }): Promise<void> {
-  return new Promise((resolve, reject) => {
+const run = (command: string, args: string[]) =>
+  new Promise<void>((resolve, reject) => {
     execFile(command, args, { timeout: 60_000 }, (error, _stdout, stderr) => {
       if (error) reject(new Error(`${command} ${args.join(' ')} failed: ${stderr.trim() || error.message}`))
       else resolve()
     })
   })
+
+/**
+ * Stops the cluster, keeps it down for `downMs`, and starts it again (up to three tries); resolves when it
+ * accepts connections. A plain `restart` is over in a few hundred ms, which the clients may not even meet;
+ * a real outage makes sure refreshes fail meanwhile, so the retries and the recovery are what is tested.
+ * @example
+ * await restartPostgres({ command: 'pg_ctlcluster', args: ['--skip-systemctl-redirect', '15', 'main', 'restart'] }, 2_000)
+ */
+export async function restartPostgres(
+  { command, args }: { command: string; args: string[] },
+  downMs: number,
+): Promise<void> {
+  const cluster = args.slice(0, -1)
+  await run(command, [...cluster, 'stop'])
+  await new Promise((resolve) => setTimeout(resolve, downMs))
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await run(command, [...cluster, 'start'])
+    } catch (error) {
+      if (attempt === 3) throw error
+      await new Promise((resolve) => setTimeout(resolve, 1_000))
+    }
+  }
 }
 
 /** When PostgreSQL stopped answering and when it answered again, as seen by a probe every 100 ms. */
