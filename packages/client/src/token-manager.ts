@@ -158,7 +158,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   const spend = (refreshToken: string | null | undefined) => {
     if (!refreshToken) return
     spent.add(refreshToken)
-    // the last few are enough: an older token cannot come back after a newer one has been seen
+    // bounded: a message or a storage copy more than 16 rotations behind is not expected (README, "Several tabs")
     if (spent.size > 16) spent.delete(spent.values().next().value!)
   }
   const isSpent = (set: TokenSet | null | undefined) => !!set?.refreshToken && spent.has(set.refreshToken)
