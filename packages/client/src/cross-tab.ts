@@ -80,8 +80,9 @@ export function createCrossTab(
       if (!query) return current
       const rotated = async () => {
         const token = current?.refreshToken
-        const { held = [] } = token ? await query.call(lock).catch(() => ({ held: [] })) : {}
-        return held.some((l) => l.name === signalName(token!))
+        if (!token) return false
+        const { held = [] } = await query.call(lock).catch(() => ({ held: [] }))
+        return held.some((l) => l.name === signalName(token))
       }
       // another tab rotated this very token moments ago: wait for its write (or its broadcast) to reach us
       for (let waited = 0; waited < SETTLE_MS && (await rotated()); waited += 25) {

@@ -1,15 +1,14 @@
 import {
-  createTokenManager,
   memoryStorage,
   RefreshError,
-  type TokenEvent,
+  type TokenManagerOptions,
   type TokenSet,
   type TokenStorage,
 } from '@tokenflow/client'
 import fc from 'fast-check'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { type Milestone, runSchedule, scheduleArbitrary, T0 } from './helpers/schedule.js'
-import { controlledRefresh, createTestLock, deferred, flush, tokenSet } from './helpers/tokens.js'
+import { createTestLock, deferred, flush, setupManager, tokenSet } from './helpers/tokens.js'
 
 /**
  * Issue 2: random schedules of requests, clock jumps, refresh outcomes (ok, 400, 401, 500, network error,
@@ -114,15 +113,7 @@ const MIN = 60_000
 const expOf = (token: string): number =>
   JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()).exp * 1000
 
-function setup(options: Partial<Parameters<typeof createTokenManager>[0]> = {}) {
-  let time = T0
-  const clock = { now: () => time, advance: (ms: number) => (time += ms) }
-  const control = controlledRefresh()
-  const events: TokenEvent[] = []
-  const manager = createTokenManager({ refresh: control.refresh, now: clock.now, lock: false, ...options })
-  manager.subscribe((event) => events.push(event))
-  return { manager, clock, ...control, events, types: () => events.map((e) => e.type) }
-}
+const setup = (options: Partial<TokenManagerOptions> = {}) => setupManager(options, T0)
 
 afterEach(() => {
   vi.restoreAllMocks()

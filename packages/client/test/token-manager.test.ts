@@ -4,24 +4,17 @@ import {
   RefreshError,
   type TokenEvent,
   TokenflowError,
+  type TokenManagerOptions,
   type TokenSet,
   type TokenStorage,
 } from '@tokenflow/client'
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { controlledRefresh, createTestLock, flush, makeJwt, tokenSet } from './helpers/tokens.js'
+import { createTestLock, flush, makeJwt, setupManager, tokenSet } from './helpers/tokens.js'
 
 const T0 = 1_700_000_000_000
 const MIN = 60_000
 
-function setup(options: Partial<Parameters<typeof createTokenManager>[0]> = {}) {
-  let time = T0
-  const clock = { now: () => time, advance: (ms: number) => (time += ms) }
-  const control = controlledRefresh()
-  const events: TokenEvent[] = []
-  const manager = createTokenManager({ refresh: control.refresh, now: clock.now, lock: false, ...options })
-  manager.subscribe((event) => events.push(event))
-  return { manager, clock, ...control, events, types: () => events.map((e) => e.type) }
-}
+const setup = (options: Partial<TokenManagerOptions> = {}) => setupManager(options, T0)
 
 afterEach(() => {
   vi.useRealTimers()

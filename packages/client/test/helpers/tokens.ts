@@ -1,4 +1,11 @@
-import type { LockManagerLike, RefreshContext, TokenSet } from '@tokenflow/client'
+import {
+  createTokenManager,
+  type LockManagerLike,
+  type RefreshContext,
+  type TokenEvent,
+  type TokenManagerOptions,
+  type TokenSet,
+} from '@tokenflow/client'
 
 const b64url = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
 
@@ -111,3 +118,17 @@ export function createTestLock({
 }
 
 export const flush = () => new Promise((resolve) => setImmediate(resolve))
+
+/**
+ * A manager on a clock the test moves (starting at `t0`), with a refresh the test answers (`calls`), no lock
+ * unless `options` gives one, and every event recorded.
+ */
+export function setupManager(options: Partial<TokenManagerOptions> = {}, t0 = 1_700_000_000_000) {
+  let time = t0
+  const clock = { now: () => time, advance: (ms: number) => (time += ms) }
+  const control = controlledRefresh()
+  const events: TokenEvent[] = []
+  const manager = createTokenManager({ refresh: control.refresh, now: clock.now, lock: false, ...options })
+  manager.subscribe((event) => events.push(event))
+  return { manager, clock, ...control, events, types: () => events.map((e) => e.type) }
+}
