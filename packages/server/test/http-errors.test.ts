@@ -302,6 +302,7 @@ describe('bad bodies', () => {
     contentType?: string | null
     status: number
     text?: string
+    logout?: false
   }> = [
     { name: 'non-JSON', body: '{"refreshToken": oops', status: 400, text: MALFORMED },
     { name: 'a JSON string', body: '"just a string"', status: 400 },
@@ -335,12 +336,14 @@ describe('bad bodies', () => {
       text: TOO_LARGE,
     },
     { name: 'arrays nested 2000 deep (under 4 KiB)', body: deepArray(2000), status: 400 },
-    { name: 'objects nested 600 deep (under 4 KiB)', body: deepObject(600), status: 400 },
+    // valid JSON with an unknown field: refused by login and refresh; logout takes it (its own test below)
+    { name: 'objects nested 600 deep (under 4 KiB)', body: deepObject(600), status: 400, logout: false },
     { name: 'arrays nested 100 000 deep', body: deepArray(100_000), status: 413, text: TOO_LARGE },
   ]
 
   for (const path of jsonRoutes) {
-    for (const { name, body, contentType, status, text } of jsonCases) {
+    for (const { name, body, contentType, status, text, logout } of jsonCases) {
+      if (path === '/auth/logout' && logout === false) continue
       it(`POST ${path} answers ${name} with ${status} invalid_request`, async () => {
         const reply = await raw(path, body, contentType)
         expect(reply.status).toBe(status)
@@ -426,6 +429,8 @@ describe('bad bodies', () => {
 
   it('POST /auth/logout takes a JSON null like no body (200), and /auth/login and /refresh/token refuse it', async () => {
     expect(await raw('/auth/logout', 'null')).toMatchObject({ status: 200, text: '{}' })
+    expect(await raw('/auth/logout', '')).toMatchObject({ status: 200, text: '{}' })
+    expect(await raw('/auth/logout', deepObject(600))).toMatchObject({ status: 200, text: '{}' })
     for (const path of ['/auth/login', '/refresh/token']) {
       const reply = await raw(path, 'null')
       expect(reply.status).toBe(400)

@@ -341,6 +341,14 @@ describe('POST /auth/logout', () => {
       },
       { payload: {} },
       {},
+      // a TokenSet without a refresh token, an empty one, one far too long, a field the server does not know
+      { payload: { refreshToken: null } },
+      { payload: { refreshToken: '' } },
+      { payload: { refreshToken: 'x'.repeat(2000) } },
+      { payload: { refreshToken: 'garbage', deviceId: 'phone' } },
+      // a client whose instance sets Content-Type: application/json on every request, body or not
+      { headers: { 'content-type': 'application/json' } },
+      { headers: { 'content-type': 'application/json; charset=utf-8' }, payload: '' },
       { payload: { refreshToken } },
       { payload: { refreshToken } },
     ]) {
@@ -490,6 +498,30 @@ describe('session routes', () => {
       expect(response.headers['www-authenticate']).toMatch(/^Bearer error="invalid_token"/)
       expect(response.json()).toMatchObject({ error: 'invalid_token', code })
     }
+  })
+
+  it('checks the token before anything else: a bad id or body without a token is still 401 with the challenge', async () => {
+    const { accessToken } = await login()
+    const requests = [
+      { method: 'DELETE' as const, url: `/auth/sessions/${'x'.repeat(65)}` },
+      { method: 'POST' as const, url: '/auth/logout-all', headers: { 'content-type': 'application/json' } },
+      {
+        method: 'POST' as const,
+        url: '/auth/logout-all',
+        payload: '{oops',
+        headers: { 'content-type': 'application/json' },
+      },
+    ]
+    for (const request of requests) {
+      const response = await app.inject(request)
+      expect(response.statusCode, request.url).toBe(401)
+      expect(response.headers['www-authenticate']).toMatch(/^Bearer error="invalid_token"/)
+      expect(response.json()).toMatchObject({ error: 'invalid_token', code: 'ERR_TOKEN_MISSING' })
+    }
+    // with a valid token the same bad id is the caller's mistake: 400
+    const badId = await app.inject({ ...requests[0]!, headers: bearer(accessToken) })
+    expect(badId.statusCode).toBe(400)
+    expect(badId.json()).toMatchObject({ error: 'invalid_request', code: 'ERR_INVALID_REQUEST' })
   })
 
   it("DELETE /auth/sessions/:id revokes one of mine; someone else's is 404", async () => {
@@ -761,6 +793,38 @@ describe('cookie mode', () => {
     expect(response.statusCode).toBe(400)
     expect(response.json()).toEqual(INVALID_GRANT)
     expect(cookieOf(response)).toMatch(/^__Secure-tokenflow_rt=; .*Path=\/refresh\/token/)
+  })
+
+  it('keeps the cookie when the refresh fails for a transient reason (500): the same token refreshes afterwards', async () => {
+    const { refreshToken } = await cookieLogin()
+    let down = true
+    const flaky = new Proxy(store, {
+      get(target, property, receiver) {
+        const value = Reflect.get(target, property, receiver)
+        if (property === 'getSession' && down)
+          return async () => Promise.reject(new Error('database is down'))
+        return typeof value === 'function' ? value.bind(target) : value
+      },
+    })
+    const frozen = Date.UTC(2030, 0, 1)
+    const flakyApp = server({ cookie: true, store: flaky, now: () => frozen })
+    const refresh = () =>
+      flakyApp.inject({
+        method: 'POST',
+        url: '/refresh/token',
+        cookies: { '__Secure-tokenflow_rt': refreshToken },
+        headers: { 'x-tokenflow-refresh': '1' },
+      })
+    const failed = await refresh()
+    expect(failed.statusCode).toBe(500)
+    expect(failed.json()).toMatchObject({ error: 'server_error' })
+    expect(failed.headers['set-cookie']).toBeUndefined()
+    down = false
+    const ok = await refresh()
+    expect(ok.statusCode).toBe(200)
+    expect(ok.cookies.find((cookie) => cookie.name === '__Secure-tokenflow_rt')?.value).toMatch(
+      /^[A-Za-z0-9_-]{52}$/,
+    )
   })
 
   it('logs out by the access token, since the cookie never reaches /auth/logout', async () => {

@@ -3,6 +3,7 @@
  * In cookie mode the refresh token travels only in an HttpOnly cookie, never in a body.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest, preValidationHookHandler } from 'fastify'
+import { isAuthError } from '../errors.js'
 import type { IssuedTokens, Issuer } from '../issuer.js'
 import { bearerToken, MAX_FIELD_LENGTH, noStore, sendAuthError, sendError } from './http.js'
 
@@ -42,11 +43,12 @@ const refreshSchema = {
   },
 }
 
+// logout answers 200 whatever the token: null (a TokenSet without one), '', unknown, spent or too long
 const logoutSchema = {
-  body: { type: 'object', additionalProperties: false, properties: { refreshToken: field } },
+  body: { type: 'object', properties: { refreshToken: { type: ['string', 'null'] } } },
 }
 
-// a bodiless POST (no Content-Type) arrives as undefined; these routes treat it as `{}`
+// a bodiless POST arrives as undefined (no Content-Type) or '' (see the JSON parser below); logout treats it as `{}`
 const emptyBodyIsObject: preValidationHookHandler = (request, _reply, done) => {
   request.body ??= {}
   done()
@@ -123,7 +125,8 @@ export async function authRoutes(
       try {
         return sendTokens(reply, await issuer.refresh(request.cookies[cookie.name]))
       } catch (error) {
-        clearCookie(reply)
+        // only a dead grant loses the cookie: after a 5xx or a 429 the same token must refresh later (rule 5)
+        if (isAuthError(error) && error.code === 'ERR_INVALID_GRANT') clearCookie(reply)
         return sendAuthError(request, reply, error)
       }
     })
@@ -138,26 +141,33 @@ export async function authRoutes(
     })
   }
 
-  app.post(
-    '/auth/logout',
-    { schema: logoutSchema, preValidation: emptyBodyIsObject },
-    async (request: FastifyRequest, reply) => {
-      const { refreshToken } = request.body as { refreshToken?: string }
-      // the cookie is scoped to the refresh path, so a browser's logout names its session by the
-      // access token; both ways are tried and the answer is the same whatever happened
-      const candidates = [refreshToken, cookie ? request.cookies[cookie.name] : undefined]
-      try {
-        for (const token of candidates) if (token !== undefined) await issuer.logout(token)
-        const accessToken = bearerToken(request)
-        if (accessToken !== undefined) {
-          const claims = await issuer.verifyAccessToken(accessToken).catch(() => undefined)
-          if (claims) await issuer.revokeSession(claims.sub, claims.sid).catch(() => undefined)
-        }
-      } catch (error) {
-        return sendAuthError(request, reply, error)
+  // its own scope: an empty body sent with a JSON Content-Type (a client whose instance always sets it)
+  // is a logout without a token, not a malformed request
+  app.register(async (scope) => {
+    const parseJson = scope.getDefaultJsonParser('error', 'error')
+    scope.removeContentTypeParser('application/json')
+    scope.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) =>
+      body === '' ? done(null, undefined) : parseJson(request, body as string, done),
+    )
+    scope.post('/auth/logout', { schema: logoutSchema, preValidation: emptyBodyIsObject }, logout)
+  })
+
+  async function logout(request: FastifyRequest, reply: FastifyReply) {
+    const { refreshToken } = request.body as { refreshToken?: string | null }
+    // the cookie is scoped to the refresh path, so a browser's logout names its session by the
+    // access token; both ways are tried and the answer is the same whatever happened
+    const candidates = [refreshToken, cookie ? request.cookies[cookie.name] : undefined]
+    try {
+      for (const token of candidates) if (token) await issuer.logout(token)
+      const accessToken = bearerToken(request)
+      if (accessToken !== undefined) {
+        const claims = await issuer.verifyAccessToken(accessToken).catch(() => undefined)
+        if (claims) await issuer.revokeSession(claims.sub, claims.sid).catch(() => undefined)
       }
-      clearCookie(reply)
-      return noStore(reply).send({})
-    },
-  )
+    } catch (error) {
+      return sendAuthError(request, reply, error)
+    }
+    clearCookie(reply)
+    return noStore(reply).send({})
+  }
 }

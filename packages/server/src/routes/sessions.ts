@@ -2,8 +2,8 @@
  * The session routes, behind a Bearer access token: `GET /auth/sessions`,
  * `DELETE /auth/sessions/:id` and `POST /auth/logout-all`.
  */
-import type { FastifyInstance } from 'fastify'
-import type { Issuer } from '../issuer.js'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { AccessTokenClaims, Issuer } from '../issuer.js'
 import { authenticateRequest, noStore, sendAuthError } from './http.js'
 
 /** Options of the `sessionRoutes` plugin. */
@@ -25,9 +25,18 @@ const sessionParams = {
  * app.register(sessionRoutes, { issuer })
  */
 export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRoutesOptions) {
-  app.get('/auth/sessions', async (request, reply) => {
+  const authenticated = new WeakMap<FastifyRequest, AccessTokenClaims>()
+  // the token is checked first, before the body is parsed or the params validated: without a valid one
+  // every request gets the same 401 with its WWW-Authenticate challenge, whatever else is wrong with it
+  app.addHook('onRequest', async (request, reply) => {
     const claims = await authenticateRequest(issuer, request, reply)
     if (!claims) return reply
+    authenticated.set(request, claims)
+  })
+  const claimsOf = (request: FastifyRequest) => authenticated.get(request)!
+
+  app.get('/auth/sessions', async (request, reply) => {
+    const claims = claimsOf(request)
     try {
       const sessions = await issuer.listSessions(claims.sub)
       return noStore(reply).send({
@@ -39,8 +48,7 @@ export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRou
   })
 
   app.delete('/auth/sessions/:id', { schema: sessionParams }, async (request, reply) => {
-    const claims = await authenticateRequest(issuer, request, reply)
-    if (!claims) return reply
+    const claims = claimsOf(request)
     try {
       await issuer.revokeSession(claims.sub, (request.params as { id: string }).id)
       return noStore(reply).code(204).send()
@@ -50,8 +58,7 @@ export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRou
   })
 
   app.post('/auth/logout-all', async (request, reply) => {
-    const claims = await authenticateRequest(issuer, request, reply)
-    if (!claims) return reply
+    const claims = claimsOf(request)
     try {
       const revoked = await issuer.logoutAll(claims.sub)
       return noStore(reply).send({ revoked })
