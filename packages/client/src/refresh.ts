@@ -109,7 +109,9 @@ async function send(
   // expires_in is in seconds (RFC 6749 section 5.1); some servers send it as a string
   const expiresIn = fields.expiresIn ?? fields.expires_in
   const seconds = typeof expiresIn === 'number' || typeof expiresIn === 'string' ? Number(expiresIn) : 0
-  if (seconds > 0 && seconds < 1 / 0) tokens.expiresAt = now() + seconds * 1000
+  const expiresAt = now() + seconds * 1000
+  // finite after the multiplication too: an absurd expires_in (1e306) means "no known expiry", not a failure
+  if (seconds > 0 && Number.isFinite(expiresAt)) tokens.expiresAt = expiresAt
   return tokens
 }
 

@@ -135,7 +135,7 @@ describe('jsonRefresh', () => {
     expect(tokens.expiresAt).toBe(NOW + 3_599_000)
   })
 
-  it.each(['0', '-5', '"soon"', '""', 'true', 'null', '1e999', '[60]', '{"seconds":60}'])(
+  it.each(['0', '-5', '"soon"', '""', 'true', 'null', '1e999', '1e306', '"1e306"', '[60]', '{"seconds":60}'])(
     'leaves expiresAt out for expiresIn %s, so the JWT exp is used',
     async (expiresIn) => {
       answer(200, `{"accessToken":"access-2","expiresIn":${expiresIn}}`)
