@@ -1,5 +1,5 @@
 // Types only: axios is an optional peer dependency and the client has no runtime dependencies.
-import type { AxiosError, AxiosInstance, InternalAxiosRequestConfig } from 'axios'
+import type { AxiosError, AxiosInstance, AxiosResponse, InternalAxiosRequestConfig } from 'axios'
 import { invalidOption, type TokenflowError } from './errors.js'
 import type { TokenManager } from './token-manager.js'
 
@@ -24,8 +24,10 @@ declare module 'axios' {
 /** Options of `attachTokenRefresh`. */
 export interface AttachTokenRefreshOptions {
   /**
-   * Decides whether a failed response means "the access token was refused": refresh and retry once.
-   * It replaces the default and is called only for errors that have a response.
+   * Decides whether a response means "the access token was refused": refresh and retry once.
+   * It replaces the default. It is called for errors that have a response, and for responses of status
+   * 300 or more that your `validateStatus` accepted, wrapped in an error of the same shape (`isAxiosError`,
+   * `config`, `response`).
    * @default (error) => error.response?.status === 401
    */
   shouldRefresh?(error: AxiosError): boolean
@@ -34,18 +36,30 @@ export interface AttachTokenRefreshOptions {
 /** What the adapter itself adds under `config.tokenflow`: kept off the public type. */
 interface InternalFlags extends TokenflowRequestOptions {
   /**
-   * Set on the one retry the adapter sends, so its own 401 is passed on instead of refreshed again.
+   * Set on the one retry the adapter sends, so its own 401 is passed on instead of refreshed again. It hands
+   * the retry's outcome to the original request, and answers true the first time only.
    * A function, because axios deep-copies plain objects of a config but keeps functions as they are.
    */
-  retried?: (ok: boolean, value: unknown) => void
+  retried?: (ok: boolean, value: unknown) => boolean
 }
 
 /**
- * The names of every spelling of the Authorization header. AxiosHeaders keeps each header as an own
- * property, as a plain object another interceptor put in its place does, so one lookup serves both.
+ * The names under which a header is set. AxiosHeaders keeps each header as an own property, as a plain
+ * object another interceptor put in its place does, so one lookup serves both.
  */
-const authorizationKeys = (headers: object | undefined): string[] =>
-  Object.keys(headers ?? {}).filter((name) => name.toLowerCase() === 'authorization')
+const headerKeys = (headers: object | undefined, name: string): string[] =>
+  Object.keys(headers ?? {}).filter((key) => key.toLowerCase() === name)
+
+/** A body that was used up by the first try: a Node stream, a web ReadableStream, an async iterable. */
+const isStream = (data: unknown): boolean =>
+  typeof data === 'object' &&
+  !!data &&
+  (typeof (data as { pipe?: unknown }).pipe === 'function' ||
+    Symbol.asyncIterator in data ||
+    (typeof ReadableStream !== 'undefined' && data instanceof ReadableStream))
+
+/** Never settles: ends the retry's own trip through the interceptors, whose outcome went to the original. */
+const handedOver = () => new Promise<never>(() => {})
 
 /**
  * Attaches a token manager to an axios instance: every request gets `Authorization: Bearer …`,
@@ -54,7 +68,8 @@ const authorizationKeys = (headers: object | undefined): string[] =>
  *
  * A refresh that fails rejects every waiting request with the same `RefreshError`.
  * A request whose `signal` aborts while it waits rejects at once with axios's `CanceledError`
- * and is never sent. A request that fails without a response is passed on untouched.
+ * and is never sent. A request that fails without a response is passed on untouched. A stream body
+ * cannot be sent twice: its 401 still refreshes, and is then passed on.
  * The retry runs the instance's request interceptors again, so they should be idempotent.
  * @example
  * import axios from 'axios'
@@ -89,7 +104,7 @@ export function attachTokenRefresh(
         // another interceptor may have put a plain object in place of the AxiosHeaders, or nothing at all
         config.headers ??= {} as never
         const headers = config.headers as unknown as Record<string, unknown>
-        for (const name of authorizationKeys(headers)) delete headers[name]
+        for (const name of headerKeys(headers, 'authorization')) delete headers[name]
         headers.Authorization = `Bearer ${token}`
       }
     } catch (error) {
@@ -100,68 +115,96 @@ export function attachTokenRefresh(
   })
 
   /**
-   * The retry runs the whole response chain, and its result then runs the rest of the original chain:
-   * interceptors after this one would see it twice (`response => response.data` would unwrap twice), so the
-   * original chain goes on from what the retry looked like when it reached this interceptor.
+   * Sends the request again. When the retry reaches this interceptor, its outcome goes straight to the
+   * original request and its own trip ends there: the interceptors after this one then see it once, in the
+   * original chain (`response => response.data` unwraps once, a logger logs once).
    */
-  async function retry(config: InternalAxiosRequestConfig, flags: InternalFlags | undefined) {
-    let captured: [ok: boolean, value: unknown] | undefined
-    const retried = (ok: boolean, value: unknown) => {
-      captured ??= [ok, value]
-    }
-    try {
+  function retry(config: InternalAxiosRequestConfig, flags: InternalFlags | undefined) {
+    return new Promise((resolve, reject) => {
+      let done = false
+      const retried = (ok: boolean, value: unknown) => {
+        if (done) return false
+        done = true
+        ;(ok ? resolve : reject)(value)
+        return true
+      }
+      // the body went through transformRequest already, and the adapter set a Content-Length for it
+      const headers: Record<string, unknown> = { ...config.headers }
+      for (const name of headerKeys(headers, 'content-length')) delete headers[name]
       // the retry passes the request interceptor again, which sets the fresh token
-      const result = await instance.request({ ...config, tokenflow: { ...flags, retried } as InternalFlags })
-      if (!captured) return result
-    } catch (error) {
-      if (!captured) throw error
+      instance
+        .request({
+          ...config,
+          headers: headers as InternalAxiosRequestConfig['headers'],
+          transformRequest: [(data: unknown) => data],
+          tokenflow: { ...flags, retried } as InternalFlags,
+        })
+        // an interceptor before this one did not hand the retry on with its config: take the end result
+        .then(
+          (value) => retried(true, value),
+          (error) => retried(false, error),
+        )
+    })
+  }
+
+  /** A refused token (a 401, or what `shouldRefresh` says): refresh, then retry once, else `passOn()`. */
+  async function recover(error: AxiosError, passOn: () => unknown): Promise<unknown> {
+    const config = error.config!
+    const signal = config.signal as AbortSignal | undefined
+    // the token this request really went out with, read back from its own headers: axios hands the response
+    // side a flattened copy of the config and other interceptors may spread it, but the header survives both
+    const [sent] = headerKeys(config.headers, 'authorization').map((name) => String(config.headers[name]))
+    const rejectedToken = /^bearer\s+(\S+)/i.exec(sent ?? '')?.[1]
+    let token: string | null = null
+    try {
+      token = rejectedToken
+        ? // rule 2: the manager refreshes only when the refused token is still the current one
+          await manager.refresh({ rejectedToken, signal })
+        : // sent without a token: retry only when a session started meanwhile, and never refresh for it
+          await manager.getAccessToken({ signal })
+    } catch (reason) {
+      // nobody is logged in: the 401 is the answer; otherwise the same RefreshError for every waiter, not wrapped
+      if (!signal?.aborted) {
+        if ((reason as TokenflowError)?.code === 'ERR_NO_REFRESH_TOKEN') return passOn()
+        throw reason
+      }
     }
-    if (captured[0]) return captured[1]
-    throw captured[1]
+    // aborted while it waited: the retry goes through axios, which rejects it as canceled without sending it.
+    // A stream was used up by the first try: the refresh above still lets the app's own retry succeed
+    if ((token === null && !signal?.aborted) || isStream(config.data)) return passOn()
+    return retry(config, config.tokenflow as InternalFlags | undefined)
+  }
+
+  /** Both sides of the response: `ok` for a response axios resolved, else the error it rejected with. */
+  function onResponse(ok: boolean, value: unknown): unknown {
+    const config = (value as AxiosError | undefined)?.config
+    const flags = config?.tokenflow as InternalFlags | undefined
+    if (flags?.retried?.(ok, value)) return handedOver()
+    // a success by axios's default validateStatus is never a refused token
+    if (ok && (value as AxiosResponse)?.status < 300) return value
+    // yours let a refused token through as a success: it gets the same check as an error
+    const error = (ok ? { isAxiosError: true, config, response: value } : value) as AxiosError
+    const passOn = () => {
+      if (ok) return value
+      throw value
+    }
+    // rule 4: one retry at most, so a token the server keeps refusing cannot loop.
+    // No response (network error, timeout, cancel) or not from axios: pass on the very same error
+    if (
+      !config ||
+      !error?.isAxiosError ||
+      !error.response ||
+      flags?.retried ||
+      flags?.skip ||
+      !shouldRefresh(error)
+    )
+      return passOn()
+    return recover(error, passOn)
   }
 
   const responseId = instance.interceptors.response.use(
-    (response) => {
-      ;(response?.config?.tokenflow as InternalFlags | undefined)?.retried?.(true, response)
-      return response
-    },
-    async (error: AxiosError) => {
-      const config = error?.config
-      const flags = config?.tokenflow as InternalFlags | undefined
-      // rule 4: one retry at most, so a token the server keeps refusing cannot loop
-      flags?.retried?.(false, error)
-      // no response (network error, timeout, cancel) or not from axios: pass on the very same error
-      if (
-        !config ||
-        !error.isAxiosError ||
-        !error.response ||
-        flags?.retried ||
-        flags?.skip ||
-        !shouldRefresh(error)
-      )
-        throw error
-
-      const signal = config.signal as AbortSignal | undefined
-      // the token this request really went out with, read back from its own headers: axios hands the response
-      // side a flattened copy of the config and other interceptors may spread it, but the header survives both
-      const [sent] = authorizationKeys(config.headers).map((name) => String(config.headers[name]))
-      const rejectedToken = /^bearer\s+(\S+)/i.exec(sent ?? '')?.[1]
-      let token: string | null = null
-      try {
-        token = rejectedToken
-          ? // rule 2: the manager refreshes only when the refused token is still the current one
-            await manager.refresh({ rejectedToken, signal })
-          : // sent without a token: retry only when a session started meanwhile, and never refresh for it
-            await manager.getAccessToken({ signal })
-      } catch (reason) {
-        // nobody is logged in: the 401 is the answer; otherwise the same RefreshError for every waiter, not wrapped
-        if (!signal?.aborted)
-          throw (reason as TokenflowError)?.code === 'ERR_NO_REFRESH_TOKEN' ? error : reason
-      }
-      // aborted while it waited: the retry goes through axios, which rejects it as canceled without sending it
-      if (token === null && !signal?.aborted) throw error
-      return retry(config, flags)
-    },
+    (response) => onResponse(true, response) as Promise<AxiosResponse>,
+    (error) => onResponse(false, error),
   )
 
   return () => {

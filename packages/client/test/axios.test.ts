@@ -1,3 +1,4 @@
+import { Readable } from 'node:stream'
 import {
   createTokenManager,
   jsonRefresh,
@@ -8,7 +9,8 @@ import {
   type TokenManagerOptions,
 } from '@tokenflow/client'
 import { attachTokenRefresh } from '@tokenflow/client/axios'
-import axios, { type AxiosError, type AxiosInstance } from 'axios'
+import axios, { type AxiosError, type AxiosInstance, type AxiosStatic } from 'axios'
+import axios16 from 'axios-1.6'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { createTestClock, startTestAuthServer, type TestAuthServer } from './helpers/auth-server.js'
 
@@ -360,6 +362,128 @@ describe('attachTokenRefresh with the app’s own interceptors', () => {
     expect(original.response?.status).toBe(401)
     expect(original).toBe(before.at(-1)) // the retry's own 401, wrapped once
     expect(server.hits('fails')).toBe(2)
+  })
+})
+
+// found in review: each of these failed on the first version of the adapter
+describe.each([
+  { name: `axios ${axios.VERSION}`, lib: axios },
+  { name: `axios ${axios16.VERSION}`, lib: axios16 as unknown as AxiosStatic },
+])('attachTokenRefresh, the retry on $name', ({ lib }) => {
+  async function attached(config: Parameters<AxiosStatic['create']>[0] = {}) {
+    const manager = makeManager()
+    await manager.setTokens(server.login('alice'))
+    const api = lib.create({ baseURL: server.url, ...config })
+    attachTokenRefresh(api, manager)
+    return api
+  }
+
+  it("does not run the app's transformRequest again on a body it already serialised", async () => {
+    let transforms = 0
+    const api = await attached({
+      headers: { 'Content-Type': 'application/json' },
+      transformRequest: [
+        (data: unknown) => {
+          transforms++
+          return JSON.stringify(data)
+        },
+      ],
+    })
+    expireOnServer()
+    const { data } = await api.post<Echo>('/api/items', { a: 1, text: 'Zoë' }, withId('transform'))
+    const [first, retry] = server.requests
+    expect([first?.status, retry?.status]).toEqual([401, 200])
+    expect(retry?.body).toBe('{"a":1,"text":"Zoë"}')
+    expect(first?.body).toBe(retry?.body)
+    expect(JSON.parse(data.body)).toEqual({ a: 1, text: 'Zoë' })
+    expect(transforms).toBe(1)
+  })
+
+  it('never sends a used-up stream body again: the 401 refreshes, then reaches the app', async () => {
+    const api = await attached()
+    expireOnServer()
+    const failure = await rejection(
+      api.post('/api/items', Readable.from([Buffer.from('stream body')]), {
+        headers: { 'x-req-id': 'stream', 'Content-Type': 'text/plain' },
+      }),
+    )
+    expect(failure.response?.status).toBe(401)
+    expect(server.requests.map((request) => [request.status, request.body])).toEqual([[401, 'stream body']])
+    expect(server.counters.refreshes).toBe(1)
+    // the app's own retry goes out with the new token, without another refresh
+    const again = await api.post<Echo>('/api/items', Readable.from([Buffer.from('stream body')]), {
+      headers: { 'x-req-id': 'stream-2', 'Content-Type': 'text/plain' },
+    })
+    expect(again.data.body).toBe('stream body')
+    expect(server.counters.refreshAttempts).toBe(1)
+  })
+
+  it('refreshes a 401 that validateStatus lets through as a success, and retries it once', async () => {
+    const api = await attached({ validateStatus: (status) => status < 500 })
+    expireOnServer()
+    const ok = await api.get<Echo>('/api/me', withId('accepted'))
+    expect(ok.status).toBe(200)
+    expect(ok.data.sub).toBe('alice')
+    expect(server.hits('accepted')).toBe(2)
+    expect(server.counters.refreshes).toBe(1)
+    // a 401 that persists: one retry, then the 401 as the app asked for it, resolved
+    server.alwaysUnauthorized = true
+    const refused = await api.get('/api/me', withId('refused'))
+    expect(refused.status).toBe(401)
+    expect(server.hits('refused')).toBe(2)
+    // other statuses the app accepts pass as they are
+    server.alwaysUnauthorized = false
+    expect((await api.get('/api/me?status=404', withId('missing'))).status).toBe(404)
+    expect(server.hits('missing')).toBe(1)
+  })
+
+  it('asks shouldRefresh about an accepted response too, with the response on an AxiosError-like object', async () => {
+    const manager = makeManager()
+    await manager.setTokens(server.login('alice'))
+    const api = lib.create({ baseURL: server.url, validateStatus: () => true })
+    const asked: Array<[boolean, number | undefined, unknown]> = []
+    attachTokenRefresh(api, manager, {
+      shouldRefresh(error) {
+        asked.push([error.isAxiosError, error.response?.status, error.config?.url])
+        return error.response?.status === 419
+      },
+    })
+    // a 2xx is never a refused token: shouldRefresh is not asked
+    expect((await api.get('/api/me', withId('fine'))).status).toBe(200)
+    expect(asked).toEqual([])
+    // this route always answers 419: one refresh, one retry, and the retry's 419 is the answer
+    expect((await api.get('/api/me?status=419', withId('custom'))).status).toBe(419)
+    expect(asked).toEqual([[true, 419, '/api/me?status=419']])
+    expect(server.hits('custom')).toBe(2)
+    expect(server.counters.refreshes).toBe(1)
+  })
+
+  it('hands a retried outcome to the interceptors after it once: their side effects run once', async () => {
+    const api = await attached()
+    const seen: string[] = []
+    api.interceptors.response.use(
+      (response) => {
+        seen.push(`ok ${response.status} ${response.config.headers['x-req-id']}`)
+        return response
+      },
+      (error: AxiosError) => {
+        seen.push(`error ${error.response?.status} ${error.config?.headers['x-req-id']}`)
+        throw error
+      },
+    )
+    expireOnServer()
+    await api.get('/api/me', withId('ok'))
+    expireOnServer()
+    const failure = await rejection(api.get('/api/me?status=403', withId('forbidden')))
+    expect(failure.response?.status).toBe(403)
+    expect([server.hits('ok'), server.hits('forbidden')]).toEqual([2, 2])
+    expect(seen).toEqual(['ok 200 ok', 'error 403 forbidden'])
+
+    // the app (or axios-retry) sends a retried request's config again: it settles, with no second refresh
+    const again = await rejection(api.request(failure.config!))
+    expect(again.response?.status).toBe(403)
+    expect(server.hits('forbidden')).toBe(3)
+    expect(server.counters.refreshAttempts).toBe(2)
   })
 })
 
