@@ -2,21 +2,13 @@
  * The session routes, behind a Bearer access token: `GET /auth/sessions`,
  * `DELETE /auth/sessions/:id` and `POST /auth/logout-all`.
  */
-import type { FastifyInstance, FastifyRequest } from 'fastify'
-import type { AccessTokenClaims, Issuer } from '../issuer.js'
-import { authenticateRequest, noStore, sendAuthError } from './http.js'
+import type { FastifyInstance } from 'fastify'
+import type { Issuer } from '../issuer.js'
+import { authenticateRequest, noStore, sendAuthError, sendError } from './http.js'
 
 /** Options of the `sessionRoutes` plugin. */
 export interface SessionRoutesOptions {
   issuer: Issuer
-}
-
-const sessionParams = {
-  params: {
-    type: 'object',
-    required: ['id'],
-    properties: { id: { type: 'string', minLength: 1, maxLength: 64 } },
-  },
 }
 
 /**
@@ -25,18 +17,15 @@ const sessionParams = {
  * app.register(sessionRoutes, { issuer })
  */
 export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRoutesOptions) {
-  const authenticated = new WeakMap<FastifyRequest, AccessTokenClaims>()
-  // the token is checked first, before the body is parsed or the params validated: without a valid one
-  // every request gets the same 401 with its WWW-Authenticate challenge, whatever else is wrong with it
-  app.addHook('onRequest', async (request, reply) => {
-    const claims = await authenticateRequest(issuer, request, reply)
-    if (!claims) return reply
-    authenticated.set(request, claims)
-  })
-  const claimsOf = (request: FastifyRequest) => authenticated.get(request)!
+  // the token is checked first, in each handler: without a valid one every request gets the same 401 with
+  // its challenge, whatever else is wrong with it. So no schema and no parser refuses a request before
+  // that: these routes take no body, and a body that comes anyway is ignored
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, _body, done) => done(null, undefined))
 
   app.get('/auth/sessions', async (request, reply) => {
-    const claims = claimsOf(request)
+    const claims = await authenticateRequest(issuer, request, reply)
+    if (!claims) return reply
     try {
       const sessions = await issuer.listSessions(claims.sub)
       return noStore(reply).send({
@@ -47,10 +36,19 @@ export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRou
     }
   })
 
-  app.delete('/auth/sessions/:id', { schema: sessionParams }, async (request, reply) => {
-    const claims = claimsOf(request)
+  app.delete('/auth/sessions/:id', async (request, reply) => {
+    const claims = await authenticateRequest(issuer, request, reply)
+    if (!claims) return reply
+    const { id } = request.params as { id: string }
+    if (id.length > 64) {
+      return sendError(reply, 400, {
+        error: 'invalid_request',
+        error_description: 'a session id has at most 64 characters',
+        code: 'ERR_INVALID_REQUEST',
+      })
+    }
     try {
-      await issuer.revokeSession(claims.sub, (request.params as { id: string }).id)
+      await issuer.revokeSession(claims.sub, id)
       return noStore(reply).code(204).send()
     } catch (error) {
       return sendAuthError(request, reply, error)
@@ -58,7 +56,8 @@ export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRou
   })
 
   app.post('/auth/logout-all', async (request, reply) => {
-    const claims = claimsOf(request)
+    const claims = await authenticateRequest(issuer, request, reply)
+    if (!claims) return reply
     try {
       const revoked = await issuer.logoutAll(claims.sub)
       return noStore(reply).send({ revoked })
