@@ -141,11 +141,13 @@ async function main(argv: string[]): Promise<number> {
       if (sub !== 'rotate' || rest.length > 0) throw new CliError('usage: tokenflow-server keys rotate')
       const database = await openDatabase(values)
       try {
-        const { kid } = await createKeyring({
+        const { kid, activatesAt } = await createKeyring({
           store: database.store,
           alg: alg as SigningAlgorithm,
         }).rotateKeys()
-        process.stdout.write(`new signing key "${kid}"; running servers switch to it within 30 s\n`)
+        process.stdout.write(
+          `new signing key "${kid}", published in the JWKS now; servers sign with it from ${new Date(activatesAt).toISOString()}\n`,
+        )
         return 0
       } finally {
         await database.close()

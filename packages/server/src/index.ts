@@ -110,10 +110,11 @@ export interface AuthServerOptions {
    */
   store?: TokenStore
   /**
-   * Signing keys: the algorithm of generated keys, or your own `Keyring`.
-   * @default { alg: 'ES256' }
+   * Signing keys: the algorithm of generated keys and how long a rotated-in key is published before it
+   * signs (see `KeyringOptions`), or your own `Keyring`.
+   * @default { alg: 'ES256', activationDelay: 120_000 }
    */
-  keys?: { alg?: SigningAlgorithm } | Keyring
+  keys?: { alg?: SigningAlgorithm; activationDelay?: number } | Keyring
   /** replaces the built-in users table (Argon2id) with your own credential check */
   authenticate?: AuthenticateFunction
   /**
@@ -158,8 +159,11 @@ export interface TokenflowHandle {
   issuer: Issuer
   keyring: Keyring
   store: TokenStore
-  /** publishes a new signing key; the old one stays in the JWKS for `accessTokenTtl` + 60 s */
-  rotateKeys(): Promise<{ kid: string }>
+  /**
+   * Publishes a new signing key at once; it signs from `activatesAt` (`keys.activationDelay`, 2 min, later),
+   * and the old one then stays in the JWKS for `accessTokenTtl` + 60 s.
+   */
+  rotateKeys(): Promise<{ kid: string; activatesAt: number }>
 }
 
 /**
@@ -262,7 +266,13 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
   try {
     keyring = isKeyring(keys)
       ? keys
-      : createKeyring({ store, accessTokenTtl, now, ...(keys.alg === undefined ? {} : { alg: keys.alg }) })
+      : createKeyring({
+          store,
+          accessTokenTtl,
+          now,
+          ...(keys.alg === undefined ? {} : { alg: keys.alg }),
+          ...(keys.activationDelay === undefined ? {} : { activationDelay: keys.activationDelay }),
+        })
     app = Fastify({
       bodyLimit: BODY_LIMIT,
       trustProxy,
@@ -413,7 +423,7 @@ function resolveCookie(cookie: boolean | CookieOptions): RefreshCookie | undefin
   return { name, path, domain, csrfHeader: csrfHeader.toLowerCase() }
 }
 
-function isKeyring(keys: { alg?: SigningAlgorithm } | Keyring): keys is Keyring {
+function isKeyring(keys: { alg?: SigningAlgorithm; activationDelay?: number } | Keyring): keys is Keyring {
   return typeof (keys as Keyring).sign === 'function'
 }
 

@@ -13,6 +13,7 @@ import {
 import type { SessionRecord, TokenStore, UserRecord } from './stores/store.js'
 import {
   createVerifier,
+  isVerifyError,
   type AccessTokenClaims as VerifiedClaims,
   type Verifier,
   type VerifyAlgorithm,
@@ -506,14 +507,25 @@ export function createIssuer({
     },
 
     async verifyAccessToken(token) {
-      const jwks = await keyring.jwks()
-      const fingerprint = JSON.stringify(jwks)
-      // one verifier per published key set: a rotation (here or on another instance) makes a new one
-      if (verification?.fingerprint !== fingerprint) {
-        const algorithms = [...new Set(jwks.keys.map((key) => key.alg))] as VerifyAlgorithm[]
-        verification = { fingerprint, verifier: createVerifier({ jwks, issuer, audience, algorithms, now }) }
+      const verify = async () => {
+        const jwks = await keyring.jwks()
+        const fingerprint = JSON.stringify(jwks)
+        // one verifier per published key set: a rotation (here or on another instance) makes a new one
+        if (verification?.fingerprint !== fingerprint) {
+          const algorithms = [...new Set(jwks.keys.map((key) => key.alg))] as VerifyAlgorithm[]
+          verification = {
+            fingerprint,
+            verifier: createVerifier({ jwks, issuer, audience, algorithms, now }),
+          }
+        }
+        return verification.verifier.verify(typeof token === 'string' ? token : '')
       }
-      const claims = await verification.verifier.verify(typeof token === 'string' ? token : '')
+      // an unknown kid: the key set may come from a read that started before another instance stored the
+      // key; a read started now is newer than the token
+      const claims = await verify().catch((error: unknown) => {
+        if (isVerifyError(error) && error.code === 'ERR_JWKS_NO_MATCHING_KEY') return verify()
+        throw error
+      })
       const { sub, sid } = claims
       // these routes manage sessions: an access token of a revoked session must not manage anything
       const session =

@@ -65,6 +65,16 @@ export interface KeyringOptions {
    */
   skew?: number
   /**
+   * How long a rotated-in key is published in the JWKS before it signs, in ms. A resource server that
+   * fetched the JWKS shortly before the rotation does not look again at once: a cache in between may keep
+   * the JWKS for its `max-age` (60 s here), and a verifier waits out a cooldown before it refetches for an
+   * unknown `kid` (30 s in `createVerifier` and in jose). A token signed with the new key right away would
+   * be refused there, so the new key signs only once every verifier can have it. Must cover
+   * max-age + cooldown (90 s); the default leaves room.
+   * @default 120_000
+   */
+  activationDelay?: number
+  /**
    * How long the signing key read from the store is used before re-reading, in ms: another
    * instance's rotation makes this one sign with the new key within this delay (the JWKS is
    * always read fresh). Keep it below `skew`.
@@ -87,12 +97,17 @@ export interface Keyring {
   jwks(): Promise<JsonWebKeySet>
   /** the `kid` and `alg` of the key that signs now */
   activeKey(): Promise<{ kid: string; alg: string }>
-  /** generates and stores a new key, which signs from now on, and retires the others */
-  rotateKeys(): Promise<{ kid: string }>
+  /**
+   * Generates and stores a new key. The JWKS publishes it at once, and it signs from `activatesAt`
+   * (`activationDelay` later) on every instance; the keys before it are retired then.
+   */
+  rotateKeys(): Promise<{ kid: string; activatesAt: number }>
 }
 
 interface SigningKey {
   loadedAt: number
+  /** when a key stored ahead of time starts signing: the cached key is read again then */
+  switchAt: number
   kid: string
   alg: string
   privateKey: CryptoKey
@@ -114,6 +129,7 @@ export function createKeyring({
   alg = 'ES256',
   accessTokenTtl = 15 * 60_000,
   skew = 60_000,
+  activationDelay = 120_000,
   cacheTtl = 30_000,
   now = Date.now,
 }: KeyringOptions): Keyring {
@@ -123,7 +139,7 @@ export function createKeyring({
   if (!ALGORITHMS.includes(alg)) {
     throw new AuthError('ERR_CONFIG', `"alg" must be one of ${ALGORITHMS.map((a) => `"${a}"`).join(', ')}`)
   }
-  for (const [name, value] of Object.entries({ accessTokenTtl, skew, cacheTtl })) {
+  for (const [name, value] of Object.entries({ accessTokenTtl, skew, activationDelay, cacheTtl })) {
     if (!Number.isSafeInteger(value) || value < 0) {
       throw new AuthError('ERR_CONFIG', `"${name}" must be a non-negative integer (ms)`)
     }
@@ -148,17 +164,29 @@ export function createKeyring({
   }
 
   const load = async (): Promise<SigningKey> => {
-    let active = pickActive(await store.listKeys())
+    let records = await store.listKeys()
+    let time = now()
+    let active = pickActive(records, time)
     if (!active) {
       const fresh = await generate()
-      // stamped after the (slow) generation, right before the insert, so creation order follows insert order
-      await store.insertKey({ ...fresh, createdAt: now(), retiredAt: null })
-      // two instances starting at once over one database may both insert a key: each re-reads and
-      // takes the oldest live one. Every inserted key is published at once (`jwks()` reads the store),
-      // so whichever key an instance signs with verifies everywhere until they agree (`cacheTtl`).
-      active = pickActive(await store.listKeys())
+      // the first key signs at once: no token carries an older kid that a verifier could have cached
+      time = now()
+      await store.insertKey({ ...fresh, createdAt: time, retiredAt: null })
+      // two instances starting at once over one database may both insert a key: each re-reads and takes
+      // the same one. Every inserted key is published at once (`jwks()` reads the store), so whichever
+      // key an instance signs with verifies everywhere until they agree (`cacheTtl`).
+      records = await store.listKeys()
+      active = pickActive(records, time)
       if (!active) throw new AuthError('ERR_CONFIG', 'no signing key in the store after inserting one')
     }
+    // the live keys before the active one stopped signing when it started: retire them (any instance
+    // may do it first; a retirement keeps its first time). Until then they stay published anyway
+    for (const record of records) {
+      if (record.retiredAt === null && byAge(record, active) < 0) {
+        await store.retireKey(record.kid, active.createdAt)
+      }
+    }
+    const waiting = records.filter((record) => record.retiredAt === null && record.createdAt > time)
     let privateKey: CryptoKey
     try {
       privateKey = (await importJWK(JSON.parse(active.privateJwk) as JWK, active.alg)) as CryptoKey
@@ -167,11 +195,13 @@ export function createKeyring({
         cause: error,
       })
     }
-    return { loadedAt: now(), kid: active.kid, alg: active.alg, privateKey }
+    const switchAt = Math.min(...waiting.map((record) => record.createdAt))
+    return { loadedAt: time, switchAt, kid: active.kid, alg: active.alg, privateKey }
   }
 
   const current = (): Promise<SigningKey> => {
-    if (loaded && now() - loaded.loadedAt < cacheTtl) return Promise.resolve(loaded)
+    const time = now()
+    if (loaded && time - loaded.loadedAt < cacheTtl && time < loaded.switchAt) return Promise.resolve(loaded)
     if (!loading) {
       const started = generation
       const pending = load()
@@ -225,18 +255,15 @@ export function createKeyring({
     async rotateKeys() {
       const next = await generate()
       const records = await store.listKeys()
-      // strictly newer than every key, even on a frozen test clock, so "oldest live key" stays well defined
-      const createdAt = Math.max(now(), ...records.map((record) => record.createdAt + 1))
-      await store.insertKey({ ...next, createdAt, retiredAt: null })
-      const retiredAt = now()
-      for (const record of records) {
-        if (record.retiredAt === null) await store.retireKey(record.kid, retiredAt)
-      }
+      // stored with the time it starts signing; strictly after every key, even on a frozen test clock,
+      // so "the newest key that has started" stays well defined
+      const activatesAt = Math.max(now() + activationDelay, ...records.map((record) => record.createdAt + 1))
+      await store.insertKey({ ...next, createdAt: activatesAt, retiredAt: null })
       generation++
       loaded = undefined
       loading = undefined
-      const { kid } = await current()
-      return { kid }
+      await current()
+      return { kid: next.kid, activatesAt }
     },
   }
 }
@@ -246,8 +273,10 @@ function byAge(a: KeyRecord, b: KeyRecord): number {
   return a.createdAt - b.createdAt || (a.kid < b.kid ? -1 : a.kid > b.kid ? 1 : 0)
 }
 
-function pickActive(records: KeyRecord[]): KeyRecord | undefined {
-  return records.filter((record) => record.retiredAt === null).sort(byAge)[0]
+/** The newest live key that has started signing; the oldest live one when none has (a clock set back). */
+function pickActive(records: KeyRecord[], time: number): KeyRecord | undefined {
+  const live = records.filter((record) => record.retiredAt === null).sort(byAge)
+  return live.filter((record) => record.createdAt <= time).at(-1) ?? live[0]
 }
 
 function toPublicJwk(record: KeyRecord): PublicJwk {

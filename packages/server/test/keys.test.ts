@@ -62,16 +62,13 @@ describe('createKeyring', () => {
       await expect(verifyWith(jwks, a)).resolves.toMatchObject({ payload: { sub: 'a' } })
       await expect(verifyWith(jwks, b)).resolves.toMatchObject({ payload: { sub: 'b' } })
     }
-    // and once their cached key is re-read, both sign with the oldest live key
+    // and once their cached key is re-read, both sign with the same key, the newest (kid breaking the tie of
+    // a frozen clock), and the other one is retired
     clock.now += 30_000
     const [x, y] = await Promise.all([first.activeKey(), second.activeKey()])
     expect(x).toEqual(y)
-    const records = await store.listKeys()
-    // oldest first, kid breaking the tie of a frozen clock
-    const [oldest] = records
-      .filter((record) => record.retiredAt === null)
-      .sort((p, q) => p.createdAt - q.createdAt || (p.kid < q.kid ? -1 : 1))
-    expect(x.kid).toBe(oldest!.kid)
+    const live = (await store.listKeys()).filter((record) => record.retiredAt === null)
+    expect(live.map((record) => record.kid)).toEqual([x.kid])
   })
 
   it('publishes a key rotated in by another instance at once', async () => {
@@ -81,40 +78,79 @@ describe('createKeyring', () => {
     expect((await reader.jwks()).keys.map((key) => key.kid)).toContain(kid)
   })
 
-  it('rotateKeys: the new key signs, the old one stays in the JWKS for accessTokenTtl + 60 s, then leaves', async () => {
+  it('rotateKeys: the new key is published at once, signs activationDelay later; the old one then stays in the JWKS for accessTokenTtl + 60 s', async () => {
     const clock = { now: T0 }
     const keyring = createKeyring({ store, accessTokenTtl: 15 * MINUTE, now: () => clock.now })
     const old = await keyring.activeKey()
     const oldToken = await keyring.sign({ sub: 'ada', exp: T0 / 1000 + 900 })
-    const { kid } = await keyring.rotateKeys()
+    const { kid, activatesAt } = await keyring.rotateKeys()
     expect(kid).not.toBe(old.kid)
+    expect(activatesAt).toBe(T0 + 2 * MINUTE)
+    // published before any token carries its kid
+    expect((await keyring.jwks()).keys.map((key) => key.kid).sort()).toEqual([old.kid, kid].sort())
+    expect((await keyring.activeKey()).kid).toBe(old.kid)
+    clock.now = activatesAt - 1
+    expect(decodeProtectedHeader(await keyring.sign({ sub: 'ada' })).kid).toBe(old.kid)
+    expect(
+      JSON.parse((await store.listKeys()).find((record) => record.kid === old.kid)!.privateJwk),
+    ).toHaveProperty('d')
+
+    clock.now = activatesAt
     expect((await keyring.activeKey()).kid).toBe(kid)
     expect(decodeProtectedHeader(await keyring.sign({ sub: 'ada' })).kid).toBe(kid)
-    expect((await keyring.jwks()).keys.map((key) => key.kid).sort()).toEqual([old.kid, kid].sort())
-    // a token signed before the rotation still verifies against the published keys
+    // a token signed before the switch still verifies against the published keys
     await expect(verifyWith(await keyring.jwks(), oldToken)).resolves.toMatchObject({
       payload: { sub: 'ada' },
     })
-    // the retired key's private half is gone from the store; the new key keeps its own
+    // the old key is retired as of the switch, its private half gone; the new key keeps its own
     const records = await store.listKeys()
-    expect(records.find((record) => record.kid === old.kid)?.privateJwk).toBe('')
+    expect(records.find((record) => record.kid === old.kid)).toMatchObject({
+      retiredAt: activatesAt,
+      privateJwk: '',
+    })
     expect(JSON.parse(records.find((record) => record.kid === kid)!.privateJwk)).toHaveProperty('d')
 
-    clock.now = T0 + 16 * MINUTE - 1
+    clock.now = activatesAt + 16 * MINUTE - 1
     expect((await createKeyring({ store, now: () => clock.now }).jwks()).keys).toHaveLength(2)
-    clock.now = T0 + 16 * MINUTE
+    clock.now = activatesAt + 16 * MINUTE
     const later = createKeyring({ store, now: () => clock.now })
     expect((await later.jwks()).keys.map((key) => key.kid)).toEqual([kid])
   })
 
-  it('picks up a rotation made by another instance within cacheTtl', async () => {
+  it('makes every instance switch to a rotated-in key at its activatesAt, whoever rotated', async () => {
     const clock = { now: T0 }
     const reader = createKeyring({ store, cacheTtl: 30_000, now: () => clock.now })
     const old = await reader.activeKey()
-    const { kid } = await createKeyring({ store, now: () => clock.now }).rotateKeys()
-    expect((await reader.activeKey()).kid).toBe(old.kid)
+    const { kid, activatesAt } = await createKeyring({ store, now: () => clock.now }).rotateKeys()
+    // published everywhere at once: the JWKS is read from the store
+    expect((await reader.jwks()).keys.map((key) => key.kid)).toContain(kid)
+    // the reader learns of the key at its next read (cacheTtl), and keeps signing with the old one until then
     clock.now += 30_000
+    expect((await reader.activeKey()).kid).toBe(old.kid)
+    clock.now = activatesAt
     expect((await reader.activeKey()).kid).toBe(kid)
+  })
+
+  it('signs at once with the only key there is, even when a rotation stored it ahead of time', async () => {
+    const { kid } = await createKeyring({ store, now: () => T0 }).rotateKeys()
+    const keyring = createKeyring({ store, now: () => T0 })
+    expect((await keyring.activeKey()).kid).toBe(kid)
+    expect(await store.listKeys()).toHaveLength(1)
+  })
+
+  it('two rotations racing leave one key signing once both are due, and retire the rest', async () => {
+    const clock = { now: T0 }
+    const a = createKeyring({ store, now: () => clock.now })
+    const old = await a.activeKey()
+    const b = createKeyring({ store, now: () => clock.now })
+    const [first, second] = await Promise.all([a.rotateKeys(), b.rotateKeys()])
+    clock.now = Math.max(first.activatesAt, second.activatesAt)
+    const [x, y] = await Promise.all([a.activeKey(), b.activeKey()])
+    expect(x).toEqual(y)
+    expect([first.kid, second.kid]).toContain(x.kid)
+    const live = (await store.listKeys()).filter((record) => record.retiredAt === null)
+    expect(live.map((record) => record.kid)).toEqual([x.kid])
+    expect(x.kid).not.toBe(old.kid)
   })
 
   it('supports RS256', async () => {
@@ -160,6 +196,12 @@ describe('createKeyring', () => {
     )
     expect(() => createKeyring({ store, accessTokenTtl: -1 })).toThrow(
       expect.objectContaining({ code: 'ERR_CONFIG' }),
+    )
+    expect(() => createKeyring({ store, activationDelay: 1.5 })).toThrow(
+      expect.objectContaining({
+        code: 'ERR_CONFIG',
+        message: '"activationDelay" must be a non-negative integer (ms)',
+      }),
     )
     expect(() => createKeyring({ store: {} as TokenStore })).toThrow(
       expect.objectContaining({ code: 'ERR_CONFIG' }),

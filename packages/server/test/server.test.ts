@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import {
   type AuthServer,
   type AuthServerOptions,
@@ -8,9 +9,10 @@ import {
   createSqliteStore,
   type TokenStore,
 } from '@tokenflow/server'
+import { createVerifier, isVerifyError } from '@tokenflow/server/verify'
 import type { LightMyRequestResponse } from 'fastify'
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { encodeRefreshToken, newSessionId, newSessionKey } from '../src/refresh-token.js'
 
 const ISSUER = 'https://auth.tokenflow.test'
@@ -592,6 +594,26 @@ describe('discovery', () => {
     }
   })
 
+  it('serves RFC 8414 metadata of an issuer with a path at the well-known URL plus that path (section 3.1)', async () => {
+    const own = createSqliteStore({ filename: ':memory:' })
+    try {
+      const tenant = server({ store: own, issuer: `${ISSUER}/tenant/` })
+      for (const url of [
+        '/.well-known/oauth-authorization-server/tenant',
+        '/.well-known/oauth-authorization-server',
+      ]) {
+        const response = await tenant.inject({ method: 'GET', url })
+        expect(response.statusCode, url).toBe(200)
+        expect(response.json()).toMatchObject({
+          issuer: `${ISSUER}/tenant/`,
+          token_endpoint: `${ISSUER}/tenant/oauth/token`,
+        })
+      }
+    } finally {
+      await own.close()
+    }
+  })
+
   it('serves RFC 8414 metadata', async () => {
     const response = await app.inject({ method: 'GET', url: '/.well-known/oauth-authorization-server' })
     expect(response.statusCode).toBe(200)
@@ -619,31 +641,127 @@ describe('discovery', () => {
 })
 
 describe('signing keys', () => {
-  it('rotateKeys: tokens signed before stay verifiable through the JWKS, new ones use the new key', async () => {
+  /** A remote verifier, as a resource server sets one up from the README, fetching the JWKS from `target`. */
+  const remoteVerifier = (target: AuthServer) => {
+    let fetches = 0
+    const verifier = createVerifier({
+      jwks: `${ISSUER}/.well-known/jwks.json`,
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      fetch: async () => {
+        fetches++
+        const reply = await target.inject({ method: 'GET', url: '/.well-known/jwks.json' })
+        return new Response(reply.body, {
+          status: reply.statusCode,
+          headers: { 'content-type': 'application/json' },
+        })
+      },
+    })
+    const outcome = (token: string) =>
+      verifier.verify(token).then(
+        () => 'ok',
+        (error: unknown) => (isVerifyError(error) ? `${error.status} ${error.code}` : String(error)),
+      )
+    return { outcome, fetches: () => fetches }
+  }
+
+  it('rotateKeys: the new key is in the JWKS at once and signs 2 min later, so a verifier that fetched the JWKS just before accepts every token', async () => {
+    // the clock of the server, of jose's refetch cooldown and of the verifier's claim checks
+    vi.useFakeTimers({ toFake: ['Date'], now: Date.UTC(2030, 0, 1) })
     const dir = mkdtempSync(join(tmpdir(), 'tokenflow-rotate-'))
     const own = createSqliteStore({ filename: join(dir, 'keys.db') })
     try {
       const target = server({ store: own })
       await target.ready()
       await target.tokenflow.issuer.addUser('ada', PASSWORD)
+      const remote = remoteVerifier(target)
       const before = await login(target)
       const oldKid = decodeProtectedHeader(before.accessToken).kid
-      const { kid } = await target.tokenflow.rotateKeys()
+      expect(await remote.outcome(before.accessToken)).toBe('ok')
+      vi.setSystemTime(Date.now() + 1_000)
+      const { kid, activatesAt } = await target.tokenflow.rotateKeys()
       expect(kid).not.toBe(oldKid)
+      expect(activatesAt).toBe(Date.now() + 120_000)
       const jwks = (await target.inject({ method: 'GET', url: '/.well-known/jwks.json' })).json()
       expect(jwks.keys.map((key: { kid: string }) => key.kid).sort()).toEqual([oldKid, kid].sort())
-      const keySet = createLocalJWKSet(jwks)
-      await expect(
-        jwtVerify(before.accessToken, keySet, { issuer: ISSUER, audience: AUDIENCE }),
-      ).resolves.toBeTruthy()
+      // until activatesAt the old key signs: the verifier's cached JWKS (no new key) is enough
+      const soon = await login(target)
+      expect(decodeProtectedHeader(soon.accessToken).kid).toBe(oldKid)
+      expect(await remote.outcome(soon.accessToken)).toBe('ok')
+      // then the new key signs; the verifier's cooldown is long over, so it refetches for the new kid
+      vi.setSystemTime(activatesAt)
       const after = await login(target)
       expect(decodeProtectedHeader(after.accessToken).kid).toBe(kid)
+      expect(await remote.outcome(after.accessToken)).toBe('ok')
+      expect(await remote.outcome(before.accessToken)).toBe('ok')
+      expect(remote.fetches()).toBe(2)
+      const keySet = createLocalJWKSet(
+        (await target.inject({ method: 'GET', url: '/.well-known/jwks.json' })).json(),
+      )
       await expect(
         jwtVerify(after.accessToken, keySet, { issuer: ISSUER, audience: AUDIENCE }),
       ).resolves.toBeTruthy()
     } finally {
+      vi.useRealTimers()
       await own.close()
       rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('why the delay: with keys.activationDelay 0, a verifier inside its refetch cooldown refuses the new key', async () => {
+    const own = createSqliteStore({ filename: ':memory:' })
+    try {
+      const target = server({ store: own, keys: { activationDelay: 0 } })
+      await target.ready()
+      await target.tokenflow.issuer.addUser('ada', PASSWORD)
+      const remote = remoteVerifier(target)
+      expect(await remote.outcome((await login(target)).accessToken)).toBe('ok')
+      const { kid } = await target.tokenflow.rotateKeys()
+      await sleep(2)
+      const after = await login(target)
+      expect(decodeProtectedHeader(after.accessToken).kid).toBe(kid)
+      expect(await remote.outcome(after.accessToken)).toBe('401 ERR_JWKS_NO_MATCHING_KEY')
+    } finally {
+      await own.close()
+    }
+  })
+
+  it("verifies on its own routes a token whose key another instance stored while this one's JWKS read was in flight", async () => {
+    const shared = createSqliteStore({ filename: ':memory:' })
+    let slow = false
+    const lagging = new Proxy(shared, {
+      get(target, property, receiver) {
+        const value = Reflect.get(target, property, receiver)
+        if (property === 'listKeys') {
+          return async () => {
+            const rows = await target.listKeys()
+            if (slow) await sleep(50)
+            return rows
+          }
+        }
+        return typeof value === 'function' ? value.bind(target) : value
+      },
+    })
+    try {
+      const a = server({ store: lagging })
+      const b = server({ store: shared, keys: { activationDelay: 0 } })
+      await Promise.all([a.ready(), b.ready()])
+      await b.tokenflow.issuer.addUser('ada', PASSWORD)
+      const first = await login(b)
+      slow = true
+      // a read of the key set starts on instance a, and is still on its way when b rotates and signs
+      const inflight = a.tokenflow.issuer.verifyAccessToken(first.accessToken)
+      await sleep(5)
+      const { kid } = await b.tokenflow.rotateKeys()
+      await sleep(2)
+      const second = await login(b)
+      expect(decodeProtectedHeader(second.accessToken).kid).toBe(kid)
+      await expect(a.tokenflow.issuer.verifyAccessToken(second.accessToken)).resolves.toMatchObject({
+        sid: sidOf(second.accessToken),
+      })
+      await expect(inflight).resolves.toMatchObject({ sid: sidOf(first.accessToken) })
+    } finally {
+      await shared.close()
     }
   })
 

@@ -44,14 +44,22 @@ export async function wellKnownRoutes(app: FastifyInstance, { keyring, issuer }:
   app.get('/.well-known/jwks.json', async (request, reply) => {
     try {
       const jwks = await keyring.jwks()
-      // short: a rotated-in key must reach verifiers soon (they also refetch on an unknown kid)
+      // short: a rotated-in key is published `activationDelay` (2 min) before it signs, which covers this
+      // max-age plus a verifier's cooldown before it refetches for an unknown kid
       return reply.header('cache-control', 'public, max-age=60').send(jwks)
     } catch (error) {
       return sendAuthError(request, reply, error)
     }
   })
 
-  app.get('/.well-known/oauth-authorization-server', async (_request, reply) => {
-    return reply.header('cache-control', 'public, max-age=3600').send(metadata)
-  })
+  // RFC 8414 section 3.1: an issuer with a path has its metadata under the well-known prefix plus that path
+  const path = new URL(issuer).pathname.replace(/\/+$/, '')
+  for (const url of new Set([
+    '/.well-known/oauth-authorization-server',
+    `/.well-known/oauth-authorization-server${path}`,
+  ])) {
+    app.get(url, async (_request, reply) =>
+      reply.header('cache-control', 'public, max-age=3600').send(metadata),
+    )
+  }
 }

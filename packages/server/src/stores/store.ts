@@ -43,6 +43,10 @@ export interface KeyRecord {
   /** '' once the key is retired: `retireKey` drops the private half, which never signs again */
   privateJwk: string
   publicJwk: string
+  /**
+   * when it starts signing: a rotation stores its key `activationDelay` ahead, so that the JWKS publishes
+   * it before any token carries its `kid`
+   */
   createdAt: number
   /** when it stopped signing; it stays in JWKS until `retiredAt + accessTokenTtl + skew` */
   retiredAt: number | null
