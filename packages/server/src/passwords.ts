@@ -94,7 +94,11 @@ export function createPasswordHasher({
     verify: verifyPhc,
     async verifyDummy(password) {
       // computed once, lazily: hashing at import or creation time would slow every start
-      dummy ??= limit(() => hash('tokenflow-dummy-password', options))
+      // a failed hash (memory pressure) is not kept: the next unknown user tries again instead of a 500 forever
+      dummy ??= limit(() => hash('tokenflow-dummy-password', options)).catch((error: unknown) => {
+        dummy = undefined
+        throw error
+      })
       await verifyPhc(await dummy, password)
       return false
     },

@@ -444,7 +444,7 @@ describe('POST /oauth/token (RFC 6749 section 6)', () => {
 describe('POST /oauth/revoke (RFC 7009)', () => {
   it('answers 200 for unknown tokens and revokes a valid one', async () => {
     const { refreshToken, accessToken } = await login()
-    for (const value of ['garbage', accessToken, refreshToken]) {
+    for (const value of ['garbage', 'x'.repeat(3000), accessToken, refreshToken]) {
       const response = await app.inject({
         method: 'POST',
         url: '/oauth/revoke',

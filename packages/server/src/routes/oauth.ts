@@ -25,10 +25,11 @@ const tokenSchema = {
   },
 }
 
+// RFC 7009 section 2.2: an invalid token, however long (the body limit bounds it), is answered 200
 const revokeSchema = {
   body: {
     type: 'object',
-    properties: { token: param, token_type_hint: param, client_id: param },
+    properties: { token: { type: 'string' }, token_type_hint: param, client_id: param },
   },
 }
 
