@@ -129,8 +129,9 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     'retry.baseDelay': baseDelay,
     'retry.maxDelay': maxDelay,
   }
+  // setTimeout fires at once past 2^31 - 1 ms (24.8 days): a lock timeout there would end the cross-tab exclusion
   for (const [name, ms] of Object.entries(durations))
-    check(typeof ms === 'number' && ms >= 0 && ms < 1 / 0, name, 'milliseconds')
+    check(typeof ms === 'number' && ms >= 0 && ms < 2 ** 31, name, 'milliseconds, below 2^31')
 
   const listeners = new Set<(event: TokenEvent) => void>()
   let tokens: TokenSet | null = null
@@ -144,6 +145,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   let loaded: Promise<void> | undefined
   let pending: Promise<string> | undefined
   let settlePending: ((result: string | Error) => void) | undefined
+  /** the run whose refresh is under way (`status` 'refreshing'): unset before it announces its outcome */
+  let refreshing: object | undefined
+  /** a refresh that a 401 for the current token joined: the token is refused, not merely about to expire */
+  let refused: Promise<string> | undefined
   /** calls off the refresh attempt in flight, when its session is replaced */
   let abortAttempt: (() => void) | undefined
   /** storage writes run one after another, in call order */
@@ -178,6 +183,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
   function emit(event: TokenEvent): void {
     for (const listener of [...listeners]) {
+      // one removed by an earlier listener of this same event no longer hears it
+      if (!listeners.has(listener)) continue
       try {
         listener(event)
       } catch (error) {
@@ -211,26 +218,36 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     return writes
   }
 
-  /** The JWT's exp (server clock) corrected to the local clock, else the token set's `expiresAt`; and the lifetime. */
-  function expiryOf(set: TokenSet, receivedAt?: number): [number | undefined, number | undefined] {
+  /**
+   * When the access token expires on the local clock, and its lifetime (caps the leeway). Both the JWT's
+   * `exp` (corrected by the clock skew) and the token set's `expiresAt` count: the earlier one wins.
+   * `receivedAt`: when the tokens arrived, to measure the skew and the lifetime; `fresh`: straight from a
+   * refresh, so their `iat` is now on the server's clock.
+   */
+  function expiryOf(
+    set: TokenSet,
+    receivedAt?: number,
+    fresh?: boolean,
+  ): [number | undefined, number | undefined] {
     const { exp, iat } = decodeJwtClaims(set.accessToken) ?? {}
-    if (exp === undefined)
-      return [
-        set.expiresAt,
-        receivedAt !== undefined && set.expiresAt ? set.expiresAt - receivedAt : undefined,
-      ]
     if (receivedAt !== undefined && iat !== undefined) {
-      // measured when the answer arrived: a slow storage write after it must not look like clock skew
+      // measured when the answer arrived: a slow storage write after it must not look like clock skew.
+      // Tokens handed to setTokens may be old, and an old token must not look valid for longer: there only an
+      // iat in our future (a server clock ahead of ours) counts
       const estimate = iat * 1000 - receivedAt
-      skew = Math.abs(estimate) > 5_000 ? estimate : 0
+      skew = estimate > 5_000 || (fresh && estimate < -5_000) ? estimate : 0
     }
-    return [exp * 1000 - skew, iat === undefined ? undefined : (exp - iat) * 1000]
+    const fromJwt = exp === undefined ? undefined : exp * 1000 - skew
+    const at = Math.min(fromJwt ?? 1 / 0, set.expiresAt ?? 1 / 0)
+    if (at === 1 / 0) return [undefined, undefined]
+    const from = iat === undefined ? receivedAt : iat * 1000 - skew
+    return [at, from === undefined ? undefined : Math.max(0, at - from)]
   }
 
-  /** `receivedAt`: when fresh tokens arrived from the server (a login or a refresh), to estimate clock skew */
-  function use(next: TokenSet | null, receivedAt?: number): void {
+  /** `receivedAt`: when tokens arrived from a login or a refresh; `fresh`: from a refresh (measures clock skew) */
+  function use(next: TokenSet | null, receivedAt?: number, fresh?: boolean): void {
     tokens = next
-    ;[expiresAt, lifetime] = next ? expiryOf(next, receivedAt) : []
+    ;[expiresAt, lifetime] = next ? expiryOf(next, receivedAt, fresh) : []
   }
 
   const ready = () =>
@@ -252,6 +269,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     // what storage held before this session does not matter any more: no (further) read for it
     loaded ??= Promise.resolve()
     abortAttempt?.()
+    refreshing = undefined
     use(next, receivedAt)
     // an expired token is never handed out: a login broadcast long ago may reach a tab that just thawed
     if (settle) settlePending?.(next && !isExpired() ? next.accessToken : sessionCleared())
@@ -331,12 +349,13 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       } catch (cause) {
         const error = toRefreshError(cause)
         if (/rejected|invalid/.test(error.kind) || attempt >= attempts || session !== started) throw error
-        const delay = Math.min(
-          maxDelay,
-          error.retryAfter ? error.retryAfter * 1000 : baseDelay * 2 ** attempt,
+        const delay = Math.min(maxDelay, baseDelay * 2 ** attempt)
+        // jitter spreads the retries of many clients that failed together; a Retry-After is waited in full
+        await sleep(
+          error.retryAfter
+            ? Math.min(maxDelay, error.retryAfter * 1000)
+            : delay / 2 + (Math.random() * delay) / 2,
         )
-        // jitter spreads the retries of many clients that failed together
-        await sleep(delay / 2 + (Math.random() * delay) / 2)
       } finally {
         clearTimeout(timer)
         // this runs after the backoff: by then a newer session's refresh may have its own attempt in flight
@@ -351,6 +370,12 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     let base = start
     let endedElsewhere = false
     let receivedAt: number | undefined
+    const me = {}
+    // status is 'refreshing' from refreshStarted on, and no longer when the outcome is announced
+    const done = () => {
+      if (refreshing === me) refreshing = undefined
+    }
+    refreshing = me
     emit({ type: 'refreshStarted' })
     let next: TokenSet
     try {
@@ -404,20 +429,23 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         ) {
           // what the other tab left may have expired meanwhile: refresh with its refresh token instead
           if (isExpired(expiryOf(stored)[0])) return run(stored)
+          done()
           adopt({ type: 'refreshed', tokens: stored })
           return stored.accessToken
         }
       }
       // read again after the storage read: a rejection only ends the session it was made for
       const willLogout = error.kind === 'rejected' && session === started
+      done()
       emit({ type: 'refreshFailed', error, willLogout })
       if (willLogout) await endSession(endedElsewhere ? 'otherTab' : 'refreshRejected', error, true)
       throw error
     }
     // the waiters of a replaced session were settled when it was replaced
     if (session !== started) throw sessionCleared()
+    done()
     if (receivedAt !== undefined) {
-      use(next, receivedAt)
+      use(next, receivedAt, true)
       crossTab?.post(
         next.refreshToken === base.refreshToken
           ? { type: 'refreshed', tokens: next }
@@ -433,7 +461,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       settlePending = (result) => (typeof result === 'string' ? resolve(result) : reject(result))
       run(start).then(resolve, reject)
     }).finally(() => {
-      if (pending === current) pending = settlePending = undefined
+      // still this refresh's: no other run started meanwhile, and any way it ended, it is no longer under way
+      if (pending === current) pending = settlePending = refreshing = undefined
     })
     // waiters that aborted stopped listening; the shared promise must still never be an unhandled rejection
     current.catch(() => {})
@@ -444,16 +473,22 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   return {
     async getAccessToken({ signal } = {}) {
       await wait(ready(), signal)
-      if (pending) return wait(pending, signal)
       const current = tokens
-      if (!current || !needsRefresh()) return current?.accessToken ?? null
-      // rule 3: refresh before use; without a refresh token an expired token is not sent
-      if (!current.refreshToken) return isExpired() ? null : current.accessToken
+      let flight = pending
+      if (!flight) {
+        if (!current || !needsRefresh()) return current?.accessToken ?? null
+        // rule 3: refresh before use; without a refresh token an expired token is not sent
+        if (!current.refreshToken) return isExpired() ? null : current.accessToken
+        flight = startRefresh(current)
+      }
       try {
-        return await wait(startRefresh(current), signal)
+        return await wait(flight, signal)
       } catch (error) {
-        // a transient failure while the token is still valid: use it, the next read tries again
+        // a transient failure while the token is still valid, and no 401 refused it: every reader uses it,
+        // the next read tries again
         if (
+          current &&
+          refused !== flight &&
           !signal?.aborted &&
           isRefreshError(error) &&
           error.kind !== 'rejected' &&
@@ -476,11 +511,17 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         if (!current?.refreshToken) throw new TokenflowError('ERR_NO_REFRESH_TOKEN', 'no session to refresh')
         startRefresh(current)
       }
+      if (rejectedToken && rejectedToken === current?.accessToken) refused = pending
       return wait(pending!, signal)
     },
 
     async setTokens(next) {
-      const valid = toTokenSet(next) || invalidOption('tokens.accessToken', 'a non-empty string')
+      const valid =
+        toTokenSet(next) ||
+        invalidOption(
+          'tokens',
+          'a TokenSet: accessToken a non-empty string, refreshToken a string or null, expiresAt epoch ms',
+        )
       switchSession(valid, now())
       crossTab?.post({ type: 'refreshed', tokens: valid })
       await write(valid)
@@ -498,7 +539,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     },
 
     get status(): TokenStatus {
-      return pending ? 'refreshing' : tokens ? 'authenticated' : 'unauthenticated'
+      return refreshing ? 'refreshing' : tokens ? 'authenticated' : 'unauthenticated'
     },
   }
 }

@@ -30,6 +30,9 @@ describe('options', () => {
       [{ refresh: () => {}, lock: {} }, /"lock"/],
       [{ refresh: () => {}, retry: { attempts: 1.5 } }, /"retry.attempts"/],
       [{ refresh: () => {}, channel: '' }, /"channel"/],
+      // setTimeout fires at once past 2^31 - 1 ms: such a lock timeout would end the cross-tab exclusion
+      [{ refresh: () => {}, lockTimeout: 2 ** 31 }, /"lockTimeout" must be milliseconds, below 2\^31/],
+      [{ refresh: () => {}, refreshTimeout: 2 ** 31 }, /"refreshTimeout"/],
     ]
     for (const [options, message] of cases) {
       let error: unknown
@@ -48,6 +51,22 @@ describe('options', () => {
     const { manager } = setup()
     await expect(manager.setTokens({ accessToken: '' })).rejects.toMatchObject({ code: 'ERR_INVALID_OPTION' })
     expect(manager.status).toBe('unauthenticated')
+  })
+
+  it('rejects a bad setTokens with a message that names every field, and keeps the session it had', async () => {
+    const { manager } = setup()
+    const good = tokenSet(T0, 15 * MIN, 0)
+    await manager.setTokens(good)
+    for (const bad of [
+      { ...good, expiresAt: '1700000000000' },
+      { ...good, refreshToken: 42 },
+    ]) {
+      const error = await manager.setTokens(bad as never).catch((e: unknown) => e)
+      expect(error).toMatchObject({ code: 'ERR_INVALID_OPTION' })
+      expect((error as Error).message).toMatch(/accessToken.*refreshToken.*expiresAt/)
+    }
+    expect(manager.status).toBe('authenticated')
+    expect(await manager.getAccessToken()).toBe(good.accessToken)
   })
 })
 
@@ -295,8 +314,10 @@ describe('rule 5: classify failures', () => {
     expect(manager.status).toBe('authenticated')
   })
 
-  it('honours Retry-After, capped at maxDelay', async () => {
+  it('honours Retry-After in full (no jitter below it), capped at maxDelay', async () => {
     vi.useFakeTimers({ now: T0 })
+    // the lowest jitter: a jittered wait would be half the delay
+    vi.spyOn(Math, 'random').mockReturnValue(0)
     let calls = 0
     const manager = createTokenManager({
       refresh: async () => {
@@ -309,11 +330,39 @@ describe('rule 5: classify failures', () => {
     })
     await manager.setTokens(tokenSet(Date.now(), MIN, 0))
     const result = manager.refresh()
-    await vi.advanceTimersByTimeAsync(999)
+    await vi.advanceTimersByTimeAsync(1_999)
     expect(calls).toBe(1)
-    await vi.advanceTimersByTimeAsync(1_001)
+    await vi.advanceTimersByTimeAsync(1)
     await result
     expect(calls).toBe(2)
+    vi.restoreAllMocks()
+  })
+
+  it('lets every reader of a failing proactive refresh keep the still-valid token, not just the first', async () => {
+    const { manager, calls, clock } = setup({ retry: false })
+    const first = tokenSet(clock.now(), 15 * MIN, 0)
+    await manager.setTokens(first)
+    clock.advance(15 * MIN - 10_000) // inside the leeway, still valid
+    const reads = [manager.getAccessToken(), manager.getAccessToken(), manager.getAccessToken()]
+    await flush()
+    expect(calls).toHaveLength(1)
+    calls[0]!.reject(new RefreshError('network', 'offline'))
+    expect(await Promise.all(reads)).toEqual([first.accessToken, first.accessToken, first.accessToken])
+    expect(manager.status).toBe('authenticated')
+  })
+
+  it('does not hand a token a 401 refused to the readers of a refresh that then fails transiently', async () => {
+    const { manager, calls, clock } = setup({ retry: false })
+    const first = tokenSet(clock.now(), 15 * MIN, 0)
+    await manager.setTokens(first)
+    clock.advance(15 * MIN - 10_000)
+    const read = manager.getAccessToken()
+    await flush()
+    // a request sent with the current token came back 401 meanwhile: the token is refused, not just old
+    const refused = manager.refresh({ rejectedToken: first.accessToken })
+    calls[0]!.reject(new RefreshError('network', 'offline'))
+    await expect(read).rejects.toMatchObject({ kind: 'network' })
+    await expect(refused).rejects.toMatchObject({ kind: 'network' })
   })
 
   it('does not retry an invalid response and does not log out', async () => {
@@ -668,7 +717,125 @@ describe('storage failures lose nothing', () => {
   })
 })
 
+describe('status inside listeners', () => {
+  it('is refreshing on refreshStarted, authenticated on refreshed, unauthenticated on loggedOut', async () => {
+    const { manager, calls, clock } = setup({ retry: false })
+    await manager.setTokens(tokenSet(clock.now(), 15 * MIN, 0))
+    const seen: string[] = []
+    manager.subscribe((event) => seen.push(`${event.type}:${manager.status}`))
+    const ok = manager.refresh()
+    await flush()
+    calls[0]!.resolve(tokenSet(clock.now(), 15 * MIN, 1))
+    await ok
+    const failed = manager.refresh().catch((error: unknown) => error)
+    await flush()
+    calls[1]!.reject(new RefreshError('rejected', 'refresh failed: answered 400', { status: 400 }))
+    expect(await failed).toMatchObject({ kind: 'rejected' })
+    expect(seen).toEqual([
+      'refreshStarted:refreshing',
+      'refreshed:authenticated',
+      'refreshStarted:refreshing',
+      'refreshFailed:authenticated',
+      'loggedOut:unauthenticated',
+    ])
+    expect(manager.status).toBe('unauthenticated')
+  })
+
+  it('is authenticated again after a transient failure, and after a login during a refresh', async () => {
+    const { manager, calls, clock } = setup({ retry: false })
+    await manager.setTokens(tokenSet(clock.now(), 15 * MIN, 0))
+    const failed = manager.refresh().catch((error: unknown) => error)
+    await flush()
+    expect(manager.status).toBe('refreshing')
+    calls[0]!.reject(new RefreshError('server', 'refresh failed: answered 503', { status: 503 }))
+    await failed
+    expect(manager.status).toBe('authenticated')
+    const replaced = manager.refresh().catch((error: unknown) => error)
+    await flush()
+    await manager.setTokens(tokenSet(clock.now(), 15 * MIN, 'login2'))
+    expect(manager.status).toBe('authenticated')
+    await replaced
+    calls[1]!.resolve(tokenSet(clock.now(), 15 * MIN, 1))
+    await flush()
+    expect(manager.status).toBe('authenticated')
+  })
+})
+
+describe('expiry', () => {
+  it('treats an old token handed to setTokens as expired, not as clock skew', async () => {
+    const { manager, calls, clock } = setup()
+    // issued 20 min ago, lived 15: expired 5 min ago, and the clocks agree
+    const old = tokenSet(clock.now() - 20 * MIN, 15 * MIN, 0)
+    await manager.setTokens(old)
+    const read = manager.getAccessToken()
+    await flush()
+    expect(calls).toHaveLength(1)
+    const fresh = tokenSet(clock.now(), 15 * MIN, 1)
+    calls[0]!.resolve(fresh)
+    expect(await read).toBe(fresh.accessToken)
+  })
+
+  it('still corrects for a server clock ahead of ours when setTokens gets a token issued in our future', async () => {
+    const { manager, calls, clock } = setup()
+    // the server's clock is 10 min ahead: its fresh 15-minute token expires 15 min from now on ours
+    await manager.setTokens(tokenSet(clock.now() + 10 * MIN, 15 * MIN, 0))
+    clock.advance(14 * MIN)
+    expect(await manager.getAccessToken()).toBeTruthy()
+    expect(calls).toHaveLength(0)
+    clock.advance(45_000) // 30 s before the corrected expiry: inside the leeway
+    void manager.getAccessToken()
+    await flush()
+    expect(calls).toHaveLength(1)
+  })
+
+  it('caps the leeway at half the lifetime for a JWT without iat too', async () => {
+    const { manager, calls, clock } = setup({ leeway: 30_000 })
+    await manager.setTokens({
+      accessToken: makeJwt({ exp: (clock.now() + 20_000) / 1000 }),
+      refreshToken: 'rt',
+    })
+    clock.advance(1_000)
+    await manager.getAccessToken()
+    expect(calls).toHaveLength(0)
+    clock.advance(9_000) // half the 20 s lifetime left
+    void manager.getAccessToken()
+    await flush()
+    expect(calls).toHaveLength(1)
+  })
+
+  it('takes the earlier of expiresAt and the JWT exp', async () => {
+    const { manager, calls, clock } = setup({ leeway: 1_000 })
+    await manager.setTokens({ ...tokenSet(clock.now(), 60 * MIN, 0), expiresAt: clock.now() + MIN })
+    clock.advance(2 * MIN)
+    void manager.getAccessToken()
+    await flush()
+    expect(calls).toHaveLength(1)
+  })
+
+  it('never treats a token as valid past its exp, even with iat after exp', async () => {
+    const { manager, calls, clock } = setup()
+    const now = clock.now() / 1000
+    // iat 4 s ahead (inside the 5 s that count as no skew), exp 2 s ahead: a negative lifetime
+    await manager.setTokens({ accessToken: makeJwt({ iat: now + 4, exp: now + 2 }), refreshToken: 'rt' })
+    clock.advance(2_500)
+    void manager.getAccessToken()
+    await flush()
+    expect(calls).toHaveLength(1)
+  })
+})
+
 describe('subscribers', () => {
+  it('does not call a listener that an earlier listener removed during the same event', async () => {
+    const { manager } = setup()
+    const heard: string[] = []
+    let removeSecond = () => {}
+    manager.subscribe(() => removeSecond())
+    removeSecond = manager.subscribe((event) => heard.push(event.type))
+    await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
+    await manager.clear()
+    expect(heard).toEqual([])
+  })
+
   it('survive a subscriber that throws', async () => {
     const reportError = vi.fn()
     vi.stubGlobal('reportError', reportError)
