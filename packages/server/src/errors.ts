@@ -23,12 +23,14 @@ export type AuthErrorCode =
   | 'ERR_INVALID_CLIENT'
   /** an unexpected failure; details go to the log, never to the client */
   | 'ERR_INTERNAL'
+  /** a service the answer needs is down (the Redis of the login rate limits); see `retryAfter` */
+  | 'ERR_UNAVAILABLE'
 
 /** Base class of every error @tokenflow/server throws. */
 export class AuthError extends Error {
   override name = 'AuthError'
   readonly code: AuthErrorCode
-  /** seconds until a rate-limited caller may try again */
+  /** seconds until a rate-limited caller (or any caller, when a service is down) may try again */
   readonly retryAfter: number | undefined
 
   constructor(code: AuthErrorCode, message: string, options?: { cause?: unknown; retryAfter?: number }) {

@@ -174,12 +174,17 @@ function redisLimiter({
   const owned = redis === undefined
   let client: Promise<RedisLike> | undefined
   const connect = () => {
-    client ??=
+    // a connection that failed to open is not kept: the next login tries again
+    client ??= (
       redis === undefined
         ? connectRedis(redisUrl!)
         : typeof redis === 'function'
           ? redis()
           : Promise.resolve(redis)
+    ).catch((error: unknown) => {
+      client = undefined
+      throw error
+    })
     return client
   }
 
@@ -189,12 +194,21 @@ function redisLimiter({
       // SET NX PX starts a window only when none is running, INCR keeps its expiry: a fixed window,
       // atomic in one MULTI. (INCR + PEXPIRE would push the expiry on every attempt, so a user who
       // tries once a minute would never get out.)
-      const replies = await (await connect())
-        .multi()
-        .set(redisKey, '0', 'PX', window, 'NX')
-        .incr(redisKey)
-        .pttl(redisKey)
-        .exec()
+      let replies: Array<[Error | null, unknown]> | null
+      try {
+        replies = await (await connect())
+          .multi()
+          .set(redisKey, '0', 'PX', window, 'NX')
+          .incr(redisKey)
+          .pttl(redisKey)
+          .exec()
+      } catch (cause) {
+        // fail closed: no login goes without its rate limit, and the caller hears it is temporary
+        throw new AuthError('ERR_UNAVAILABLE', 'the login rate limit store is unavailable', {
+          cause,
+          retryAfter: 5,
+        })
+      }
       const failed = replies?.find(([error]) => error)
       if (!replies || failed) {
         throw new AuthError('ERR_CONFIG', 'rate limit: redis MULTI failed', { cause: failed?.[0] })
@@ -229,5 +243,9 @@ export async function connectRedis(url: string): Promise<RedisLike> {
     })
   }
   // fail a command after one reconnect attempt instead of queueing logins forever while Redis is down
-  return new Redis(url, { maxRetriesPerRequest: 1, connectTimeout: 5000, enableAutoPipelining: true })
+  const client = new Redis(url, { maxRetriesPerRequest: 1, connectTimeout: 5000, enableAutoPipelining: true })
+  // a failing connection reaches each login that needs it (503); without a listener ioredis would also
+  // print every failed reconnect as an unhandled 'error' event
+  ;(client as { on?: (event: string, listener: () => void) => void }).on?.('error', () => {})
+  return client
 }

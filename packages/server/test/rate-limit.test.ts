@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
+import { createAuthServer, createSqliteStore } from '@tokenflow/server'
 import { describe, expect, it } from 'vitest'
-import { connectRedis, createRateLimiter } from '../src/rate-limit.js'
+import { connectRedis, createRateLimiter, type RedisLike, type RedisMultiLike } from '../src/rate-limit.js'
 
 describe('createRateLimiter (memory)', () => {
   it('allows `limit` attempts per window, then answers Retry-After seconds until the window resets', async () => {
@@ -76,6 +77,96 @@ describe.skipIf(!process.env.REDIS_URL)('createRateLimiter (redis)', () => {
     } finally {
       await limiter.close()
       await redis.quit()
+    }
+  })
+})
+
+describe('createRateLimiter when Redis fails', () => {
+  /** A Redis stand-in: counts in a Map, or fails every command while `down` */
+  function fakeRedis(state = { down: false }): RedisLike {
+    const counts = new Map<string, number>()
+    return {
+      multi() {
+        const ops: Array<() => unknown> = []
+        const multi: RedisMultiLike = {
+          set(key) {
+            ops.push(() => (counts.has(key) ? null : (counts.set(key, 0), 'OK')))
+            return multi
+          },
+          incr(key) {
+            ops.push(() => {
+              const value = (counts.get(key) ?? 0) + 1
+              counts.set(key, value)
+              return value
+            })
+            return multi
+          },
+          pttl() {
+            ops.push(() => 60_000)
+            return multi
+          },
+          async exec() {
+            if (state.down) throw new Error('Connection is closed.')
+            return ops.map((op) => [null, op()] as [null, unknown])
+          },
+        }
+        return multi
+      },
+      async quit() {},
+    }
+  }
+
+  it('answers ERR_UNAVAILABLE with a Retry-After while Redis is down (fail closed), and counts again after', async () => {
+    const state = { down: true }
+    const limiter = createRateLimiter({ limit: 5, redis: fakeRedis(state) })
+    const error = await limiter.consume('ada').catch((e: unknown) => e)
+    expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_UNAVAILABLE', retryAfter: 5 })
+    expect((error as Error).cause).toMatchObject({ message: 'Connection is closed.' })
+    state.down = false
+    expect(await limiter.consume('ada')).toEqual({ ok: true, retryAfter: 0 })
+  })
+
+  it('opens the connection again after a failed open, instead of keeping the failure', async () => {
+    let opens = 0
+    const limiter = createRateLimiter({
+      limit: 5,
+      redis: async () => {
+        opens++
+        if (opens === 1) throw new Error('ECONNREFUSED')
+        return fakeRedis()
+      },
+    })
+    await expect(limiter.consume('ada')).rejects.toMatchObject({ code: 'ERR_UNAVAILABLE' })
+    expect(await limiter.consume('ada')).toEqual({ ok: true, retryAfter: 0 })
+    expect(opens).toBe(2)
+  })
+
+  it('makes a login answer 503 temporarily_unavailable with Retry-After when Redis is unreachable, and leaves refreshes alone', async () => {
+    const store = createSqliteStore({ filename: ':memory:' })
+    const issuer = 'https://auth.tokenflow.test'
+    const audience = 'https://api.tokenflow.test'
+    // nothing listens on port 1: every Redis command fails
+    const app = createAuthServer({ issuer, audience, store, redisUrl: 'redis://127.0.0.1:1' })
+    const direct = createAuthServer({ issuer, audience, store, rateLimit: false })
+    try {
+      await Promise.all([app.ready(), direct.ready()])
+      await app.tokenflow.issuer.addUser('ada', 'correct horse battery staple')
+      const payload = { username: 'ada', password: 'correct horse battery staple' }
+      const refused = await app.inject({ method: 'POST', url: '/auth/login', payload })
+      expect(refused.statusCode).toBe(503)
+      expect(refused.headers['retry-after']).toBe('5')
+      expect(refused.json()).toMatchObject({ error: 'temporarily_unavailable', code: 'ERR_UNAVAILABLE' })
+      const session = (await direct.inject({ method: 'POST', url: '/auth/login', payload })).json()
+      const refreshed = await app.inject({
+        method: 'POST',
+        url: '/refresh/token',
+        payload: { refreshToken: session.refreshToken },
+      })
+      expect(refreshed.statusCode).toBe(200)
+    } finally {
+      await app.close()
+      await direct.close()
+      await store.close()
     }
   })
 })

@@ -32,6 +32,7 @@ const AUTH_ERRORS: Record<AuthError['code'], { status: number; error: string }> 
   // 400, not 401: a 401 would need a challenge header for a client that sent no credentials (RFC 6749 section 5.2)
   ERR_INVALID_CLIENT: { status: 400, error: 'invalid_client' },
   ERR_INTERNAL: { status: 500, error: 'server_error' },
+  ERR_UNAVAILABLE: { status: 503, error: 'temporarily_unavailable' },
 }
 
 /**
