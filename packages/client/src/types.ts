@@ -3,7 +3,7 @@ export interface TokenSet {
   accessToken: string
   /** `undefined` keeps the current refresh token (servers that do not rotate); `null` means there is none */
   refreshToken?: string | null | undefined
-  /** epoch ms at which the access token expires; when absent, the JWT's `exp` is used */
+  /** epoch ms at which the access token expires; with a JWT `exp` too, the earlier one counts */
   expiresAt?: number | undefined
 }
 

@@ -112,7 +112,18 @@ export function createPostgresStore({ client, schema }: PostgresStoreOptions): T
       throw translate(error, schema)
     }
   }
-  const query = (text: string, params?: unknown[]) => connection.single((on) => exec(on, text, params))
+  const query = async (text: string, params?: unknown[]) => {
+    // under a REPEATABLE READ or SERIALIZABLE default, a statement that meets a concurrent update fails with
+    // 40001 instead of re-checking the row as READ COMMITTED does. It changed nothing: run it again (a lost
+    // compare-and-swap then finds no row, as it would have at once)
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await connection.single((on) => exec(on, text, params))
+      } catch (error) {
+        if (attempt >= 5 || (error as { code?: unknown })?.code !== '40001') throw error
+      }
+    }
+  }
 
   // the rotation compare-and-swap, kept in one function so it can be swapped for a group commit
   const rotate = async (id: string, expectedCounter: number, now: number) => {
@@ -328,7 +339,9 @@ function connectionFor(client: PostgresClient): Connection {
 }
 
 async function inTransaction(on: PostgresClient, fn: (tx: PostgresClient) => Promise<void>): Promise<void> {
-  await on.query('BEGIN')
+  // whatever the server's default: under REPEATABLE READ the snapshot would be taken before the advisory
+  // lock is granted, and a migration that waited would not see the one it waited for
+  await on.query('BEGIN ISOLATION LEVEL READ COMMITTED')
   try {
     await fn(on)
     await on.query('COMMIT')
