@@ -572,7 +572,9 @@ export function createIssuer({
     },
 
     pruneSessions() {
-      return store.deleteExpiredSessions(now())
+      const time = now()
+      // a session unused for longer than the idle timeout is as dead as an expired one
+      return store.deleteExpiredSessions(time, time - refreshIdleTimeout)
     },
 
     get stats() {

@@ -576,6 +576,19 @@ describe('logout and sessions', () => {
     await expect(issuer.refresh(live.refreshToken)).resolves.toMatchObject({ sessionId: live.sessionId })
   })
 
+  it('pruneSessions deletes a session dead by the idle timeout long before its absolute expiry', async () => {
+    const { issuer, advance } = setup({ refreshTokenTtl: 365 * DAY, refreshIdleTimeout: 7 * DAY })
+    const idle = await issuer.login('ada', PASSWORD)
+    const used = await issuer.login('ada', PASSWORD)
+    advance(6 * DAY)
+    const next = await issuer.refresh(used.refreshToken)
+    advance(DAY + 1)
+    await expectInvalidGrant(issuer, issuer.refresh(idle.refreshToken))
+    expect(await issuer.pruneSessions()).toBeGreaterThanOrEqual(1)
+    expect(await store.getSession(idle.sessionId)).toBeNull()
+    await expect(issuer.refresh(next.refreshToken)).resolves.toMatchObject({ sessionId: used.sessionId })
+  })
+
   it('removing a user ends their sessions', async () => {
     const { issuer } = setup()
     await issuer.addUser('frank', PASSWORD)

@@ -221,11 +221,11 @@ export function createPostgresStore({ client, schema }: PostgresStoreOptions): T
       )
       return rows.map(toSession)
     },
-    async deleteExpiredSessions(before) {
+    async deleteExpiredSessions(before, idleBefore = Number.MIN_SAFE_INTEGER) {
       const [{ count }] = (await query(
-        `WITH deleted AS (DELETE FROM ${sessions} WHERE expires_at < $1 OR revoked_at < $1 RETURNING 1)
-         SELECT count(*)::int AS count FROM deleted`,
-        [before],
+        `WITH deleted AS (DELETE FROM ${sessions} WHERE expires_at < $1 OR revoked_at < $1 OR last_used_at < $2
+         RETURNING 1) SELECT count(*)::int AS count FROM deleted`,
+        [before, idleBefore],
       )) as [{ count: number }]
       return count
     },

@@ -290,8 +290,8 @@ export function createSqliteStore({
     async listSessions(userId, now) {
       return (statements().listSessions.all(userId, now) as SessionRow[]).map(toSession)
     },
-    async deleteExpiredSessions(before) {
-      return statements().deleteExpiredSessions.run(before, before).changes
+    async deleteExpiredSessions(before, idleBefore = Number.MIN_SAFE_INTEGER) {
+      return statements().deleteExpiredSessions.run(before, before, idleBefore).changes
     },
 
     async createUser(user) {
@@ -369,7 +369,9 @@ function prepare(db: Database.Database) {
       `SELECT * FROM sessions WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ?
        ORDER BY created_at DESC, id DESC`,
     ),
-    deleteExpiredSessions: db.prepare('DELETE FROM sessions WHERE expires_at < ? OR revoked_at < ?'),
+    deleteExpiredSessions: db.prepare(
+      'DELETE FROM sessions WHERE expires_at < ? OR revoked_at < ? OR last_used_at < ?',
+    ),
     insertUser: db.prepare(
       `INSERT INTO users (id, username, password_hash, created_at, password_changed_at) VALUES (?, ?, ?, ?, ?)
        ON CONFLICT (username) DO NOTHING`,

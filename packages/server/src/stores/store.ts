@@ -73,8 +73,11 @@ export interface TokenStore {
   revokeUserSessions(userId: string, now: number, reason: string, exceptId?: string): Promise<number>
   /** live sessions of a user (not revoked, not expired at `now`), newest first */
   listSessions(userId: string, now: number): Promise<SessionRecord[]>
-  /** delete sessions that expired or were revoked before `before`; resolves to how many */
-  deleteExpiredSessions(before: number): Promise<number>
+  /**
+   * delete sessions that expired or were revoked before `before`, and those last used before `idleBefore`
+   * (dead by the idle timeout); resolves to how many
+   */
+  deleteExpiredSessions(before: number, idleBefore?: number): Promise<number>
 
   createUser(user: UserRecord): Promise<void>
   getUserByName(username: string): Promise<UserRecord | null>

@@ -351,6 +351,18 @@ export function describeTokenStore(name: string, make: () => Promise<TokenStoreF
           expect(await store.deleteExpiredSessions(NOW + 2)).toBe(3)
           expect(await store.getSession(live.id)).toEqual(live)
         })
+
+        it('also deletes sessions last used before idleBefore (dead by the idle timeout)', async () => {
+          const idle = session(alice.id, { lastUsedAt: NOW - 2 })
+          const atCutoff = session(alice.id, { lastUsedAt: NOW - 1 })
+          const recent = session(bob.id, { lastUsedAt: NOW })
+          for (const s of [idle, atCutoff, recent]) await store.createSession(s)
+          // without idleBefore (a caller of the one-argument form) nothing idle goes
+          expect(await store.deleteExpiredSessions(NOW)).toBe(0)
+          expect(await store.deleteExpiredSessions(NOW, NOW - 1)).toBe(1)
+          expect(await store.getSession(idle.id)).toBeNull()
+          for (const s of [atCutoff, recent]) expect(await store.getSession(s.id)).toEqual(s)
+        })
       })
 
       describe('users', () => {
