@@ -90,7 +90,11 @@ describe('createRateLimiter when Redis fails', () => {
         const ops: Array<() => unknown> = []
         const multi: RedisMultiLike = {
           set(key) {
-            ops.push(() => (counts.has(key) ? null : (counts.set(key, 0), 'OK')))
+            ops.push(() => {
+              if (counts.has(key)) return null
+              counts.set(key, 0)
+              return 'OK'
+            })
             return multi
           },
           incr(key) {
