@@ -348,7 +348,11 @@ export function createIssuer({
     return results.find((result) => !result.ok)
   }
 
-  const builtInAuthenticate = async (username: string, password: string): Promise<string | null> => {
+  /** the hashes the stored one may be after a successful check: the one checked, and this login's rehash */
+  const builtInAuthenticate = async (
+    username: string,
+    password: string,
+  ): Promise<[UserRecord, string] | null> => {
     const user = await store.getUserByName(username)
     if (!user) {
       // the same Argon2 work as a real check, so the answer time does not reveal unknown users
@@ -356,15 +360,25 @@ export function createIssuer({
       return null
     }
     if (!(await passwords.verify(user.passwordHash, password))) return null
+    let rehashed = user.passwordHash
     if (passwords.needsRehash(user.passwordHash)) {
       try {
-        // the parameters changed since this hash was made: upgrade it while we know the password
-        await store.setPasswordHash(user.id, await passwords.hash(password), user.passwordChangedAt)
+        // the parameters changed since this hash was made: upgrade it while we know the password, unless a
+        // password change landed meanwhile (the old password must not come back)
+        rehashed = await passwords.hash(password)
+        await store.setPasswordHash(user.id, rehashed, user.passwordChangedAt, user.passwordHash)
       } catch (error) {
         emit({ type: 'rehashFailed', userId: user.id, error })
       }
     }
-    return user.id
+    return [user, rehashed]
+  }
+
+  /** false when the password was changed since it was checked: the stored hash no longer takes it */
+  const stillTakes = async ([user, rehashed]: [UserRecord, string], password: string) => {
+    const current = (await store.getUser(user.id))?.passwordHash
+    if (current === undefined) return false
+    return current === user.passwordHash || current === rehashed || passwords.verify(current, password)
   }
 
   const ensureUserRow = async (userId: string, time: number) => {
@@ -397,6 +411,7 @@ export function createIssuer({
         throw new AuthError('ERR_RATE_LIMITED', 'too many login attempts', { retryAfter: limited.retryAfter })
       }
       let userId: string | null
+      let checked: [UserRecord, string] | null = null
       if (authenticate) {
         const result = await authenticate({ username, password, ip: meta.ip, userAgent: meta.userAgent })
         userId = result === null ? null : result.userId
@@ -407,7 +422,8 @@ export function createIssuer({
           throw new AuthError('ERR_CONFIG', '"authenticate" must resolve { userId: string } or null')
         }
       } else {
-        userId = await builtInAuthenticate(username, password)
+        checked = await builtInAuthenticate(username, password)
+        userId = checked?.[0].id ?? null
       }
       if (userId === null) {
         stats.loginFailures++
@@ -431,6 +447,14 @@ export function createIssuer({
         userAgent: typeof meta.userAgent === 'string' ? meta.userAgent.slice(0, MAX_USER_AGENT_LENGTH) : null,
       }
       await store.createSession(session)
+      // the password changed after it was checked (changePassword ended the sessions it found, not this one
+      // yet to come): the old password gets no session
+      if (checked && !(await stillTakes(checked, password))) {
+        await store.revokeSession(session.id, time, 'password-change')
+        stats.loginFailures++
+        emit({ type: 'loginFailed', reason: 'credentials' })
+        throw invalidCredentials()
+      }
       stats.logins++
       emit({ type: 'login', userId, sessionId: session.id })
       return issue(session, time)

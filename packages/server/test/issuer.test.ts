@@ -599,6 +599,81 @@ describe('logout and sessions', () => {
   })
 })
 
+describe('a login racing a password change', () => {
+  const OLD = 'old password that leaked'
+  const NEW = 'brand new password 123'
+
+  /** A fresh store with one user whose hash is weaker than the hasher's (a login rehashes it), and a login
+   * that stops, once, after its password check (`verify`) or after its rehash (`hash`) until released. */
+  async function racing(stopAfter: 'verify' | 'hash') {
+    const own = createSqliteStore({ filename: ':memory:' })
+    await own.migrate()
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let stopped!: () => void
+    const atGate = new Promise<void>((resolve) => {
+      stopped = resolve
+    })
+    let once = false
+    const stop = async () => {
+      if (once) return
+      once = true
+      stopped()
+      await gate
+    }
+    const gated = {
+      ...passwords,
+      async hash(password: string) {
+        const phc = await passwords.hash(password)
+        if (stopAfter === 'hash' && password === OLD) await stop()
+        return phc
+      },
+      async verify(phc: string, password: string) {
+        const ok = await passwords.verify(phc, password)
+        if (stopAfter === 'verify') await stop()
+        return ok
+      },
+    }
+    const { issuer } = setup({ passwords: gated }, own)
+    const weak = createPasswordHasher({ memoryCost: 8192, timeCost: 1 })
+    await own.createUser({
+      id: 'u1',
+      username: 'ada',
+      passwordHash: await weak.hash(OLD),
+      createdAt: T0,
+      passwordChangedAt: T0,
+    })
+    return { own, issuer, release, atGate }
+  }
+
+  it('a rehash on login does not put the old password back over a change made meanwhile', async () => {
+    const { own, issuer, release, atGate } = await racing('hash')
+    const login = issuer.login('ada', OLD)
+    await atGate
+    await issuer.changePassword('u1', OLD, NEW)
+    release()
+    // and that login, whose password no longer holds by the time its session would start, gets none
+    await expect(login).rejects.toMatchObject({ code: 'ERR_INVALID_CREDENTIALS' })
+    expect(await issuer.listSessions('u1')).toEqual([])
+    await expect(issuer.login('ada', OLD)).rejects.toMatchObject({ code: 'ERR_INVALID_CREDENTIALS' })
+    await expect(issuer.login('ada', NEW)).resolves.toMatchObject({ userId: 'u1' })
+    await own.close()
+  })
+
+  it('a login whose password check came before a change gets no session that outlives it', async () => {
+    const { own, issuer, release, atGate } = await racing('verify')
+    const login = issuer.login('ada', OLD)
+    await atGate
+    await issuer.changePassword('u1', OLD, NEW)
+    release()
+    await expect(login).rejects.toMatchObject({ code: 'ERR_INVALID_CREDENTIALS' })
+    expect(await issuer.listSessions('u1')).toEqual([])
+    await own.close()
+  })
+})
+
 describe('users', () => {
   it('refuses duplicate, empty and control-character usernames', async () => {
     const { issuer } = setup()

@@ -249,12 +249,15 @@ export function createPostgresStore({ client, schema }: PostgresStoreOptions): T
     async listUsers() {
       return (await query(`SELECT * FROM ${users} ORDER BY created_at, username`)).map(toUser)
     },
-    async setPasswordHash(userId, passwordHash, changedAt) {
+    async setPasswordHash(userId, passwordHash, changedAt, expectedHash) {
       const rows = await query(
-        `UPDATE ${users} SET password_hash = $1, password_changed_at = $2 WHERE id = $3 RETURNING id`,
-        [passwordHash, changedAt, userId],
+        `UPDATE ${users} SET password_hash = $1, password_changed_at = $2
+         WHERE id = $3 AND ($4::text IS NULL OR password_hash = $4) RETURNING id`,
+        [passwordHash, changedAt, userId, expectedHash ?? null],
       )
-      if (rows.length === 0) throw new AuthError('ERR_NOT_FOUND', `user "${userId}" does not exist`)
+      if (rows.length === 0 && expectedHash === undefined) {
+        throw new AuthError('ERR_NOT_FOUND', `user "${userId}" does not exist`)
+      }
     },
     async deleteUser(username) {
       const rows = await query(`DELETE FROM ${users} WHERE username = $1 RETURNING id`, [username])

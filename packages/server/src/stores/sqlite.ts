@@ -315,7 +315,11 @@ export function createSqliteStore({
     async listUsers() {
       return (statements().listUsers.all() as UserRow[]).map(toUser)
     },
-    async setPasswordHash(userId, passwordHash, changedAt) {
+    async setPasswordHash(userId, passwordHash, changedAt, expectedHash) {
+      if (expectedHash !== undefined) {
+        statements().setPasswordHashIf.run(passwordHash, changedAt, userId, expectedHash)
+        return
+      }
       if (statements().setPasswordHash.run(passwordHash, changedAt, userId).changes === 0) {
         throw new AuthError('ERR_NOT_FOUND', `user "${userId}" does not exist`)
       }
@@ -380,6 +384,9 @@ function prepare(db: Database.Database) {
     getUser: db.prepare('SELECT * FROM users WHERE id = ?'),
     listUsers: db.prepare('SELECT * FROM users ORDER BY created_at, username'),
     setPasswordHash: db.prepare('UPDATE users SET password_hash = ?, password_changed_at = ? WHERE id = ?'),
+    setPasswordHashIf: db.prepare(
+      'UPDATE users SET password_hash = ?, password_changed_at = ? WHERE id = ? AND password_hash = ?',
+    ),
     deleteUser: db.prepare('DELETE FROM users WHERE username = ?'),
     listKeys: db.prepare('SELECT * FROM signing_keys ORDER BY created_at DESC, kid DESC'),
     insertKey: db.prepare(

@@ -83,7 +83,16 @@ export interface TokenStore {
   getUserByName(username: string): Promise<UserRecord | null>
   getUser(id: string): Promise<UserRecord | null>
   listUsers(): Promise<UserRecord[]>
-  setPasswordHash(userId: string, passwordHash: string, changedAt: number): Promise<void>
+  /**
+   * replace a user's hash (ERR_NOT_FOUND for an unknown user). With `expectedHash` (a rehash on login), only
+   * while the stored hash is still that one: a password change made meanwhile wins, and nothing happens
+   */
+  setPasswordHash(
+    userId: string,
+    passwordHash: string,
+    changedAt: number,
+    expectedHash?: string,
+  ): Promise<void>
   /** resolves true when a user was deleted; deleting a user deletes its sessions */
   deleteUser(username: string): Promise<boolean>
 

@@ -403,6 +403,15 @@ export function describeTokenStore(name: string, make: () => Promise<TokenStoreF
           await expectAuthError(store.setPasswordHash('no-such-user', 'x', NOW), 'ERR_NOT_FOUND')
         })
 
+        it('setPasswordHash with expectedHash writes only while the stored hash is still that one', async () => {
+          await store.setPasswordHash(alice.id, 'rehashed', alice.passwordChangedAt, 'not-the-stored-hash')
+          expect(await store.getUser(alice.id)).toEqual(alice)
+          await store.setPasswordHash(alice.id, 'rehashed', alice.passwordChangedAt, alice.passwordHash)
+          expect(await store.getUser(alice.id)).toEqual({ ...alice, passwordHash: 'rehashed' })
+          // an unknown user is no error here: the rehash of a user deleted meanwhile just does not happen
+          await store.setPasswordHash('no-such-user', 'x', NOW, 'x')
+        })
+
         it('deleteUser deletes the user and its sessions, and nobody else', async () => {
           const first = session(alice.id)
           const revoked = session(alice.id, { revokedAt: NOW, revokedReason: 'logout' })
