@@ -14,6 +14,8 @@ const USAGE = `usage: tokenflow-server <command> [options]
 
 commands:
   start [--port 3000] [--host 127.0.0.1] [--db ./tokenflow.db | --postgres URL]
+                        port from env PORT, host from env TOKENFLOW_HOST; a host that is not loopback
+                        (0.0.0.0 to take outside traffic) needs --issuer
   user add <name>       the password is read from a prompt, or from stdin when it is not a terminal
   user list
   user remove <name>
@@ -22,7 +24,8 @@ commands:
 options (all commands):
   --db FILE             SQLite database file (env TOKENFLOW_DB; default ./tokenflow.db)
   --postgres URL        PostgreSQL connection URL (env DATABASE_URL), needs the "pg" package
-  --issuer URL          "iss" of access tokens (env TOKENFLOW_ISSUER; default http://HOST:PORT)
+  --issuer URL          "iss" of access tokens (env TOKENFLOW_ISSUER; default http://HOST:PORT,
+                        with the port actually bound for --port 0)
   --audience AUD        "aud" of access tokens (env TOKENFLOW_AUDIENCE; default the issuer)
   --client-id ID        OAuth client id (env TOKENFLOW_CLIENT_ID; default tokenflow)
   --redis URL           keep login rate limits in Redis (env TOKENFLOW_REDIS_URL)
@@ -67,10 +70,20 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'start': {
       if (sub !== undefined) throw new CliError(`unexpected argument "${sub}" (see --help)`)
-      const port = parsePort(values.port ?? env.PORT ?? '3000')
-      const host = values.host ?? '127.0.0.1'
-      const issuer =
-        values.issuer ?? env.TOKENFLOW_ISSUER ?? `http://${host.includes(':') ? `[${host}]` : host}:${port}`
+      let port = parsePort(values.port ?? env.PORT ?? '3000')
+      const host = values.host ?? env.TOKENFLOW_HOST ?? '127.0.0.1'
+      let issuer = values.issuer ?? env.TOKENFLOW_ISSUER
+      if (issuer === undefined) {
+        // tokens carry the issuer, and clients and verifiers must reach it: 0.0.0.0 or a port of 0 is no
+        // address. On loopback the default is this server's own address, with the port it will really bind
+        if (!['127.0.0.1', 'localhost', '::1'].includes(host)) {
+          throw new CliError(
+            `--host ${host} needs --issuer: the https URL clients and verifiers reach this server at`,
+          )
+        }
+        if (port === 0) port = await freePort(host)
+        issuer = `http://${host.includes(':') ? `[${host}]` : host}:${port}`
+      }
       const database = await openDatabase(values)
       const redisUrl = values.redis ?? env.TOKENFLOW_REDIS_URL
       // Fastify loads only for `start`: the user and key commands answer faster without it
@@ -92,6 +105,11 @@ async function main(argv: string[]): Promise<number> {
         throw error
       }
       const stop = async () => {
+        // a client that stalls mid-request must not hold the stop forever (Fastify waits for open requests)
+        setTimeout(() => {
+          app.server.closeAllConnections()
+          process.exit(1)
+        }, 10_000).unref()
         await app.close()
         await database.close()
         process.exit(0)
@@ -225,6 +243,19 @@ interface PgPool {
   on(event: 'error', listener: (error: Error) => void): unknown
   end(): Promise<void>
   query(text: string, params?: unknown[]): Promise<{ rows: any[] }>
+}
+
+/** A port that is free on `host` now (the server binds it a moment later; fine for local development). */
+async function freePort(host: string): Promise<number> {
+  const { createServer } = await import('node:net')
+  return new Promise((resolve, reject) => {
+    const probe = createServer()
+    probe.once('error', reject)
+    probe.listen(0, host, () => {
+      const { port } = probe.address() as { port: number }
+      probe.close(() => resolve(port))
+    })
+  })
 }
 
 function parsePort(text: string): number {

@@ -45,6 +45,11 @@ export interface CookieOptions {
  */
 export interface LoginRateLimitOptions {
   /**
+   * A Redis client you already have (ioredis, or anything `RedisLike`) to count in, instead of opening
+   * one from `redisUrl`. You own it: the server does not close it.
+   */
+  redis?: RedisLike
+  /**
    * Login attempts per account (case-folded username) per window.
    * @default 10
    */
@@ -230,8 +235,9 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
   } = options
   // every check without side effects first: a bad option must not leave a database file or a socket open
   checkIssuerUrl(issuerUrl)
-  if (!Number.isSafeInteger(pruneInterval) || pruneInterval < 0) {
-    throw new AuthError('ERR_CONFIG', '"pruneInterval" must be a non-negative integer (ms)')
+  // setInterval fires every millisecond past 2^31 - 1 ms
+  if (!Number.isSafeInteger(pruneInterval) || pruneInterval < 0 || pruneInterval >= 2 ** 31) {
+    throw new AuthError('ERR_CONFIG', '"pruneInterval" must be a non-negative integer (ms), below 2^31')
   }
   const refreshCookie = resolveCookie(cookie)
   if (redisUrl !== undefined && (typeof redisUrl !== 'string' || !/^rediss?:\/\//.test(redisUrl))) {
@@ -252,14 +258,18 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
         window,
         now,
         prefix,
-        ...(redisUrl === undefined ? {} : { redis: openRedis }),
+        ...(rateLimit.redis !== undefined
+          ? { redis: rateLimit.redis }
+          : redisUrl === undefined
+            ? {}
+            : { redis: openRedis }),
       })
     loginLimits.perAccount = limiter(perAccount, 'tokenflow:rl:account:')
     loginLimits.perIp = limiter(perIp, 'tokenflow:rl:ip:')
   }
 
   const ownsStore = options.store === undefined
-  const store = options.store ?? createSqliteStore()
+  const store = options.store ?? lazySqliteStore()
   let keyring: Keyring
   let issuer: Issuer
   let app: FastifyInstance
@@ -275,6 +285,9 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
         })
     app = Fastify({
       bodyLimit: BODY_LIMIT,
+      // the whole request (at most 4 KiB of body) within 10 s: a client that stalls cannot hold a socket,
+      // nor a graceful stop, forever
+      requestTimeout: 10_000,
       trustProxy,
       logger: loggerOptions(logger),
       // reject what the schemas do not allow instead of silently dropping or coercing it
@@ -385,14 +398,19 @@ function checkIssuerUrl(issuer: unknown): asserts issuer is string {
   } catch {
     url = undefined
   }
-  // RFC 8414 section 2: an https URL (http for local development) without query or fragment
+  // RFC 8414 section 2: an https URL without query or fragment. Plain http only on loopback, for local
+  // development, as the verifiers accept it: its JWKS could be swapped by anyone on the path
+  const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(url?.hostname ?? '')
   if (
     !url ||
-    (url.protocol !== 'https:' && url.protocol !== 'http:') ||
+    (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback)) ||
     url.search !== '' ||
     url.hash !== ''
   ) {
-    throw new AuthError('ERR_CONFIG', '"issuer" must be an http(s) URL without query or fragment')
+    throw new AuthError(
+      'ERR_CONFIG',
+      '"issuer" must be an https URL (http only on localhost) without query or fragment',
+    )
   }
 }
 
@@ -421,6 +439,46 @@ function resolveCookie(cookie: boolean | CookieOptions): RefreshCookie | undefin
     throw new AuthError('ERR_CONFIG', '"cookie.csrfHeader" must be a header name')
   }
   return { name, path, domain, csrfHeader: csrfHeader.toLowerCase() }
+}
+
+/**
+ * The default store, `createSqliteStore()`, opened on first use (migrate, when the server gets ready): an
+ * option refused while the server is created then leaves no database file behind.
+ */
+function lazySqliteStore(): TokenStore {
+  let store: TokenStore | undefined
+  const methods: Array<keyof TokenStore> = [
+    'migrate',
+    'createSession',
+    'getSession',
+    'rotateSession',
+    'revokeSession',
+    'revokeUserSessions',
+    'listSessions',
+    'deleteExpiredSessions',
+    'createUser',
+    'getUserByName',
+    'getUser',
+    'listUsers',
+    'setPasswordHash',
+    'deleteUser',
+    'listKeys',
+    'insertKey',
+    'retireKey',
+  ]
+  const lazy = Object.fromEntries(
+    methods.map((name) => [
+      name,
+      (...args: unknown[]) => {
+        store ??= createSqliteStore()
+        return (store[name] as (...params: unknown[]) => unknown).apply(store, args)
+      },
+    ]),
+  ) as unknown as TokenStore
+  lazy.close = async () => {
+    await store?.close()
+  }
+  return lazy
 }
 
 function isKeyring(keys: { alg?: SigningAlgorithm; activationDelay?: number } | Keyring): keys is Keyring {

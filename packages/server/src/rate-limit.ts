@@ -244,8 +244,29 @@ export async function connectRedis(url: string): Promise<RedisLike> {
   }
   // fail a command after one reconnect attempt instead of queueing logins forever while Redis is down
   const client = new Redis(url, { maxRetriesPerRequest: 1, connectTimeout: 5000, enableAutoPipelining: true })
-  // a failing connection reaches each login that needs it (503); without a listener ioredis would also
-  // print every failed reconnect as an unhandled 'error' event
-  ;(client as { on?: (event: string, listener: () => void) => void }).on?.('error', () => {})
+  const events = client as unknown as {
+    on(event: string, listener: (error?: Error) => void): void
+    off(event: string, listener: (error?: Error) => void): void
+    disconnect(): void
+  }
+  // a later outage reaches each login that needs Redis (503); without a listener ioredis would also print
+  // every failed reconnect as an unhandled 'error' event
+  events.on('error', () => {})
+  // a Redis that cannot be reached at start is a bad configuration: the server does not start
+  await new Promise<void>((resolve, reject) => {
+    const ready = () => {
+      events.off('error', failed)
+      resolve()
+    }
+    const failed = (error?: Error) => {
+      events.off('ready', ready)
+      events.disconnect()
+      reject(
+        new AuthError('ERR_CONFIG', `cannot reach Redis: ${error?.message ?? 'no answer'}`, { cause: error }),
+      )
+    }
+    events.on('ready', ready)
+    events.on('error', failed)
+  })
   return client
 }

@@ -114,7 +114,7 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
     expectOneLine(port, '--port must be an integer from 0 to 65535, got "-1"')
     expectOneLine(envPort, '--port must be an integer from 0 to 65535, got "eighty"')
     expectOneLine(alg, '--alg must be one of ES256, ES384, RS256, PS256')
-    expectOneLine(issuer, '"issuer" must be an http(s) URL without query or fragment')
+    expectOneLine(issuer, '"issuer" must be an https URL (http only on localhost) without query or fragment')
     expectOneLine(redis, '"redisUrl" must be a redis:// or rediss:// URL')
     expectOneLine(mysql, '--postgres must be a postgres:// URL')
   })

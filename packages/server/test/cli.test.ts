@@ -107,6 +107,18 @@ describe.concurrent('tokenflow-server', { timeout: 60_000 }, () => {
     expect(run.stderr).not.toContain('s3cret-pw')
   })
 
+  it('answers a host that is not loopback without --issuer, an unreachable Redis and a plain-http public issuer with one line each', async () => {
+    const db = join(dir, 'config.db')
+    const [wildcard, redis, http] = await Promise.all([
+      cli(['start', '--host', '0.0.0.0', '--port', '0', '--db', db]),
+      cli(['start', '--port', '0', '--db', db, '--redis', 'redis://127.0.0.1:1']),
+      cli(['start', '--port', '0', '--db', db, '--issuer', 'http://auth.example.com']),
+    ])
+    expectOneLineError(wildcard, /--host 0\.0\.0\.0 needs --issuer/)
+    expectOneLineError(redis, /cannot reach Redis: .*ECONNREFUSED/)
+    expectOneLineError(http, /"issuer" must be an https URL \(http only on localhost\)/)
+  })
+
   it('answers an unusable SQLite path with one line', async () => {
     expectOneLineError(
       await cli(['user', 'list', '--db', join(dir, 'missing-dir', 'x.db')]),
@@ -161,6 +173,11 @@ describe.concurrent('tokenflow-server', { timeout: 60_000 }, () => {
       })
       child.on('close', () => reject(new Error(`the server exited before listening: ${stdout}`)))
     })
+    // the default issuer is the address really bound, not port 0
+    const metadata = (await (await fetch(`${url}/.well-known/oauth-authorization-server`)).json()) as {
+      issuer: string
+    }
+    expect(metadata.issuer).toBe(url)
     const jwks = await fetch(`${url}/.well-known/jwks.json`)
     expect(jwks.status).toBe(200)
     expect(((await jwks.json()) as { keys: Array<{ kid: string }> }).keys.map((key) => key.kid)).toContain(

@@ -145,31 +145,61 @@ describe('createRateLimiter when Redis fails', () => {
     expect(opens).toBe(2)
   })
 
-  it('makes a login answer 503 temporarily_unavailable with Retry-After when Redis is unreachable, and leaves refreshes alone', async () => {
+  it('makes a login answer 503 temporarily_unavailable with Retry-After while Redis is down, and leaves refreshes alone', async () => {
+    const state = { down: false }
     const store = createSqliteStore({ filename: ':memory:' })
-    const issuer = 'https://auth.tokenflow.test'
-    const audience = 'https://api.tokenflow.test'
-    // nothing listens on port 1: every Redis command fails
-    const app = createAuthServer({ issuer, audience, store, redisUrl: 'redis://127.0.0.1:1' })
-    const direct = createAuthServer({ issuer, audience, store, rateLimit: false })
+    const app = createAuthServer({
+      issuer: 'https://auth.tokenflow.test',
+      audience: 'https://api.tokenflow.test',
+      store,
+      rateLimit: { redis: fakeRedis(state) },
+    })
     try {
-      await Promise.all([app.ready(), direct.ready()])
+      await app.ready()
       await app.tokenflow.issuer.addUser('ada', 'correct horse battery staple')
-      const payload = { username: 'ada', password: 'correct horse battery staple' }
-      const refused = await app.inject({ method: 'POST', url: '/auth/login', payload })
+      const login = () =>
+        app.inject({
+          method: 'POST',
+          url: '/auth/login',
+          payload: { username: 'ada', password: 'correct horse battery staple' },
+        })
+      const session = await login()
+      expect(session.statusCode).toBe(200)
+      state.down = true
+      const refused = await login()
       expect(refused.statusCode).toBe(503)
       expect(refused.headers['retry-after']).toBe('5')
       expect(refused.json()).toMatchObject({ error: 'temporarily_unavailable', code: 'ERR_UNAVAILABLE' })
-      const session = (await direct.inject({ method: 'POST', url: '/auth/login', payload })).json()
       const refreshed = await app.inject({
         method: 'POST',
         url: '/refresh/token',
-        payload: { refreshToken: session.refreshToken },
+        payload: { refreshToken: session.json().refreshToken },
       })
       expect(refreshed.statusCode).toBe(200)
+      state.down = false
+      expect((await login()).statusCode).toBe(200)
     } finally {
       await app.close()
-      await direct.close()
+      await store.close()
+    }
+  })
+
+  it('does not start when redisUrl cannot be reached: ERR_CONFIG naming the failure', async () => {
+    const store = createSqliteStore({ filename: ':memory:' })
+    // nothing listens on port 1
+    const app = createAuthServer({
+      issuer: 'https://auth.tokenflow.test',
+      audience: 'https://api.tokenflow.test',
+      store,
+      redisUrl: 'redis://127.0.0.1:1',
+    })
+    try {
+      await expect(app.ready()).rejects.toMatchObject({
+        code: 'ERR_CONFIG',
+        message: expect.stringMatching(/^cannot reach Redis: .*ECONNREFUSED/),
+      })
+    } finally {
+      await app.close().catch(() => undefined)
       await store.close()
     }
   })

@@ -3,10 +3,16 @@
  * (`accessTokenTtl` 15 min, `reuseGrace` 10 s, `refreshIdleTimeout` 7 days, `refreshTokenTtl`
  * 30 days absolute, `store` SQLite in ./tokenflow.db) hold through HTTP.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { type AuthServer, createAuthServer, createSqliteStore, type TokenStore } from '@tokenflow/server'
+import {
+  type AuthServer,
+  type AuthServerOptions,
+  createAuthServer,
+  createSqliteStore,
+  type TokenStore,
+} from '@tokenflow/server'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { AUDIENCE, INVALID_GRANT_BODY, ISSUER, PASSWORD } from './helpers/http.js'
 
@@ -104,6 +110,23 @@ describe('default lifetimes', () => {
 })
 
 describe('default store', () => {
+  it('is opened on first use: an option refused at creation leaves no ./tokenflow.db behind', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tokenflow-default-store-'))
+    const cwd = process.cwd()
+    process.chdir(dir)
+    try {
+      for (const bad of [{ audience: '' }, { keys: { alg: 'HS256' } }, { accessTokenTtl: 0 }]) {
+        expect(() =>
+          createAuthServer({ issuer: ISSUER, audience: AUDIENCE, ...(bad as object) } as AuthServerOptions),
+        ).toThrow(expect.objectContaining({ code: 'ERR_CONFIG' }))
+      }
+      expect(readdirSync(dir)).toEqual([])
+    } finally {
+      process.chdir(cwd)
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
   it('is SQLite in ./tokenflow.db: a restart in the same directory keeps users, keys and sessions', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'tokenflow-default-store-'))
     const cwd = process.cwd()

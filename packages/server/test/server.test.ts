@@ -1049,6 +1049,19 @@ describe('logging', () => {
 })
 
 describe('createAuthServer options', () => {
+  it('takes a plain http issuer on loopback, for local development', async () => {
+    for (const issuer of ['http://localhost:3000', 'http://127.0.0.1:3000', 'http://[::1]:3000']) {
+      const local = createAuthServer({ issuer, audience: AUDIENCE, store })
+      await local.close()
+    }
+  })
+
+  it('gives up on a request that has not fully arrived within 10 s', async () => {
+    const target = server()
+    await target.ready()
+    expect(target.server.requestTimeout).toBe(10_000)
+  })
+
   it('throws ERR_CONFIG at creation for a bad configuration', () => {
     const base = { issuer: ISSUER, audience: AUDIENCE, store }
     for (const bad of [
@@ -1063,6 +1076,11 @@ describe('createAuthServer options', () => {
       { redisUrl: 'http://127.0.0.1:6379' },
       { keys: { alg: 'HS256' } },
       { pruneInterval: -5 },
+      // setInterval would fire every millisecond
+      { pruneInterval: 2 ** 31 },
+      // plain http only on loopback: a JWKS over http elsewhere can be swapped on the path
+      { issuer: 'http://auth.example.com' },
+      { issuer: 'http://0.0.0.0:3000' },
     ]) {
       expect(() => createAuthServer({ ...base, ...(bad as object) } as AuthServerOptions)).toThrow(
         expect.objectContaining({ name: 'AuthError', code: 'ERR_CONFIG' }),
