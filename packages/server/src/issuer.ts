@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { AuthError } from './errors.js'
 import type { Keyring } from './keys.js'
 import { createPasswordHasher, type PasswordHasher } from './passwords.js'
-import type { RateLimiter } from './rate-limit.js'
+import { ipLimitKey, type RateLimiter } from './rate-limit.js'
 import {
   encodeRefreshToken,
   newSessionId,
@@ -336,7 +336,7 @@ export function createIssuer({
   const checkLimits = async (username: string, ip: string | undefined) => {
     const results = []
     if (loginLimits.perIp && ip !== undefined) {
-      const result = await loginLimits.perIp.consume(`ip:${ip}`)
+      const result = await loginLimits.perIp.consume(`ip:${ipLimitKey(ip)}`)
       results.push(result)
       // a blocked address does not also spend the account's budget
       if (!result.ok) return result

@@ -1,3 +1,4 @@
+import { isIPv6 } from 'node:net'
 import { AuthError } from './errors.js'
 
 /**
@@ -222,6 +223,30 @@ function redisLimiter({
       if (owned && client) await (await client).quit()
     },
   }
+}
+
+/**
+ * The key a client address is limited under: an IPv4 address as it is, an IPv6 address by its /64 (one
+ * subscriber usually gets a whole /64, so counting single addresses would not limit anyone).
+ * @example
+ * ipLimitKey('2001:db8:1:2::abcd') // '2001:db8:1:2::/64'
+ */
+export function ipLimitKey(ip: string): string {
+  if (!isIPv6(ip)) return ip
+  const address = ip.replace(/%.*$/, '').toLowerCase()
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(address)
+  if (mapped) return mapped[1]!
+  // an embedded IPv4 address at the end stands for two groups
+  const groupsOf = (part: string) =>
+    part === '' ? [] : part.split(':').flatMap((group) => (group.includes('.') ? ['0', '0'] : [group]))
+  const [head = '', tail] = address.split('::')
+  const before = groupsOf(head)
+  const after = tail === undefined ? [] : groupsOf(tail)
+  const groups = [...before, ...Array(Math.max(0, 8 - before.length - after.length)).fill('0'), ...after]
+  return `${groups
+    .slice(0, 4)
+    .map((group) => Number.parseInt(group, 16).toString(16))
+    .join(':')}::/64`
 }
 
 /**

@@ -1,7 +1,13 @@
 import { randomUUID } from 'node:crypto'
 import { createAuthServer, createSqliteStore } from '@tokenflow/server'
 import { describe, expect, it } from 'vitest'
-import { connectRedis, createRateLimiter, type RedisLike, type RedisMultiLike } from '../src/rate-limit.js'
+import {
+  connectRedis,
+  createRateLimiter,
+  ipLimitKey,
+  type RedisLike,
+  type RedisMultiLike,
+} from '../src/rate-limit.js'
 
 describe('createRateLimiter (memory)', () => {
   it('allows `limit` attempts per window, then answers Retry-After seconds until the window resets', async () => {
@@ -77,6 +83,48 @@ describe.skipIf(!process.env.REDIS_URL)('createRateLimiter (redis)', () => {
     } finally {
       await limiter.close()
       await redis.quit()
+    }
+  })
+})
+
+describe('ipLimitKey', () => {
+  it('keys IPv4 by the address and IPv6 by its /64, whatever the spelling', () => {
+    expect(ipLimitKey('203.0.113.7')).toBe('203.0.113.7')
+    expect(ipLimitKey('::ffff:203.0.113.7')).toBe('203.0.113.7')
+    for (const ip of ['2001:db8:1:2::abcd', '2001:0DB8:0001:0002:ffff:1:2:3', '2001:db8:1:2:3:4:1.2.3.4']) {
+      expect(ipLimitKey(ip)).toBe('2001:db8:1:2::/64')
+    }
+    expect(ipLimitKey('2001:db8:1:3::1')).toBe('2001:db8:1:3::/64')
+    expect(ipLimitKey('::1')).toBe('0:0:0:0::/64')
+    expect(ipLimitKey('fe80::1%eth0')).toBe('fe80:0:0:0::/64')
+  })
+
+  it('makes 8 logins from one IPv6 /64 meet a per-IP limit of 5, as from one IPv4 address', async () => {
+    const store = createSqliteStore({ filename: ':memory:' })
+    const app = createAuthServer({
+      issuer: 'https://auth.tokenflow.test',
+      audience: 'https://api.tokenflow.test',
+      store,
+      rateLimit: { perIp: 5, perAccount: 1000 },
+    })
+    try {
+      await app.ready()
+      const statuses = await Promise.all(
+        Array.from({ length: 8 }, (_, i) =>
+          app
+            .inject({
+              method: 'POST',
+              url: '/auth/login',
+              remoteAddress: `2001:db8:1:2::${(i + 1).toString(16)}`,
+              payload: { username: `nobody-${i}`, password: 'x' },
+            })
+            .then((reply) => reply.statusCode),
+        ),
+      )
+      expect(statuses.filter((status) => status === 429)).toHaveLength(3)
+    } finally {
+      await app.close()
+      await store.close()
     }
   })
 })

@@ -945,6 +945,49 @@ describe('cookie mode', () => {
     )
   })
 
+  it('logs out at /refresh/token/logout, which the cookie reaches, with the CSRF header, even without an access token', async () => {
+    const { refreshToken } = await cookieLogin()
+    const cookies = { '__Secure-tokenflow_rt': refreshToken }
+    const refresh = () =>
+      cookieApp.inject({
+        method: 'POST',
+        url: '/refresh/token',
+        cookies,
+        headers: { 'x-tokenflow-refresh': '1' },
+      })
+    const forged = await cookieApp.inject({ method: 'POST', url: '/refresh/token/logout', cookies })
+    expect(forged.statusCode).toBe(400)
+    expect(forged.json()).toMatchObject({ code: 'ERR_INVALID_REQUEST' })
+    // the session outlived a logout without the header
+    const still = await refresh()
+    expect(still.statusCode).toBe(200)
+    const next = still.cookies.find((cookie) => cookie.name === '__Secure-tokenflow_rt')!.value
+    const out = await cookieApp.inject({
+      method: 'POST',
+      url: '/refresh/token/logout',
+      cookies: { '__Secure-tokenflow_rt': next },
+      headers: { 'x-tokenflow-refresh': '1' },
+    })
+    expect(out.statusCode).toBe(200)
+    expect(out.json()).toEqual({})
+    expect(cookieOf(out)).toMatch(/^__Secure-tokenflow_rt=; .*Path=\/refresh\/token/)
+    expectNoStore(out)
+    const after = await cookieApp.inject({
+      method: 'POST',
+      url: '/refresh/token',
+      cookies: { '__Secure-tokenflow_rt': next },
+      headers: { 'x-tokenflow-refresh': '1' },
+    })
+    expect(after.json()).toEqual(INVALID_GRANT)
+    // no cookie at all: still 200, nothing to end
+    const empty = await cookieApp.inject({
+      method: 'POST',
+      url: '/refresh/token/logout',
+      headers: { 'x-tokenflow-refresh': '1' },
+    })
+    expect(empty.statusCode).toBe(200)
+  })
+
   it('logs out by the access token, since the cookie never reaches /auth/logout', async () => {
     const { refreshToken, accessToken } = await cookieLogin()
     const out = await cookieApp.inject({

@@ -112,16 +112,33 @@ export async function authRoutes(
 
   if (cookie) {
     const csrfHeader = cookie.csrfHeader
-    app.post('/refresh/token', async (request, reply) => {
-      // a cross-site form or image cannot set a custom header, and no CORS preflight is ever granted
+    // a cross-site form or image cannot set a custom header, and no CORS preflight is ever granted
+    const missingCsrfHeader = (request: FastifyRequest, reply: FastifyReply) => {
       const marker = request.headers[csrfHeader]
-      if (typeof marker !== 'string' || marker === '') {
-        return sendError(reply, 400, {
-          error: 'invalid_request',
-          error_description: `missing "${csrfHeader}" header`,
-          code: 'ERR_INVALID_REQUEST',
-        })
+      if (typeof marker === 'string' && marker !== '') return false
+      sendError(reply, 400, {
+        error: 'invalid_request',
+        error_description: `missing "${csrfHeader}" header`,
+        code: 'ERR_INVALID_REQUEST',
+      })
+      return true
+    }
+    // the cookie reaches only its own path, never /auth/logout: a page whose access token expired, or was
+    // lost with a reload, logs out here, and the session the cookie names ends
+    // (its path is /refresh/token or a parent of it, so it covers /refresh/token/logout)
+    app.post('/refresh/token/logout', async (request, reply) => {
+      if (missingCsrfHeader(request, reply)) return reply
+      const token = request.cookies[cookie.name]
+      try {
+        if (token) await issuer.logout(token)
+      } catch (error) {
+        return sendAuthError(request, reply, error)
       }
+      clearCookie(reply)
+      return noStore(reply).send({})
+    })
+    app.post('/refresh/token', async (request, reply) => {
+      if (missingCsrfHeader(request, reply)) return reply
       try {
         return sendTokens(reply, await issuer.refresh(request.cookies[cookie.name]))
       } catch (error) {
