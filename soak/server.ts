@@ -39,7 +39,7 @@ if (config.kind === 'postgres') {
   store = createSqliteStore({ filename: config.file })
 }
 
-const issuerUrl = 'http://soak.tokenflow.test'
+const issuerUrl = 'https://soak.tokenflow.test'
 let serverErrors = 0
 const app = createAuthServer({
   issuer: issuerUrl,

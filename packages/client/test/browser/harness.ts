@@ -17,8 +17,8 @@ export const hasChromium = existsSync(CHROMIUM_PATH)
 
 export const USERNAME = 'ada'
 export const PASSWORD = 'correct horse battery staple'
-const ISSUER = 'http://tokenflow.test'
-const AUDIENCE = 'http://tokenflow.test/api'
+const ISSUER = 'https://tokenflow.test'
+const AUDIENCE = 'https://tokenflow.test/api'
 
 /** Bundles page.ts for the browser from the client's TypeScript sources. */
 export async function bundlePage(): Promise<string> {
