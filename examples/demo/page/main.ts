@@ -128,12 +128,17 @@ async function logIn(
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ username, password }),
   })
-  const body = (await response.json().catch(() => ({}))) as { accessToken?: string; refreshToken?: string }
+  const body = (await response.json().catch(() => ({}))) as {
+    accessToken?: string
+    refreshToken?: string
+    code?: string
+  }
   if (response.ok && body.accessToken && body.refreshToken) {
     return { accessToken: body.accessToken, refreshToken: body.refreshToken }
   }
   throw new Error(
-    response.status === 401
+    // the server answers a wrong password 400 invalid_grant (RFC 6749 section 5.2), with its own code
+    body.code === 'ERR_INVALID_CREDENTIALS' || response.status === 401
       ? 'Wrong user or password. The password is printed in the terminal that runs npm start.'
       : response.status === 429
         ? 'Too many login attempts: wait a minute, then try again.'
@@ -262,7 +267,9 @@ function reasonOf(error: unknown): string {
 }
 
 function burst(column: Column, prefix: string, via: 'axios' | 'fetch', token: string | null): void {
-  const count = Math.min(500, Math.max(1, Math.round(countInput.valueAsNumber) || 50))
+  // an empty or unreadable field means the default; anything else is clamped to 1..500 (0 and -3 alike: 1)
+  const typed = Math.round(countInput.valueAsNumber)
+  const count = Number.isNaN(typed) ? 50 : Math.min(500, Math.max(1, typed))
   countInput.value = String(count)
   const exp = claimsOf(token)?.exp
   const now = Date.now()

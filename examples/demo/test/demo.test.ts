@@ -124,6 +124,10 @@ describe.skipIf(!hasChromium)('the demo in Chromium', () => {
     await page.waitForSelector('body[data-ready]')
 
     await expect(page.getByLabel('User').inputValue()).resolves.toBe(demo.username)
+    // a wrong password first: the server answers 400 ERR_INVALID_CREDENTIALS, and the page says what it means
+    await page.getByLabel('Password').fill(`${demo.password}-wrong`)
+    await page.getByRole('button', { name: 'Log in' }).click()
+    await page.getByText('Wrong user or password.', { exact: false }).waitFor()
     await page.getByLabel('Password').fill(demo.password)
     await page.getByRole('button', { name: 'Log in' }).click()
     await page.getByRole('button', { name: 'Log out' }).waitFor()
