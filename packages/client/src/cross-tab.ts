@@ -2,8 +2,11 @@ import type { LockManagerLike, TokenSet } from './types.js'
 
 /** What a tab tells the others. */
 export type CrossTabMessage =
-  /** `spent`: the refresh token this refresh rotated, which nobody may use again */
-  { type: 'refreshed'; tokens: TokenSet; spent?: string } | { type: 'loggedOut' }
+  /**
+   * `spent`: the refresh token this refresh rotated, which nobody may use again; `login`: the tokens start a
+   * new session (setTokens), which replaces the one a tab holds, refresh under way included
+   */
+  { type: 'refreshed'; tokens: TokenSet; spent?: string; login?: true } | { type: 'loggedOut' }
 
 /** Cross-tab coordination for one manager: BroadcastChannel, or the storage event, plus the rotation signal. */
 export interface CrossTab {
@@ -13,9 +16,14 @@ export interface CrossTab {
   /**
    * Before refreshing under the lock: if another tab holds the rotation signal for the refresh token that `read`
    * shows, our copy of storage is behind (Chromium copies localStorage writes between tabs asynchronously), so
-   * wait for `read` to show its successor. Resolves with what `read` last returned.
+   * wait for `read` to show its successor. Resolves with what `read` last returned. `stuck`, when this tab's
+   * storage is its own (sessionStorage, memory) and no successor can ever show: a signal that outlasts the
+   * wait means a copy of this session (a duplicated tab) rotated the token, and sending it would revoke both.
    */
-  settle(read: () => Promise<TokenSet | null | undefined>): Promise<TokenSet | null | undefined>
+  settle(
+    read: () => Promise<TokenSet | null | undefined>,
+    stuck?: () => never,
+  ): Promise<TokenSet | null | undefined>
 }
 
 /** How long the tab that rotated keeps the signal, and how long another tab waits for storage to catch up. */
@@ -74,7 +82,7 @@ export function createCrossTab(
         .catch(() => {})
     },
 
-    async settle(read) {
+    async settle(read, stuck) {
       let current = await read()
       const { query } = lock || {}
       if (!query) return current
@@ -89,6 +97,7 @@ export function createCrossTab(
         await sleep(25)
         current = await read()
       }
+      if (stuck && (await rotated())) stuck()
       return current
     },
   }

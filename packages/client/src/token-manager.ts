@@ -104,7 +104,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     leeway = 30_000,
     refreshTimeout = 10_000,
     retry = {},
-    lock = (globalThis as { navigator?: { locks?: LockManagerLike } }).navigator?.locks ?? false,
+    // only in a page or a worker: on a server (Node has navigator.locks since 24.5) one process-wide lock
+    // would make every user's refresh wait for every other's (rule 8)
+    lock = (('document' in globalThis || 'WorkerGlobalScope' in globalThis) &&
+      (globalThis as { navigator?: { locks?: LockManagerLike } }).navigator?.locks) ||
+      false,
     lockTimeout = 10_000,
     channel = 'tokenflow',
     now = Date.now,
@@ -171,6 +175,13 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   // by default only a page whose storage other tabs share talks to them: in Node (SSR) every BroadcastChannel
   // of a process hears every other, and managers of different users must never share tokens (rule 8)
   const talk = !!channel && !!(options.channel || (storage.shared && 'document' in globalThis))
+  // storage of this tab's own (sessionStorage, memory): a rotation signal that outlasts the wait for storage
+  // to catch up means a copy of this session elsewhere (a duplicated tab) rotated the token
+  const copied = storage.shared
+    ? undefined
+    : () => {
+        throw new RefreshError('rejected', 'refresh failed: a copy of this session in another tab rotated it')
+      }
   // the rotation signal (rule 7) comes with the lock, talking or not
   const crossTab =
     talk || lock
@@ -295,14 +306,19 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     const next = message?.type === 'refreshed' && toTokenSet(message.tokens)
     if (next && typeof message.spent === 'string') spend(message.spent)
     if (!next || next.accessToken === tokens?.accessToken || isSpent(next)) return
-    // a login in another tab starts a session here; a refresh there hands over its tokens
-    if (tokens) use(next)
+    // a login in another tab starts a session here, and a refresh of the old one is called off (its result
+    // must not come back over the login); a refresh there hands over its tokens
+    if (tokens && !message.login) use(next)
     else switchSession(next)
     emit({ type: 'refreshed', tokens: next, source: 'otherTab' })
   }
 
-  async function withLock<T>(fn: () => Promise<T>, name = `${channel || 'tokenflow'}:refresh`): Promise<T> {
-    if (!lock) return fn()
+  /** Runs `fn` under the named lock; `fn` learns which lock it holds (none: no lock, or every one timed out). */
+  async function withLock<T>(
+    fn: (held: string | undefined) => Promise<T>,
+    name = `${channel || 'tokenflow'}:refresh`,
+  ): Promise<T> {
+    if (!lock) return fn(undefined)
     let acquired = false
     const controller = new AbortController()
     const timer = setTimeout(() => controller.abort(), lockTimeout)
@@ -310,43 +326,67 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       return await lock.request(name, { signal: controller.signal }, () => {
         acquired = true
         clearTimeout(timer)
-        return fn()
+        return fn(name)
       })
     } catch (error) {
       if (acquired) throw error
       // the holder is stuck (a hung refresh, a frozen tab): the tabs that gave up take turns under a second
       // lock, or they would all refresh with the same token at once; after that one, go without a lock
-      return name.endsWith(':fallback') ? fn() : withLock(fn, `${name}:fallback`)
+      return name.endsWith(':fallback') ? fn(undefined) : withLock(fn, `${name}:fallback`)
     } finally {
       clearTimeout(timer)
     }
   }
 
-  /** One refresh call with its timeout, retried with backoff on transient failures. */
-  async function callRefresh(refreshToken: string, started: number): Promise<TokenSet> {
+  /**
+   * One refresh call with its timeout, retried with backoff on transient failures. A retry waits for its
+   * `turn` and then first asks `recheck` what other tabs did meanwhile: their newer tokens are taken as they
+   * are (no call), or, when those expired too, refreshed instead of the token this refresh started from.
+   * `base` reads and moves the tokens the refresh starts from. Answers the tokens, and whether they are new
+   * from this call.
+   */
+  async function callRefresh(
+    base: (next?: TokenSet) => TokenSet,
+    started: number,
+    turn: <T>(fn: () => Promise<T>) => Promise<T>,
+    recheck: (current: TokenSet) => Promise<TokenSet | undefined>,
+  ): Promise<[TokenSet, boolean]> {
     for (let attempt = 0; ; attempt++) {
       // a session replaced during the backoff gets no further attempt
       if (session !== started) throw sessionCleared()
       const controller = new AbortController()
       const abort = () => controller.abort(sessionCleared())
       abortAttempt = abort
-      const timer = setTimeout(
-        () => controller.abort(new RefreshError('timeout', 'refresh failed: timed out')),
-        refreshTimeout,
-      )
+      let timer: ReturnType<typeof setTimeout> | undefined
       try {
-        // the race makes the timeout hold even for a refresh function that ignores its signal
-        const answer = await wait(
-          refreshTokens({ refreshToken, signal: controller.signal, now }),
-          controller.signal,
-        )
-        const next = toTokenSet(answer)
-        if (!next)
-          throw new RefreshError('invalid-response', 'refresh failed: answered without a valid token')
-        // undefined means "keep the current one" (servers that do not rotate)
-        if (answer.refreshToken === undefined) next.refreshToken = refreshToken
-        return next
+        return await turn(async (): Promise<[TokenSet, boolean]> => {
+          if (session !== started) throw sessionCleared()
+          if (attempt) {
+            const other = await recheck(base())
+            if (other && !isExpired(expiryOf(other)[0])) return [other, false]
+            if (other?.refreshToken) base(other)
+            // the session may have been replaced while this looked
+            if (session !== started) throw sessionCleared()
+          }
+          const refreshToken = base().refreshToken!
+          timer = setTimeout(
+            () => controller.abort(new RefreshError('timeout', 'refresh failed: timed out')),
+            refreshTimeout,
+          )
+          // the race makes the timeout hold even for a refresh function that ignores its signal
+          const answer = await wait(
+            refreshTokens({ refreshToken, signal: controller.signal, now }),
+            controller.signal,
+          )
+          const next = toTokenSet(answer)
+          if (!next)
+            throw new RefreshError('invalid-response', 'refresh failed: answered without a valid token')
+          // undefined means "keep the current one" (servers that do not rotate)
+          if (answer.refreshToken === undefined) next.refreshToken = refreshToken
+          return [next, true]
+        })
       } catch (cause) {
+        clearTimeout(timer)
         const error = toRefreshError(cause)
         if (/rejected|invalid/.test(error.kind) || attempt >= attempts || session !== started) throw error
         const delay = Math.min(maxDelay, baseDelay * 2 ** attempt)
@@ -379,7 +419,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     emit({ type: 'refreshStarted' })
     let next: TokenSet
     try {
-      next = await withLock(async () => {
+      next = await withLock(async (held) => {
+        const lockedAt = Date.now()
         // rule 7: another tab may have refreshed while we waited for the lock; a broadcast may have
         // brought newer tokens than this tab's copy of storage shows yet
         const fresher = async () => {
@@ -387,7 +428,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           // storage is the truth, unless it is known to be behind what a broadcast brought
           return isSpent(stored) && tokens && !isSpent(tokens) ? tokens : stored
         }
-        const stored = await (crossTab ? crossTab.settle(fresher) : read())
+        const stored = await (crossTab ? crossTab.settle(fresher, copied) : read())
         // a replaced session's result is dropped anyway: make no call for it
         if (session !== started) return start
         if (stored === null) {
@@ -404,7 +445,28 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           }
           base = stored
         }
-        const refreshed = await callRefresh(base.refreshToken!, started)
+        // retries hold the lock longer than lockTimeout: tabs that gave up then refresh under the fallback
+        // lock, so a retry from here takes that lock too, and first sees what they did (no spent token sent)
+        const turn = <T>(fn: () => Promise<T>) =>
+          held && !held.endsWith(':fallback') && Date.now() - lockedAt >= lockTimeout
+            ? withLock(fn, `${held}:fallback`)
+            : fn()
+        const recheck = async (current: TokenSet) => {
+          const latest = await (crossTab ? crossTab.settle(fresher, copied) : read())
+          if (latest?.refreshToken && latest.refreshToken !== current.refreshToken && !isSpent(latest))
+            return latest
+        }
+        const [refreshed, fresh] = await callRefresh(
+          (moved) => {
+            if (moved) base = moved
+            return base
+          },
+          started,
+          turn,
+          recheck,
+        )
+        // another tab refreshed meanwhile: its tokens are taken below, nothing is written or announced
+        if (!fresh) return refreshed
         receivedAt = now()
         if (refreshed.refreshToken !== base.refreshToken) spend(base.refreshToken)
         // saved under the lock, so the next tab to take it reads the rotated refresh token
@@ -523,7 +585,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           'a TokenSet: accessToken a non-empty string, refreshToken a string or null, expiresAt epoch ms',
         )
       switchSession(valid, now())
-      crossTab?.post({ type: 'refreshed', tokens: valid })
+      crossTab?.post({ type: 'refreshed', tokens: valid, login: true })
       await write(valid)
     },
 
@@ -539,7 +601,12 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     },
 
     get status(): TokenStatus {
-      return refreshing ? 'refreshing' : tokens ? 'authenticated' : 'unauthenticated'
+      // an expired token that cannot be refreshed is no session: getAccessToken() answers null for it
+      return refreshing
+        ? 'refreshing'
+        : tokens && (tokens.refreshToken || !isExpired())
+          ? 'authenticated'
+          : 'unauthenticated'
     },
   }
 }

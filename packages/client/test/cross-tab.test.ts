@@ -48,6 +48,28 @@ afterEach(() => {
 })
 
 describe('BroadcastChannel', () => {
+  it("a login in one tab calls off another tab's refresh of the old session: the new session stays in every tab", async () => {
+    const storage = memoryStorage()
+    const channel = freshChannel()
+    const lock = createTestLock()
+    const a = tab({ storage, channel, lock })
+    const b = tab({ storage, channel, lock })
+    await a.manager.setTokens(tokenSet(T0, MIN, 'old'))
+    await b.manager.getAccessToken()
+    // b refreshes the old session; its answer is on its way
+    const fromB = b.manager.refresh()
+    await eventually(() => b.calls.length === 1)
+    // meanwhile the user logs in again in a (another account, say)
+    const login = tokenSet(T0, MIN, 'new')
+    await a.manager.setTokens(login)
+    expect(await fromB).toBe(login.accessToken)
+    expect(b.calls[0]!.context.signal.aborted).toBe(true)
+    b.calls[0]!.resolve(tokenSet(T0, MIN, 'old-refreshed'))
+    await flush()
+    for (const t of [a, b]) expect(await t.manager.getAccessToken()).toBe(login.accessToken)
+    expect(await storage.get()).toMatchObject({ accessToken: login.accessToken })
+  })
+
   it('a logout in one tab logs out every tab', async () => {
     const storage = memoryStorage()
     const channel = freshChannel()

@@ -342,7 +342,8 @@ describe('counterexamples found by the properties', () => {
     expect(await a.manager.getAccessToken()).toBeNull()
     await expect(a.manager.refresh()).rejects.toMatchObject({ code: 'ERR_NO_REFRESH_TOKEN' })
     expect(a.calls).toHaveLength(0)
-    expect(a.manager.status).toBe('authenticated')
+    // and status says so too: a token that expired and cannot be refreshed is no session
+    expect(a.manager.status).toBe('unauthenticated')
   })
 
   it('does not hand the waiters of a rejected refresh an expired token from a login broadcast long ago', async () => {

@@ -538,6 +538,78 @@ describe('rule 7: managers sharing storage and a lock', () => {
     expect(second.calls).toHaveLength(0)
   })
 
+  it('a holder whose attempt failed does not retry with a refresh token that a manager which gave up rotated meanwhile', async () => {
+    const storage = memoryStorage()
+    const lock = createTestLock()
+    const retry = { attempts: 2, baseDelay: 10, maxDelay: 10 }
+    const a = setup({ storage, lock, lockTimeout: 300, retry })
+    const b = setup({ storage, lock, lockTimeout: 300, retry: false })
+    await a.manager.setTokens(tokenSet(T0, MIN, 0))
+    await b.manager.getAccessToken()
+    const fromA = a.manager.refresh()
+    await flush()
+    expect(a.calls).toHaveLength(1)
+    const fromB = b.manager.refresh()
+    // b gives up on the lock a holds, and refreshes under the fallback lock with the same refresh token
+    await new Promise((resolve) => setTimeout(resolve, 350))
+    expect(b.calls).toHaveLength(1)
+    const next = tokenSet(T0, MIN, 1)
+    b.calls[0]!.resolve(next)
+    expect(await fromB).toBe(next.accessToken)
+    // a's attempt failed transiently (nothing rotated there): its retry finds b's tokens and takes them
+    a.calls[0]!.reject(new RefreshError('server', 'refresh failed: answered 503', { status: 503 }))
+    expect(await fromA).toBe(next.accessToken)
+    expect(a.calls).toHaveLength(1)
+    expect(a.types()).not.toContain('loggedOut')
+  })
+
+  it('a retry after lockTimeout waits for the manager refreshing under the fallback lock, then takes its tokens', async () => {
+    const storage = memoryStorage()
+    const lock = createTestLock()
+    const retry = { attempts: 2, baseDelay: 10, maxDelay: 10 }
+    const a = setup({ storage, lock, lockTimeout: 300, retry })
+    const b = setup({ storage, lock, lockTimeout: 300, retry: false })
+    await a.manager.setTokens(tokenSet(T0, MIN, 0))
+    await b.manager.getAccessToken()
+    const fromA = a.manager.refresh()
+    await flush()
+    const fromB = b.manager.refresh()
+    await new Promise((resolve) => setTimeout(resolve, 350))
+    expect(b.calls).toHaveLength(1)
+    // a fails while b's refresh, with the same refresh token, is still on its way: a must not send it too
+    a.calls[0]!.reject(new RefreshError('server', 'refresh failed: answered 503', { status: 503 }))
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    expect(a.calls).toHaveLength(1)
+    const next = tokenSet(T0, MIN, 1)
+    b.calls[0]!.resolve(next)
+    expect(await fromB).toBe(next.accessToken)
+    expect(await fromA).toBe(next.accessToken)
+    expect(a.calls).toHaveLength(1)
+    const sent = [...a.calls, ...b.calls].map((call) => call.context.refreshToken)
+    expect(sent).toEqual([tokenSet(T0, MIN, 0).refreshToken, tokenSet(T0, MIN, 0).refreshToken])
+  })
+
+  it('a copy of a session in storage of its own (a duplicated sessionStorage tab) logs out instead of sending the token its twin rotated', async () => {
+    const lock = createTestLock({ query: true })
+    const session = tokenSet(T0, MIN, 0)
+    // two managers, each with its own storage holding the same session: what window.open copies
+    const a = setup({ storage: memoryStorage(session), lock })
+    const b = setup({ storage: memoryStorage(session), lock })
+    const fromA = a.manager.refresh()
+    await flush()
+    const next = tokenSet(T0, MIN, 1)
+    a.calls[0]!.resolve(next)
+    expect(await fromA).toBe(next.accessToken)
+    // b's storage will never show the successor, and the rotation signal says its token is spent
+    const fromB = b.manager.refresh().catch((error: unknown) => error)
+    expect(await fromB).toMatchObject({ name: 'RefreshError', kind: 'rejected' })
+    expect(b.calls).toHaveLength(0)
+    expect(b.events.at(-1)).toMatchObject({ type: 'loggedOut', reason: 'refreshRejected' })
+    // a keeps its session
+    expect(await a.manager.getAccessToken()).toBe(next.accessToken)
+    expect(a.types()).not.toContain('loggedOut')
+  }, 10_000)
+
   it('logs out with reason otherTab when another manager cleared the shared storage', async () => {
     const storage = memoryStorage()
     const lock = createTestLock()
@@ -553,6 +625,32 @@ describe('rule 7: managers sharing storage and a lock', () => {
 })
 
 describe('rule 8: no module state', () => {
+  it('leaves navigator.locks alone outside a page or a worker: users on one server never wait for each other', async () => {
+    const requested: string[] = []
+    vi.stubGlobal('navigator', {
+      locks: {
+        request: async (name: string, _options: unknown, callback: (lock: unknown) => unknown) => {
+          requested.push(name)
+          return callback({ name })
+        },
+      },
+    })
+    try {
+      const server = createTokenManager({ refresh: async () => tokenSet(T0, MIN, 1) })
+      await server.setTokens(tokenSet(T0, MIN, 0))
+      await server.refresh()
+      expect(requested).toEqual([])
+      // in a page it is the default
+      vi.stubGlobal('document', {})
+      const page = createTokenManager({ refresh: async () => tokenSet(T0, MIN, 2), channel: false })
+      await page.setTokens(tokenSet(T0, MIN, 0))
+      await page.refresh()
+      expect(requested).toContain('tokenflow:refresh')
+    } finally {
+      vi.unstubAllGlobals()
+    }
+  })
+
   it('keeps two managers apart', async () => {
     const a = setup()
     const b = setup()
