@@ -128,15 +128,26 @@ export function attachTokenRefresh(
         ;(ok ? resolve : reject)(value)
         return true
       }
-      // the body went through transformRequest already, and the adapter set a Content-Length for it
+      // the body went through transformRequest already, and the adapter set a Content-Length for it. The
+      // retry's config reaches the app (error.config): sent again with other data, that data is transformed
       const headers: Record<string, unknown> = { ...config.headers }
       for (const name of headerKeys(headers, 'content-length')) delete headers[name]
+      const sent = config.data
+      const transforms = [config.transformRequest ?? []].flat() as Array<
+        (this: unknown, data: unknown, headers: unknown) => unknown
+      >
       // the retry passes the request interceptor again, which sets the fresh token
       instance
         .request({
           ...config,
           headers: headers as InternalAxiosRequestConfig['headers'],
-          transformRequest: [(data: unknown) => data],
+          transformRequest: [
+            function (this: unknown, data: unknown, headers: unknown) {
+              return data === sent
+                ? data
+                : transforms.reduce((next, fn) => fn.call(this, next, headers), data)
+            },
+          ],
           tokenflow: { ...flags, retried } as InternalFlags,
         })
         // an interceptor before this one did not hand the retry on with its config: take the end result

@@ -126,8 +126,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   check(isFunction(now), 'now', 'a function')
   check(channel === false || (typeof channel === 'string' && channel), 'channel', 'a name or false')
   check(Number.isInteger(attempts) && attempts >= 0, 'retry.attempts', 'a whole number')
+  check(typeof leeway === 'number' && leeway >= 0 && leeway < 1 / 0, 'leeway', 'milliseconds')
   const durations = {
-    leeway,
     refreshTimeout,
     lockTimeout,
     'retry.baseDelay': baseDelay,
@@ -348,7 +348,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   async function callRefresh(
     base: (next?: TokenSet) => TokenSet,
     started: number,
-    turn: <T>(fn: () => Promise<T>) => Promise<T>,
+    turn: <T>(attempt: number, fn: () => Promise<T>) => Promise<T>,
     recheck: (current: TokenSet) => Promise<TokenSet | undefined>,
   ): Promise<[TokenSet, boolean]> {
     for (let attempt = 0; ; attempt++) {
@@ -359,7 +359,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       abortAttempt = abort
       let timer: ReturnType<typeof setTimeout> | undefined
       try {
-        return await turn(async (): Promise<[TokenSet, boolean]> => {
+        return await turn(attempt, async (): Promise<[TokenSet, boolean]> => {
           if (session !== started) throw sessionCleared()
           if (attempt) {
             const other = await recheck(base())
@@ -420,7 +420,6 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     let next: TokenSet
     try {
       next = await withLock(async (held) => {
-        const lockedAt = Date.now()
         // rule 7: another tab may have refreshed while we waited for the lock; a broadcast may have
         // brought newer tokens than this tab's copy of storage shows yet
         const fresher = async () => {
@@ -445,12 +444,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           }
           base = stored
         }
-        // retries hold the lock longer than lockTimeout: tabs that gave up then refresh under the fallback
-        // lock, so a retry from here takes that lock too, and first sees what they did (no spent token sent)
-        const turn = <T>(fn: () => Promise<T>) =>
-          held && !held.endsWith(':fallback') && Date.now() - lockedAt >= lockTimeout
-            ? withLock(fn, `${held}:fallback`)
-            : fn()
+        // a tab that waited longer than lockTimeout refreshes under the fallback lock: a retry from here takes
+        // that lock too, and first sees what such a tab did, so the two never send one refresh token at once.
+        // (Not the first attempt: a holder that hangs must leave the fallback lock to the tabs that gave up)
+        const turn = <T>(attempt: number, fn: () => Promise<T>) =>
+          attempt && held && !held.endsWith(':fallback') ? withLock(fn, `${held}:fallback`) : fn()
         const recheck = async (current: TokenSet) => {
           const latest = await (crossTab ? crossTab.settle(fresher, copied) : read())
           if (latest?.refreshToken && latest.refreshToken !== current.refreshToken && !isSpent(latest))

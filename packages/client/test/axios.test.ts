@@ -484,6 +484,13 @@ describe.each([
     expect(again.response?.status).toBe(403)
     expect(server.hits('forbidden')).toBe(3)
     expect(server.counters.refreshAttempts).toBe(2)
+
+    // the app sends a retried request's config again with other data: that data is serialised as usual
+    expireOnServer()
+    const conflict = await rejection(api.post('/api/items?status=409', { v: 1 }, withId('conflict')))
+    expect(conflict.response?.status).toBe(409)
+    const resent = await api.request<Echo>({ ...conflict.config!, url: '/api/items', data: { v: 2 } })
+    expect(resent.data.body).toBe('{"v":2}')
   })
 })
 

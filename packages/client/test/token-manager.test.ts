@@ -33,6 +33,7 @@ describe('options', () => {
       // setTimeout fires at once past 2^31 - 1 ms: such a lock timeout would end the cross-tab exclusion
       [{ refresh: () => {}, lockTimeout: 2 ** 31 }, /"lockTimeout" must be milliseconds, below 2\^31/],
       [{ refresh: () => {}, refreshTimeout: 2 ** 31 }, /"refreshTimeout"/],
+      [{ refresh: () => {}, leeway: 1 / 0 }, /"leeway" must be milliseconds/],
     ]
     for (const [options, message] of cases) {
       let error: unknown
@@ -45,6 +46,12 @@ describe('options', () => {
       expect((error as TokenflowError).code).toBe('ERR_INVALID_OPTION')
       expect((error as Error).message).toMatch(message)
     }
+  })
+
+  it('takes a leeway of any finite length: it is compared, never given to a timer', () => {
+    expect(() =>
+      createTokenManager({ refresh: async () => tokenSet(T0, MIN, 1), leeway: 30 * 86_400_000 }),
+    ).not.toThrow()
   })
 
   it('rejects setTokens without an access token', async () => {

@@ -360,7 +360,7 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
 
   // migrate and load the signing key before the first request, so a bad database fails `listen()`
   app.register(async () => {
-    if (redisUrl !== undefined && rateLimit !== false) await openRedis()
+    if (redisUrl !== undefined && rateLimit !== false && rateLimit.redis === undefined) await openRedis()
     await store.migrate()
     await keyring.activeKey()
   })

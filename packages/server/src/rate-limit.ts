@@ -234,18 +234,27 @@ function redisLimiter({
 export function ipLimitKey(ip: string): string {
   if (!isIPv6(ip)) return ip
   const address = ip.replace(/%.*$/, '').toLowerCase()
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(address)
-  if (mapped) return mapped[1]!
-  // an embedded IPv4 address at the end stands for two groups
+  // an embedded IPv4 address at the end stands for the last two groups
   const groupsOf = (part: string) =>
-    part === '' ? [] : part.split(':').flatMap((group) => (group.includes('.') ? ['0', '0'] : [group]))
+    part === ''
+      ? []
+      : part.split(':').flatMap((group) => {
+          if (!group.includes('.')) return [Number.parseInt(group, 16)]
+          const [a = 0, b = 0, c = 0, d = 0] = group.split('.').map(Number)
+          return [a * 256 + b, c * 256 + d]
+        })
   const [head = '', tail] = address.split('::')
   const before = groupsOf(head)
   const after = tail === undefined ? [] : groupsOf(tail)
-  const groups = [...before, ...Array(Math.max(0, 8 - before.length - after.length)).fill('0'), ...after]
+  const groups = [...before, ...Array(Math.max(0, 8 - before.length - after.length)).fill(0), ...after]
+  // an IPv4-mapped address (::ffff:a.b.c.d, in either spelling) is that IPv4 client
+  if (groups.slice(0, 5).every((group) => group === 0) && groups[5] === 0xffff) {
+    const [high = 0, low = 0] = groups.slice(6)
+    return [high >> 8, high & 255, low >> 8, low & 255].join('.')
+  }
   return `${groups
     .slice(0, 4)
-    .map((group) => Number.parseInt(group, 16).toString(16))
+    .map((group) => group.toString(16))
     .join(':')}::/64`
 }
 

@@ -91,6 +91,8 @@ describe('ipLimitKey', () => {
   it('keys IPv4 by the address and IPv6 by its /64, whatever the spelling', () => {
     expect(ipLimitKey('203.0.113.7')).toBe('203.0.113.7')
     expect(ipLimitKey('::ffff:203.0.113.7')).toBe('203.0.113.7')
+    expect(ipLimitKey('::ffff:cb00:7107')).toBe('203.0.113.7')
+    expect(ipLimitKey('0:0:0:0:0:FFFF:203.0.113.7')).toBe('203.0.113.7')
     for (const ip of ['2001:db8:1:2::abcd', '2001:0DB8:0001:0002:ffff:1:2:3', '2001:db8:1:2:3:4:1.2.3.4']) {
       expect(ipLimitKey(ip)).toBe('2001:db8:1:2::/64')
     }

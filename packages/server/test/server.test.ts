@@ -988,6 +988,35 @@ describe('cookie mode', () => {
     expect(empty.statusCode).toBe(200)
   })
 
+  it('reads no body on the cookie routes: an empty one sent as JSON neither blocks a refresh nor a logout', async () => {
+    const { refreshToken } = await cookieLogin()
+    const headers = { 'x-tokenflow-refresh': '1', 'content-type': 'application/json' }
+    const refreshed = await cookieApp.inject({
+      method: 'POST',
+      url: '/refresh/token',
+      cookies: { '__Secure-tokenflow_rt': refreshToken },
+      headers,
+      payload: '',
+    })
+    expect(refreshed.statusCode).toBe(200)
+    const next = refreshed.cookies.find((cookie) => cookie.name === '__Secure-tokenflow_rt')!.value
+    const out = await cookieApp.inject({
+      method: 'POST',
+      url: '/refresh/token/logout',
+      cookies: { '__Secure-tokenflow_rt': next },
+      headers,
+      payload: '',
+    })
+    expect(out.statusCode).toBe(200)
+    const after = await cookieApp.inject({
+      method: 'POST',
+      url: '/refresh/token',
+      cookies: { '__Secure-tokenflow_rt': next },
+      headers: { 'x-tokenflow-refresh': '1' },
+    })
+    expect(after.json()).toEqual(INVALID_GRANT)
+  })
+
   it('logs out by the access token, since the cookie never reaches /auth/logout', async () => {
     const { refreshToken, accessToken } = await cookieLogin()
     const out = await cookieApp.inject({

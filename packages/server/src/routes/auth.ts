@@ -111,6 +111,22 @@ export async function authRoutes(
   })
 
   if (cookie) {
+    // the cookie routes read no body: whatever comes (an empty one sent as JSON included) is ignored
+    app.register(async (scope) => cookieRoutes(scope, cookie))
+  } else {
+    app.post('/refresh/token', { schema: refreshSchema }, async (request, reply) => {
+      const { refreshToken } = request.body as { refreshToken: string }
+      try {
+        return sendTokens(reply, await issuer.refresh(refreshToken))
+      } catch (error) {
+        return sendAuthError(request, reply, error)
+      }
+    })
+  }
+
+  async function cookieRoutes(scope: FastifyInstance, cookie: RefreshCookie) {
+    scope.removeAllContentTypeParsers()
+    scope.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, _body, done) => done(null, undefined))
     const csrfHeader = cookie.csrfHeader
     // a cross-site form or image cannot set a custom header, and no CORS preflight is ever granted
     const missingCsrfHeader = (request: FastifyRequest, reply: FastifyReply) => {
@@ -126,7 +142,7 @@ export async function authRoutes(
     // the cookie reaches only its own path, never /auth/logout: a page whose access token expired, or was
     // lost with a reload, logs out here, and the session the cookie names ends
     // (its path is /refresh/token or a parent of it, so it covers /refresh/token/logout)
-    app.post('/refresh/token/logout', async (request, reply) => {
+    scope.post('/refresh/token/logout', async (request, reply) => {
       if (missingCsrfHeader(request, reply)) return reply
       const token = request.cookies[cookie.name]
       try {
@@ -137,22 +153,13 @@ export async function authRoutes(
       clearCookie(reply)
       return noStore(reply).send({})
     })
-    app.post('/refresh/token', async (request, reply) => {
+    scope.post('/refresh/token', async (request, reply) => {
       if (missingCsrfHeader(request, reply)) return reply
       try {
         return sendTokens(reply, await issuer.refresh(request.cookies[cookie.name]))
       } catch (error) {
         // only a dead grant loses the cookie: after a 5xx or a 429 the same token must refresh later (rule 5)
         if (isAuthError(error) && error.code === 'ERR_INVALID_GRANT') clearCookie(reply)
-        return sendAuthError(request, reply, error)
-      }
-    })
-  } else {
-    app.post('/refresh/token', { schema: refreshSchema }, async (request, reply) => {
-      const { refreshToken } = request.body as { refreshToken: string }
-      try {
-        return sendTokens(reply, await issuer.refresh(refreshToken))
-      } catch (error) {
         return sendAuthError(request, reply, error)
       }
     })
