@@ -30,6 +30,12 @@ export interface PasswordHasherOptions {
    *   keep their latency while logins saturate the hashers
    */
   maxConcurrency?: number
+  /**
+   * At most this many wait in line; one more fails at once with `ERR_UNAVAILABLE` (HTTP 503, `Retry-After: 1`)
+   * instead of waiting behind a flood of logins (about 10 ms of one core each) for seconds.
+   * @default 100
+   */
+  maxQueue?: number
 }
 
 /**
@@ -67,14 +73,21 @@ export function createPasswordHasher({
   timeCost = 2,
   parallelism = 1,
   maxConcurrency = Math.max(1, availableParallelism() - 1),
+  maxQueue = 100,
 }: PasswordHasherOptions = {}): PasswordHasher {
-  for (const [name, value] of Object.entries({ memoryCost, timeCost, parallelism, maxConcurrency })) {
+  for (const [name, value] of Object.entries({
+    memoryCost,
+    timeCost,
+    parallelism,
+    maxConcurrency,
+    maxQueue,
+  })) {
     if (!Number.isSafeInteger(value) || value < 1) {
       throw new AuthError('ERR_CONFIG', `"${name}" must be a positive integer`)
     }
   }
   const options = { memoryCost, timeCost, parallelism, algorithm: ARGON2ID }
-  const limit = createSemaphore(maxConcurrency)
+  const limit = createSemaphore(maxConcurrency, maxQueue)
   let dummy: Promise<string> | undefined
 
   const verifyPhc = (phc: string, password: string) =>
@@ -119,15 +132,19 @@ export function createPasswordHasher({
 }
 
 /**
- * A counting semaphore: runs at most `max` tasks at once, first come first served.
+ * A counting semaphore: runs at most `max` tasks at once, first come first served; with more than
+ * `maxQueue` waiting, a new task fails at once with ERR_UNAVAILABLE.
  * @example
  * const limit = createSemaphore(2)
  * const results = await Promise.all(passwords.map((password) => limit(() => hash(password))))
  */
-export function createSemaphore(max: number): <T>(task: () => Promise<T>) => Promise<T> {
+export function createSemaphore(max: number, maxQueue = 1 / 0): <T>(task: () => Promise<T>) => Promise<T> {
   let running = 0
   const waiting: Array<() => void> = []
   return async <T>(task: () => Promise<T>): Promise<T> => {
+    if (running >= max && waiting.length >= maxQueue) {
+      throw new AuthError('ERR_UNAVAILABLE', 'too many password checks at once', { retryAfter: 1 })
+    }
     if (running >= max) await new Promise<void>((resolve) => waiting.push(resolve))
     else running++
     try {

@@ -1,3 +1,4 @@
+import { createAuthServer, createSqliteStore } from '@tokenflow/server'
 import { describe, expect, it } from 'vitest'
 import { createPasswordHasher, createSemaphore } from '../src/passwords.js'
 
@@ -71,6 +72,65 @@ describe('createSemaphore', () => {
     expect(await results).toEqual([1, 2, 3, 4, 5])
     expect(started).toEqual([1, 2, 3, 4, 5])
     expect(peak).toBe(2)
+  })
+
+  it('refuses a task at once with ERR_UNAVAILABLE (retry after 1 s) when maxQueue tasks wait already', async () => {
+    const limit = createSemaphore(1, 2)
+    let open!: () => void
+    const gate = new Promise<void>((resolve) => {
+      open = resolve
+    })
+    const ran: number[] = []
+    const tasks = [1, 2, 3].map((n) =>
+      limit(async () => {
+        ran.push(n)
+        await gate
+        return n
+      }),
+    )
+    await expect(limit(async () => 4)).rejects.toMatchObject({
+      name: 'AuthError',
+      code: 'ERR_UNAVAILABLE',
+      retryAfter: 1,
+    })
+    open()
+    expect(await Promise.all(tasks)).toEqual([1, 2, 3])
+    expect(ran).toEqual([1, 2, 3])
+    // the line is free again
+    await expect(limit(async () => 5)).resolves.toBe(5)
+  })
+
+  it('makes a login flood beyond the line answer 503 with Retry-After, not wait for seconds', async () => {
+    const store = createSqliteStore({ filename: ':memory:' })
+    const app = createAuthServer({
+      issuer: 'https://auth.tokenflow.test',
+      audience: 'https://api.tokenflow.test',
+      store,
+      rateLimit: false,
+    })
+    try {
+      await app.ready()
+      // the server's hasher lets 100 wait: 120 logins at once overflow the line on a machine of any size
+      // up to 20 cores
+      const statuses = await Promise.all(
+        Array.from({ length: 120 }, (_, i) =>
+          app
+            .inject({
+              method: 'POST',
+              url: '/auth/login',
+              payload: { username: `nobody-${i}`, password: 'x' },
+            })
+            .then((reply) => [reply.statusCode, reply.headers['retry-after']] as const),
+        ),
+      )
+      const refused = statuses.filter(([status]) => status === 503)
+      expect(refused.length).toBeGreaterThan(0)
+      expect(refused.every(([, retryAfter]) => retryAfter === '1')).toBe(true)
+      expect(statuses.every(([status]) => status === 400 || status === 503)).toBe(true)
+    } finally {
+      await app.close()
+      await store.close()
+    }
   })
 
   it('frees the slot when a task throws', async () => {
