@@ -317,11 +317,14 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   async function withLock<T>(
     fn: (held: string | undefined) => Promise<T>,
     name = `${channel || 'tokenflow'}:refresh`,
+    cancel?: AbortSignal,
   ): Promise<T> {
     if (!lock) return fn(undefined)
     let acquired = false
     const controller = new AbortController()
     const timer = setTimeout(() => controller.abort(), lockTimeout)
+    // the session this wait is for was replaced: stop waiting at once (the lock this tab holds goes free)
+    cancel?.addEventListener('abort', () => controller.abort(), { once: true })
     try {
       return await lock.request(name, { signal: controller.signal }, () => {
         acquired = true
@@ -330,6 +333,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       })
     } catch (error) {
       if (acquired) throw error
+      if (cancel?.aborted) throw sessionCleared()
       // the holder is stuck (a hung refresh, a frozen tab): the tabs that gave up take turns under a second
       // lock, or they would all refresh with the same token at once; after that one, go without a lock
       return name.endsWith(':fallback') ? fn(undefined) : withLock(fn, `${name}:fallback`)
@@ -348,7 +352,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   async function callRefresh(
     base: (next?: TokenSet) => TokenSet,
     started: number,
-    turn: <T>(attempt: number, fn: () => Promise<T>) => Promise<T>,
+    turn: <T>(attempt: number, signal: AbortSignal, fn: () => Promise<T>) => Promise<T>,
     recheck: (current: TokenSet) => Promise<TokenSet | undefined>,
   ): Promise<[TokenSet, boolean]> {
     for (let attempt = 0; ; attempt++) {
@@ -359,7 +363,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       abortAttempt = abort
       let timer: ReturnType<typeof setTimeout> | undefined
       try {
-        return await turn(attempt, async (): Promise<[TokenSet, boolean]> => {
+        return await turn(attempt, controller.signal, async (): Promise<[TokenSet, boolean]> => {
           if (session !== started) throw sessionCleared()
           if (attempt) {
             const other = await recheck(base())
@@ -427,6 +431,14 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           // storage is the truth, unless it is known to be behind what a broadcast brought
           return isSpent(stored) && tokens && !isSpent(tokens) ? tokens : stored
         }
+        // a tab that gave up waiting (behind an earlier holder) may be refreshing under the fallback lock right
+        // now: let it finish first, so the check below sees its rotation instead of sending the same token
+        const query = lock ? lock.query : undefined
+        if (held && !held.endsWith(':fallback') && query) {
+          const { held: locks = [] } = await query.call(lock).catch(() => ({ held: [] }))
+          if (locks.some((other) => other.name === `${held}:fallback`))
+            await withLock(async () => {}, `${held}:fallback`)
+        }
         const stored = await (crossTab ? crossTab.settle(fresher, copied) : read())
         // a replaced session's result is dropped anyway: make no call for it
         if (session !== started) return start
@@ -447,8 +459,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         // a tab that waited longer than lockTimeout refreshes under the fallback lock: a retry from here takes
         // that lock too, and first sees what such a tab did, so the two never send one refresh token at once.
         // (Not the first attempt: a holder that hangs must leave the fallback lock to the tabs that gave up)
-        const turn = <T>(attempt: number, fn: () => Promise<T>) =>
-          attempt && held && !held.endsWith(':fallback') ? withLock(fn, `${held}:fallback`) : fn()
+        const turn = <T>(attempt: number, signal: AbortSignal, fn: () => Promise<T>) =>
+          attempt && held && !held.endsWith(':fallback') ? withLock(fn, `${held}:fallback`, signal) : fn()
         const recheck = async (current: TokenSet) => {
           const latest = await (crossTab ? crossTab.settle(fresher, copied) : read())
           if (latest?.refreshToken && latest.refreshToken !== current.refreshToken && !isSpent(latest))

@@ -617,6 +617,79 @@ describe('rule 7: managers sharing storage and a lock', () => {
     expect(a.types()).not.toContain('loggedOut')
   }, 10_000)
 
+  it("a holder's first attempt waits for a manager refreshing under the fallback lock, then takes its tokens", async () => {
+    const storage = memoryStorage()
+    const lock = createTestLock({ query: true })
+    const common = { storage, lock, lockTimeout: 1_000, retry: false as const }
+    const c = setup(common)
+    const b = setup(common)
+    const a = setup(common)
+    await c.manager.setTokens(tokenSet(T0, MIN, 0))
+    await b.manager.getAccessToken()
+    await a.manager.getAccessToken()
+    const fromC = c.manager.refresh().catch((error: unknown) => error)
+    await flush()
+    const fromB = b.manager.refresh()
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    const fromA = a.manager.refresh()
+    // b gave up on c, which hangs, and refreshes under the fallback lock; a still waits for c
+    await new Promise((resolve) => setTimeout(resolve, 600))
+    expect(b.calls).toHaveLength(1)
+    // c fails and lets go: a holds the main lock while b's refresh, with the same token, is on its way
+    c.calls[0]!.reject(new RefreshError('server', 'refresh failed: answered 503', { status: 503 }))
+    await fromC
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    expect(a.calls).toHaveLength(0)
+    const next = tokenSet(T0, MIN, 1)
+    b.calls[0]!.resolve(next)
+    expect(await fromB).toBe(next.accessToken)
+    expect(await fromA).toBe(next.accessToken)
+    expect(a.calls).toHaveLength(0)
+  })
+
+  it('a session replaced while a retry waits for the fallback lock frees the main lock at once', async () => {
+    const storage = memoryStorage()
+    const lock = createTestLock()
+    const c = setup({ storage, lock, lockTimeout: 1_000, retry: false })
+    const b = setup({ storage, lock, lockTimeout: 1_000, retry: false })
+    const a = setup({
+      storage,
+      lock,
+      lockTimeout: 1_000,
+      retry: { attempts: 1, baseDelay: 10, maxDelay: 10 },
+    })
+    await c.manager.setTokens(tokenSet(T0, MIN, 0))
+    await b.manager.getAccessToken()
+    await a.manager.getAccessToken()
+    const fromC = c.manager.refresh().catch((error: unknown) => error)
+    await flush()
+    void b.manager.refresh().catch(() => {})
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    const fromA = a.manager.refresh().catch((error: unknown) => error)
+    await new Promise((resolve) => setTimeout(resolve, 600))
+    expect(b.calls).toHaveLength(1)
+    c.calls[0]!.reject(new RefreshError('server', 'refresh failed: answered 503', { status: 503 }))
+    await fromC
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    expect(a.calls).toHaveLength(1)
+    // a's first attempt fails; its retry waits for the fallback lock b holds
+    a.calls[0]!.reject(new RefreshError('server', 'refresh failed: answered 503', { status: 503 }))
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    // the user logs out and in again in a: the new session's refresh must not wait for the old one's turn
+    await a.manager.clear()
+    expect(await fromA).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
+    const other = { ...tokenSet(T0 - 2 * MIN, MIN, 'x'), refreshToken: 'rt-x' }
+    await a.manager.setTokens(other)
+    const started = Date.now()
+    void a.manager.getAccessToken().catch(() => {})
+    while (a.calls.length < 2 && Date.now() - started < 2_000)
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    expect(a.calls[1]?.context.refreshToken).toBe('rt-x')
+    expect(Date.now() - started).toBeLessThan(300)
+    b.calls[0]!.resolve(tokenSet(T0, MIN, 1))
+    a.calls[1]!.resolve(tokenSet(T0, MIN, 'y'))
+  })
+
   it('logs out with reason otherTab when another manager cleared the shared storage', async () => {
     const storage = memoryStorage()
     const lock = createTestLock()
