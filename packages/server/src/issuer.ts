@@ -449,8 +449,11 @@ export function createIssuer({
       await store.createSession(session)
       // the password changed after it was checked (changePassword ended the sessions it found, not this one
       // yet to come): the old password gets no session
-      if (checked && !(await stillTakes(checked, password))) {
+      // a failure of this check (the hasher's line is full) must not leave the new session behind either
+      const holds = checked ? await stillTakes(checked, password).catch((error: unknown) => error) : true
+      if (holds !== true) {
         await store.revokeSession(session.id, time, 'password-change')
+        if (holds !== false) throw holds
         stats.loginFailures++
         emit({ type: 'loginFailed', reason: 'credentials' })
         throw invalidCredentials()

@@ -33,6 +33,7 @@ export interface PasswordHasherOptions {
   /**
    * At most this many wait in line; one more fails at once with `ERR_UNAVAILABLE` (HTTP 503, `Retry-After: 1`)
    * instead of waiting behind a flood of logins (about 10 ms of one core each) for seconds.
+   * `Infinity` for no bound, `0` for no line at all.
    * @default 100
    */
   maxQueue?: number
@@ -75,16 +76,13 @@ export function createPasswordHasher({
   maxConcurrency = Math.max(1, availableParallelism() - 1),
   maxQueue = 100,
 }: PasswordHasherOptions = {}): PasswordHasher {
-  for (const [name, value] of Object.entries({
-    memoryCost,
-    timeCost,
-    parallelism,
-    maxConcurrency,
-    maxQueue,
-  })) {
+  for (const [name, value] of Object.entries({ memoryCost, timeCost, parallelism, maxConcurrency })) {
     if (!Number.isSafeInteger(value) || value < 1) {
       throw new AuthError('ERR_CONFIG', `"${name}" must be a positive integer`)
     }
+  }
+  if (maxQueue !== 1 / 0 && !(Number.isSafeInteger(maxQueue) && maxQueue >= 0)) {
+    throw new AuthError('ERR_CONFIG', '"maxQueue" must be a non-negative integer or Infinity (no bound)')
   }
   const options = { memoryCost, timeCost, parallelism, algorithm: ARGON2ID }
   const limit = createSemaphore(maxConcurrency, maxQueue)

@@ -662,6 +662,48 @@ describe('a login racing a password change', () => {
     await own.close()
   })
 
+  it('a login whose re-check fails (the hasher is full) leaves no session behind, and says why', async () => {
+    const own = createSqliteStore({ filename: ':memory:' })
+    await own.migrate()
+    let verifies = 0
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let stopped!: () => void
+    const atGate = new Promise<void>((resolve) => {
+      stopped = resolve
+    })
+    const gated = {
+      ...passwords,
+      async verify(phc: string, password: string) {
+        verifies++
+        if (verifies > 1)
+          throw new AuthError('ERR_UNAVAILABLE', 'too many password checks at once', { retryAfter: 1 })
+        const ok = await passwords.verify(phc, password)
+        stopped()
+        await gate
+        return ok
+      },
+    }
+    const { issuer } = setup({ passwords: gated }, own)
+    await own.createUser({
+      id: 'u1',
+      username: 'ada',
+      passwordHash: await passwords.hash(OLD),
+      createdAt: T0,
+      passwordChangedAt: T0,
+    })
+    const login = issuer.login('ada', OLD)
+    await atGate
+    // the stored hash changes while the login waits (the same password, hashed again): the re-check must verify
+    await own.setPasswordHash('u1', await passwords.hash(OLD), T0 + 1)
+    release()
+    await expect(login).rejects.toMatchObject({ code: 'ERR_UNAVAILABLE' })
+    expect(await issuer.listSessions('u1')).toEqual([])
+    await own.close()
+  })
+
   it('a login whose password check came before a change gets no session that outlives it', async () => {
     const { own, issuer, release, atGate } = await racing('verify')
     const login = issuer.login('ada', OLD)

@@ -35,6 +35,16 @@ describe('createPasswordHasher', () => {
     expect(await passwords.verifyDummy('')).toBe(false)
   })
 
+  it('takes maxQueue 0 (no line) and Infinity (no bound), and refuses -1 and 1.5', () => {
+    expect(() => createPasswordHasher({ maxQueue: 0 })).not.toThrow()
+    expect(() => createPasswordHasher({ maxQueue: 1 / 0 })).not.toThrow()
+    for (const maxQueue of [-1, 1.5, Number.NaN]) {
+      expect(() => createPasswordHasher({ maxQueue })).toThrow(
+        expect.objectContaining({ code: 'ERR_CONFIG', message: expect.stringContaining('"maxQueue"') }),
+      )
+    }
+  })
+
   it('rejects bad options with ERR_CONFIG', () => {
     for (const bad of [{ memoryCost: 0 }, { timeCost: 1.5 }, { maxConcurrency: 0 }]) {
       expect(() => createPasswordHasher(bad)).toThrow(expect.objectContaining({ code: 'ERR_CONFIG' }))
