@@ -310,7 +310,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     // must not come back over the login); a refresh there hands over its tokens
     if (tokens && !message.login) use(next)
     else switchSession(next)
-    emit({ type: 'refreshed', tokens: next, source: 'otherTab' })
+    // listeners get copies: one that changes its event cannot change the manager's tokens
+    emit({ type: 'refreshed', tokens: { ...next }, source: 'otherTab' })
   }
 
   /** Runs `fn` under the named lock; `fn` learns which lock it holds (none: no lock, or every one timed out). */
@@ -523,7 +524,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           ? { type: 'refreshed', tokens: next }
           : { type: 'refreshed', tokens: next, spent: base.refreshToken! },
       )
-      emit({ type: 'refreshed', tokens: next, source: 'local' })
+      emit({ type: 'refreshed', tokens: { ...next }, source: 'local' })
     } else adopt({ type: 'refreshed', tokens: next })
     return next.accessToken
   }

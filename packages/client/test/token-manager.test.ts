@@ -1003,6 +1003,20 @@ describe('expiry', () => {
 })
 
 describe('subscribers', () => {
+  it("hands listeners a copy of the tokens: changing the event does not change the manager's tokens", async () => {
+    const { manager, calls } = setup()
+    await manager.setTokens(tokenSet(T0, MIN, 0))
+    manager.subscribe((event) => {
+      if (event.type === 'refreshed') event.tokens.accessToken = 'tampered'
+    })
+    const refreshing = manager.refresh()
+    await flush()
+    const next = tokenSet(T0, MIN, 1)
+    calls[0]!.resolve(next)
+    expect(await refreshing).toBe(next.accessToken)
+    expect(await manager.getAccessToken()).toBe(next.accessToken)
+  })
+
   it('does not call a listener that an earlier listener removed during the same event', async () => {
     const { manager } = setup()
     const heard: string[] = []
