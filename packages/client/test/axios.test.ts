@@ -96,6 +96,8 @@ describe('attachTokenRefresh', () => {
     expect(error.response?.status).toBe(401)
     expect(error.response?.data.code).toBe('ERR_TOKEN_INVALID')
     expect(server.requests).toMatchObject([{ id: 'a', status: 401, tokenNumber: undefined }])
+    // no header at all, not "Bearer null"
+    expect(server.requests[0]?.authorization).toBeUndefined()
     expect(server.counters.refreshAttempts).toBe(0)
   })
 
@@ -435,6 +437,29 @@ describe.each([
     server.alwaysUnauthorized = false
     expect((await api.get('/api/me?status=404', withId('missing'))).status).toBe(404)
     expect(server.hits('missing')).toBe(1)
+  })
+
+  it('asks shouldRefresh about an accepted redirect too (status 300 or more), not only about errors', async () => {
+    const manager = makeManager()
+    await manager.setTokens(server.login('alice'))
+    const api = lib.create({ baseURL: server.url, validateStatus: () => true, maxRedirects: 0 })
+    attachTokenRefresh(api, manager, { shouldRefresh: (error) => error.response?.status === 302 })
+    expect((await api.get('/api/me?status=302', withId('moved'))).status).toBe(302)
+    expect(server.hits('moved')).toBe(2)
+    expect(server.counters.refreshes).toBe(1)
+  })
+
+  it('keeps one retry when the app sends the config of a retried 401 again: no second refresh', async () => {
+    const api = await attached()
+    expireOnServer()
+    server.alwaysUnauthorized = true
+    const failure = await rejection(api.get('/api/me', withId('again')))
+    expect(failure.response?.status).toBe(401)
+    expect(server.counters.refreshAttempts).toBe(1)
+    const resent = await rejection(api.request(failure.config!))
+    expect(resent.response?.status).toBe(401)
+    expect(server.hits('again')).toBe(3)
+    expect(server.counters.refreshAttempts).toBe(1)
   })
 
   it('asks shouldRefresh about an accepted response too, with the response on an AxiosError-like object', async () => {

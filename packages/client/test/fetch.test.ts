@@ -161,6 +161,18 @@ describe('createAuthFetch: requests and headers', () => {
     expect(server.counters.refreshAttempts).toBe(0)
   })
 
+  it('returns the 401 as it came when the session has no refresh token, and sends the token it has', async () => {
+    const manager = makeManager()
+    await manager.setTokens({ accessToken: server.login().accessToken, refreshToken: null })
+    serverClock.advance(TTL + 1_000)
+    const authFetch = createAuthFetch(manager)
+    const response = await authFetch(url(), { headers: { 'x-req-id': 'no-refresh-token' } })
+    expect(response.status).toBe(401)
+    expect(await response.json()).toMatchObject({ code: 'ERR_TOKEN_EXPIRED' })
+    expect(tries('no-refresh-token')).toHaveLength(1)
+    expect(server.counters.refreshAttempts).toBe(0)
+  })
+
   it('retries a request sent without a token once a session started meanwhile, without refreshing', async () => {
     const manager = makeManager()
     const authFetch = createAuthFetch(manager)

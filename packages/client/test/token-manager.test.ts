@@ -345,6 +345,27 @@ describe('rule 5: classify failures', () => {
     vi.restoreAllMocks()
   })
 
+  it('caps a long Retry-After at maxDelay', async () => {
+    vi.useFakeTimers({ now: T0 })
+    let calls = 0
+    const manager = createTokenManager({
+      refresh: async () => {
+        calls++
+        if (calls === 1) throw new RefreshError('server', '503', { status: 503, retryAfter: 3600 })
+        return tokenSet(Date.now(), MIN, 1)
+      },
+      retry: { attempts: 1, baseDelay: 10, maxDelay: 1_000 },
+      lock: false,
+    })
+    await manager.setTokens(tokenSet(Date.now(), MIN, 0))
+    const result = manager.refresh()
+    await vi.advanceTimersByTimeAsync(999)
+    expect(calls).toBe(1)
+    await vi.advanceTimersByTimeAsync(1)
+    await result
+    expect(calls).toBe(2)
+  })
+
   it('lets every reader of a failing proactive refresh keep the still-valid token, not just the first', async () => {
     const { manager, calls, clock } = setup({ retry: false })
     const first = tokenSet(clock.now(), 15 * MIN, 0)
@@ -685,7 +706,8 @@ describe('rule 7: managers sharing storage and a lock', () => {
     while (a.calls.length < 2 && Date.now() - started < 2_000)
       await new Promise((resolve) => setTimeout(resolve, 5))
     expect(a.calls[1]?.context.refreshToken).toBe('rt-x')
-    expect(Date.now() - started).toBeLessThan(300)
+    // without the fix it waited out the fallback lock: about 950 ms of the 1 s lockTimeout
+    expect(Date.now() - started).toBeLessThan(600)
     b.calls[0]!.resolve(tokenSet(T0, MIN, 1))
     a.calls[1]!.resolve(tokenSet(T0, MIN, 'y'))
   })

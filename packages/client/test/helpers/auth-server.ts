@@ -42,6 +42,8 @@ export interface ReceivedRequest {
   tokenNumber: number | undefined
   body: string
   contentType: string | undefined
+  /** the Authorization header as it arrived, if any */
+  authorization: string | undefined
 }
 
 export interface AuthServerCounters {
@@ -306,6 +308,7 @@ export async function startTestAuthServer({
       tokenNumber: verified?.n,
       body,
       contentType: req.headers['content-type'],
+      authorization,
     }
     requests.push(record)
 
