@@ -6,6 +6,7 @@
 import { parseArgs } from 'node:util'
 import { createIssuer } from './issuer.js'
 import { createKeyring, type SigningAlgorithm } from './keys.js'
+import { isLoopbackHost } from './loopback.js'
 import { createPostgresStore } from './stores/postgres.js'
 import { createSqliteStore } from './stores/sqlite.js'
 import type { TokenStore } from './stores/store.js'
@@ -76,7 +77,7 @@ async function main(argv: string[]): Promise<number> {
       if (issuer === undefined) {
         // tokens carry the issuer, and clients and verifiers must reach it: 0.0.0.0 or a port of 0 is no
         // address. On loopback the default is this server's own address, with the port it will really bind
-        if (!['127.0.0.1', 'localhost', '::1'].includes(host)) {
+        if (!isLoopbackHost(host)) {
           throw new CliError(
             `--host ${host} needs --issuer: the https URL clients and verifiers reach this server at`,
           )

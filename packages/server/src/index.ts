@@ -3,6 +3,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import { AuthError, isAuthError } from './errors.js'
 import { type AuthenticateFunction, createIssuer, type Issuer, type IssuerEvent } from './issuer.js'
 import { createKeyring, type Keyring, type SigningAlgorithm } from './keys.js'
+import { isLoopbackHost } from './loopback.js'
 import { connectRedis, createRateLimiter, type RateLimiter, type RedisLike } from './rate-limit.js'
 import { authRoutes, type RefreshCookie } from './routes/auth.js'
 import { sendAuthError, sendError } from './routes/http.js'
@@ -400,7 +401,7 @@ function checkIssuerUrl(issuer: unknown): asserts issuer is string {
   }
   // RFC 8414 section 2: an https URL without query or fragment. Plain http only on loopback, for local
   // development, as the verifiers accept it: its JWKS could be swapped by anyone on the path
-  const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(url?.hostname ?? '')
+  const loopback = isLoopbackHost(url?.hostname ?? '')
   if (
     !url ||
     (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback)) ||

@@ -21,6 +21,7 @@ import {
   jwtVerify,
 } from 'jose'
 import { AuthError } from './errors.js'
+import { isLoopbackHost } from './loopback.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -490,7 +491,7 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
     throw configError('"jwks" must be a URL or a JSON Web Key Set ({ keys: [...] })', error)
   }
   // keys fetched over plain http can be swapped by anyone on the path; only loopback is exempt
-  const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(url.hostname)
+  const loopback = isLoopbackHost(url.hostname)
   if (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback)) {
     throw configError('"jwks" URL must use https (http only on localhost)')
   }

@@ -5,7 +5,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, preValidationHookHandler } from 'fastify'
 import { isAuthError } from '../errors.js'
 import type { IssuedTokens, Issuer } from '../issuer.js'
-import { bearerToken, MAX_FIELD_LENGTH, noStore, sendAuthError, sendError } from './http.js'
+import { bearerToken, ignoreBodies, MAX_FIELD_LENGTH, noStore, sendAuthError, sendError } from './http.js'
 
 /** Cookie mode, resolved: every field set. */
 export interface RefreshCookie {
@@ -125,8 +125,7 @@ export async function authRoutes(
   }
 
   async function cookieRoutes(scope: FastifyInstance, cookie: RefreshCookie) {
-    scope.removeAllContentTypeParsers()
-    scope.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, _body, done) => done(null, undefined))
+    ignoreBodies(scope)
     const csrfHeader = cookie.csrfHeader
     // a cross-site form or image cannot set a custom header, and no CORS preflight is ever granted
     const missingCsrfHeader = (request: FastifyRequest, reply: FastifyReply) => {

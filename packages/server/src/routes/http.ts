@@ -2,10 +2,22 @@
  * What every route shares: RFC 6749 section 5.2 error bodies, the no-store headers of token
  * responses, and the Bearer check of the protected routes.
  */
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { type AuthError, isAuthError } from '../errors.js'
 import type { AccessTokenClaims, Issuer } from '../issuer.js'
 import { isVerifyError, verifyErrorResponse } from '../verify.js'
+
+/**
+ * Makes every route of `scope` read no body: whatever comes, of any type (an empty one sent as JSON
+ * included), is ignored, within the body limit. For routes whose input is a header or a cookie, so no
+ * parser answers 400 or 415 before the route has checked what it needs.
+ * @example
+ * app.register(async (scope) => { ignoreBodies(scope); scope.post('/auth/logout-all', handler) })
+ */
+export function ignoreBodies(scope: FastifyInstance): void {
+  scope.removeAllContentTypeParsers()
+  scope.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, _body, done) => done(null, undefined))
+}
 
 /** Longest string field accepted in a body; tokens and passwords are far shorter. */
 export const MAX_FIELD_LENGTH = 1024

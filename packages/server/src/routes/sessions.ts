@@ -4,7 +4,7 @@
  */
 import type { FastifyInstance } from 'fastify'
 import type { Issuer } from '../issuer.js'
-import { authenticateRequest, noStore, sendAuthError, sendError } from './http.js'
+import { authenticateRequest, ignoreBodies, noStore, sendAuthError, sendError } from './http.js'
 
 /** Options of the `sessionRoutes` plugin. */
 export interface SessionRoutesOptions {
@@ -20,8 +20,7 @@ export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRou
   // the token is checked first, in each handler: without a valid one every request gets the same 401 with
   // its challenge, whatever else is wrong with it. So no schema and no parser refuses a request before
   // that: these routes take no body, and a body that comes anyway is ignored
-  app.removeAllContentTypeParsers()
-  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, _body, done) => done(null, undefined))
+  ignoreBodies(app)
 
   app.get('/auth/sessions', async (request, reply) => {
     const claims = await authenticateRequest(issuer, request, reply)
