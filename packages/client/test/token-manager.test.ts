@@ -321,50 +321,35 @@ describe('rule 5: classify failures', () => {
     expect(manager.status).toBe('authenticated')
   })
 
-  it('honours Retry-After in full (no jitter below it), capped at maxDelay', async () => {
-    vi.useFakeTimers({ now: T0 })
-    // the lowest jitter: a jittered wait would be half the delay
-    vi.spyOn(Math, 'random').mockReturnValue(0)
-    let calls = 0
-    const manager = createTokenManager({
-      refresh: async () => {
-        calls++
-        if (calls === 1) throw new RefreshError('server', '429', { status: 429, retryAfter: 2 })
-        return tokenSet(Date.now(), MIN, 1)
-      },
-      retry: { attempts: 1, baseDelay: 10, maxDelay: 4_000 },
-      lock: false,
-    })
-    await manager.setTokens(tokenSet(Date.now(), MIN, 0))
-    const result = manager.refresh()
-    await vi.advanceTimersByTimeAsync(1_999)
-    expect(calls).toBe(1)
-    await vi.advanceTimersByTimeAsync(1)
-    await result
-    expect(calls).toBe(2)
-    vi.restoreAllMocks()
-  })
-
-  it('caps a long Retry-After at maxDelay', async () => {
-    vi.useFakeTimers({ now: T0 })
-    let calls = 0
-    const manager = createTokenManager({
-      refresh: async () => {
-        calls++
-        if (calls === 1) throw new RefreshError('server', '503', { status: 503, retryAfter: 3600 })
-        return tokenSet(Date.now(), MIN, 1)
-      },
-      retry: { attempts: 1, baseDelay: 10, maxDelay: 1_000 },
-      lock: false,
-    })
-    await manager.setTokens(tokenSet(Date.now(), MIN, 0))
-    const result = manager.refresh()
-    await vi.advanceTimersByTimeAsync(999)
-    expect(calls).toBe(1)
-    await vi.advanceTimersByTimeAsync(1)
-    await result
-    expect(calls).toBe(2)
-  })
+  it.each([
+    { retryAfter: 2, maxDelay: 4_000, waits: 2_000 },
+    { retryAfter: 3_600, maxDelay: 1_000, waits: 1_000 },
+  ])(
+    'honours Retry-After $retryAfter s in full (no jitter below it), capped at maxDelay $maxDelay ms',
+    async ({ retryAfter, maxDelay, waits }) => {
+      vi.useFakeTimers({ now: T0 })
+      // the lowest jitter: a jittered wait would be half the delay
+      vi.spyOn(Math, 'random').mockReturnValue(0)
+      let calls = 0
+      const manager = createTokenManager({
+        refresh: async () => {
+          calls++
+          if (calls === 1) throw new RefreshError('server', '503', { status: 503, retryAfter })
+          return tokenSet(Date.now(), MIN, 1)
+        },
+        retry: { attempts: 1, baseDelay: 10, maxDelay },
+        lock: false,
+      })
+      await manager.setTokens(tokenSet(Date.now(), MIN, 0))
+      const result = manager.refresh()
+      await vi.advanceTimersByTimeAsync(waits - 1)
+      expect(calls).toBe(1)
+      await vi.advanceTimersByTimeAsync(1)
+      await result
+      expect(calls).toBe(2)
+      vi.restoreAllMocks()
+    },
+  )
 
   it('lets every reader of a failing proactive refresh keep the still-valid token, not just the first', async () => {
     const { manager, calls, clock } = setup({ retry: false })
@@ -638,13 +623,20 @@ describe('rule 7: managers sharing storage and a lock', () => {
     expect(a.types()).not.toContain('loggedOut')
   }, 10_000)
 
-  it("a holder's first attempt waits for a manager refreshing under the fallback lock, then takes its tokens", async () => {
+  /**
+   * Three managers on one storage and lock (lockTimeout 1 s): c holds the lock with a refresh that hangs, b
+   * gives up on it and refreshes under the fallback lock (its answer held), a queues for the lock. Then c
+   * fails with a 503 and lets go: a holds the main lock while b's refresh, with the same token, is on its way.
+   */
+  async function stuckHolder(
+    lock: ReturnType<typeof createTestLock>,
+    aOptions: Partial<TokenManagerOptions>,
+  ) {
     const storage = memoryStorage()
-    const lock = createTestLock({ query: true })
     const common = { storage, lock, lockTimeout: 1_000, retry: false as const }
     const c = setup(common)
     const b = setup(common)
-    const a = setup(common)
+    const a = setup({ ...common, ...aOptions })
     await c.manager.setTokens(tokenSet(T0, MIN, 0))
     await b.manager.getAccessToken()
     await a.manager.getAccessToken()
@@ -652,14 +644,17 @@ describe('rule 7: managers sharing storage and a lock', () => {
     await flush()
     const fromB = b.manager.refresh()
     await new Promise((resolve) => setTimeout(resolve, 500))
-    const fromA = a.manager.refresh()
-    // b gave up on c, which hangs, and refreshes under the fallback lock; a still waits for c
+    const fromA = a.manager.refresh().catch((error: unknown) => error)
     await new Promise((resolve) => setTimeout(resolve, 600))
     expect(b.calls).toHaveLength(1)
-    // c fails and lets go: a holds the main lock while b's refresh, with the same token, is on its way
     c.calls[0]!.reject(new RefreshError('server', 'refresh failed: answered 503', { status: 503 }))
     await fromC
-    await new Promise((resolve) => setTimeout(resolve, 100))
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    return { a, b, fromA, fromB }
+  }
+
+  it("a holder's first attempt waits for a manager refreshing under the fallback lock, then takes its tokens", async () => {
+    const { a, b, fromA, fromB } = await stuckHolder(createTestLock({ query: true }), {})
     expect(a.calls).toHaveLength(0)
     const next = tokenSet(T0, MIN, 1)
     b.calls[0]!.resolve(next)
@@ -669,38 +664,17 @@ describe('rule 7: managers sharing storage and a lock', () => {
   })
 
   it('a session replaced while a retry waits for the fallback lock frees the main lock at once', async () => {
-    const storage = memoryStorage()
-    const lock = createTestLock()
-    const c = setup({ storage, lock, lockTimeout: 1_000, retry: false })
-    const b = setup({ storage, lock, lockTimeout: 1_000, retry: false })
-    const a = setup({
-      storage,
-      lock,
-      lockTimeout: 1_000,
+    const { a, b, fromA } = await stuckHolder(createTestLock(), {
       retry: { attempts: 1, baseDelay: 10, maxDelay: 10 },
     })
-    await c.manager.setTokens(tokenSet(T0, MIN, 0))
-    await b.manager.getAccessToken()
-    await a.manager.getAccessToken()
-    const fromC = c.manager.refresh().catch((error: unknown) => error)
-    await flush()
-    void b.manager.refresh().catch(() => {})
-    await new Promise((resolve) => setTimeout(resolve, 500))
-    const fromA = a.manager.refresh().catch((error: unknown) => error)
-    await new Promise((resolve) => setTimeout(resolve, 600))
-    expect(b.calls).toHaveLength(1)
-    c.calls[0]!.reject(new RefreshError('server', 'refresh failed: answered 503', { status: 503 }))
-    await fromC
-    await new Promise((resolve) => setTimeout(resolve, 50))
+    // without query() a cannot see b: its first attempt goes, fails, and its retry waits for b's fallback lock
     expect(a.calls).toHaveLength(1)
-    // a's first attempt fails; its retry waits for the fallback lock b holds
     a.calls[0]!.reject(new RefreshError('server', 'refresh failed: answered 503', { status: 503 }))
     await new Promise((resolve) => setTimeout(resolve, 50))
     // the user logs out and in again in a: the new session's refresh must not wait for the old one's turn
     await a.manager.clear()
     expect(await fromA).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
-    const other = { ...tokenSet(T0 - 2 * MIN, MIN, 'x'), refreshToken: 'rt-x' }
-    await a.manager.setTokens(other)
+    await a.manager.setTokens({ ...tokenSet(T0 - 2 * MIN, MIN, 'x'), refreshToken: 'rt-x' })
     const started = Date.now()
     void a.manager.getAccessToken().catch(() => {})
     while (a.calls.length < 2 && Date.now() - started < 2_000)

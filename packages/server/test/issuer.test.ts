@@ -604,8 +604,9 @@ describe('a login racing a password change', () => {
   const NEW = 'brand new password 123'
 
   /** A fresh store with one user whose hash is weaker than the hasher's (a login rehashes it), and a login
-   * that stops, once, after its password check (`verify`) or after its rehash (`hash`) until released. */
-  async function racing(stopAfter: 'verify' | 'hash') {
+   * that stops, once, after its password check (`verify`) or after its rehash (`hash`) until released.
+   * `full`: every password check after the first fails as a hasher whose line is full. */
+  async function racing(stopAfter: 'verify' | 'hash', { full = false } = {}) {
     const own = createSqliteStore({ filename: ':memory:' })
     await own.migrate()
     let release!: () => void
@@ -617,6 +618,7 @@ describe('a login racing a password change', () => {
       stopped = resolve
     })
     let once = false
+    let verifies = 0
     const stop = async () => {
       if (once) return
       once = true
@@ -631,6 +633,8 @@ describe('a login racing a password change', () => {
         return phc
       },
       async verify(phc: string, password: string) {
+        if (full && ++verifies > 1)
+          throw new AuthError('ERR_UNAVAILABLE', 'too many password checks at once', { retryAfter: 1 })
         const ok = await passwords.verify(phc, password)
         if (stopAfter === 'verify') await stop()
         return ok
@@ -663,37 +667,7 @@ describe('a login racing a password change', () => {
   })
 
   it('a login whose re-check fails (the hasher is full) leaves no session behind, and says why', async () => {
-    const own = createSqliteStore({ filename: ':memory:' })
-    await own.migrate()
-    let verifies = 0
-    let release!: () => void
-    const gate = new Promise<void>((resolve) => {
-      release = resolve
-    })
-    let stopped!: () => void
-    const atGate = new Promise<void>((resolve) => {
-      stopped = resolve
-    })
-    const gated = {
-      ...passwords,
-      async verify(phc: string, password: string) {
-        verifies++
-        if (verifies > 1)
-          throw new AuthError('ERR_UNAVAILABLE', 'too many password checks at once', { retryAfter: 1 })
-        const ok = await passwords.verify(phc, password)
-        stopped()
-        await gate
-        return ok
-      },
-    }
-    const { issuer } = setup({ passwords: gated }, own)
-    await own.createUser({
-      id: 'u1',
-      username: 'ada',
-      passwordHash: await passwords.hash(OLD),
-      createdAt: T0,
-      passwordChangedAt: T0,
-    })
+    const { own, issuer, release, atGate } = await racing('verify', { full: true })
     const login = issuer.login('ada', OLD)
     await atGate
     // the stored hash changes while the login waits (the same password, hashed again): the re-check must verify

@@ -859,6 +859,26 @@ describe('cookie mode', () => {
     return { response, refreshToken: value!, accessToken: response.json().accessToken as string }
   }
 
+  const COOKIE = '__Secure-tokenflow_rt'
+  /** POST to a cookie route, with the refresh cookie (when given) and the CSRF header (unless `csrf: false`) */
+  const cookiePost = (
+    url: '/refresh/token' | '/refresh/token/logout',
+    refreshToken?: string,
+    { csrf = true, json = false, target = cookieApp } = {},
+  ) =>
+    target.inject({
+      method: 'POST',
+      url,
+      cookies: refreshToken === undefined ? {} : { [COOKIE]: refreshToken },
+      headers: {
+        ...(csrf ? { 'x-tokenflow-refresh': '1' } : {}),
+        ...(json ? { 'content-type': 'application/json' } : {}),
+      },
+      ...(json ? { payload: '' } : {}),
+    })
+  const rotatedCookie = (response: LightMyRequestResponse) =>
+    response.cookies.find((cookie) => cookie.name === COOKIE)?.value
+
   it('puts the refresh token in an HttpOnly, Secure, SameSite=Strict cookie scoped to /refresh/token, never in the body', async () => {
     const { response } = await cookieLogin()
     expect(Object.keys(response.json())).toEqual(['accessToken', 'tokenType', 'expiresIn'])
@@ -924,97 +944,43 @@ describe('cookie mode', () => {
         return typeof value === 'function' ? value.bind(target) : value
       },
     })
-    const frozen = Date.UTC(2030, 0, 1)
-    const flakyApp = server({ cookie: true, store: flaky, now: () => frozen })
-    const refresh = () =>
-      flakyApp.inject({
-        method: 'POST',
-        url: '/refresh/token',
-        cookies: { '__Secure-tokenflow_rt': refreshToken },
-        headers: { 'x-tokenflow-refresh': '1' },
-      })
-    const failed = await refresh()
+    const flakyApp = server({ cookie: true, store: flaky, now: () => Date.UTC(2030, 0, 1) })
+    const failed = await cookiePost('/refresh/token', refreshToken, { target: flakyApp })
     expect(failed.statusCode).toBe(500)
     expect(failed.json()).toMatchObject({ error: 'server_error' })
     expect(failed.headers['set-cookie']).toBeUndefined()
     down = false
-    const ok = await refresh()
+    const ok = await cookiePost('/refresh/token', refreshToken, { target: flakyApp })
     expect(ok.statusCode).toBe(200)
-    expect(ok.cookies.find((cookie) => cookie.name === '__Secure-tokenflow_rt')?.value).toMatch(
-      /^[A-Za-z0-9_-]{52}$/,
-    )
+    expect(rotatedCookie(ok)).toMatch(/^[A-Za-z0-9_-]{52}$/)
   })
 
   it('logs out at /refresh/token/logout, which the cookie reaches, with the CSRF header, even without an access token', async () => {
     const { refreshToken } = await cookieLogin()
-    const cookies = { '__Secure-tokenflow_rt': refreshToken }
-    const refresh = () =>
-      cookieApp.inject({
-        method: 'POST',
-        url: '/refresh/token',
-        cookies,
-        headers: { 'x-tokenflow-refresh': '1' },
-      })
-    const forged = await cookieApp.inject({ method: 'POST', url: '/refresh/token/logout', cookies })
+    const forged = await cookiePost('/refresh/token/logout', refreshToken, { csrf: false })
     expect(forged.statusCode).toBe(400)
     expect(forged.json()).toMatchObject({ code: 'ERR_INVALID_REQUEST' })
     // the session outlived a logout without the header
-    const still = await refresh()
+    const still = await cookiePost('/refresh/token', refreshToken)
     expect(still.statusCode).toBe(200)
-    const next = still.cookies.find((cookie) => cookie.name === '__Secure-tokenflow_rt')!.value
-    const out = await cookieApp.inject({
-      method: 'POST',
-      url: '/refresh/token/logout',
-      cookies: { '__Secure-tokenflow_rt': next },
-      headers: { 'x-tokenflow-refresh': '1' },
-    })
+    const next = rotatedCookie(still)!
+    const out = await cookiePost('/refresh/token/logout', next)
     expect(out.statusCode).toBe(200)
     expect(out.json()).toEqual({})
     expect(cookieOf(out)).toMatch(/^__Secure-tokenflow_rt=; .*Path=\/refresh\/token/)
     expectNoStore(out)
-    const after = await cookieApp.inject({
-      method: 'POST',
-      url: '/refresh/token',
-      cookies: { '__Secure-tokenflow_rt': next },
-      headers: { 'x-tokenflow-refresh': '1' },
-    })
-    expect(after.json()).toEqual(INVALID_GRANT)
+    expect((await cookiePost('/refresh/token', next)).json()).toEqual(INVALID_GRANT)
     // no cookie at all: still 200, nothing to end
-    const empty = await cookieApp.inject({
-      method: 'POST',
-      url: '/refresh/token/logout',
-      headers: { 'x-tokenflow-refresh': '1' },
-    })
-    expect(empty.statusCode).toBe(200)
+    expect((await cookiePost('/refresh/token/logout')).statusCode).toBe(200)
   })
 
   it('reads no body on the cookie routes: an empty one sent as JSON neither blocks a refresh nor a logout', async () => {
     const { refreshToken } = await cookieLogin()
-    const headers = { 'x-tokenflow-refresh': '1', 'content-type': 'application/json' }
-    const refreshed = await cookieApp.inject({
-      method: 'POST',
-      url: '/refresh/token',
-      cookies: { '__Secure-tokenflow_rt': refreshToken },
-      headers,
-      payload: '',
-    })
+    const refreshed = await cookiePost('/refresh/token', refreshToken, { json: true })
     expect(refreshed.statusCode).toBe(200)
-    const next = refreshed.cookies.find((cookie) => cookie.name === '__Secure-tokenflow_rt')!.value
-    const out = await cookieApp.inject({
-      method: 'POST',
-      url: '/refresh/token/logout',
-      cookies: { '__Secure-tokenflow_rt': next },
-      headers,
-      payload: '',
-    })
-    expect(out.statusCode).toBe(200)
-    const after = await cookieApp.inject({
-      method: 'POST',
-      url: '/refresh/token',
-      cookies: { '__Secure-tokenflow_rt': next },
-      headers: { 'x-tokenflow-refresh': '1' },
-    })
-    expect(after.json()).toEqual(INVALID_GRANT)
+    const next = rotatedCookie(refreshed)!
+    expect((await cookiePost('/refresh/token/logout', next, { json: true })).statusCode).toBe(200)
+    expect((await cookiePost('/refresh/token', next)).json()).toEqual(INVALID_GRANT)
   })
 
   it('logs out by the access token, since the cookie never reaches /auth/logout', async () => {

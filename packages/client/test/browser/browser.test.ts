@@ -1,23 +1,24 @@
-import type { Browser, BrowserContext } from 'playwright-core'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import type { BrowserContext } from 'playwright-core'
+import { describe, expect, it } from 'vitest'
 import {
   afterExpiry,
-  type BrowserTestServer,
-  bundlePage,
   CHROMIUM_PATH,
   claimsOf,
+  events,
+  failWithoutChromiumInCI,
   hasChromium,
-  launchChromium,
+  login,
+  noTraffic,
+  ofType,
   openTab,
-  PASSWORD,
   reloadTab,
-  type ServerCounts,
+  sleep,
   sleepUntil,
-  startBrowserTestServer,
+  status,
   type Tab,
-  USERNAME,
+  useChromium,
 } from './harness.js'
-import type { PageSetup, RecordedEvent, RequestResult } from './page.js'
+import type { PageSetup, RequestResult } from './page.js'
 
 // Real tabs of one Chromium profile share localStorage, navigator.locks and BroadcastChannel. They talk to
 // the real @tokenflow/server with 1 s access tokens and rotating refresh tokens with no reuse grace, so a
@@ -30,68 +31,23 @@ if (!hasChromium && !inCI) {
   )
 }
 
-describe.runIf(!hasChromium && inCI)('browser tests', () => {
-  it('have Chromium to run on', () => {
-    throw new Error('Chromium is required in CI: apt-get install -y chromium')
-  })
-})
+failWithoutChromiumInCI('browser tests')
 
-const NO_TRAFFIC: ServerCounts = {
-  logins: 0,
-  refreshRequests: 0,
-  refreshes: 0,
-  graceReplays: 0,
-  reuseDetected: 0,
-  apiOk: 0,
-  apiUnauthorized: 0,
-}
 const LOCK = 'tokenflow:refresh'
 
-const ofType = (list: RecordedEvent[], type: string) => list.filter((event) => event.type === type)
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 const allOk = (count: number, jti: string | undefined) =>
   Array.from({ length: count }, () => ({ status: 200, jti, doneAt: expect.any(Number) }))
 
 describe.skipIf(!hasChromium)('in Chromium', () => {
-  let browser: Browser
-  let server: BrowserTestServer
-  const contexts: BrowserContext[] = []
-
-  beforeAll(async () => {
-    const [script, launched] = await Promise.all([bundlePage(), launchChromium()])
-    browser = launched
-    server = await startBrowserTestServer({ script })
-  })
-
-  afterEach(async () => {
-    for (const context of contexts.splice(0)) await context.close()
-  })
-
-  afterAll(async () => {
-    await browser?.close()
-    await server?.close()
-  })
-
-  /** A fresh profile: its tabs share storage, locks and channels with each other and with no other test. */
-  async function profile(): Promise<BrowserContext> {
-    const context = await browser.newContext()
-    contexts.push(context)
-    return context
-  }
+  const env = useChromium()
+  const { profile } = env
 
   const tabs = (context: BrowserContext, count: number, setup: PageSetup) =>
-    Promise.all(Array.from({ length: count }, () => openTab(context, server.url, setup)))
-  const login = (tab: Tab) =>
-    tab.page.evaluate(([username, password]) => window.tf.login(username, password), [
-      USERNAME,
-      PASSWORD,
-    ] as const)
-  const events = (tab: Tab) => tab.page.evaluate(() => window.tf.events())
+    Promise.all(Array.from({ length: count }, () => openTab(context, env.server.url, setup)))
   /** the events of each tab after the first `seen[i]` */
   const eventsSince = (list: Tab[], seen: number[]) =>
     Promise.all(list.map(async (tab, i) => (await events(tab)).slice(seen[i])))
   const counted = (list: Tab[]) => Promise.all(list.map(async (tab) => (await events(tab)).length))
-  const status = (tab: Tab) => tab.page.evaluate(() => window.tf.status())
   const burst = (tab: Tab, count: number, at?: number) =>
     tab.page.evaluate(([n, time]) => window.tf.burst(n, time), [count, at] as const)
   const getAccessToken = (tab: Tab) => tab.page.evaluate(() => window.tf.getAccessToken())
@@ -126,22 +82,22 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
     // four tabs are open at login and hear of it by broadcast; the fifth opens later and reads localStorage
     const open = await tabs(context, 4, { storage: 'local' })
     let accessToken = await loginEverywhere(open)
-    const all = [...open, await openTab(context, server.url, { storage: 'local' })]
+    const all = [...open, await openTab(context, env.server.url, { storage: 'local' })]
 
     for (let round = 1; round <= 3; round++) {
-      server.reset()
+      env.server.reset()
       const seen = await counted(all)
       // every tab fires at the same wall-clock time, once the token has certainly expired
       const at = afterExpiry(claimsOf(accessToken).exp)
       const results = await Promise.all(all.map((tab) => burst(tab, 20, at)))
 
-      expect(server.counts(), `round ${round}`).toEqual({
-        ...NO_TRAFFIC,
+      expect(env.server.counts(), `round ${round}`).toEqual({
+        ...noTraffic(),
         refreshRequests: 1,
         refreshes: 1,
         apiOk: 100,
       })
-      const [jti, ...others] = new Set(server.apiTokens())
+      const [jti, ...others] = new Set(env.server.apiTokens())
       expect(others, `round ${round}: every request carried the one new token`).toEqual([])
       expect(results.flat()).toEqual(allOk(100, jti))
 
@@ -173,7 +129,7 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
     const context = await profile()
     const all = await tabs(context, 5, { storage: 'local' })
     await loginEverywhere(all)
-    server.reset()
+    env.server.reset()
 
     const clearedAt = await all[0]!.page.evaluate(() => window.tf.clear())
     for (const tab of all) await waitForStatus(tab, 'unauthenticated')
@@ -196,7 +152,7 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
       expect(tab.errors).toEqual([])
     }
     // a local logout: nothing refreshed, nothing reused
-    expect(server.counts()).toEqual(NO_TRAFFIC)
+    expect(env.server.counts()).toEqual(noTraffic())
   })
 
   it('a tab closed while it holds the lock does not block the others: they carry on within lockTimeout', async () => {
@@ -205,11 +161,11 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
     const [a, b, c] = (await tabs(context, 3, { storage: 'local', lockTimeout })) as [Tab, Tab, Tab]
     const accessToken = await loginEverywhere([a, b, c])
     await sleepUntil(afterExpiry(claimsOf(accessToken).exp))
-    server.reset()
+    env.server.reset()
     const seen = await counted([b, c])
 
     // tab A starts the refresh and the server holds it, so A keeps the lock until the tab closes
-    const held = server.holdNextRefresh()
+    const held = env.server.holdNextRefresh()
     const lost = burst(a, 5).catch(() => 'tab closed')
     await held.arrived
     const locks = () => b.page.evaluate(() => navigator.locks.query())
@@ -229,12 +185,12 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
     const results: RequestResult[] = (await Promise.all(waiting)).flat()
     held.release()
 
-    const [jti, ...others] = new Set(server.apiTokens())
+    const [jti, ...others] = new Set(env.server.apiTokens())
     expect(others).toEqual([])
     expect(results).toEqual(allOk(20, jti))
     expect(await lost).toBe('tab closed')
     // A's refresh arrived and was never answered; B or C refreshed once, and the other adopted its tokens
-    expect(server.counts()).toEqual({ ...NO_TRAFFIC, refreshRequests: 2, refreshes: 1, apiOk: 20 })
+    expect(env.server.counts()).toEqual({ ...noTraffic(), refreshRequests: 2, refreshes: 1, apiOk: 20 })
     const after = await eventsSince([b, c], seen)
     expect(
       after.flatMap((list) => ofType(list, 'refreshed')).filter((e) => e.source === 'local'),
@@ -257,24 +213,25 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
     const [a, b, c] = (await tabs(context, 3, { storage: 'local', lockTimeout })) as [Tab, Tab, Tab]
     const accessToken = await loginEverywhere([a, b, c])
     await sleepUntil(afterExpiry(claimsOf(accessToken).exp))
-    server.reset()
+    env.server.reset()
 
     // A holds the lock, its refresh stuck on the network
-    const stuck = server.holdNextRefresh()
+    const stuck = env.server.holdNextRefresh()
     void burst(a, 1).catch(() => {})
     await stuck.arrived
     const waiting = [burst(b, 5), burst(c, 5)]
     // the first tab to give up waiting refreshes; that answer is slow too, so any other refresh that is not
     // serialised behind it arrives meanwhile, with the same refresh token
-    const first = server.holdNextRefresh()
+    const first = env.server.holdNextRefresh()
     await first.arrived
-    for (let waited = 0; waited < 1_000 && server.counts().refreshRequests < 3; waited += 10) await sleep(10)
+    for (let waited = 0; waited < 1_000 && env.server.counts().refreshRequests < 3; waited += 10)
+      await sleep(10)
     first.release('pass')
     const results = (await Promise.all(waiting)).flat()
     await a.page.close()
     stuck.release()
 
-    expect(server.counts()).toEqual({ ...NO_TRAFFIC, refreshRequests: 2, refreshes: 1, apiOk: 10 })
+    expect(env.server.counts()).toEqual({ ...noTraffic(), refreshRequests: 2, refreshes: 1, apiOk: 10 })
     expect(results.map((result) => result.status)).toEqual(Array(10).fill(200))
   })
 
@@ -283,8 +240,8 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
       const key = 'tf-local'
       const setup: PageSetup = { storage: 'local', key }
       const context = await profile()
-      const a = await openTab(context, server.url, setup)
-      server.reset()
+      const a = await openTab(context, env.server.url, setup)
+      env.server.reset()
       const accessToken = await login(a)
       const { sid } = claimsOf(accessToken)
       const first = await storedSet(a, 'local', key)
@@ -293,7 +250,7 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
       expect(await stored(a, 'session', key)).toBeNull()
 
       // a tab opened later has only localStorage to go by: its refresh uses the stored refresh token
-      const b = await openTab(context, server.url, setup)
+      const b = await openTab(context, env.server.url, setup)
       await sleepUntil(afterExpiry(claimsOf(accessToken).exp))
       const fromB = (await getAccessToken(b))!
       expect(claimsOf(fromB).sid).toBe(sid)
@@ -312,8 +269,8 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
         { type: 'refreshStarted', at: expect.any(Number) },
         { type: 'refreshed', source: 'local', accessToken: fromA, at: expect.any(Number) },
       ])
-      expect(server.counts()).toEqual({ ...NO_TRAFFIC, logins: 1, refreshRequests: 2, refreshes: 2 })
-      expect(server.refreshedSessions()).toEqual([sid, sid])
+      expect(env.server.counts()).toEqual({ ...noTraffic(), logins: 1, refreshRequests: 2, refreshes: 2 })
+      expect(env.server.refreshedSessions()).toEqual([sid, sid])
       await waitForStored(b, 'local', key, fromA)
       expect(a.errors).toEqual([])
       expect(b.errors).toEqual([])
@@ -325,7 +282,7 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
       const setup: PageSetup = { storage: 'session', key, channel: false }
       const context = await profile()
       const [a, b] = (await tabs(context, 2, setup)) as [Tab, Tab]
-      server.reset()
+      env.server.reset()
       const tokenA = await login(a)
       const tokenB = await login(b)
       const sids = [claimsOf(tokenA).sid, claimsOf(tokenB).sid]
@@ -349,8 +306,8 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
       await sleepUntil(afterExpiry(Math.max(claimsOf(tokenA).exp, claimsOf(tokenB).exp)))
       const [nextA, nextB] = (await Promise.all([getAccessToken(a), getAccessToken(b)])) as [string, string]
       expect([claimsOf(nextA).sid, claimsOf(nextB).sid]).toEqual(sids)
-      expect(server.counts()).toEqual({ ...NO_TRAFFIC, logins: 2, refreshRequests: 2, refreshes: 2 })
-      expect([...server.refreshedSessions()].sort()).toEqual([...sids].sort())
+      expect(env.server.counts()).toEqual({ ...noTraffic(), logins: 2, refreshRequests: 2, refreshes: 2 })
+      expect([...env.server.refreshedSessions()].sort()).toEqual([...sids].sort())
       expect((await storedSet(a, 'session', key))!.accessToken).toBe(nextA)
       expect((await storedSet(b, 'session', key))!.accessToken).toBe(nextB)
       for (const [tab, next] of [

@@ -9,7 +9,8 @@ import { type AuthServer, createAuthServer, createSqliteStore, type TokenStore }
 import { createVerifier, type Verifier } from '@tokenflow/server/verify'
 import { build } from 'esbuild'
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core'
-import type { PageSetup } from './page.js'
+import { afterAll, afterEach, beforeAll, describe, it } from 'vitest'
+import type { PageSetup, RecordedEvent } from './page.js'
 
 /** Where Debian puts Chromium; `TOKENFLOW_CHROMIUM` points elsewhere (or nowhere, to try the skip path). */
 export const CHROMIUM_PATH = process.env.TOKENFLOW_CHROMIUM ?? '/usr/bin/chromium'
@@ -253,3 +254,57 @@ export function afterExpiry(exp: number): number {
 
 export const sleepUntil = (at: number) =>
   new Promise((resolve) => setTimeout(resolve, Math.max(0, at - Date.now())))
+
+/** What a server counted before any traffic. */
+export const noTraffic = (): ServerCounts => zero()
+
+export const ofType = (list: RecordedEvent[], type: string) => list.filter((event) => event.type === type)
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Under CI=true a missing Chromium fails the file, where a newcomer's run skips it (browser.test.ts says so). */
+export function failWithoutChromiumInCI(name: string): void {
+  describe.runIf(!hasChromium && process.env.CI === 'true')(name, () => {
+    it('have Chromium to run on', () => {
+      throw new Error('Chromium is required in CI: apt-get install -y chromium')
+    })
+  })
+}
+
+/**
+ * Chromium and the auth server for the tests of one describe block. `profile()` opens a fresh browser
+ * profile, whose tabs share storage, locks and channels with each other and with no other test; it is
+ * closed after the test.
+ */
+export function useChromium(): { server: BrowserTestServer; profile(): Promise<BrowserContext> } {
+  let browser: Browser | undefined
+  const contexts: BrowserContext[] = []
+  const env = {
+    server: undefined as unknown as BrowserTestServer,
+    async profile() {
+      const context = await browser!.newContext()
+      contexts.push(context)
+      return context
+    },
+  }
+  beforeAll(async () => {
+    const [script, launched] = await Promise.all([bundlePage(), launchChromium()])
+    browser = launched
+    env.server = await startBrowserTestServer({ script })
+  })
+  afterEach(async () => {
+    for (const context of contexts.splice(0)) await context.close()
+  })
+  afterAll(async () => {
+    await browser?.close()
+    await env.server?.close()
+  })
+  return env
+}
+
+export const login = (tab: Tab) =>
+  tab.page.evaluate(([username, password]) => window.tf.login(username, password), [
+    USERNAME,
+    PASSWORD,
+  ] as const)
+export const events = (tab: Tab) => tab.page.evaluate(() => window.tf.events())
+export const status = (tab: Tab) => tab.page.evaluate(() => window.tf.status())

@@ -1,21 +1,21 @@
-import type { Browser, BrowserContext } from 'playwright-core'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import {
   afterExpiry,
-  type BrowserTestServer,
-  bundlePage,
   claimsOf,
+  events,
+  failWithoutChromiumInCI,
   hasChromium,
-  launchChromium,
+  login,
+  noTraffic,
+  ofType,
   openTab,
-  PASSWORD,
-  type ServerCounts,
+  sleep,
   sleepUntil,
-  startBrowserTestServer,
+  status,
   type Tab,
-  USERNAME,
+  useChromium,
 } from './harness.js'
-import type { PageSetup, RecordedEvent } from './page.js'
+import type { PageSetup } from './page.js'
 
 // Regression tests for three multi-tab bugs, in real tabs of one Chromium profile against the real
 // @tokenflow/server (1 s access tokens, rotating refresh tokens, reuse grace 0: any second use of a rotated
@@ -27,66 +27,19 @@ import type { PageSetup, RecordedEvent } from './page.js'
 // 3. a tab opened with window.open holds a copy of its opener's sessionStorage: after the opener rotated,
 //    the copy sent the spent refresh token and got the session revoked for both.
 
-const inCI = process.env.CI === 'true'
 // without Chromium these skip; browser.test.ts says so, in one line for the whole browser suite
 
-describe.runIf(!hasChromium && inCI)('multi-tab regression tests', () => {
-  it('have Chromium to run on', () => {
-    throw new Error('Chromium is required in CI: apt-get install -y chromium')
-  })
-})
+failWithoutChromiumInCI('multi-tab regression tests')
 
-const NO_TRAFFIC: ServerCounts = {
-  logins: 0,
-  refreshRequests: 0,
-  refreshes: 0,
-  graceReplays: 0,
-  reuseDetected: 0,
-  apiOk: 0,
-  apiUnauthorized: 0,
-}
 const TEST_TIMEOUT = 20_000
-
-const ofType = (list: RecordedEvent[], type: string) => list.filter((event) => event.type === type)
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** What `getAccessToken()` settled with in the page: the token (or null), or the error's kind/code. */
 type Outcome = { token: string | null } | { error: string }
 
 describe.skipIf(!hasChromium)('multi-tab regressions in Chromium', () => {
-  let browser: Browser
-  let server: BrowserTestServer
-  const contexts: BrowserContext[] = []
+  const env = useChromium()
+  const { profile } = env
 
-  beforeAll(async () => {
-    const [script, launched] = await Promise.all([bundlePage(), launchChromium()])
-    browser = launched
-    server = await startBrowserTestServer({ script })
-  })
-
-  afterEach(async () => {
-    for (const context of contexts.splice(0)) await context.close()
-  })
-
-  afterAll(async () => {
-    await browser?.close()
-    await server?.close()
-  })
-
-  /** A fresh profile: its tabs share storage, locks and channels with each other and with no other test. */
-  async function profile(): Promise<BrowserContext> {
-    const context = await browser.newContext()
-    contexts.push(context)
-    return context
-  }
-
-  const login = (tab: Tab) =>
-    tab.page.evaluate(([username, password]) => window.tf.login(username, password), [
-      USERNAME,
-      PASSWORD,
-    ] as const)
-  const events = (tab: Tab) => tab.page.evaluate(() => window.tf.events())
-  const status = (tab: Tab) => tab.page.evaluate(() => window.tf.status())
   /** `getAccessToken()`, settled in the page so that a rejection is a value the test can look at */
   const accessToken = (tab: Tab): Promise<Outcome> =>
     tab.page.evaluate(() =>
@@ -112,16 +65,16 @@ describe.skipIf(!hasChromium)('multi-tab regressions in Chromium', () => {
       const lockTimeout = 1_000
       const setup: PageSetup = { storage: 'local', lockTimeout }
       const context = await profile()
-      const a = await openTab(context, server.url, setup)
-      const b = await openTab(context, server.url, setup)
+      const a = await openTab(context, env.server.url, setup)
+      const b = await openTab(context, env.server.url, setup)
       const first = await login(a)
       await waitForStatus(b, 'authenticated')
       const { sid } = claimsOf(first)
       await sleepUntil(afterExpiry(claimsOf(first).exp))
-      server.reset()
+      env.server.reset()
 
       // A takes the lock and refreshes; the server holds that request
-      const held = server.holdNextRefresh()
+      const held = env.server.holdNextRefresh()
       const fromA = accessToken(a)
       await held.arrived
       // B waits lockTimeout for A's lock, gives up, and refreshes under the fallback lock with the same
@@ -129,14 +82,14 @@ describe.skipIf(!hasChromium)('multi-tab regressions in Chromium', () => {
       const fromB = await accessToken(b)
       expect(sidOf(fromB)).toBe(sid)
       const tokenB = (fromB as { token: string }).token
-      expect(server.counts()).toMatchObject({ refreshRequests: 2, refreshes: 1, reuseDetected: 0 })
+      expect(env.server.counts()).toMatchObject({ refreshRequests: 2, refreshes: 1, reuseDetected: 0 })
       // only now does A's attempt fail, transiently (503, nothing rotated): A retries after its backoff
       held.release('unavailable')
       const outcomeA = await fromA
 
       // A must not have sent the token B rotated: it takes B's tokens instead
       expect(outcomeA).toEqual({ token: tokenB })
-      expect(server.counts()).toEqual({ ...NO_TRAFFIC, refreshRequests: 2, refreshes: 1 })
+      expect(env.server.counts()).toEqual({ ...noTraffic(), refreshRequests: 2, refreshes: 1 })
       for (const tab of [a, b]) {
         expect(ofType(await events(tab), 'loggedOut')).toEqual([])
         expect(await status(tab)).toBe('authenticated')
@@ -146,7 +99,7 @@ describe.skipIf(!hasChromium)('multi-tab regressions in Chromium', () => {
       // and the session lives on: the next refresh, after the new token expired, rotates it once more
       await sleepUntil(afterExpiry(claimsOf(tokenB).exp))
       expect(sidOf(await accessToken(a))).toBe(sid)
-      expect(server.counts()).toEqual({ ...NO_TRAFFIC, refreshRequests: 3, refreshes: 2 })
+      expect(env.server.counts()).toEqual({ ...noTraffic(), refreshRequests: 3, refreshes: 2 })
     },
     TEST_TIMEOUT,
   )
@@ -156,16 +109,16 @@ describe.skipIf(!hasChromium)('multi-tab regressions in Chromium', () => {
     async () => {
       const setup: PageSetup = { storage: 'local' }
       const context = await profile()
-      const a = await openTab(context, server.url, setup)
-      const b = await openTab(context, server.url, setup)
+      const a = await openTab(context, env.server.url, setup)
+      const b = await openTab(context, env.server.url, setup)
       const old = await login(a)
       await waitForStatus(b, 'authenticated')
       const oldSid = claimsOf(old).sid
       await sleepUntil(afterExpiry(claimsOf(old).exp))
-      server.reset()
+      env.server.reset()
 
       // B refreshes the old session; the server holds that request
-      const held = server.holdNextRefresh()
+      const held = env.server.holdNextRefresh()
       const fromB = accessToken(b)
       await held.arrived
       // meanwhile the user logs in again in A: a new session
@@ -198,7 +151,7 @@ describe.skipIf(!hasChromium)('multi-tab regressions in Chromium', () => {
         expect(ofType(await events(tab), 'loggedOut')).toEqual([])
         expect(tab.errors).toEqual([])
       }
-      expect(server.counts()).toMatchObject({ logins: 1, reuseDetected: 0 })
+      expect(env.server.counts()).toMatchObject({ logins: 1, reuseDetected: 0 })
     },
     TEST_TIMEOUT,
   )
@@ -208,8 +161,8 @@ describe.skipIf(!hasChromium)('multi-tab regressions in Chromium', () => {
     async () => {
       const setup: PageSetup = { storage: 'session' }
       const context = await profile()
-      const opener = await openTab(context, server.url, setup)
-      server.reset()
+      const opener = await openTab(context, env.server.url, setup)
+      env.server.reset()
       const first = await login(opener)
       const { sid } = claimsOf(first)
 
@@ -234,7 +187,7 @@ describe.skipIf(!hasChromium)('multi-tab regressions in Chromium', () => {
       const fromCopy = await accessToken(copy)
 
       expect(fromCopy).toEqual({ error: 'rejected' })
-      expect(server.counts()).toEqual({ ...NO_TRAFFIC, logins: 1, refreshRequests: 1, refreshes: 1 })
+      expect(env.server.counts()).toEqual({ ...noTraffic(), logins: 1, refreshRequests: 1, refreshes: 1 })
       expect(ofType(await events(copy), 'loggedOut')).toEqual([
         { type: 'loggedOut', reason: 'refreshRejected', kind: 'rejected', at: expect.any(Number) },
       ])
@@ -246,7 +199,7 @@ describe.skipIf(!hasChromium)('multi-tab regressions in Chromium', () => {
       await sleepUntil(afterExpiry(claimsOf(second).exp))
       expect(sidOf(await accessToken(opener))).toBe(sid)
       expect(ofType(await events(opener), 'loggedOut')).toEqual([])
-      expect(server.counts()).toEqual({ ...NO_TRAFFIC, logins: 1, refreshRequests: 2, refreshes: 2 })
+      expect(env.server.counts()).toEqual({ ...noTraffic(), logins: 1, refreshRequests: 2, refreshes: 2 })
       for (const tab of [opener, copy]) expect(tab.errors).toEqual([])
     },
     TEST_TIMEOUT,
