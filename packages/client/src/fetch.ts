@@ -60,11 +60,13 @@ export function createAuthFetch(
     if (init?.body != null) bodies = replayable(init.body)
     else if (original?.bodyUsed) bodies = undefined
     else if (original?.body) inputs = [original, original.clone()]
-    // the unused copy of a tee'd stream or a cloned Request would otherwise buffer the whole body
+    // the unused copy of a tee'd stream or a cloned Request would otherwise buffer the whole body. It is
+    // dropped, never waited for: a tee'd stream's cancel settles only once both copies are done, and a
+    // server that answers before it has read the upload (a 413, an early 401) leaves the sent copy unread
     const dropSpare = () => {
       const spare = inputs[1] !== inputs[0] ? (inputs[1] as Request).body : bodies?.[1]
       if (typeof ReadableStream !== 'undefined' && spare instanceof ReadableStream && spare !== bodies?.[0])
-        return spare.cancel().catch(() => {})
+        spare.cancel().catch(() => {})
     }
 
     const send = (attempt: 0 | 1, token: string | null) => {
@@ -75,26 +77,29 @@ export function createAuthFetch(
       return doFetch(inputs[attempt], next)
     }
 
-    const response = await send(0, sent)
-    if (!shouldRefresh(response)) {
-      await dropSpare()
-      return response
-    }
-    let token: string | null
+    let retrying = false
     try {
-      // rule 2: a 401 for a token that is no longer current retries with the current one, without a refresh
-      token = sent
-        ? await manager.refresh({ rejectedToken: sent, signal })
-        : await manager.getAccessToken({ signal })
-    } catch (error) {
-      await dropSpare()
-      if (isTokenflowError(error) && error.code === 'ERR_NO_REFRESH_TOKEN') return response
-      throw error
+      const response = await send(0, sent)
+      if (!shouldRefresh(response)) return response
+      let token: string | null
+      try {
+        // rule 2: a 401 for a token that is no longer current retries with the current one, without a refresh
+        token = sent
+          ? await manager.refresh({ rejectedToken: sent, signal })
+          : await manager.getAccessToken({ signal })
+      } catch (error) {
+        if (isTokenflowError(error) && error.code === 'ERR_NO_REFRESH_TOKEN') return response
+        throw error
+      }
+      // a body that cannot be replayed is not retried; the refresh above still lets the caller's own retry succeed
+      if (!token || !bodies) return response
+      // the first answer is not read: release its connection before the retry
+      await response.body?.cancel().catch(() => {})
+      retrying = true
+      return await send(1, token)
+    } finally {
+      // on every way out but the retry (which sends it): a network error, a throwing shouldRefresh, no retry
+      if (!retrying) dropSpare()
     }
-    // a body that cannot be replayed is not retried; the refresh above still lets the caller's own retry succeed
-    if (!token || !bodies) return response
-    // the first answer is not read: release its connection before the retry
-    await response.body?.cancel().catch(() => {})
-    return send(1, token)
   }
 }

@@ -1,3 +1,6 @@
+import { once } from 'node:events'
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import {
   createTokenManager,
   jsonRefresh,
@@ -423,6 +426,60 @@ describe('createAuthFetch: aborts', () => {
     // socket behind it would stay open. Never sent, it must still belong to the caller.
     expect(locked).toBe(false)
     expect(await new Response(body).text()).toBe(TEXT)
+  })
+})
+
+describe('createAuthFetch: a server that answers before it reads the upload', () => {
+  // A 413, or an auth check that refuses before the body: undici then leaves the sent copy of a streamed
+  // body unread, and the spare copy kept for the retry must not wait for it
+  let early: Server
+  let status: number
+  beforeEach(async () => {
+    status = 413
+    early = createServer((_request, response) => response.writeHead(status).end('early')).listen(
+      0,
+      '127.0.0.1',
+    )
+    await once(early, 'listening')
+  })
+  afterEach(() => new Promise<void>((resolve) => early.close(() => resolve())))
+  const earlyUrl = () => `http://127.0.0.1:${(early.address() as AddressInfo).port}/upload`
+  /** a long upload: 200 chunks, 5 ms apart */
+  const slowStream = () => {
+    let chunks = 0
+    return new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        await new Promise((resolve) => setTimeout(resolve, 5))
+        if (++chunks > 200) controller.close()
+        else controller.enqueue(new Uint8Array(1024))
+      },
+    })
+  }
+  const upload = (body: ReadableStream<Uint8Array>): StreamingInit => ({
+    method: 'POST',
+    body,
+    duplex: 'half',
+  })
+
+  it("returns the early 413 for a tee'd ReadableStream body instead of hanging", async () => {
+    const { authFetch } = await loggedIn()
+    const response = await authFetch(earlyUrl(), upload(slowStream()))
+    expect(response.status).toBe(413)
+    expect(await response.text()).toBe('early')
+  })
+
+  it('returns the early 413 for a Request with a ReadableStream body instead of hanging', async () => {
+    const { authFetch } = await loggedIn()
+    const response = await authFetch(new Request(earlyUrl(), upload(slowStream())))
+    expect(response.status).toBe(413)
+  })
+
+  it('returns the early 401 of a session without a refresh token instead of hanging', async () => {
+    status = 401
+    const manager = makeManager()
+    await manager.setTokens({ ...server.login('alice'), refreshToken: null })
+    const response = await createAuthFetch(manager)(earlyUrl(), upload(slowStream()))
+    expect(response.status).toBe(401)
   })
 })
 
