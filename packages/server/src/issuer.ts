@@ -342,10 +342,33 @@ export function createIssuer({
       if (!result.ok) return result
     }
     if (loginLimits.perAccount) {
-      // case-folded, so "Ada" and "ada" share one budget whatever the store's collation
-      results.push(await loginLimits.perAccount.consume(`user:${username.toLowerCase()}`))
+      // case-folded, so "Ada" and "ada" share one budget whatever the store's collation; canonical first, so
+      // the spellings of one name ("é", "e\u0301", "é ") that all reach one account share it too
+      results.push(await loginLimits.perAccount.consume(`user:${canonicalName(username).toLowerCase()}`))
     }
     return results.find((result) => !result.ok)
+  }
+
+  /**
+   * The user a typed name means: the exact spelling first, so every login that matched before still matches
+   * the same row, then its canonical form and that form in NFD, so a name stored in one form is found from a
+   * device that types the other, or whose keyboard appended a space (usernames are stored canonical since;
+   * older rows may hold any form).
+   */
+  const findUser = async (username: string): Promise<UserRecord | null> => {
+    for (const name of nameForms(username)) {
+      const user = await store.getUserByName(name)
+      if (user) return user
+    }
+    return null
+  }
+
+  /** the spelling of `password` that matches `phc`, or undefined */
+  const matchPassword = async (phc: string, password: string): Promise<string | undefined> => {
+    for (const spelling of passwordSpellings(password)) {
+      if (await passwords.verify(phc, spelling)) return spelling
+    }
+    return undefined
   }
 
   /** the hashes the stored one may be after a successful check: the one checked, and this login's rehash */
@@ -353,19 +376,23 @@ export function createIssuer({
     username: string,
     password: string,
   ): Promise<[UserRecord, string] | null> => {
-    const user = await store.getUserByName(username)
+    const user = await findUser(username)
     if (!user) {
       // the same Argon2 work as a real check, so the answer time does not reveal unknown users
-      await passwords.verifyDummy(password)
+      for (const spelling of passwordSpellings(password)) await passwords.verifyDummy(spelling)
       return null
     }
-    if (!(await passwords.verify(user.passwordHash, password))) return null
+    const matched = await matchPassword(user.passwordHash, password)
+    if (matched === undefined) return null
+    const normalized = normalizePassword(password)
     let rehashed = user.passwordHash
-    if (passwords.needsRehash(user.passwordHash)) {
+    // a hash of the password as typed before passwords were normalized is upgraded like an old parameter
+    // set: from then on, every spelling of the password matches it
+    if (matched !== normalized || passwords.needsRehash(user.passwordHash)) {
       try {
         // the parameters changed since this hash was made: upgrade it while we know the password, unless a
         // password change landed meanwhile (the old password must not come back)
-        rehashed = await passwords.hash(password)
+        rehashed = await passwords.hash(normalized)
         await store.setPasswordHash(user.id, rehashed, user.passwordChangedAt, user.passwordHash)
       } catch (error) {
         emit({ type: 'rehashFailed', userId: user.id, error })
@@ -378,7 +405,11 @@ export function createIssuer({
   const stillTakes = async ([user, rehashed]: [UserRecord, string], password: string) => {
     const current = (await store.getUser(user.id))?.passwordHash
     if (current === undefined) return false
-    return current === user.passwordHash || current === rehashed || passwords.verify(current, password)
+    return (
+      current === user.passwordHash ||
+      current === rehashed ||
+      (await matchPassword(current, password)) !== undefined
+    )
   }
 
   const ensureUserRow = async (userId: string, time: number) => {
@@ -525,9 +556,10 @@ export function createIssuer({
         )
       }
       const user = await store.getUser(userId)
-      if (!user || !(await passwords.verify(user.passwordHash, oldPassword))) throw invalidCredentials()
+      if (!user || (await matchPassword(user.passwordHash, oldPassword)) === undefined)
+        throw invalidCredentials()
       const time = now()
-      await store.setPasswordHash(user.id, await passwords.hash(newPassword), time)
+      await store.setPasswordHash(user.id, await passwords.hash(normalizePassword(newPassword)), time)
       // whoever learned the old password may hold a session: end all but the one making the change
       const count = await store.revokeUserSessions(user.id, time, 'password-change', keepSessionId)
       emit({ type: 'sessionsRevoked', userId: user.id, reason: 'password-change', count })
@@ -563,7 +595,9 @@ export function createIssuer({
       return { ...claims, sid: session.id, client_id: session.clientId }
     },
 
-    async addUser(username, password) {
+    async addUser(typedName, password) {
+      // one name, one spelling: "é", "e\u0301" and "é " look the same and must not be two accounts
+      const username = typeof typedName === 'string' ? canonicalName(typedName) : typedName
       if (!isInput(username) || username.length > MAX_USERNAME_LENGTH || hasControlCharacter(username)) {
         throw new AuthError(
           'ERR_INVALID_REQUEST',
@@ -573,14 +607,15 @@ export function createIssuer({
       if (!isInput(password)) {
         throw new AuthError('ERR_INVALID_REQUEST', `"password" must be 1 to ${MAX_INPUT_LENGTH} characters`)
       }
-      if (await store.getUserByName(username)) {
+      // an older row may hold the name in another form
+      if (await findUser(username)) {
         throw new AuthError('ERR_USER_EXISTS', `user "${username}" already exists`)
       }
       const time = now()
       const user: UserRecord = {
         id: randomUUID(),
         username,
-        passwordHash: await passwords.hash(password),
+        passwordHash: await passwords.hash(normalizePassword(password)),
         createdAt: time,
         passwordChangedAt: time,
       }
@@ -590,7 +625,9 @@ export function createIssuer({
 
     async removeUser(username) {
       // the store deletes the user's sessions with it, so every token of theirs dies now
-      return typeof username === 'string' && username !== '' ? store.deleteUser(username) : false
+      if (typeof username !== 'string' || username === '') return false
+      const user = await findUser(username)
+      return user !== null && store.deleteUser(user.username)
     },
 
     async listUsers() {
@@ -667,6 +704,34 @@ function hasControlCharacter(text: string): boolean {
     if (code < 0x20 || code === 0x7f) return true
   }
   return false
+}
+
+/**
+ * The one spelling a username is stored in: NFC, as PRECIS usernames (RFC 8265 section 3.3), without the
+ * leading or trailing white space a phone keyboard's autocompletion adds.
+ */
+function canonicalName(username: string): string {
+  return username.normalize('NFC').trim()
+}
+
+/** `username` as typed, then canonical, then canonical in NFD, without repeats (one form for "ada") */
+function nameForms(username: string): string[] {
+  const canonical = canonicalName(username)
+  return [...new Set([username, canonical, canonical.normalize('NFD')])]
+}
+
+/**
+ * NIST SP 800-63B section 5.1.1.2: a password is normalized (NFKC) before it is hashed, so it matches
+ * whether the keyboard composed "ä" as one code point or as "a" plus a combining mark.
+ */
+function normalizePassword(password: string): string {
+  return password.normalize('NFKC')
+}
+
+/** the spellings a stored hash may be of: the normalized one, then (hashes made before) the one typed */
+function passwordSpellings(password: string): string[] {
+  const normalized = normalizePassword(password)
+  return normalized === password ? [normalized] : [normalized, password]
 }
 
 function isInput(value: unknown): value is string {
