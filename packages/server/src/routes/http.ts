@@ -60,7 +60,8 @@ export function sendError(
 ): FastifyReply {
   // error answers of token endpoints must not be cached either (RFC 6749 section 5.2)
   noStore(reply)
-  if (status === 401 || body.error === 'invalid_token') {
+  // a 401 that already carries its scheme's challenge (Basic client authentication) keeps it
+  if ((status === 401 || body.error === 'invalid_token') && !reply.hasHeader('www-authenticate')) {
     reply.header(
       'www-authenticate',
       `Bearer error="invalid_token", error_description="${quote(body.error_description)}"`,

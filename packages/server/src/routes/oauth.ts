@@ -2,7 +2,7 @@
  * The OAuth 2.0 routes, in RFC spelling: `POST /oauth/token` (refresh_token grant, RFC 6749
  * section 6) and `POST /oauth/revoke` (RFC 7009). Bodies are form-encoded, as the RFCs require.
  */
-import type { FastifyInstance, FastifyReply } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { AuthError } from '../errors.js'
 import type { Issuer } from '../issuer.js'
 import { MAX_FIELD_LENGTH, noStore, sendAuthError, sendError } from './http.js'
@@ -61,7 +61,24 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
     },
   )
 
-  const checkClient = (reply: FastifyReply, presented: string | undefined) => {
+  const checkClient = (request: FastifyRequest, reply: FastifyReply, fromBody: string | undefined) => {
+    const basic = basicClientId(request.headers.authorization)
+    // RFC 6749 section 2.3.1: a client may name itself in HTTP Basic instead of the body. This public client has
+    // no secret, so only an empty one fits; any other Basic credentials, or a body naming another client, is a
+    // failed client authentication, which section 5.2 requires to answer 401 with the scheme's challenge
+    if (
+      basic !== undefined &&
+      (basic !== clientId || (fromBody !== undefined && fromBody !== '' && fromBody !== basic))
+    ) {
+      reply.header('www-authenticate', 'Basic realm="tokenflow", charset="UTF-8"')
+      sendError(reply, 401, {
+        error: 'invalid_client',
+        error_description: 'client authentication failed',
+        code: 'ERR_INVALID_CLIENT',
+      })
+      return false
+    }
+    const presented = basic ?? fromBody
     if (presented === undefined || presented === '') {
       sendError(reply, 400, {
         error: 'invalid_request',
@@ -84,7 +101,7 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
 
   app.post('/oauth/token', { schema: tokenSchema }, async (request, reply) => {
     const body = request.body as Record<string, string | undefined>
-    if (!checkClient(reply, body.client_id)) return reply
+    if (!checkClient(request, reply, body.client_id)) return reply
     if (body.grant_type === undefined || body.grant_type === '') {
       return sendError(reply, 400, {
         error: 'invalid_request',
@@ -122,7 +139,7 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
 
   app.post('/oauth/revoke', { schema: revokeSchema }, async (request, reply) => {
     const body = request.body as Record<string, string | undefined>
-    if (!checkClient(reply, body.client_id)) return reply
+    if (!checkClient(request, reply, body.client_id)) return reply
     if (body.token === undefined || body.token === '') {
       return sendError(reply, 400, {
         error: 'invalid_request',
@@ -139,4 +156,21 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
     }
     return noStore(reply).code(200).send()
   })
+}
+
+/**
+ * The client id of an HTTP Basic `Authorization` header (RFC 6749 section 2.3.1: form-urlencoded id and secret),
+ * `undefined` without one, and `null` when it is malformed or carries a secret: this public client has none.
+ */
+function basicClientId(authorization: string | undefined): string | null | undefined {
+  const match = /^Basic +([A-Za-z0-9+/]+=*) *$/i.exec(authorization ?? '')
+  if (!match) return /^Basic(?: |$)/i.test(authorization ?? '') ? null : undefined
+  const credentials = Buffer.from(match[1]!, 'base64').toString('utf8')
+  const colon = credentials.indexOf(':')
+  if (colon === -1 || colon !== credentials.length - 1) return null
+  try {
+    return decodeURIComponent(credentials.slice(0, colon).replace(/\+/g, ' '))
+  } catch {
+    return null
+  }
 }
