@@ -41,6 +41,11 @@ interface InternalFlags extends TokenflowRequestOptions {
    * A function, because axios deep-copies plain objects of a config but keeps functions as they are.
    */
   retried?: (ok: boolean, value: unknown) => boolean
+  /**
+   * The body as the request interceptors left it, before transformRequest: in Node axios serialises a plain
+   * object sent as `multipart/form-data` (`postForm`) into a stream, which the retry cannot send again
+   */
+  given?: () => unknown
 }
 
 /**
@@ -57,6 +62,17 @@ const isStream = (data: unknown): boolean =>
   (typeof (data as { pipe?: unknown }).pipe === 'function' ||
     Symbol.asyncIterator in data ||
     (typeof ReadableStream !== 'undefined' && data instanceof ReadableStream))
+
+/**
+ * Releases the body of a refused answer the app will not get (`responseType: 'stream'`): unread, it would keep
+ * its connection, and with an agent's `maxSockets` the retry would wait for that socket forever.
+ */
+function release(data: unknown): void {
+  if (!isStream(data)) return
+  const stream = data as { destroy?: () => void; cancel?: () => Promise<void> }
+  if (typeof stream.destroy === 'function') stream.destroy()
+  else stream.cancel?.().catch(() => {})
+}
 
 /** Never settles: ends the retry's own trip through the interceptors, whose outcome went to the original. */
 const handedOver = () => new Promise<never>(() => {})
@@ -95,6 +111,8 @@ export function attachTokenRefresh(
 
   const requestId = instance.interceptors.request.use(async (config) => {
     if (config.tokenflow?.skip) return config
+    const given = config.data
+    config.tokenflow = { ...config.tokenflow, given: () => given } as InternalFlags
     // the manager only needs the parts of an AbortSignal that axios's GenericAbortSignal has too
     const signal = config.signal as AbortSignal | undefined
     try {
@@ -119,7 +137,7 @@ export function attachTokenRefresh(
    * original request and its own trip ends there: the interceptors after this one then see it once, in the
    * original chain (`response => response.data` unwraps once, a logger logs once).
    */
-  function retry(config: InternalAxiosRequestConfig, flags: InternalFlags | undefined) {
+  function retry(config: InternalAxiosRequestConfig, flags: InternalFlags | undefined, data: unknown) {
     return new Promise((resolve, reject) => {
       let done = false
       const retried = (ok: boolean, value: unknown) => {
@@ -140,6 +158,7 @@ export function attachTokenRefresh(
       instance
         .request({
           ...config,
+          data,
           headers: headers as InternalAxiosRequestConfig['headers'],
           transformRequest: [
             function (this: unknown, data: unknown, headers: unknown) {
@@ -177,13 +196,18 @@ export function attachTokenRefresh(
       // nobody is logged in: the 401 is the answer; otherwise the same RefreshError for every waiter, not wrapped
       if (!signal?.aborted) {
         if ((reason as TokenflowError)?.code === 'ERR_NO_REFRESH_TOKEN') return passOn()
+        release(error.response?.data)
         throw reason
       }
     }
     // aborted while it waited: the retry goes through axios, which rejects it as canceled without sending it.
-    // A stream was used up by the first try: the refresh above still lets the app's own retry succeed
-    if ((token === null && !signal?.aborted) || isStream(config.data)) return passOn()
-    return retry(config, config.tokenflow as InternalFlags | undefined)
+    // A stream was used up by the first try: the refresh above still lets the app's own retry succeed. A stream
+    // axios made of the app's body is made again from that body
+    const flags = config.tokenflow as InternalFlags | undefined
+    const data = isStream(config.data) ? flags?.given?.() : config.data
+    if ((token === null && !signal?.aborted) || isStream(data ?? config.data)) return passOn()
+    release(error.response?.data)
+    return retry(config, flags, data)
   }
 
   /** Both sides of the response: `ok` for a response axios resolved, else the error it rejected with. */

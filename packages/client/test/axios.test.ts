@@ -1,3 +1,6 @@
+import { once } from 'node:events'
+import { Agent, createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { Readable } from 'node:stream'
 import {
   createTokenManager,
@@ -401,6 +404,24 @@ describe.each([
     expect(transforms).toBe(1)
   })
 
+  it('retries a plain object sent as multipart/form-data (postForm), which axios turns into a stream in Node', async () => {
+    const api = await attached()
+    expireOnServer()
+    const { data, status } = await api.postForm<Echo>('/api/items', { name: 'Zoë', n: 1 }, withId('form'))
+    expect(status).toBe(200)
+    expect(data.tokenNumber).toBe(server.requests[0]!.tokenNumber! + 1)
+    const tries = server.requests.map(({ status, body, contentType }) => ({ status, body, contentType }))
+    expect(tries.map(({ status }) => status)).toEqual([401, 200])
+    for (const { body, contentType } of tries) {
+      // each try is a whole form, with the boundary its own Content-Type announces
+      const boundary = /boundary=(\S+)/.exec(contentType ?? '')?.[1]
+      expect(body).toContain(`--${boundary}--`)
+      expect(body).toMatch(/name="name"\r\n\r\nZoë\r\n/)
+      expect(body).toMatch(/name="n"\r\n\r\n1\r\n/)
+    }
+    expect(server.counters.refreshes).toBe(1)
+  })
+
   it('never sends a used-up stream body again: the 401 refreshes, then reaches the app', async () => {
     const api = await attached()
     expireOnServer()
@@ -577,5 +598,73 @@ describe('attachTokenRefresh and the manager’s errors', () => {
     expect(error.code).toBe('ERR_SESSION_CLEARED')
     release()
     expect(server.hits('a')).toBe(1)
+  })
+})
+
+describe('attachTokenRefresh and the connection of a refused answer', () => {
+  // An API whose 401 carries a big body (an HTML error page, a debug dump): unread, it fills the socket's
+  // buffers, so the server never finishes writing it and the connection is never free again
+  let api401: Server
+  let refused: string
+  beforeEach(async () => {
+    api401 = createServer((request, response) => {
+      if (request.headers.authorization === `Bearer ${refused}`)
+        response.writeHead(401, { 'content-type': 'text/html' }).end('x'.repeat(8 * 1024 * 1024))
+      else response.writeHead(200, { 'content-type': 'text/plain' }).end('ok')
+    }).listen(0, '127.0.0.1')
+    await once(api401, 'listening')
+  })
+  afterEach(() => {
+    api401.closeAllConnections()
+    return new Promise<void>((resolve) => api401.close(() => resolve()))
+  })
+
+  /** one socket for the API: the usual pool limit of a server-side app, here at its smallest */
+  async function oneSocket(options: Partial<TokenManagerOptions> = {}) {
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 })
+    const manager = makeManager(options)
+    const tokens = server.login('alice')
+    refused = tokens.accessToken
+    await manager.setTokens(tokens)
+    const api = axios.create({
+      baseURL: `http://127.0.0.1:${(api401.address() as AddressInfo).port}`,
+      httpAgent: agent,
+    })
+    attachTokenRefresh(api, manager)
+    return { api, agent }
+  }
+  const text = async (stream: Readable) => {
+    let all = ''
+    for await (const chunk of stream) all += chunk
+    return all
+  }
+
+  it("releases the stream of a 401 it retries (responseType 'stream'), so the retry gets the socket", async () => {
+    const { api, agent } = await oneSocket()
+    try {
+      const response = await api.get<Readable>('/api/x', { responseType: 'stream' })
+      expect(response.status).toBe(200)
+      expect(await text(response.data)).toBe('ok')
+      expect(server.counters.refreshes).toBe(1)
+    } finally {
+      agent.destroy()
+    }
+  })
+
+  it("releases the stream of a 401 whose refresh failed (responseType 'stream'), so the next request gets the socket", async () => {
+    const { api, agent } = await oneSocket({ retry: false })
+    server.refreshMode = 500
+    try {
+      const error = await rejection(api.get('/api/x', { responseType: 'stream' }))
+      expect(error).toBeInstanceOf(RefreshError)
+      expect(error).toMatchObject({ kind: 'server', status: 500 })
+      server.refreshMode = 'ok'
+      const next = await api.get<Readable>('/api/x', { responseType: 'stream' })
+      expect(next.status).toBe(200)
+      expect(await text(next.data)).toBe('ok')
+      expect(server.counters.refreshes).toBe(1)
+    } finally {
+      agent.destroy()
+    }
   })
 })
