@@ -89,6 +89,8 @@ export function createAuthFetch(
           : await manager.getAccessToken({ signal })
       } catch (error) {
         if (isTokenflowError(error) && error.code === 'ERR_NO_REFRESH_TOKEN') return response
+        // the caller gets the error (a RefreshError, its signal's reason), not this answer: release its connection
+        response.body?.cancel().catch(() => {})
         throw error
       }
       // a body that cannot be replayed is not retried; the refresh above still lets the caller's own retry succeed

@@ -598,6 +598,42 @@ describe('createAuthFetch: refresh and retry', () => {
     expect(response.bodyUsed).toBe(false)
   })
 
+  it('cancels the body of the 401 when the refresh fails or the caller aborts, so its connection is released', async () => {
+    const manager = makeManager({ retry: false })
+    await manager.setTokens(server.login('alice'))
+    const responses: Response[] = []
+    const authFetch = createAuthFetch(manager, {
+      fetch: async (input, init) => {
+        const response = await globalThis.fetch(input, init)
+        responses.push(response)
+        return response
+      },
+    })
+    // the refresh fails: the caller gets the RefreshError, and nobody ever reads the 401
+    expireOnServer()
+    server.refreshMode = 500
+    const failed = await authFetch(url(), { headers: { 'x-req-id': 'failed' } }).catch(
+      (error: unknown) => error,
+    )
+    expect(failed).toBeInstanceOf(RefreshError)
+    expect(failed).toMatchObject({ kind: 'server', status: 500 })
+    // the caller gives up while the refresh after its 401 runs: it gets its signal's reason
+    server.refreshMode = 'ok'
+    const release = server.holdRefreshes()
+    const controller = new AbortController()
+    const reason = new Error('user left')
+    const aborted = authFetch(url(), { signal: controller.signal, headers: { 'x-req-id': 'aborted' } }).catch(
+      (error: unknown) => error,
+    )
+    await vi.waitFor(() => expect(server.counters.refreshAttempts).toBe(2))
+    controller.abort(reason)
+    expect(await aborted).toBe(reason)
+    release()
+    expect(responses.map(({ status }) => status)).toEqual([401, 401])
+    // cancelled: an unread body holds its connection (and what it buffered) until garbage collection
+    expect(responses.map(({ bodyUsed }) => bodyUsed)).toEqual([true, true])
+  })
+
   it('goes through 200 sequential 401 → refresh → retry cycles', async () => {
     const { authFetch } = await loggedIn()
     const statuses: number[] = []
