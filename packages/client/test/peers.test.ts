@@ -1,4 +1,4 @@
-import { createTokenManager, jsonRefresh } from '@tokenflow/client'
+import { createTokenManager, isTokenflowError, jsonRefresh, RefreshError } from '@tokenflow/client'
 import { createAuthFetch } from '@tokenflow/client/fetch'
 import ky from 'ky'
 import { ofetch } from 'ofetch'
@@ -149,4 +149,63 @@ describe.each(peers)('createAuthFetch as the fetch of $name', (peer) => {
     expect(tries[1]!.body).toBe(tries[0]!.body)
     expect(server.counters.refreshes).toBe(1)
   })
+})
+
+/**
+ * ky and ofetch retry a GET whose fetch threw, whatever it threw: a RefreshError then goes out again, without a
+ * token after a rejected refresh (the app gets ky's HTTPError 401 instead), or with the refused token after a
+ * transient failure (a second and a third refresh). Told not to retry tokenflow's errors, they leave one
+ * refresh, one send and the RefreshError itself. (Proposed README wording for both libraries.)
+ */
+describe('ky and ofetch told not to retry a RefreshError', () => {
+  const clients = [
+    {
+      name: 'ky',
+      get(authFetch: typeof fetch) {
+        const api = ky.create({
+          prefixUrl: server.url,
+          fetch: authFetch,
+          retry: { shouldRetry: ({ error }) => (isTokenflowError(error) ? false : undefined) },
+        })
+        return api.get('api/data', { headers: { 'x-req-id': 'get' } }).json()
+      },
+    },
+    {
+      name: 'ofetch',
+      get(authFetch: typeof fetch) {
+        const api = ofetch.create(
+          {
+            baseURL: server.url,
+            onRequestError({ error }) {
+              // thrown from this hook, the error skips ofetch's retry and reaches the app as it is
+              if (isTokenflowError(error)) throw error
+            },
+          },
+          { fetch: authFetch },
+        )
+        return api('/api/data', { headers: { 'x-req-id': 'get' } })
+      },
+    },
+  ]
+  for (const { name, get } of clients)
+    for (const [mode, kind] of [
+      [401, 'rejected'],
+      [500, 'server'],
+    ] as const)
+      it(`${name}: a refresh failing with ${mode} rejects with the RefreshError (${kind}), one refresh, one send`, async () => {
+        const manager = createTokenManager({
+          refresh: jsonRefresh(`${server.url}/refresh/token`),
+          lock: false,
+          channel: false,
+          retry: false,
+        })
+        await manager.setTokens(server.login('alice'))
+        expireOnServer()
+        server.refreshMode = mode
+        const error = await get(createAuthFetch(manager)).catch((reason: unknown) => reason)
+        expect(error).toBeInstanceOf(RefreshError)
+        expect(error).toMatchObject({ kind })
+        expect(server.hits('get')).toBe(1)
+        expect(server.counters.refreshAttempts).toBe(1)
+      })
 })
