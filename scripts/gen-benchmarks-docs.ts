@@ -314,7 +314,7 @@ function serverSection(server: ServerResult): string {
       ['l', 'l', 'r', 'r', 'r', 'r'],
     ),
     '',
-    `"As shipped" checks passwords with the built-in users table, whose hasher runs up to ${number(loginFlood.maxConcurrentHashes)} Argon2id hashes at once (one per core). "${capped}" checks the same password through the \`authenticate\` option with \`createPasswordHasher({ maxConcurrency: ${oneHasher.maxConcurrentHashes} })\`.`,
+    `"As shipped" checks passwords with the built-in users table, whose hasher runs up to ${number(loginFlood.maxConcurrentHashes)} Argon2id ${loginFlood.maxConcurrentHashes === 1 ? 'hash' : 'hashes'} at once (one per core, less one for the event loop). "${capped}" checks the same password through the \`authenticate\` option with \`createPasswordHasher({ maxConcurrency: ${oneHasher.maxConcurrentHashes} })\`.`,
     '',
     'Refresh p99 (ms) in each round, without and with the login flood:',
     '',

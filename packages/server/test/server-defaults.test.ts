@@ -164,3 +164,39 @@ describe('default store', () => {
     }
   })
 })
+
+describe("the README's server in code", () => {
+  // the README's "In code" snippet on a fresh database file: ready(), then addUser, then listen()
+  it('adds a user after ready() and logs them in once it listens; before ready() the store says it is not migrated', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tokenflow-readme-'))
+    const store = createSqliteStore({ filename: join(dir, 'auth.db') })
+    const app = createAuthServer({
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      store,
+      rateLimit: false,
+      pruneInterval: 0,
+    })
+    try {
+      const early = await app.tokenflow.issuer.addUser('ada', PASSWORD).catch((error: unknown) => error)
+      expect(early).toMatchObject({
+        code: 'ERR_CONFIG',
+        message: expect.stringContaining('no tokenflow tables'),
+      })
+      await app.ready()
+      await app.tokenflow.issuer.addUser('ada', PASSWORD)
+      const origin = await app.listen({ port: 0, host: '127.0.0.1' })
+      const response = await fetch(`${origin}/auth/login`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ username: 'ada', password: PASSWORD }),
+      })
+      expect(response.status).toBe(200)
+      expect(await response.json()).toMatchObject({ tokenType: 'Bearer', expiresIn: 900 })
+    } finally {
+      await app.close()
+      await store.close()
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
