@@ -12,8 +12,10 @@
  * non-zero exit code when any failed. The figures go to bench/results/soak.json (soak-ci.json for
  * the CI variant); `npm run soak` also writes docs/reliability.md from that file (soak/report.ts).
  *
- * Environment: SOAK_DATABASE_URL (else DATABASE_URL, else postgres://postgres@127.0.0.1:5432/test);
- * SOAK_POSTGRES_RESTART=skip leaves PostgreSQL alone (phase 3 is skipped), e.g. while other suites use it.
+ * Environment: SOAK_DATABASE_URL (else DATABASE_URL): without either, phases 1-3 are skipped.
+ * Phase 3 stops and starts the machine's PostgreSQL cluster, so it runs only with SOAK_POSTGRES_RESTART=1
+ * or CI=true (as root, with pg_ctlcluster); SOAK_POSTGRES_RESTART=skip leaves PostgreSQL alone even in CI.
+ * Under CI=true a skipped phase fails the run (apart from that explicit skip): a skip would hide breakage.
  * PostgreSQL is shared with other suites: the soak works in its own `tf_soak_*` schema and drops it.
  */
 import { spawn } from 'node:child_process'
@@ -78,8 +80,8 @@ const clockTolerance = 1000
 const poolSize = 10
 /** the refresh count must be within this ratio of clients × seconds / TTL */
 const refreshRatioRange = [0.75, 1.25] as const
-const databaseUrl =
-  process.env.SOAK_DATABASE_URL ?? process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test'
+const databaseUrl = process.env.SOAK_DATABASE_URL || process.env.DATABASE_URL || undefined
+const inCI = process.env.CI === 'true'
 const root = fileURLToPath(new URL('..', import.meta.url))
 
 interface Check {
@@ -409,6 +411,8 @@ async function postgresRestart(
   if ('skip' in command || cliUrl === undefined) {
     result.skipped = 'skip' in command ? command.skip : 'the CLI did not start'
     console.log(`skip phase 3 (PostgreSQL restarts): ${result.skipped}`)
+    if (inCI && process.env.SOAK_POSTGRES_RESTART !== 'skip')
+      check('postgres restart', 'runs under CI', false, result.skipped)
     return result
   }
   const { before, downMs, recoveryDeadline, after } = profile.postgres
@@ -609,14 +613,17 @@ async function main(): Promise<number> {
   // settled by sqliteKill(); until then an early failure must not leave it unhandled
   sqlitePrepared.catch(() => undefined)
   running.sqlite = sqlitePrepared
-  const db = await openSoakDatabase(databaseUrl)
+  const db = databaseUrl ? await openSoakDatabase(databaseUrl) : null
   let steady: SteadyResult | null = null
   let kill: InstanceKillResult | null = null
   let restart: PostgresRestartResult | null = null
   let skipped: string | null = null
   if (!db) {
-    skipped = `PostgreSQL is not reachable at ${new URL(databaseUrl).host}`
+    skipped = databaseUrl
+      ? `PostgreSQL is not reachable at ${new URL(databaseUrl).host}`
+      : 'no DATABASE_URL (or SOAK_DATABASE_URL) is set'
     console.log(`skip phases 1-3 (they need PostgreSQL): ${skipped}`)
+    if (inCI) check('postgres', 'is there under CI', false, skipped)
   } else {
     running.database = db
     const base = {

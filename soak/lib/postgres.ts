@@ -123,7 +123,13 @@ export type RestartCommand = { command: string; args: string[] } | { skip: strin
  * if ('skip' in restart) console.log(restart.skip)
  */
 export function postgresRestartCommand(): RestartCommand {
-  if (process.env.SOAK_POSTGRES_RESTART === 'skip') return { skip: 'SOAK_POSTGRES_RESTART=skip' }
+  const wanted = process.env.SOAK_POSTGRES_RESTART
+  if (wanted === 'skip') return { skip: 'SOAK_POSTGRES_RESTART=skip' }
+  // stopping the machine's PostgreSQL is never a surprise: CI does it, anyone else says so
+  if (wanted !== '1' && process.env.CI !== 'true')
+    return {
+      skip: 'it stops and starts the local PostgreSQL: set SOAK_POSTGRES_RESTART=1 to allow it (CI does)',
+    }
   if (process.getuid?.() !== 0) return { skip: 'not root, so pg_ctlcluster cannot restart PostgreSQL' }
   const binary = ['/usr/bin/pg_ctlcluster', '/usr/sbin/pg_ctlcluster'].find((path) => existsSync(path))
   if (!binary || !existsSync('/etc/postgresql'))
