@@ -541,6 +541,23 @@ describe.each([
 })
 
 describe('attachTokenRefresh and aborts', () => {
+  it("honours axios's deprecated CancelToken once the refresh settles: the canceled request is not sent again", async () => {
+    const { api } = await loggedIn()
+    expireOnServer()
+    const release = server.holdRefreshes()
+    const source = axios.CancelToken.source()
+    const canceled = rejection(api.get('/api/x', { ...withId('token-canceled'), cancelToken: source.token }))
+    await vi.waitFor(() => expect(server.counters.refreshAttempts).toBe(1))
+    source.cancel('user left the page')
+    // not watched while it waits (README): it settles once the refresh does
+    release()
+    const error = await canceled
+    expect(axios.isCancel(error)).toBe(true)
+    expect(error.message).toBe('user left the page')
+    expect(server.hits('token-canceled')).toBe(1) // its first try only
+    expect(server.counters.refreshes).toBe(1)
+  })
+
   it('rejects at once, as canceled, a request whose signal aborts while it waits for the refresh after its 401', async () => {
     const { api } = await loggedIn()
     expireOnServer()
