@@ -23,6 +23,7 @@ interface BenchPart {
 const parts: Record<string, () => Promise<BenchPart>> = {
   client: () => import('./client.js'),
   server: () => import('./server.js'),
+  prune: () => import('./prune.js'),
   peers: () => import('./peers.js'),
 }
 

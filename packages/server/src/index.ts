@@ -205,9 +205,11 @@ const REDACT_PATHS = [
 
 /**
  * Creates the token server: a Fastify 5 instance with the tokenflow routes. Start it with
- * `listen()`; the store is migrated and the signing key loaded while it gets ready.
+ * `listen()`; the store is migrated and the signing key loaded while it gets ready, so call the
+ * issuer's methods after `await app.ready()` (or `listen()`).
  * @example
  * const app = createAuthServer({ issuer: 'https://auth.example.com', audience: 'https://api.example.com' })
+ * await app.ready()
  * await app.tokenflow.issuer.addUser('ada', 'correct horse battery staple')
  * await app.listen({ port: 3000 })
  */
@@ -372,12 +374,21 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
   app.register(wellKnownRoutes, { keyring, issuer: issuerUrl })
 
   let pruneTimer: NodeJS.Timeout | undefined
+  // the prune in progress: on a big table it takes several event-loop turns (seconds, in batches),
+  // and an interval that fires meanwhile starts no second one beside it
+  let pruning: Promise<void> | undefined
   app.addHook('onReady', async () => {
     if (pruneInterval > 0) {
       pruneTimer = setInterval(() => {
-        issuer
+        pruning ??= issuer
           .pruneSessions()
-          .catch((error: unknown) => app.log.error({ err: error }, 'pruning sessions failed'))
+          .then(
+            () => {},
+            (error: unknown) => app.log.error({ err: error }, 'pruning sessions failed'),
+          )
+          .finally(() => {
+            pruning = undefined
+          })
       }, pruneInterval)
       pruneTimer.unref()
     }
@@ -386,7 +397,10 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
     clearInterval(pruneTimer)
     await Promise.all([loginLimits.perAccount?.close(), loginLimits.perIp?.close()])
     if (redis) await (await redis.catch(() => undefined))?.quit().catch(() => undefined)
+    // closing the store stops a prune in progress at its next batch; a store the app passed in is
+    // closed by the app once close() resolved, so its prune finishes first
     if (ownsStore) await store.close()
+    await pruning
   })
 
   return app as unknown as AuthServer

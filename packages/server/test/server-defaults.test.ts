@@ -13,7 +13,7 @@ import {
   createSqliteStore,
   type TokenStore,
 } from '@tokenflow/server'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { AUDIENCE, INVALID_GRANT_BODY, ISSUER, PASSWORD } from './helpers/http.js'
 
 const SECOND = 1000
@@ -198,5 +198,47 @@ describe("the README's server in code", () => {
       await store.close()
       rmSync(dir, { recursive: true, force: true })
     }
+  })
+})
+
+describe('the prune timer', () => {
+  it('starts no second prune while one still runs, and close() waits for the running one', async () => {
+    const store = createSqliteStore({ filename: ':memory:' })
+    let running = 0
+    let most = 0
+    let calls = 0
+    let finish: (() => void) | undefined
+    const slowStore: TokenStore = {
+      ...store,
+      // a prune that lasts until the test lets it end: many intervals fire meanwhile
+      deleteExpiredSessions: async () => {
+        calls++
+        most = Math.max(most, ++running)
+        await new Promise<void>((resolve) => {
+          finish = resolve
+        })
+        running--
+        return 0
+      },
+    }
+    const app = createAuthServer({ issuer: ISSUER, audience: AUDIENCE, store: slowStore, pruneInterval: 5 })
+    await app.ready()
+    await vi.waitFor(() => expect(calls).toBe(1))
+    // forty intervals later, still the one prune
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    expect(calls).toBe(1)
+    finish!()
+    await vi.waitFor(() => expect(calls).toBe(2))
+    let closed = false
+    const closing = app.close().then(() => {
+      closed = true
+    })
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    expect(closed).toBe(false)
+    finish!()
+    await closing
+    expect(most).toBe(1)
+    expect(calls).toBe(2)
+    await store.close()
   })
 })

@@ -14,6 +14,8 @@ import { describeTokenStore } from './helpers/describe-token-store.js'
 
 const databaseUrl = process.env.DATABASE_URL
 const NOW = 1_700_000_000_000
+/** small, so that the prune tests of the contract suite span several batches */
+const pruneBatchSize = 4
 
 function tempDir(): { dir: string; remove: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'tokenflow-store-'))
@@ -41,17 +43,19 @@ async function rejection(promise: Promise<unknown>): Promise<unknown> {
 /* ---------------------------------------------------------------- SQLite */
 
 describeTokenStore('sqlite (:memory:)', async () => ({
-  store: createSqliteStore({ filename: ':memory:' }),
+  store: createSqliteStore({ filename: ':memory:', pruneBatchSize }),
   cleanup: async () => {},
+  pruneBatchSize,
 }))
 
 describeTokenStore('sqlite (file, two connections)', async () => {
   const { dir, remove } = tempDir()
   const filename = join(dir, 'tokenflow.db')
   return {
-    store: createSqliteStore({ filename }),
-    makeSecond: async () => createSqliteStore({ filename }),
+    store: createSqliteStore({ filename, pruneBatchSize }),
+    makeSecond: async () => createSqliteStore({ filename, pruneBatchSize }),
     cleanup: async () => remove(),
+    pruneBatchSize,
   }
 })
 
@@ -91,6 +95,9 @@ describe('createSqliteStore', () => {
       { busyTimeout: -1 },
       { busyTimeout: 1.5 },
       { filename: '' },
+      { pruneBatchSize: 0 },
+      { pruneBatchSize: 2.5 },
+      { pruneBatchSize: '1000' },
     ]) {
       const error = thrown(() => createSqliteStore(options as never))
       expect(error).toBeInstanceOf(AuthError)
@@ -219,12 +226,13 @@ describeTokenStore('postgres (PGlite)', async () => {
   const schema = `tf_pglite_${++schemaCount}`
   await db.query(`CREATE SCHEMA ${schema}`)
   return {
-    store: createPostgresStore({ client: db, schema }),
+    store: createPostgresStore({ client: db, schema, pruneBatchSize }),
     // PGlite is one connection: the second store shares it, which still runs the race through two stores
-    makeSecond: async () => createPostgresStore({ client: db, schema }),
+    makeSecond: async () => createPostgresStore({ client: db, schema, pruneBatchSize }),
     cleanup: async () => {
       await db.query(`DROP SCHEMA ${schema} CASCADE`)
     },
+    pruneBatchSize,
   }
 })
 
@@ -248,6 +256,8 @@ describe('createPostgresStore on PGlite', () => {
       { client: db, schema: 'tf"; DROP TABLE users; --' },
       { client: db, schema: '' },
       { client: db, schema: 'x'.repeat(64) },
+      { client: db, pruneBatchSize: 0 },
+      { client: db, pruneBatchSize: 2.5 },
       { client: {} },
       { client: undefined },
     ]) {
@@ -368,16 +378,17 @@ describe.skipIf(!databaseUrl)('PostgreSQL (DATABASE_URL)', () => {
     const pools = [pool]
     const schema = await freshSchema(pool)
     return {
-      store: createPostgresStore({ client: pool, schema }),
+      store: createPostgresStore({ client: pool, schema, pruneBatchSize }),
       makeSecond: async () => {
         const other = new pg.Pool({ connectionString: databaseUrl, max: 5 })
         pools.push(other)
-        return createPostgresStore({ client: other, schema })
+        return createPostgresStore({ client: other, schema, pruneBatchSize })
       },
       cleanup: async () => {
         await pool.query(`DROP SCHEMA ${schema} CASCADE`)
         for (const p of pools) await p.end()
       },
+      pruneBatchSize,
     }
   })
 
@@ -393,12 +404,13 @@ describe.skipIf(!databaseUrl)('PostgreSQL (DATABASE_URL)', () => {
     const client = await connect()
     const schema = await freshSchema(client)
     return {
-      store: createPostgresStore({ client, schema }),
-      makeSecond: async () => createPostgresStore({ client: await connect(), schema }),
+      store: createPostgresStore({ client, schema, pruneBatchSize }),
+      makeSecond: async () => createPostgresStore({ client: await connect(), schema, pruneBatchSize }),
       cleanup: async () => {
         await client.query(`DROP SCHEMA ${schema} CASCADE`)
         for (const c of clients) await c.end()
       },
+      pruneBatchSize,
     }
   })
 

@@ -27,6 +27,14 @@ export interface PostgresStoreOptions {
    * Without it, table names are unqualified and follow the connection's `search_path`.
    */
   schema?: string
+  /**
+   * How many sessions one statement of `deleteExpiredSessions` looks at. The prune walks the
+   * table in physical order, one span of this many rows per statement, each statement its own
+   * short transaction, instead of one `DELETE` that holds its row locks until the whole table was
+   * scanned.
+   * @default 5000
+   */
+  pruneBatchSize?: number
 }
 
 /** Taken for the length of the migration transaction, so instances starting together migrate one at a time. */
@@ -88,7 +96,11 @@ function migrations(table: (name: string) => string): readonly (readonly string[
  * const store = createPostgresStore({ client: pool })
  * await store.migrate()
  */
-export function createPostgresStore({ client, schema }: PostgresStoreOptions): TokenStore {
+export function createPostgresStore({
+  client,
+  schema,
+  pruneBatchSize = 5000,
+}: PostgresStoreOptions): TokenStore {
   if (typeof client?.query !== 'function') {
     throw new AuthError('ERR_CONFIG', '"client" must be a pg Pool or Client, or a PGlite instance')
   }
@@ -98,12 +110,17 @@ export function createPostgresStore({ client, schema }: PostgresStoreOptions): T
   ) {
     throw new AuthError('ERR_CONFIG', '"schema" must be a plain identifier (letters, digits, "_", "$")')
   }
+  if (!Number.isSafeInteger(pruneBatchSize) || pruneBatchSize < 1) {
+    throw new AuthError('ERR_CONFIG', '"pruneBatchSize" must be a positive integer')
+  }
   const table = (name: string) => (schema === undefined ? name : `"${schema}".${name}`)
   const sessions = table('sessions')
   const users = table('users')
   const keys = table('signing_keys')
   const versions = table('schema_migrations')
   const connection = connectionFor(client)
+  // set by close(): a prune in progress stops at its next batch, before the caller ends the client
+  let closed = false
 
   const exec = async (on: PostgresClient, text: string, params?: unknown[]) => {
     try {
@@ -161,6 +178,7 @@ export function createPostgresStore({ client, schema }: PostgresStoreOptions): T
     },
     async close() {
       // the caller passed the client in and owns it (it may serve other code): never end it here
+      closed = true
     },
 
     async createSession(session) {
@@ -222,12 +240,30 @@ export function createPostgresStore({ client, schema }: PostgresStoreOptions): T
       return rows.map(toSession)
     },
     async deleteExpiredSessions(before, idleBefore = Number.MIN_SAFE_INTEGER) {
-      const [{ count }] = (await query(
-        `WITH deleted AS (DELETE FROM ${sessions} WHERE expires_at < $1 OR revoked_at < $1 OR last_used_at < $2
-         RETURNING 1) SELECT count(*)::int AS count FROM deleted`,
-        [before, idleBefore],
-      )) as [{ count: number }]
-      return count
+      let deleted = 0
+      // One statement, and so one short transaction, per span of `pruneBatchSize` rows in physical
+      // order (ctid, a TID range scan): each page is read once and in order, as by the one DELETE
+      // this replaces, and the row locks of a span are held for that span only, so rotations and
+      // other instances' prunes go on meanwhile. (Walking the primary key instead reads the table in
+      // random order: 7-10 times slower at a million sessions.) A row updated while its span runs is
+      // re-checked against the whole condition (READ COMMITTED), so a session rotated back to life
+      // stays; a dead one that an update moved behind the walk is left for the next prune.
+      // '(0,0)' comes before every row: tuple offsets start at 1.
+      for (let after = '(0,0)'; ; ) {
+        const [{ last, count }] = (await query(
+          `WITH span AS (SELECT max(ctid) AS last FROM (SELECT ctid FROM ${sessions} WHERE ctid > $1::tid LIMIT $4) rows),
+           deleted AS (
+             DELETE FROM ${sessions} WHERE ctid > $1::tid AND ctid <= (SELECT last FROM span)
+             AND (expires_at < $2 OR revoked_at < $2 OR last_used_at < $3) RETURNING 1
+           )
+           SELECT (SELECT last FROM span)::text AS last, (SELECT count(*)::int FROM deleted) AS count`,
+          [after, before, idleBefore, pruneBatchSize],
+        )) as [{ last: string | null; count: number }]
+        deleted += count
+        // closed meanwhile: the rest waits for the next prune
+        if (last === null || closed) return deleted
+        after = last
+      }
     },
 
     async createUser(user) {

@@ -75,7 +75,9 @@ export interface TokenStore {
   listSessions(userId: string, now: number): Promise<SessionRecord[]>
   /**
    * delete sessions that expired or were revoked before `before`, and those last used before `idleBefore`
-   * (dead by the idle timeout); resolves to how many
+   * (dead by the idle timeout); resolves to how many. It runs while the server serves: both stores
+   * delete in bounded batches, each its own short transaction, so a big table never holds up
+   * rotations (or, in SQLite, the event loop) for long, and a session rotated meanwhile stays
    */
   deleteExpiredSessions(before: number, idleBefore?: number): Promise<number>
 

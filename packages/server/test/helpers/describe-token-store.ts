@@ -16,6 +16,8 @@ export interface TokenStoreFixture {
   makeSecond?: () => Promise<TokenStore>
   /** drops the database; runs after every store was closed */
   cleanup: () => Promise<void>
+  /** the `pruneBatchSize` the stores were made with, when it is small enough for a test to span several batches */
+  pruneBatchSize?: number
 }
 
 const NOW = 1_700_000_000_000
@@ -362,6 +364,63 @@ export function describeTokenStore(name: string, make: () => Promise<TokenStoreF
           expect(await store.deleteExpiredSessions(NOW, NOW - 1)).toBe(1)
           expect(await store.getSession(idle.id)).toBeNull()
           for (const s of [atCutoff, recent]) expect(await store.getSession(s.id)).toEqual(s)
+        })
+
+        it('deletes the dead sessions of every batch, counts them all, and keeps the live ones', async (context) => {
+          const batch = fixture.pruneBatchSize
+          if (batch === undefined) context.skip()
+          const dead = (i: number) =>
+            [
+              session(alice.id, { expiresAt: NOW - 1 - i }),
+              session(bob.id, { revokedAt: NOW - 1 - i, revokedReason: 'logout' }),
+              session(alice.id, { lastUsedAt: NOW - DAY - 1 - i }),
+            ][i % 3]!
+          // a batch of live sessions alone, a batch of dead ones alone, a mixed one, and one more past those
+          const sessions = [
+            ...Array.from({ length: batch! }, () => ({ dead: false, session: session(bob.id) })),
+            ...Array.from({ length: batch! }, (_, i) => ({ dead: true, session: dead(i) })),
+            ...Array.from({ length: batch! }, (_, i) =>
+              i % 2 === 0 ? { dead: true, session: dead(i) } : { dead: false, session: session(alice.id) },
+            ),
+            { dead: true, session: dead(1) },
+          ]
+          for (const { session: s } of sessions) await store.createSession(s)
+
+          const deadCount = sessions.filter((s) => s.dead).length
+          expect(await store.deleteExpiredSessions(NOW, NOW - DAY)).toBe(deadCount)
+          for (const { dead: gone, session: s } of sessions) {
+            expect(await store.getSession(s.id)).toEqual(gone ? null : s)
+          }
+          expect(await store.deleteExpiredSessions(NOW, NOW - DAY)).toBe(0)
+        })
+
+        it('a session rotated while a prune runs is rotated, and stays', async () => {
+          const dead = Array.from({ length: 3 * (fixture.pruneBatchSize ?? 1) }, (_, i) =>
+            session(alice.id, { expiresAt: NOW - 1 - i }),
+          )
+          const live = session(bob.id)
+          for (const s of [...dead, live]) await store.createSession(s)
+
+          let pruned = false
+          const pruning = store.deleteExpiredSessions(NOW, NOW - DAY).finally(() => {
+            pruned = true
+          })
+          // the first rotation starts before the prune can have finished; more follow until it has
+          let counter = 0
+          do {
+            const rotated = await store.rotateSession(live.id, counter, NOW + counter + 1)
+            expect(rotated).toMatchObject({ id: live.id, counter: counter + 1 })
+            counter++
+          } while (!pruned)
+
+          expect(await pruning).toBe(dead.length)
+          expect(await store.getSession(live.id)).toEqual({
+            ...live,
+            counter,
+            lastUsedAt: NOW + counter,
+            rotatedAt: NOW + counter,
+          })
+          for (const s of dead) expect(await store.getSession(s.id)).toBeNull()
         })
       })
 
