@@ -32,10 +32,13 @@ for (const groupCommit of [true, false]) {
   describeTokenStore(`sqlite (file, two connections, groupCommit: ${groupCommit})`, async () => {
     const { dir, remove } = tempDir()
     const filename = join(dir, 'tokenflow.db')
+    // small, so that the prune tests of the contract suite span several batches
+    const pruneBatchSize = 4
     return {
-      store: createSqliteStore({ filename, groupCommit }),
-      makeSecond: async () => createSqliteStore({ filename, groupCommit }),
+      store: createSqliteStore({ filename, groupCommit, pruneBatchSize }),
+      makeSecond: async () => createSqliteStore({ filename, groupCommit, pruneBatchSize }),
       cleanup: async () => remove(),
+      pruneBatchSize,
     }
   })
 }
