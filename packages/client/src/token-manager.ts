@@ -73,7 +73,9 @@ type LogoutReason = 'refreshRejected' | 'cleared' | 'otherTab'
 function wait<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
   return signal
     ? new Promise<T>((resolve, reject) => {
-        const onAbort = () => reject(signal.reason)
+        // React Native's AbortSignal (the abort-controller polyfill) has no reason: an AbortError, as fetch has there
+        const onAbort = () =>
+          reject(signal.reason ?? Object.assign(new Error('Aborted'), { name: 'AbortError' }))
         if (signal.aborted) onAbort()
         // axios passes its GenericAbortSignal on as it is: there the listener methods are optional
         signal.addEventListener?.('abort', onAbort)
@@ -363,6 +365,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       const abort = () => controller.abort(sessionCleared())
       abortAttempt = abort
       let timer: ReturnType<typeof setTimeout> | undefined
+      // kept here too: React Native's AbortController (the abort-controller polyfill) drops the abort reason
+      let timedOut: RefreshError | undefined
       try {
         return await turn(attempt, controller.signal, async (): Promise<[TokenSet, boolean]> => {
           if (session !== started) throw sessionCleared()
@@ -374,10 +378,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
             if (session !== started) throw sessionCleared()
           }
           const refreshToken = base().refreshToken!
-          timer = setTimeout(
-            () => controller.abort(new RefreshError('timeout', 'refresh failed: timed out')),
-            refreshTimeout,
-          )
+          timer = setTimeout(() => {
+            timedOut = new RefreshError('timeout', 'refresh failed: timed out')
+            controller.abort(timedOut)
+          }, refreshTimeout)
           // the race makes the timeout hold even for a refresh function that ignores its signal
           const answer = await wait(
             refreshTokens({ refreshToken, signal: controller.signal, now }),
@@ -392,7 +396,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         })
       } catch (cause) {
         clearTimeout(timer)
-        const error = toRefreshError(cause)
+        const error = toRefreshError(timedOut ?? cause)
         if (/rejected|invalid/.test(error.kind) || attempt >= attempts || session !== started) throw error
         const delay = Math.min(maxDelay, baseDelay * 2 ** attempt)
         // jitter spreads the retries of many clients that failed together; a Retry-After is waited in full

@@ -1,0 +1,174 @@
+import { createRequire } from 'node:module'
+import type { AsyncStorageStatic } from '@react-native-async-storage/async-storage'
+import { asyncStorage, createTokenManager, jsonRefresh, memoryStorage, RefreshError } from '@tokenflow/client'
+import { createAuthFetch } from '@tokenflow/client/fetch'
+import { afterEach, describe, expect, it, vi } from 'vitest'
+import { controlledRefresh, tokenSet } from './helpers/tokens.js'
+
+/**
+ * The client on the runtimes its users run it on, with the globals those lack removed or replaced.
+ * React Native (0.72 up to 0.86 at least) installs AbortController and AbortSignal from the abort-controller@3
+ * polyfill (Libraries/Core/setUpXHR.js): `abort(reason)` drops the reason, and a signal has no `reason`, no
+ * `throwIfAborted`. RNAbortController is what of it matters here: `'reason' in signal` is false, as there.
+ */
+class RNAbortSignal {
+  aborted = false
+  onabort: (() => void) | null = null
+  private listeners: Array<() => void> = []
+  addEventListener(_type: 'abort', listener: () => void) {
+    this.listeners.push(listener)
+  }
+  removeEventListener(_type: 'abort', listener: () => void) {
+    this.listeners = this.listeners.filter((other) => other !== listener)
+  }
+  dispatch() {
+    this.onabort?.()
+    for (const listener of [...this.listeners]) listener()
+  }
+}
+class RNAbortController {
+  readonly signal = new RNAbortSignal()
+  abort() {
+    if (this.signal.aborted) return
+    this.signal.aborted = true
+    this.signal.dispatch()
+  }
+}
+const rnSignal = (controller: RNAbortController) => controller.signal as unknown as AbortSignal
+
+/** React Native's fetch (whatwg-fetch): an abort rejects, on the next tick, with an error named AbortError */
+const rnFetch = (() => (_url: unknown, init: RequestInit) =>
+  new Promise((_resolve, reject) =>
+    init.signal?.addEventListener('abort', () =>
+      setTimeout(() => reject(Object.assign(new Error('Aborted'), { name: 'AbortError' }))),
+    ),
+  )) as unknown as () => typeof fetch
+
+const T0 = 1_700_000_000_000
+const MIN = 60_000
+
+afterEach(() => {
+  vi.unstubAllGlobals()
+})
+
+describe('React Native: AbortSignal without reason (abort-controller polyfill)', () => {
+  /** a manager whose token expired, so the next read waits for a refresh that never answers */
+  function waiting() {
+    const { refresh, calls } = controlledRefresh()
+    const manager = createTokenManager({
+      refresh,
+      storage: memoryStorage(tokenSet(T0 - 10 * MIN, MIN)),
+      now: () => T0,
+    })
+    return { manager, calls }
+  }
+
+  it('getAccessToken: a waiter whose signal aborts rejects with an AbortError, not with undefined', async () => {
+    const { manager, calls } = waiting()
+    const controller = new RNAbortController()
+    const read = manager.getAccessToken({ signal: rnSignal(controller) })
+    await vi.waitFor(() => expect(calls).toHaveLength(1))
+    controller.abort()
+    const error = await read.catch((reason: unknown) => reason)
+    expect(error).toBeInstanceOf(Error)
+    expect(error).toMatchObject({ name: 'AbortError' })
+    // the refresh goes on for the others
+    calls[0]!.resolve(tokenSet(T0, MIN, 1))
+    expect(await manager.getAccessToken()).toBe(tokenSet(T0, MIN, 1).accessToken)
+  })
+
+  it('refresh: an already aborted signal rejects with an AbortError', async () => {
+    const { manager } = waiting()
+    const controller = new RNAbortController()
+    controller.abort()
+    const error = await manager.refresh({ signal: rnSignal(controller) }).catch((reason: unknown) => reason)
+    expect(error).toMatchObject({ name: 'AbortError' })
+  })
+
+  it('createAuthFetch: a request aborted while it waits for the refresh rejects with an AbortError and is never sent', async () => {
+    const { manager, calls } = waiting()
+    const baseFetch = vi.fn(async () => new Response('ok'))
+    const authFetch = createAuthFetch(manager, { fetch: baseFetch })
+    const controller = new RNAbortController()
+    const response = authFetch('https://api.example.com/me', { signal: rnSignal(controller) })
+    await vi.waitFor(() => expect(calls).toHaveLength(1))
+    controller.abort()
+    const error = await response.catch((reason: unknown) => reason)
+    expect(error).toMatchObject({ name: 'AbortError' })
+    expect(baseFetch).not.toHaveBeenCalled()
+  })
+
+  it('a refresh that outlasts refreshTimeout fails with kind "timeout", not "network"', async () => {
+    vi.stubGlobal('AbortController', RNAbortController)
+    const seen: AbortSignal[] = []
+    const refresh = jsonRefresh('https://auth.example.com/refresh/token', { fetch: rnFetch() })
+    const manager = createTokenManager({
+      refresh: (context) => {
+        seen.push(context.signal)
+        return refresh(context)
+      },
+      storage: memoryStorage(tokenSet(T0 - 10 * MIN, MIN)),
+      refreshTimeout: 20,
+      retry: false,
+      now: () => T0,
+    })
+    const error = await manager.getAccessToken().catch((reason: unknown) => reason)
+    expect(error).toBeInstanceOf(RefreshError)
+    expect(error).toMatchObject({ kind: 'timeout' })
+    expect(seen[0]?.aborted).toBe(true)
+    // a timeout is transient: the session is kept
+    expect(manager.status).toBe('authenticated')
+  })
+})
+
+describe('React Native (Hermes): only the globals it has', () => {
+  it('logs in, refreshes once for a burst after expiry, and keeps the tokens in AsyncStorage', async () => {
+    // what Hermes on RN 0.72-0.76 lacks, or lacks on some of those versions; RN has no document either
+    for (const name of [
+      'structuredClone',
+      'TextDecoder',
+      'TextEncoder',
+      'atob',
+      'btoa',
+      'BroadcastChannel',
+      'reportError',
+      'localStorage',
+      'sessionStorage',
+      'ReadableStream',
+    ])
+      vi.stubGlobal(name, undefined)
+    vi.stubGlobal('navigator', { product: 'ReactNative' })
+    vi.stubGlobal('AbortController', RNAbortController)
+    // React Native timers answer numbers, which have no unref
+    const realSetTimeout = globalThis.setTimeout
+    vi.stubGlobal('setTimeout', (fn: () => void, ms?: number) => Number(realSetTimeout(fn, ms)))
+
+    const require = createRequire(import.meta.url)
+    const globals = globalThis as { jest?: unknown }
+    globals.jest = { fn: vi.fn }
+    const path = require.resolve('@react-native-async-storage/async-storage/jest/async-storage-mock')
+    delete require.cache[path]
+    const AsyncStorage = require(path) as AsyncStorageStatic
+    delete globals.jest
+
+    let now = T0
+    let refreshes = 0
+    const manager = createTokenManager({
+      refresh: async ({ refreshToken }) => {
+        refreshes++
+        await new Promise((resolve) => setTimeout(resolve, 5))
+        return tokenSet(now, MIN, Number(refreshToken.slice(3)) + 1)
+      },
+      storage: asyncStorage(AsyncStorage),
+      now: () => now,
+    })
+    await manager.setTokens(tokenSet(T0, MIN))
+    expect(await manager.getAccessToken()).toBe(tokenSet(T0, MIN).accessToken)
+    now += 2 * MIN
+    const tokens = await Promise.all(Array.from({ length: 5 }, () => manager.getAccessToken()))
+    expect(refreshes).toBe(1)
+    expect(new Set(tokens)).toEqual(new Set([tokenSet(now, MIN, 1).accessToken]))
+    // the expiry came from the JWT's exp, decoded without atob
+    expect(await AsyncStorage.getItem('refreshToken')).toBe('rt-1')
+  })
+})
