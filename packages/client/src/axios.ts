@@ -95,8 +95,9 @@ const handedOver = () => new Promise<never>(() => {})
  * const api = axios.create({ baseURL: 'https://api.example.com' })
  * const manager = createTokenManager({ refresh: jsonRefresh('https://api.example.com/refresh/token') })
  * const detach = attachTokenRefresh(api, manager)
+ * const { data } = await api.post('/auth/login', { username: 'ada', password: 'secret' }, { tokenflow: { skip: true } }) // as it is
+ * await manager.setTokens(data) // { accessToken, refreshToken }
  * await api.get('/me') // sent with the current access token, refreshed first when needed
- * await api.post('/auth/login', { username: 'ada', password: 'secret' }, { tokenflow: { skip: true } }) // as it is
  */
 export function attachTokenRefresh(
   instance: AxiosInstance,

@@ -6,7 +6,7 @@ type RefreshErrorOptions = ConstructorParameters<typeof RefreshError>[2]
 /**
  * Options of `jsonRefresh`.
  * @example
- * const options: JsonRefreshOptions = { headers: { 'x-csrf-token': csrf }, credentials: 'include' }
+ * const refresh = jsonRefresh('/refresh/token', { headers: { 'x-csrf-token': csrf }, credentials: 'include' })
  */
 export interface JsonRefreshOptions {
   /**
@@ -29,7 +29,7 @@ export interface JsonRefreshOptions {
 /**
  * Options of `oauthRefresh`.
  * @example
- * const options: OAuthRefreshOptions = { clientId: 'my-app' }
+ * const refresh = oauthRefresh('https://auth.example.com/oauth/token', { clientId: 'my-app' })
  */
 export interface OAuthRefreshOptions {
   /** The `client_id` sent with every refresh (RFC 6749 section 2.2). */

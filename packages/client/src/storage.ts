@@ -29,7 +29,7 @@ export interface AsyncStorageLike {
 /**
  * Options of `webStorage`.
  * @example
- * const options: WebStorageOptions = { key: 'my-app-tokens' }
+ * const storage = webStorage(localStorage, { key: 'my-app-tokens' })
  */
 export interface WebStorageOptions {
   /**
@@ -42,7 +42,7 @@ export interface WebStorageOptions {
 /**
  * Options of `asyncStorage`: one key per value, as plain strings.
  * @example
- * const options: AsyncStorageOptions = { accessTokenKey: '@app/access', refreshTokenKey: '@app/refresh' }
+ * const storage = asyncStorage(AsyncStorage, { accessTokenKey: '@app/access', refreshTokenKey: '@app/refresh' })
  */
 export interface AsyncStorageOptions {
   /**

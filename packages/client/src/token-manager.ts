@@ -13,6 +13,10 @@ export type TokenEvent =
   /** the storage threw; the tokens are still held in memory, so no request is lost */
   | { type: 'storageError'; error: TokenflowError }
 
+/**
+ * `TokenManager.status`: `'refreshing'` while a refresh is under way; `'authenticated'` with tokens that can be
+ * used or refreshed; `'unauthenticated'` without any, or with an expired access token and no refresh token.
+ */
 export type TokenStatus = 'unauthenticated' | 'authenticated' | 'refreshing'
 
 /** Retries of transient refresh failures (network, timeout, 5xx, 429). */
@@ -25,6 +29,11 @@ export interface RetryOptions {
   maxDelay?: number
 }
 
+/**
+ * Options of `createTokenManager`. Durations are in ms.
+ * @example
+ * createTokenManager({ refresh: jsonRefresh('/refresh/token'), storage: webStorage(), retry: { attempts: 3 } })
+ */
 export interface TokenManagerOptions {
   /** exchanges a refresh token for new tokens, e.g. `jsonRefresh('/refresh/token')` */
   refresh: RefreshFunction
@@ -36,11 +45,19 @@ export interface TokenManagerOptions {
   refreshTimeout?: number
   /** retries of transient failures, or `false` for none @default { attempts: 2, baseDelay: 300, maxDelay: 5_000 } */
   retry?: RetryOptions | false
-  /** cross-tab lock (Web Locks shape), or `false` @default globalThis.navigator?.locks */
+  /**
+   * cross-tab lock (Web Locks shape), or `false`
+   * @default globalThis.navigator?.locks in a page or a worker; `false` elsewhere (Node, SSR), where one
+   *   process-wide lock would make every user's refresh wait for every other's
+   */
   lock?: LockManagerLike | false
   /** ms to wait for the lock; after it, refresh without the lock instead of hanging @default 10_000 */
   lockTimeout?: number
-  /** BroadcastChannel name for cross-tab events, or `false` @default 'tokenflow' */
+  /**
+   * BroadcastChannel name for cross-tab events, or `false`. Unless you set it, the manager talks to other
+   * tabs only when its storage is shared (`webStorage()` over localStorage) in a page.
+   * @default 'tokenflow'
+   */
   channel?: string | false
   /** clock in epoch ms @default Date.now */
   now?: () => number
@@ -64,6 +81,7 @@ export interface TokenManager {
   clear(): Promise<void>
   /** listen to events; returns the unsubscribe function */
   subscribe(listener: (event: TokenEvent) => void): () => void
+  /** where the session stands now; see `TokenStatus` */
   readonly status: TokenStatus
 }
 

@@ -27,8 +27,11 @@ export type RefreshFunction = (context: RefreshContext) => Promise<TokenSet>
  * so `localStorage`-style and AsyncStorage-style backends both fit.
  */
 export interface TokenStorage {
+  /** the stored token set, or null when there is none */
   get(): TokenSet | null | Promise<TokenSet | null>
+  /** stores the token set, in place of the one stored before */
   set(tokens: TokenSet): void | Promise<void>
+  /** forgets the token set */
   clear(): void | Promise<void>
   /** other tabs see the same storage (localStorage): the manager then talks to them by default */
   shared?: boolean

@@ -28,6 +28,7 @@ export interface RateLimiter {
 /**
  * The part of an ioredis client a limiter uses; an `ioredis` `Redis` instance fits.
  * @example
+ * import { Redis } from 'ioredis'
  * const redis: RedisLike = new Redis('redis://127.0.0.1:6379')
  */
 export interface RedisLike {

@@ -55,7 +55,7 @@ const SESSION_ID_PATTERN = /^[0-9a-f]{32}$/
 /**
  * A refresh token taken apart by `parseRefreshToken`; its MAC is not verified yet.
  * @example
- * const parsed: ParsedRefreshToken | null = parseRefreshToken(token)
+ * const parsed = parseRefreshToken(token) // ParsedRefreshToken | null
  */
 export interface ParsedRefreshToken {
   version: number
@@ -125,7 +125,8 @@ export function parseRefreshToken(token: unknown): ParsedRefreshToken | null {
 /**
  * Checks the MAC of a parsed token against the session's key, in constant time.
  * @example
- * if (!session || !verifyRefreshTokenMac(parsed, session.key)) throw invalidGrant()
+ * const session = await store.getSession(parsed.sessionId)
+ * if (!session || !verifyRefreshTokenMac(parsed, session.key)) throw new AuthError('ERR_INVALID_GRANT', 'invalid refresh token')
  */
 export function verifyRefreshTokenMac(parsed: ParsedRefreshToken, key: Uint8Array): boolean {
   assertKey(key)
@@ -145,7 +146,7 @@ export function newSessionId(): string {
 /**
  * A new random per-session HMAC key of 32 bytes.
  * @example
- * const session = { id: newSessionId(), key: newSessionKey(), counter: 0, ... }
+ * const refreshToken = encodeRefreshToken({ sessionId: newSessionId(), counter: 0, key: newSessionKey() })
  */
 export function newSessionKey(): Uint8Array {
   return new Uint8Array(randomBytes(SESSION_KEY_BYTES))

@@ -27,6 +27,7 @@ export interface SessionRecord {
   userAgent: string | null
 }
 
+/** A user of the built-in users table, as stored. */
 export interface UserRecord {
   id: string
   username: string
@@ -52,9 +53,14 @@ export interface KeyRecord {
   retiredAt: number | null
 }
 
+/**
+ * Where users, sessions and signing keys live: `createSqliteStore()`, `createPostgresStore()`, or your own.
+ * All times are epoch ms. Call `migrate()` before anything else.
+ */
 export interface TokenStore {
   /** apply versioned migrations; idempotent, safe to call from several instances at once */
   migrate(): Promise<void>
+  /** release what the store opened (a PostgreSQL client you passed in stays open) */
   close(): Promise<void>
 
   createSession(session: SessionRecord): Promise<void>
