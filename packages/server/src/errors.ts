@@ -23,7 +23,10 @@ export type AuthErrorCode =
   | 'ERR_INVALID_CLIENT'
   /** an unexpected failure; details go to the log, never to the client */
   | 'ERR_INTERNAL'
-  /** a service the answer needs is down (the Redis of the login rate limits); see `retryAfter` */
+  /**
+   * a service the answer needs is down (the database, the Redis of the login rate limits) or too busy (the
+   * password hasher's line); see `retryAfter`
+   */
   | 'ERR_UNAVAILABLE'
 
 /** Base class of every error @tokenflow/server throws. */
@@ -48,4 +51,44 @@ export function isAuthError(error: unknown): error is AuthError {
       error.name === 'AuthError' &&
       typeof (error as { code?: unknown }).code === 'string')
   )
+}
+
+/** SQLite result codes (better-sqlite3's `code`, extended codes included) of a database that cannot serve now. */
+const SQLITE_UNAVAILABLE =
+  /^SQLITE_(?:BUSY|LOCKED|FULL|READONLY|IOERR|CANTOPEN|PROTOCOL|NOMEM|INTERRUPT)(?:_|$)/
+/**
+ * SQLSTATEs (pg, PGlite) of the same: connection exceptions (08), insufficient resources (53, a full disk
+ * or too many connections), operator intervention (57: statement_timeout, a terminated backend, a server
+ * shutting down), system errors (58), serialization failures and deadlocks that outlasted the store's
+ * retries, lock_timeout, and a read-only transaction (a failover to a standby).
+ */
+const POSTGRES_UNAVAILABLE = /^(?:08|53|57|58)[0-9A-Z]{3}$|^(?:40001|40P01|55P03|55006|25006)$/
+/** The errors pg throws without a SQLSTATE when it has no usable connection (a full pool, a dead socket). */
+const POSTGRES_CONNECTION =
+  /^(?:Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Query read timeout)/
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+])
+
+/**
+ * True for a database error that says "not now" rather than "never": a lock held too long, a full or
+ * read-only database, a lost or unavailable connection, a timeout. Such a request is answered 503 and may be
+ * sent again as it is: a write it failed in was rolled back (a rotation that did commit before its
+ * connection was lost is answered by the reuse-grace replay).
+ */
+export function isStoreUnavailable(error: unknown): boolean {
+  if (!(error instanceof Error) || isAuthError(error)) return false
+  const code = (error as { code?: unknown }).code
+  if (typeof code === 'string') {
+    if (SQLITE_UNAVAILABLE.test(code) || NETWORK_CODES.has(code)) return true
+    if (POSTGRES_UNAVAILABLE.test(code) && 'severity' in error) return true
+  }
+  return POSTGRES_CONNECTION.test(error.message)
 }

@@ -105,7 +105,8 @@ export interface AuthServerOptions {
    */
   refreshIdleTimeout?: number
   /**
-   * How long the previous refresh token still gets the byte-identical current one back.
+   * How long the previous refresh token still gets the byte-identical current one back (a request that
+   * raced the rotation and lost gets it back however long the rotation took). `0` turns the grace off.
    * @default 10_000
    */
   reuseGrace?: number
@@ -157,13 +158,18 @@ export interface AuthServerOptions {
 }
 
 /**
- * What `createAuthServer` adds to the Fastify instance, at `app.tokenflow`.
+ * What `createAuthServer` adds to the Fastify instance, at `app.tokenflow`. Its methods need the store
+ * migrated: call them after `await app.ready()` (or `listen()`).
  * @example
+ * await app.ready()
  * await app.tokenflow.rotateKeys()
  */
 export interface TokenflowHandle {
+  /** the server's issuer: users, logins, sessions (see `Issuer`) */
   issuer: Issuer
+  /** the server's signing keys */
   keyring: Keyring
+  /** the server's store: the one passed as `store`, or the default SQLite one */
   store: TokenStore
   /**
    * Publishes a new signing key at once; it signs from `activatesAt` (`keys.activationDelay`, 2 min, later),

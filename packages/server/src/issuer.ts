@@ -96,7 +96,7 @@ export interface AccessTokenClaims extends VerifiedClaims {
  * Something the issuer did that an app may want to log or count. Never carries a token or password.
  * @example
  * const onEvent = (event: IssuerEvent) => {
- *   if (event.type === 'reuseDetected') alert(`session ${event.sessionId} was revoked`)
+ *   if (event.type === 'reuseDetected') console.warn(`session ${event.sessionId} was revoked`)
  * }
  */
 export type IssuerEvent =
@@ -181,6 +181,10 @@ export interface IssuerOptions {
  * await issuer.logout(tokens.refreshToken)
  */
 export interface Issuer {
+  /**
+   * checks the credentials (the built-in users table, or `authenticate`) within the login rate limits and
+   * starts a session; rejects with `ERR_INVALID_CREDENTIALS`, `ERR_RATE_LIMITED` or `ERR_INVALID_REQUEST`
+   */
   login(username: unknown, password: unknown, meta?: LoginMeta): Promise<IssuedTokens>
   /** rotates the refresh token; pass `clientId` to require the session to belong to that client */
   refresh(refreshToken: unknown, options?: { clientId?: string }): Promise<IssuedTokens>
@@ -188,6 +192,7 @@ export interface Issuer {
   logout(refreshToken: unknown): Promise<void>
   /** revokes every session of the user; resolves to how many */
   logoutAll(userId: string): Promise<number>
+  /** the user's live sessions, newest first */
   listSessions(userId: string): Promise<SessionInfo[]>
   /** revokes one of the user's sessions; `ERR_NOT_FOUND` for an unknown or someone else's session */
   revokeSession(userId: string, sessionId: string): Promise<void>
@@ -204,12 +209,18 @@ export interface Issuer {
    * session has ended.
    */
   verifyAccessToken(token: unknown): Promise<AccessTokenClaims>
+  /** adds a user to the built-in users table (Argon2id hash); `ERR_USER_EXISTS` when the name is taken */
   addUser(username: string, password: string): Promise<UserInfo>
   /** resolves false when there was no such user */
   removeUser(username: string): Promise<boolean>
+  /** the users of the built-in users table */
   listUsers(): Promise<UserInfo[]>
-  /** deletes sessions that expired or were revoked before now; resolves to how many */
+  /**
+   * deletes sessions that expired or were revoked before now, or were left unused for `refreshIdleTimeout`;
+   * resolves to how many
+   */
   pruneSessions(): Promise<number>
+  /** a copy of the counters (see `IssuerStats`) */
   readonly stats: Readonly<IssuerStats>
 }
 
@@ -233,8 +244,13 @@ function invalidCredentials(): AuthError {
 
 /**
  * Creates the issuer: login, refresh-token rotation with reuse detection, logout and sessions.
+ * The store must be migrated first (`await store.migrate()`).
  * @example
+ * const store = createSqliteStore()
+ * await store.migrate()
+ * const keyring = createKeyring({ store })
  * const issuer = createIssuer({ store, keyring, issuer: 'https://auth.example.com', audience: 'https://api.example.com', clientId: 'web' })
+ * await issuer.addUser('ada', 'correct horse battery staple')
  * const { accessToken, refreshToken } = await issuer.login('ada', 'correct horse battery staple')
  * const next = await issuer.refresh(refreshToken)
  */
@@ -652,6 +668,11 @@ export function createIssuer({
     const parsed = parseRefreshToken(refreshToken)
     if (!parsed) throw invalidGrant()
     let session = await store.getSession(parsed.sessionId)
+    // set when this request found its token current and then lost the compare-and-swap to a rotation that
+    // committed meanwhile: it is a duplicate of that rotation (a client's retry, a second tab), however long
+    // the rotation waited in the database (a row lock, a full pool), so it gets the grace replay even when the
+    // winner's `rotatedAt` (taken before it waited) is older than `reuseGrace`
+    let raced = false
     for (let attempt = 0; attempt < 2; attempt++) {
       if (!session || !verifyRefreshTokenMac(parsed, session.key)) throw invalidGrant()
       const time = now()
@@ -671,6 +692,7 @@ export function createIssuer({
         // the compare-and-swap lost to a concurrent rotation or a revocation: judge the token
         // again against the row as it is now (the winner's successor is within the grace window)
         session = await store.getSession(parsed.sessionId)
+        raced = true
         continue
       }
 
@@ -678,7 +700,7 @@ export function createIssuer({
       if (
         reuseGrace > 0 &&
         parsed.counter === session.counter - 1 &&
-        time - session.rotatedAt <= reuseGrace
+        (raced || time - session.rotatedAt <= reuseGrace)
       ) {
         // a retry (lost response, two tabs) within the grace window: the byte-identical current token
         stats.graceReplays++

@@ -7,7 +7,7 @@ import {
   type JWTPayload,
   SignJWT,
 } from 'jose'
-import { AuthError } from './errors.js'
+import { AuthError, isStoreUnavailable } from './errors.js'
 import type { KeyRecord, TokenStore } from './stores/store.js'
 
 /**
@@ -118,8 +118,10 @@ const PUBLIC_MEMBERS = ['kty', 'crv', 'x', 'y', 'n', 'e'] as const
 
 /**
  * Creates the keyring: on first use it loads the active key from the store, generating one if
- * there is none.
+ * there is none. The store must be migrated before that first use.
  * @example
+ * const store = createSqliteStore()
+ * await store.migrate()
  * const keyring = createKeyring({ store, alg: 'ES256', accessTokenTtl: 15 * 60_000 })
  * const jwt = await keyring.sign({ sub: 'user-1' }, { typ: 'at+jwt' })
  * await keyring.rotateKeys()
@@ -205,10 +207,19 @@ export function createKeyring({
     if (!loading) {
       const started = generation
       const pending = load()
-        .then((key) => {
-          if (started === generation) loaded = key
-          return key
-        })
+        .then(
+          (key) => {
+            if (started === generation) loaded = key
+            return key
+          },
+          (error: unknown) => {
+            // the store cannot be read (down, locked, timed out): sign with the key loaded before, which
+            // stays published long after it stops signing. A rotation that already committed must still be
+            // answered, or its client's retry after reuseGrace would count as reuse and end the session
+            if (loaded && started === generation && isStoreUnavailable(error)) return loaded
+            throw error
+          },
+        )
         .finally(() => {
           if (loading === pending) loading = undefined
         })

@@ -5,6 +5,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, preValidationHookHandler } from 'fastify'
 import { isAuthError } from '../errors.js'
 import type { IssuedTokens, Issuer } from '../issuer.js'
+import { isVerifyError } from '../verify.js'
 import { bearerToken, ignoreBodies, MAX_FIELD_LENGTH, noStore, sendAuthError, sendError } from './http.js'
 
 /** Cookie mode, resolved: every field set. */
@@ -46,6 +47,16 @@ const refreshSchema = {
 // logout answers 200 whatever the token: null (a TokenSet without one), '', unknown, spent or too long
 const logoutSchema = {
   body: { type: 'object', properties: { refreshToken: { type: ['string', 'null'] } } },
+}
+
+/**
+ * A token that is not good (a `VerifyError`, or an `AuthError` such as an ended session) is a logout with
+ * nothing to end; any other failure (a database that is down) is thrown: a 200 would tell the user the session
+ * ended while it lives on
+ */
+const ignoreRefusal = (error: unknown): undefined => {
+  if ((isAuthError(error) && error.code !== 'ERR_UNAVAILABLE') || isVerifyError(error)) return undefined
+  throw error
 }
 
 // a bodiless POST arrives as undefined (no Content-Type) or '' (see the JSON parser below); logout treats it as `{}`
@@ -184,8 +195,8 @@ export async function authRoutes(
       for (const token of candidates) if (token) await issuer.logout(token)
       const accessToken = bearerToken(request)
       if (accessToken !== undefined) {
-        const claims = await issuer.verifyAccessToken(accessToken).catch(() => undefined)
-        if (claims) await issuer.revokeSession(claims.sub, claims.sid).catch(() => undefined)
+        const claims = await issuer.verifyAccessToken(accessToken).catch(ignoreRefusal)
+        if (claims) await issuer.revokeSession(claims.sub, claims.sid).catch(ignoreRefusal)
       }
     } catch (error) {
       return sendAuthError(request, reply, error)

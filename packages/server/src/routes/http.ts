@@ -3,7 +3,7 @@
  * responses, and the Bearer check of the protected routes.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { type AuthError, isAuthError } from '../errors.js'
+import { type AuthError, isAuthError, isStoreUnavailable } from '../errors.js'
 import type { AccessTokenClaims, Issuer } from '../issuer.js'
 import { isVerifyError, verifyErrorResponse } from '../verify.js'
 
@@ -47,6 +47,9 @@ const AUTH_ERRORS: Record<AuthError['code'], { status: number; error: string }> 
   ERR_UNAVAILABLE: { status: 503, error: 'temporarily_unavailable' },
 }
 
+/** `Retry-After` (seconds) of an answer the database could not give: a lock, a pool or a restart is short */
+const STORE_RETRY_AFTER = 1
+
 /**
  * Sends an error body with the headers its status needs.
  * @example
@@ -72,7 +75,8 @@ export function sendError(
 }
 
 /**
- * Answers an `AuthError` with its status and body; anything else is a 500 without details.
+ * Answers an `AuthError` with its status and body; a database that cannot serve now (locked, full,
+ * unreachable) is a 503 `ERR_UNAVAILABLE` with `Retry-After`; anything else is a 500 without details.
  * @example
  * try { return await issuer.refresh(token) } catch (error) { return sendAuthError(request, reply, error) }
  */
@@ -95,6 +99,21 @@ export function sendAuthError(request: FastifyRequest, reply: FastifyReply, erro
       .code(status)
       .headers({ ...headers, pragma: 'no-cache' })
       .send(body)
+  }
+  if (isStoreUnavailable(error)) {
+    // the database is locked, full, read-only or unreachable: nothing was changed, and the same request
+    // works once it recovers. A client retries a 503 and keeps its session; a 400 would log it out
+    request.log.warn({ err: error }, 'database unavailable')
+    return sendError(
+      reply,
+      503,
+      {
+        error: 'temporarily_unavailable',
+        error_description: 'the database is unavailable, try again later',
+        code: 'ERR_UNAVAILABLE',
+      },
+      { retryAfter: STORE_RETRY_AFTER },
+    )
   }
   request.log.error({ err: error }, 'request failed')
   return sendError(reply, 500, {
