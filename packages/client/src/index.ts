@@ -1,7 +1,8 @@
 export type { RefreshErrorKind, TokenflowErrorCode } from './errors.js'
 export { isRefreshError, isTokenflowError, RefreshError, TokenflowError } from './errors.js'
+export type { JsonRefreshOptions, OAuthRefreshOptions } from './refresh.js'
 export { jsonRefresh, oauthRefresh } from './refresh.js'
-export type { AsyncStorageLike, StorageLike } from './storage.js'
+export type { AsyncStorageLike, AsyncStorageOptions, StorageLike, WebStorageOptions } from './storage.js'
 export { asyncStorage, memoryStorage, webStorage } from './storage.js'
 export type {
   RetryOptions,

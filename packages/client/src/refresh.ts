@@ -148,10 +148,9 @@ export function jsonRefresh(
  * @example
  * const refresh = oauthRefresh('https://auth.example.com/oauth/token', { clientId: 'my-app' })
  */
-export function oauthRefresh(
-  tokenEndpoint: string | URL,
-  { clientId, fetch: customFetch, headers }: OAuthRefreshOptions = {} as OAuthRefreshOptions,
-): RefreshFunction {
+export function oauthRefresh(tokenEndpoint: string | URL, options: OAuthRefreshOptions): RefreshFunction {
+  // required by the types; a plain-JS call without it still gets ERR_INVALID_OPTION, not a TypeError
+  const { clientId, fetch: customFetch, headers } = options ?? ({} as OAuthRefreshOptions)
   checkOptions('tokenEndpoint', tokenEndpoint, customFetch)
   if (typeof clientId !== 'string' || !clientId) invalidOption('clientId', 'a non-empty string')
   return (context) =>
