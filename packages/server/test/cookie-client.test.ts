@@ -294,6 +294,21 @@ async function settle(promises: Array<Promise<unknown>>) {
   }
 }
 
+/** The one RefreshError every request of a burst rejected with (the same instance, not a copy each). */
+function oneRefreshError(
+  { values, errors }: Awaited<ReturnType<typeof settle>>,
+  count: number,
+  expected: { kind: RefreshError['kind']; status: number },
+): RefreshError {
+  expect(values).toEqual([])
+  expect(errors).toHaveLength(count)
+  const error = errors[0] as RefreshError
+  expect(isRefreshError(error)).toBe(true)
+  expect(error).toMatchObject({ name: 'RefreshError', code: 'ERR_REFRESH_FAILED', ...expected })
+  expect(errors.every((each) => each === error)).toBe(true)
+  return error
+}
+
 const jwt = /^ey[\w-]+\.[\w-]+\.[\w-]+$/
 
 /** No refresh token ever travels in a body, either way: the only one sent is the placeholder. */
@@ -453,19 +468,8 @@ describe('the cookie recipe: a reload after the session ended', () => {
       const before = hits.length
 
       const page = openPage(jar)
-      const { values, errors } = await settle([page.manager.getAccessToken(), ...times(N, page.api)])
-      expect(values).toEqual([])
-      expect(errors).toHaveLength(N + 1)
-      const error = errors[0] as RefreshError
-      expect(isRefreshError(error)).toBe(true)
-      expect(error).toMatchObject({
-        name: 'RefreshError',
-        code: 'ERR_REFRESH_FAILED',
-        kind: 'rejected',
-        status: 400,
-      })
-      // one error for every waiter, not a copy each
-      expect(errors.every((each) => each === error)).toBe(true)
+      const settled = await settle([page.manager.getAccessToken(), ...times(N, page.api)])
+      const error = oneRefreshError(settled, N + 1, { kind: 'rejected', status: 400 })
       expect(page.events).toEqual([
         { type: 'refreshStarted' },
         { type: 'refreshFailed', error, willLogout: true },
@@ -520,16 +524,7 @@ describe('the cookie recipe: a reload after the session ended', () => {
     jar.onExchange = (exchange) => {
       if (exchange.path === '/auth/sessions' && exchange.status === 401 && ++refused === N) release()
     }
-    const { values, errors } = await settle(times(N, page.api))
-    expect(values).toEqual([])
-    const error = errors[0] as RefreshError
-    expect(error).toMatchObject({
-      name: 'RefreshError',
-      code: 'ERR_REFRESH_FAILED',
-      kind: 'rejected',
-      status: 400,
-    })
-    expect(errors.every((each) => each === error)).toBe(true)
+    const error = oneRefreshError(await settle(times(N, page.api)), N, { kind: 'rejected', status: 400 })
     expect(refreshHits()).toHaveLength(1)
     expect(
       hitsTo('/auth/sessions')
@@ -552,16 +547,7 @@ describe('the cookie recipe: a 5xx from the refresh', () => {
     time += TTL + 1_000
 
     failRefreshes = 1
-    const { values, errors } = await settle(times(N, page.api))
-    expect(values).toEqual([])
-    const error = errors[0] as RefreshError
-    expect(error).toMatchObject({
-      name: 'RefreshError',
-      code: 'ERR_REFRESH_FAILED',
-      kind: 'server',
-      status: 500,
-    })
-    expect(errors.every((each) => each === error)).toBe(true)
+    const error = oneRefreshError(await settle(times(N, page.api)), N, { kind: 'server', status: 500 })
     expect(page.events).toEqual([
       { type: 'refreshStarted' },
       { type: 'refreshFailed', error, willLogout: false },
