@@ -177,7 +177,8 @@ export interface VerifierOptions {
    */
   timeoutDuration?: number
   /**
-   * Remote JWKS only: after a fetch, an unknown `kid` does not trigger another fetch for this long, in ms.
+   * Remote JWKS only: after a fetch, one that failed too, an unknown `kid` does not trigger another
+   * fetch for this long, in ms (after a failed one such a token gets 503 `ERR_JWKS_UNAVAILABLE`).
    * @default 30_000
    */
   cooldownDuration?: number
@@ -495,13 +496,57 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
   if (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback)) {
     throw configError('"jwks" URL must use https (http only on localhost)')
   }
+  // jose fetches (timeout, no redirects, JSON); the cache and the cooldown are kept here. jose's own
+  // cooldown only starts at a fetch that worked: while the JWKS endpoint fails, every token with an
+  // unknown kid (a flood of random ones) would fetch it again. Here any attempt, good or failed,
+  // holds off the next fetch for an unknown kid for cooldownDuration.
   const remote = createRemoteJWKSet(url, {
     timeoutDuration: options.timeoutDuration,
-    cooldownDuration: options.cooldownDuration,
-    cacheMaxAge: options.cacheMaxAge,
     ...(options.fetch === undefined ? {} : { [customFetch]: options.fetch }),
   })
-  return { getKey: guardKeySelection(remote), algorithms }
+  const { cooldownDuration, cacheMaxAge } = options
+  let local: ReturnType<typeof createLocalJWKSet> | undefined
+  let fetchedAt = Number.NEGATIVE_INFINITY
+  let attemptedAt = Number.NEGATIVE_INFINITY
+  let failed = false
+  let pending: Promise<void> | undefined
+  const refetch = (): Promise<void> => {
+    if (!pending) {
+      attemptedAt = Date.now()
+      const current = (async () => {
+        try {
+          await remote.reload()
+          local = createLocalJWKSet(remote.jwks() as JSONWebKeySet)
+          fetchedAt = Date.now()
+          failed = false
+        } catch (error) {
+          failed = true
+          throw error
+        }
+      })().finally(() => {
+        if (pending === current) pending = undefined
+      })
+      pending = current
+    }
+    return pending
+  }
+  const select = async (header: JWSHeaderParameters, token: FlattenedJWSInput): Promise<CryptoKey> => {
+    // no keys yet, or kept past cacheMaxAge: fetch (a failure is retried by the next request)
+    if (!local || Date.now() >= fetchedAt + cacheMaxAge) await refetch()
+    try {
+      return await local!(header, token)
+    } catch (error) {
+      if (!(error instanceof errors.JWKSNoMatchingKey)) throw error
+      if (!pending && Date.now() < attemptedAt + cooldownDuration) {
+        // the last fetch failed: the kid may well be published, so the token cannot be judged
+        if (failed) throw new VerifyError('ERR_JWKS_UNAVAILABLE', 'the json web key set could not be fetched')
+        throw error
+      }
+      await refetch()
+      return local!(header, token)
+    }
+  }
+  return { getKey: guardKeySelection(select), algorithms }
 }
 
 /**
@@ -518,6 +563,7 @@ function guardKeySelection(
     try {
       key = await select(header, token)
     } catch (error) {
+      if (isVerifyError(error)) throw error
       if (error instanceof errors.JWKSNoMatchingKey || error instanceof errors.JWKSMultipleMatchingKeys)
         throw error
       throw new VerifyError('ERR_JWKS_UNAVAILABLE', 'the json web key set could not be fetched or used', {

@@ -1,0 +1,333 @@
+/**
+ * The verifier as a resource server meets it: a real `createAuthServer` issues tokens and serves its
+ * JWKS on 127.0.0.1 (behind a relay that can be made to fail), and a protected API checks them with
+ * `verifier.fastify` or `verifier.express`. The JWKS cache and cooldown run on `Date.now`, which the
+ * tests move with fake `Date` only (timers stay real): no assertion depends on how long anything takes.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import {
+  type AccessTokenClaims,
+  type AuthenticateFunction,
+  type AuthServer,
+  createAuthServer,
+  createSqliteStore,
+} from '@tokenflow/server'
+import { createVerifier, type Verifier, type VerifierOptions } from '@tokenflow/server/verify'
+import Fastify, { type FastifyInstance } from 'fastify'
+import { decodeProtectedHeader } from 'jose'
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
+import { PASSWORD, postJson, send } from './helpers/http.js'
+
+const ISSUER = 'http://127.0.0.1'
+const AUDIENCE = 'https://api.tokenflow.test'
+const START = 1_800_000_000_000
+
+const authenticate: AuthenticateFunction = async ({ username, password }) =>
+  username === 'ada' && password === PASSWORD ? { userId: 'ada' } : null
+
+type JwksMode = 'up' | 'error' | 'garbage' | 'redirect' | 'hang'
+
+interface World {
+  auth: AuthServer
+  /** the JWKS URL the verifier fetches: a relay to the auth server's JWKS */
+  jwksUrl: string
+  /** the protected API (Fastify, `verifier.fastify`) */
+  api: string
+  verifier: Verifier
+  /** fetches of the JWKS the verifier made */
+  hits(): number
+  setMode(mode: JwksMode): void
+  /** moves the clock of the auth server, the verifier and the JWKS cache */
+  advance(ms: number): void
+  login(): Promise<string>
+  close(): Promise<void>
+}
+
+function listen(server: Server): Promise<string> {
+  return new Promise((resolve) => {
+    server.listen(0, '127.0.0.1', () => resolve(`http://127.0.0.1:${(server.address() as AddressInfo).port}`))
+  })
+}
+
+async function startWorld(
+  options: { verifier?: Partial<VerifierOptions>; issuer?: string; audience?: string | string[] } = {},
+): Promise<World> {
+  let time = START
+  vi.setSystemTime(time)
+  const auth = createAuthServer({
+    issuer: options.issuer ?? ISSUER,
+    audience: options.audience ?? AUDIENCE,
+    clientId: 'web',
+    store: createSqliteStore({ filename: ':memory:' }),
+    rateLimit: false,
+    pruneInterval: 0,
+    authenticate,
+    now: () => time,
+  })
+  const origin = await auth.listen({ port: 0, host: '127.0.0.1' })
+  let mode: JwksMode = 'up'
+  let hits = 0
+  const relay = createServer((_req, res) => {
+    hits++
+    if (mode === 'hang') return // answers nothing; closeAllConnections() ends it
+    if (mode === 'error') return void res.writeHead(500).end()
+    if (mode === 'garbage') return void res.writeHead(200, { 'content-type': 'text/html' }).end('<html>')
+    if (mode === 'redirect')
+      return void res.writeHead(302, { location: `${origin}/.well-known/jwks.json` }).end()
+    fetch(`${origin}/.well-known/jwks.json`).then(
+      async (answer) =>
+        res.writeHead(answer.status, { 'content-type': 'application/json' }).end(await answer.text()),
+      () => res.writeHead(502).end(),
+    )
+  })
+  const jwksUrl = `${await listen(relay)}/.well-known/jwks.json`
+  const verifier = createVerifier({
+    jwks: jwksUrl,
+    issuer: ISSUER,
+    audience: AUDIENCE,
+    now: () => time,
+    ...options.verifier,
+  })
+  const app: FastifyInstance = Fastify()
+  app.get('/me', { preHandler: verifier.fastify }, async (request) => ({ auth: request.auth }))
+  const api = await app.listen({ port: 0, host: '127.0.0.1' })
+  return {
+    auth,
+    jwksUrl,
+    api,
+    verifier,
+    hits: () => hits,
+    setMode: (next) => {
+      mode = next
+    },
+    advance: (ms) => {
+      time += ms
+      vi.setSystemTime(time)
+    },
+    login: async () =>
+      (await postJson(origin, '/auth/login', { username: 'ada', password: PASSWORD })).json().accessToken,
+    close: async () => {
+      await app.close()
+      relay.closeAllConnections()
+      await new Promise((resolve) => relay.close(resolve))
+      await auth.close()
+    },
+  }
+}
+
+/** a well-formed token of the auth server re-headed with another kid: looks valid, no key has it */
+function withKid(token: string, kid: string): string {
+  const [, payload, signature] = token.split('.')
+  const header = Buffer.from(JSON.stringify({ ...decodeProtectedHeader(token), kid })).toString('base64url')
+  return `${header}.${payload}.${signature}`
+}
+
+const me = (api: string, token: string | undefined, path = '/me') =>
+  send(`${api}${path}`, token === undefined ? {} : { headers: { authorization: `Bearer ${token}` } })
+
+let world: World | undefined
+
+beforeEach(() => {
+  vi.useFakeTimers({ toFake: ['Date'] })
+})
+afterEach(async () => {
+  await world?.close()
+  world = undefined
+  vi.useRealTimers()
+})
+
+describe('JWKS outage and unknown kids', () => {
+  it('fetches the failing JWKS at most once per cooldown for a flood of unknown kids, and valid tokens keep passing', async () => {
+    world = await startWorld()
+    const token = await world.login()
+    expect((await me(world.api, token)).status).toBe(200)
+    expect(world.hits()).toBe(1)
+
+    world.setMode('error')
+    world.advance(31_000) // past the cooldown of the first fetch
+    for (let index = 0; index < 10; index++) {
+      const reply = await me(world.api, withKid(token, `random-${index}`))
+      // the keys cannot be fetched: the token is not judged, and the answer says to try again
+      expect(reply.status).toBe(503)
+      expect(reply.json().code).toBe('ERR_JWKS_UNAVAILABLE')
+      // the cached keys still serve every token whose kid they hold
+      expect((await me(world.api, token)).status).toBe(200)
+    }
+    expect(world.hits()).toBe(2)
+
+    // once the cooldown of that failed attempt is over, the next unknown kid may look again
+    world.setMode('up')
+    world.advance(31_000)
+    const reply = await me(world.api, withKid(token, 'random-after'))
+    expect(reply.status).toBe(401)
+    expect(reply.json().code).toBe('ERR_JWKS_NO_MATCHING_KEY')
+    expect(world.hits()).toBe(3)
+  })
+
+  it('fetches a healthy JWKS at most once per cooldown for a flood of unknown kids', async () => {
+    world = await startWorld()
+    const token = await world.login()
+    expect((await me(world.api, token)).status).toBe(200)
+    world.advance(31_000)
+    for (let index = 0; index < 10; index++) {
+      const reply = await me(world.api, withKid(token, `random-${index}`))
+      expect(reply.status).toBe(401)
+      expect(reply.json().code).toBe('ERR_JWKS_NO_MATCHING_KEY')
+    }
+    expect(world.hits()).toBe(2)
+  })
+
+  it.each<JwksMode>(['error', 'garbage', 'redirect', 'hang'])(
+    'answers 503 ERR_JWKS_UNAVAILABLE while the JWKS endpoint answers %s, and recovers without a restart',
+    async (mode) => {
+      world = await startWorld({ verifier: { timeoutDuration: 200 } })
+      const token = await world.login()
+      world.setMode(mode)
+      const down = await me(world.api, token)
+      expect(down.status).toBe(503)
+      expect(down.json()).toEqual({
+        error: 'temporarily_unavailable',
+        error_description: 'the signing keys are unavailable, try again later',
+        code: 'ERR_JWKS_UNAVAILABLE',
+      })
+      expect(down.headers.get('www-authenticate')).toBeNull()
+      expect(down.headers.get('cache-control')).toBe('no-store')
+      world.setMode('up')
+      expect((await me(world.api, token)).status).toBe(200)
+    },
+  )
+})
+
+describe('key rotation end to end', () => {
+  it('accepts the new key from the moment it signs and the old key until its tokens expire', async () => {
+    world = await startWorld()
+    const before = await world.login()
+    expect((await me(world.api, before)).status).toBe(200)
+    const { kid, activatesAt } = await world.auth.tokenflow.rotateKeys()
+
+    world.advance(activatesAt - 1 - START)
+    const lastOld = await world.login()
+    expect(decodeProtectedHeader(lastOld).kid).not.toBe(kid)
+
+    world.advance(1)
+    const firstNew = await world.login()
+    expect(decodeProtectedHeader(firstNew).kid).toBe(kid)
+    const reply = await me(world.api, firstNew)
+    expect(reply.status).toBe(200)
+    expect((reply.json().auth as AccessTokenClaims).sub).toBe('ada')
+    expect((await me(world.api, lastOld)).status).toBe(200)
+
+    // the last token of the old key lives until its exp plus the 30 s tolerance (jose compares whole
+    // seconds: expired once exp <= now - 30), on a JWKS refetched once the 10-minute cache is over
+    const { exp } = JSON.parse(Buffer.from(lastOld.split('.')[1] ?? '', 'base64url').toString()) as {
+      exp: number
+    }
+    world.advance((exp + 29) * 1000 + 999 - activatesAt)
+    expect((await me(world.api, lastOld)).status).toBe(200)
+    expect(world.hits()).toBe(3)
+    world.advance(1)
+    const expired = await me(world.api, lastOld)
+    expect(expired.status).toBe(401)
+    expect(expired.json().code).toBe('ERR_JWT_EXPIRED')
+  })
+})
+
+describe('the middlewares', () => {
+  it('refuses a token in the query string (RFC 6750 section 2.3) and a malformed header, with a challenge', async () => {
+    world = await startWorld()
+    const token = await world.login()
+    for (const reply of [
+      await send(`${world.api}/me?access_token=${token}`),
+      await send(`${world.api}/me`, { headers: { authorization: token } }),
+      await send(`${world.api}/me`, { headers: { authorization: `Basic ${token}` } }),
+      await send(`${world.api}/me`, { headers: { authorization: 'Bearer ' } }),
+    ]) {
+      expect(reply.status).toBe(401)
+      expect(reply.json().code).toBe('ERR_TOKEN_MISSING')
+      expect(reply.headers.get('www-authenticate')).toBe(
+        'Bearer error="invalid_token", error_description="the access token is missing"',
+      )
+    }
+  })
+
+  it('express on node:http: sets req.auth for the next handler and answers a refused token itself, in JSON', async () => {
+    world = await startWorld()
+    const token = await world.login()
+    const { verifier } = world
+    const server = createServer(
+      (req: IncomingMessage & { auth?: AccessTokenClaims }, res: ServerResponse) => {
+        verifier.express(req, res, (error) => {
+          if (error !== undefined) return void res.writeHead(500).end('next(error)')
+          res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(req.auth))
+        })
+      },
+    )
+    const origin = await listen(server)
+    try {
+      const ok = await me(origin, token, '/')
+      expect(ok.status).toBe(200)
+      expect(ok.json()).toMatchObject({ sub: 'ada', iss: ISSUER, aud: AUDIENCE, client_id: 'web' })
+      const refused = await me(origin, withKid(token, 'x'), '/')
+      expect(refused.status).toBe(401)
+      expect(refused.headers.get('content-type')).toBe('application/json; charset=utf-8')
+      expect(refused.json().code).toBe('ERR_JWKS_NO_MATCHING_KEY')
+    } finally {
+      await new Promise((resolve) => server.close(resolve))
+    }
+  })
+})
+
+describe('claims of real tokens', () => {
+  it('accepts a token whose aud list holds one of the audiences the API accepts', async () => {
+    world = await startWorld({
+      audience: ['https://other.tokenflow.test', AUDIENCE],
+      verifier: { audience: ['https://third.tokenflow.test', AUDIENCE] },
+    })
+    const reply = await me(world.api, await world.login())
+    expect(reply.status).toBe(200)
+    expect(reply.json().auth.aud).toEqual(['https://other.tokenflow.test', AUDIENCE])
+  })
+
+  it.each([
+    ['an audience the token does not name', { audience: 'https://other.tokenflow.test' }, 'aud'],
+    ['the issuer spelled with a trailing slash', { issuer: `${ISSUER}/` }, 'iss'],
+  ] as const)('refuses a token for %s, naming the claim', async (_name, verifier, claim) => {
+    world = await startWorld({ verifier })
+    const reply = await me(world.api, await world.login())
+    expect(reply.status).toBe(401)
+    expect(reply.json()).toEqual({
+      error: 'invalid_token',
+      error_description: `the access token ${claim} claim is invalid`,
+      code: 'ERR_JWT_CLAIM_VALIDATION_FAILED',
+    })
+  })
+
+  it('refuses the token of another issuer, also when its header borrows a trusted kid', async () => {
+    world = await startWorld()
+    const trustedKid = decodeProtectedHeader(await world.login()).kid as string
+    const other = createAuthServer({
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      clientId: 'web',
+      store: createSqliteStore({ filename: ':memory:' }),
+      rateLimit: false,
+      pruneInterval: 0,
+      authenticate,
+    })
+    const otherOrigin = await other.listen({ port: 0, host: '127.0.0.1' })
+    try {
+      const foreign = (
+        await postJson(otherOrigin, '/auth/login', { username: 'ada', password: PASSWORD })
+      ).json().accessToken as string
+      const unknown = await me(world.api, foreign)
+      expect(unknown.status).toBe(401)
+      expect(unknown.json().code).toBe('ERR_JWKS_NO_MATCHING_KEY')
+      const borrowed = await me(world.api, withKid(foreign, trustedKid))
+      expect(borrowed.status).toBe(401)
+      expect(borrowed.json().code).toBe('ERR_JWS_SIGNATURE_VERIFICATION_FAILED')
+    } finally {
+      await other.close()
+    }
+  })
+})
