@@ -30,6 +30,16 @@ declare module 'fastify' {
   }
 }
 
+declare global {
+  // Express declares its request in this global namespace (@types/express-serve-static-core)
+  namespace Express {
+    interface Request {
+      /** claims of the verified access token, set by `verifier.express` */
+      auth?: AccessTokenClaims
+    }
+  }
+}
+
 /**
  * Stable codes of a failed verification. Where jose has a code for the failure, it is jose's own.
  * Only `ERR_JWKS_UNAVAILABLE` is not about the token: the keys could not be obtained (HTTP 503).

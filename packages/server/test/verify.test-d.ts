@@ -1,0 +1,11 @@
+import type { AccessTokenClaims } from '@tokenflow/server/verify'
+import type { FastifyRequest } from 'fastify'
+import { describe, expectTypeOf, it } from 'vitest'
+
+describe('@tokenflow/server/verify types', () => {
+  it('types the claims the middlewares set on the request, for Fastify and for Express', () => {
+    expectTypeOf<FastifyRequest['auth']>().toEqualTypeOf<AccessTokenClaims | undefined>()
+    // Express's Request merges with this global interface (@types/express-serve-static-core)
+    expectTypeOf<Express.Request['auth']>().toEqualTypeOf<AccessTokenClaims | undefined>()
+  })
+})
