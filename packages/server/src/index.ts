@@ -382,16 +382,13 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
   let pruneTimer: NodeJS.Timeout | undefined
   // the prune in progress: on a big table it takes several event-loop turns (seconds, in batches),
   // and an interval that fires meanwhile starts no second one beside it
-  let pruning: Promise<void> | undefined
+  let pruning: Promise<unknown> | undefined
   app.addHook('onReady', async () => {
     if (pruneInterval > 0) {
       pruneTimer = setInterval(() => {
         pruning ??= issuer
           .pruneSessions()
-          .then(
-            () => {},
-            (error: unknown) => app.log.error({ err: error }, 'pruning sessions failed'),
-          )
+          .catch((error: unknown) => app.log.error({ err: error }, 'pruning sessions failed'))
           .finally(() => {
             pruning = undefined
           })

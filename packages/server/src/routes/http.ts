@@ -3,7 +3,7 @@
  * responses, and the Bearer check of the protected routes.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { type AuthError, isAuthError, isStoreUnavailable } from '../errors.js'
+import { AuthError, isAuthError, isStoreUnavailable } from '../errors.js'
 import type { AccessTokenClaims, Issuer } from '../issuer.js'
 import { isVerifyError, verifyErrorResponse } from '../verify.js'
 
@@ -104,16 +104,11 @@ export function sendAuthError(request: FastifyRequest, reply: FastifyReply, erro
     // the database is locked, full, read-only or unreachable: nothing was changed, and the same request
     // works once it recovers. A client retries a 503 and keeps its session; a 400 would log it out
     request.log.warn({ err: error }, 'database unavailable')
-    return sendError(
-      reply,
-      503,
-      {
-        error: 'temporarily_unavailable',
-        error_description: 'the database is unavailable, try again later',
-        code: 'ERR_UNAVAILABLE',
-      },
-      { retryAfter: STORE_RETRY_AFTER },
-    )
+    const unavailable = new AuthError('ERR_UNAVAILABLE', 'the database is unavailable, try again later', {
+      cause: error,
+      retryAfter: STORE_RETRY_AFTER,
+    })
+    return sendAuthError(request, reply, unavailable)
   }
   request.log.error({ err: error }, 'request failed')
   return sendError(reply, 500, {
