@@ -69,14 +69,20 @@ export type VerifyErrorCode =
   | 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED'
   /** `exp` is in the past (beyond the clock tolerance) */
   | 'ERR_JWT_EXPIRED'
-  /** `iss`, `aud`, `typ`, `nbf`, `iat` or a required claim is wrong or missing; see `claim` */
+  /**
+   * `iss`, `aud`, `typ`, `nbf` or `iat` is wrong, or a required claim (`sub`, `jti`, `client_id`,
+   * `exp`, `iat`, `iss`, `aud`) is missing or not what RFC 9068 section 2.2 asks; see `claim`
+   */
   | 'ERR_JWT_CLAIM_VALIDATION_FAILED'
-  /** the JWKS could not be fetched or used; the token was not judged (HTTP 503) */
+  /**
+   * the JWKS could not be fetched or used; the token was not judged (HTTP 503, with `Retry-After`
+   * from the error's `retryAfter`)
+   */
   | 'ERR_JWKS_UNAVAILABLE'
 
 /**
  * A failed verification: `code` says why and `status` is what the middlewares answer (401, or 503
- * for `ERR_JWKS_UNAVAILABLE`). The message never contains the token.
+ * for `ERR_JWKS_UNAVAILABLE`, with `Retry-After: retryAfter`). The message never contains the token.
  * @example
  * try {
  *   await verifier.verify(token)
@@ -91,13 +97,37 @@ export class VerifyError extends Error {
   readonly status: 401 | 503
   /** the claim or header parameter that failed, for `ERR_JWT_CLAIM_VALIDATION_FAILED` and `ERR_JWT_EXPIRED` */
   readonly claim: string | undefined
+  /**
+   * For `ERR_JWKS_UNAVAILABLE` only (undefined for every other code): in how many seconds the token
+   * can usefully be sent again, a whole number, at least 1; the middlewares send it as `Retry-After`
+   * (RFC 9110 section 10.2.3). While a failed fetch holds off the next one for an unknown `kid`
+   * (`cooldownDuration`), it is the time until that cooldown ends, rounded up; otherwise (no keys
+   * fetched yet or the cache expired, so the next request fetches again; a key that cannot be used) 1.
+   * @example
+   * if (error.code === 'ERR_JWKS_UNAVAILABLE') reply.header('retry-after', String(error.retryAfter))
+   */
+  readonly retryAfter: number | undefined
 
-  constructor(code: VerifyErrorCode, message: string, options?: { cause?: unknown; claim?: string }) {
+  /**
+   * `options.retryAfter` (seconds) is rounded up to a whole number, at least 1 (1 when left out); it is
+   * ignored unless `code` is `ERR_JWKS_UNAVAILABLE`.
+   */
+  constructor(
+    code: VerifyErrorCode,
+    message: string,
+    options?: { cause?: unknown; claim?: string; retryAfter?: number },
+  ) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause })
     this.code = code
     this.status = code === 'ERR_JWKS_UNAVAILABLE' ? 503 : 401
     this.claim = options?.claim
+    this.retryAfter = code === 'ERR_JWKS_UNAVAILABLE' ? retryAfterSeconds(options?.retryAfter) : undefined
   }
+}
+
+/** a Retry-After delay-seconds value: a whole number of seconds, at least 1 (1 when unknown) */
+function retryAfterSeconds(seconds: unknown): number {
+  return typeof seconds === 'number' && Number.isFinite(seconds) ? Math.max(1, Math.ceil(seconds)) : 1
 }
 
 /**
@@ -133,7 +163,9 @@ export type VerifyAlgorithm =
   | 'Ed25519'
 
 /**
- * Claims of a verified RFC 9068 access token.
+ * Claims of a verified RFC 9068 access token. The verifier requires every claim RFC 9068 section 2.2
+ * does: `iss` and `aud` matching the options, `exp` and `iat` numbers, and `sub`, `jti` and
+ * `client_id` non-empty strings.
  * @example
  * const { sub, sid } = await verifier.verify(token)
  */
@@ -144,8 +176,8 @@ export interface AccessTokenClaims extends JWTPayload {
   exp: number
   iat: number
   jti: string
-  /** RFC 9068 section 2.2; checked to be a string when present */
-  client_id?: string
+  /** the client the token was issued to (RFC 9068 section 2.2); required, a non-empty string */
+  client_id: string
   /** the session (refresh-token family) the token was issued for; checked to be a string when present */
   sid?: string
 }
@@ -188,7 +220,8 @@ export interface VerifierOptions {
   timeoutDuration?: number
   /**
    * Remote JWKS only: after a fetch, one that failed too, an unknown `kid` does not trigger another
-   * fetch for this long, in ms (after a failed one such a token gets 503 `ERR_JWKS_UNAVAILABLE`).
+   * fetch for this long, in ms (after a failed one such a token gets 503 `ERR_JWKS_UNAVAILABLE`, whose
+   * `Retry-After` is the time until this cooldown ends, in whole seconds rounded up).
    * @default 30_000
    */
   cooldownDuration?: number
@@ -216,16 +249,17 @@ export interface VerifierOptions {
 
 /**
  * Verifies access tokens. `fastify` is a preHandler hook and `express` a `(req, res, next)`
- * middleware; both set `auth` on the request, or answer 401 (503 when the keys are unavailable).
+ * middleware; both set `auth` on the request, or answer 401 (503 with `Retry-After` when the keys
+ * are unavailable).
  * @example
  * app.get('/me', { preHandler: verifier.fastify }, (request) => request.auth)
  */
 export interface Verifier {
   /** resolves with the claims of a valid token; rejects with a `VerifyError` */
   verify(token: string): Promise<AccessTokenClaims>
-  /** Fastify preHandler hook: sets `request.auth` or replies 401/503 */
+  /** Fastify preHandler hook: sets `request.auth` or replies 401/503 (see `verifyErrorResponse`) */
   readonly fastify: (request: FastifyRequest, reply: FastifyReply) => Promise<FastifyReply | undefined>
-  /** Express / `node:http` middleware: sets `req.auth` and calls `next()`, or answers 401/503 */
+  /** Express / `node:http` middleware: sets `req.auth` and calls `next()`, or answers 401/503 (see `verifyErrorResponse`) */
   readonly express: (
     req: IncomingMessage & { auth?: AccessTokenClaims },
     res: ServerResponse,
@@ -252,7 +286,8 @@ const ASYMMETRIC_ALGORITHMS: readonly VerifyAlgorithm[] = [
   'EdDSA',
   'Ed25519',
 ]
-const REQUIRED_CLAIMS = ['exp', 'iat', 'sub', 'jti']
+// RFC 9068 section 2.2; jose adds iss and aud, which it checks against the issuer and audience options
+const REQUIRED_CLAIMS = ['exp', 'iat', 'sub', 'jti', 'client_id']
 // Header parameters that point at or carry a key (RFC 7515 sections 4.1.2, 4.1.3, 4.1.5, 4.1.6). A verifier that
 // followed them would let the token choose the key that verifies it; jose ignores them, and we refuse
 // the token outright so a misconfigured proxy or a future library change cannot start trusting them.
@@ -315,7 +350,10 @@ const configError = (message: string, cause?: unknown) =>
 
 /**
  * Creates a verifier for access tokens signed by the issuer's keys. Options are checked here and
- * throw an `AuthError` with code `ERR_CONFIG`.
+ * throw an `AuthError` with code `ERR_CONFIG`. A token passes with `typ` `at+jwt`, an allowed `alg`
+ * and a trusted key, `iss` and `aud` matching the options, `exp`, `nbf` and `iat` within the clock
+ * tolerance, and the other claims RFC 9068 section 2.2 requires (`sub`, `jti`, `client_id`) as
+ * non-empty strings; `sid`, when present, must be a string.
  * @example
  * const verifier = createVerifier({
  *   jwks: 'https://auth.example.com/.well-known/jwks.json',
@@ -540,19 +578,36 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
     }
     return pending
   }
+  // Retry-After of a token that met a failed fetch: the seconds until the verifier fetches again for it
+  const unavailable = (cause: unknown, retryAt: number) =>
+    new VerifyError(
+      'ERR_JWKS_UNAVAILABLE',
+      cause === undefined
+        ? 'the json web key set could not be fetched'
+        : 'the json web key set could not be fetched or used',
+      { ...(cause === undefined ? {} : { cause }), retryAfter: (retryAt - Date.now()) / 1000 },
+    )
   const select = async (header: JWSHeaderParameters, token: FlattenedJWSInput): Promise<CryptoKey> => {
-    // no keys yet, or kept past cacheMaxAge: fetch (a failure is retried by the next request)
-    if (!local || Date.now() >= fetchedAt + cacheMaxAge) await refetch()
+    // no keys yet, or kept past cacheMaxAge: fetch (a failure is retried by the next request, so at once)
+    if (!local || Date.now() >= fetchedAt + cacheMaxAge) {
+      await refetch().catch((error: unknown) => {
+        throw unavailable(error, Date.now())
+      })
+    }
     try {
       return await local!(header, token)
     } catch (error) {
       if (!(error instanceof errors.JWKSNoMatchingKey)) throw error
       if (!pending && Date.now() < attemptedAt + cooldownDuration) {
-        // the last fetch failed: the kid may well be published, so the token cannot be judged
-        if (failed) throw new VerifyError('ERR_JWKS_UNAVAILABLE', 'the json web key set could not be fetched')
+        // the last fetch failed: the kid may well be published, so the token cannot be judged until
+        // the cooldown lets the next unknown kid fetch again
+        if (failed) throw unavailable(undefined, attemptedAt + cooldownDuration)
         throw error
       }
-      await refetch()
+      // a failure holds off the next fetch for an unknown kid, this one's too, until the cooldown ends
+      await refetch().catch((error: unknown) => {
+        throw unavailable(error, attemptedAt + cooldownDuration)
+      })
       return local!(header, token)
     }
   }
@@ -691,16 +746,14 @@ function checkClaims(payload: JWTPayload, latestIat: number): AccessTokenClaims 
   if (typeof payload.iat !== 'number' || !Number.isFinite(payload.iat))
     throw invalid('iat', '"iat" must be a number')
   if (payload.iat > latestIat) throw invalid('iat', '"iat" is in the future')
-  for (const claim of ['sub', 'jti'] as const) {
+  // jose only checks that they are present; RFC 9068 section 2.2 requires all three
+  for (const claim of ['sub', 'jti', 'client_id'] as const) {
     if (typeof payload[claim] !== 'string' || payload[claim] === '') {
       throw invalid(claim, `"${claim}" must be a non-empty string`)
     }
   }
-  for (const claim of ['client_id', 'sid'] as const) {
-    if (payload[claim] !== undefined && typeof payload[claim] !== 'string') {
-      throw invalid(claim, `"${claim}" must be a string`)
-    }
-  }
+  if (payload.sid !== undefined && typeof payload.sid !== 'string')
+    throw invalid('sid', '"sid" must be a string')
   return payload as AccessTokenClaims
 }
 
@@ -733,8 +786,9 @@ function bearerToken(authorization: string | string[] | undefined): string {
 
 /**
  * The HTTP answer the middlewares give for a `VerifyError`: status, headers (`WWW-Authenticate` on a
- * 401, `Cache-Control: no-store`) and the JSON body `{ error, error_description, code }`. Use it to
- * answer like them from a route that calls `verify` itself.
+ * 401, `Retry-After` in whole seconds on a 503 (the error's `retryAfter`), `Cache-Control: no-store`)
+ * and the JSON body `{ error, error_description, code }`. Use it to answer like them from a route
+ * that calls `verify` itself.
  * @example
  * const { status, headers, body } = verifyErrorResponse(error, { realm: 'api' })
  * return reply.code(status).headers(headers).send(body)
@@ -767,6 +821,9 @@ function errorResponse(error: VerifyError, realm: string | undefined) {
     const realmParam = realm === undefined ? '' : `realm="${realm}", `
     headers['www-authenticate'] =
       `Bearer ${realmParam}error="invalid_token", error_description="${description}"`
+  } else {
+    // RFC 9110 section 10.2.3: delay-seconds; a VerifyError of another copy may not carry retryAfter
+    headers['retry-after'] = String(retryAfterSeconds(error.retryAfter))
   }
   const body = {
     error: error.status === 401 ? ('invalid_token' as const) : ('temporarily_unavailable' as const),

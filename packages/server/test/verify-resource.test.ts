@@ -17,7 +17,7 @@ import { createVerifier, type Verifier, type VerifierOptions } from '@tokenflow/
 import Fastify, { type FastifyInstance } from 'fastify'
 import { decodeProtectedHeader } from 'jose'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
-import { PASSWORD, postJson, send } from './helpers/http.js'
+import { type HttpReply, PASSWORD, postJson, send } from './helpers/http.js'
 
 const ISSUER = 'http://127.0.0.1'
 const AUDIENCE = 'https://api.tokenflow.test'
@@ -126,6 +126,38 @@ function withKid(token: string, kid: string): string {
 const me = (api: string, token: string | undefined, path = '/me') =>
   send(`${api}${path}`, token === undefined ? {} : { headers: { authorization: `Bearer ${token}` } })
 
+/** a bare `node:http` server whose only handler is `verifier.express`, answering `req.auth` on success */
+async function expressApi(verifier: Verifier): Promise<{ origin: string; close(): Promise<void> }> {
+  const server = createServer((req: IncomingMessage & { auth?: AccessTokenClaims }, res: ServerResponse) => {
+    verifier.express(req, res, (error) => {
+      if (error !== undefined) return void res.writeHead(500).end('next(error)')
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(req.auth))
+    })
+  })
+  return {
+    origin: await listen(server),
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  }
+}
+
+/**
+ * The `Retry-After` of a 503 ERR_JWKS_UNAVAILABLE answer, after checking the rest of it: delay-seconds
+ * (RFC 9110 section 10.2.3), so a whole number of at least 1.
+ */
+function retryAfter(reply: HttpReply): number {
+  expect(reply.status).toBe(503)
+  expect(reply.json()).toEqual({
+    error: 'temporarily_unavailable',
+    error_description: 'the signing keys are unavailable, try again later',
+    code: 'ERR_JWKS_UNAVAILABLE',
+  })
+  expect(reply.headers.get('www-authenticate')).toBeNull()
+  expect(reply.headers.get('cache-control')).toBe('no-store')
+  const value = reply.headers.get('retry-after')
+  expect(value).toEqual(expect.stringMatching(/^[1-9][0-9]*$/))
+  return Number(value)
+}
+
 let world: World | undefined
 
 beforeEach(() => {
@@ -193,10 +225,69 @@ describe('JWKS outage and unknown kids', () => {
       })
       expect(down.headers.get('www-authenticate')).toBeNull()
       expect(down.headers.get('cache-control')).toBe('no-store')
+      // the next request fetches again
+      expect(down.headers.get('retry-after')).toBe('1')
       world.setMode('up')
       expect((await me(world.api, token)).status).toBe(200)
     },
   )
+})
+
+describe('Retry-After on the 503 of an unavailable JWKS', () => {
+  it('a 503 for an unavailable JWKS says when to retry', async () => {
+    world = await startWorld()
+    const express = await expressApi(world.verifier)
+    try {
+      const token = await world.login()
+      expect((await me(world.api, token)).status).toBe(200)
+      world.setMode('error')
+      world.advance(31_000) // past the cooldown of the first fetch
+      const attempt = START + 31_000
+
+      // this token's kid sends the verifier to the failing JWKS: no unknown kid fetches again for 30 s
+      expect(retryAfter(await me(world.api, withKid(token, 'random-0')))).toBe(30)
+      expect(world.hits()).toBe(2)
+      // during that cooldown, both middlewares count down to its end, in whole seconds rounded up
+      for (const [at, seconds] of [
+        [0, 30],
+        [12_300, 18],
+        [29_000, 1],
+        [29_999, 1],
+      ] as const) {
+        world.advance(attempt + at - Date.now())
+        expect(retryAfter(await me(world.api, withKid(token, `fastify-${at}`)))).toBe(seconds)
+        expect(retryAfter(await me(express.origin, withKid(token, `express-${at}`)))).toBe(seconds)
+      }
+      expect(world.hits()).toBe(2)
+      // known keys pass meanwhile, with no Retry-After
+      expect((await me(world.api, token)).status).toBe(200)
+      expect((await me(express.origin, token)).headers.get('retry-after')).toBeNull()
+
+      // the cooldown is over: the next unknown kid fetches, fails, and starts another one
+      world.advance(1)
+      expect(retryAfter(await me(express.origin, withKid(token, 'random-1')))).toBe(30)
+      expect(world.hits()).toBe(3)
+    } finally {
+      await express.close()
+    }
+  })
+
+  it('a 503 before the JWKS was ever fetched says to retry in 1 second, as the next request fetches again', async () => {
+    world = await startWorld({ verifier: { cooldownDuration: 60_000 } })
+    const express = await expressApi(world.verifier)
+    try {
+      const token = await world.login()
+      world.setMode('error')
+      expect(retryAfter(await me(world.api, token))).toBe(1)
+      expect(retryAfter(await me(express.origin, token))).toBe(1)
+      expect(world.hits()).toBe(2)
+      world.setMode('up')
+      expect((await me(express.origin, token)).status).toBe(200)
+      expect((await me(world.api, token)).status).toBe(200)
+    } finally {
+      await express.close()
+    }
+  })
 })
 
 describe('key rotation end to end', () => {

@@ -8,4 +8,9 @@ describe('@tokenflow/server/verify types', () => {
     // Express's Request merges with this global interface (@types/express-serve-static-core)
     expectTypeOf<Express.Request['auth']>().toEqualTypeOf<AccessTokenClaims | undefined>()
   })
+
+  it('types client_id as required, as RFC 9068 section 2.2 makes it and the verifier checks it', () => {
+    expectTypeOf<AccessTokenClaims['client_id']>().toEqualTypeOf<string>()
+    expectTypeOf<AccessTokenClaims['sid']>().toEqualTypeOf<string | undefined>()
+  })
 })

@@ -20,7 +20,7 @@ import {
   type JWTPayload,
   SignJWT,
 } from 'jose'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
 import { AuthError, isAuthError } from '../src/errors.js'
 
 const ISSUER = 'https://auth.example.test'
@@ -432,6 +432,29 @@ describe('verify', () => {
     expect(new VerifyError('ERR_JWKS_UNAVAILABLE', 'x').status).toBe(503)
   })
 
+  it.each([
+    [undefined, 1],
+    [0, 1],
+    [-5, 1],
+    [Number.NaN, 1],
+    [0.001, 1],
+    [2.2, 3],
+    [30, 30],
+  ])(
+    'an ERR_JWKS_UNAVAILABLE VerifyError given retryAfter %s says retry in %s whole seconds',
+    (given, seconds) => {
+      const options = given === undefined ? {} : { retryAfter: given }
+      expect(new VerifyError('ERR_JWKS_UNAVAILABLE', 'x', options).retryAfter).toBe(seconds)
+    },
+  )
+
+  it('only an ERR_JWKS_UNAVAILABLE VerifyError has a retryAfter', () => {
+    expect(new VerifyError('ERR_JWT_EXPIRED', 'x', { retryAfter: 5 }).retryAfter).toBeUndefined()
+    expect(
+      verifyErrorResponse(new VerifyError('ERR_JWT_EXPIRED', 'x', { retryAfter: 5 })).headers,
+    ).not.toHaveProperty('retry-after')
+  })
+
   it('verifyErrorResponse builds the answer the middlewares send, never from the message', () => {
     const message = 'a message that must not reach the client: "eyJhbGciOi..."'
     expect(verifyErrorResponse(new VerifyError('ERR_JWT_EXPIRED', message), { realm: 'api' })).toEqual({
@@ -449,13 +472,26 @@ describe('verify', () => {
     })
     expect(verifyErrorResponse(new VerifyError('ERR_JWKS_UNAVAILABLE', message))).toEqual({
       status: 503,
-      headers: { 'cache-control': 'no-store' },
+      headers: { 'cache-control': 'no-store', 'retry-after': '1' },
       body: {
         error: 'temporarily_unavailable',
         error_description: 'the signing keys are unavailable, try again later',
         code: 'ERR_JWKS_UNAVAILABLE',
       },
     })
+  })
+
+  it('verifyErrorResponse gives a 503 the Retry-After of the error, also for a VerifyError of another copy', () => {
+    const error = new VerifyError('ERR_JWKS_UNAVAILABLE', 'x', { retryAfter: 17 })
+    expect(verifyErrorResponse(error).headers).toEqual({ 'cache-control': 'no-store', 'retry-after': '17' })
+    // an older copy of the package has no retryAfter: the answer still says when to retry
+    const foreign = Object.assign(new Error('x'), {
+      name: 'VerifyError',
+      code: 'ERR_JWKS_UNAVAILABLE',
+      status: 503,
+      claim: undefined,
+    }) as unknown as VerifyError
+    expect(verifyErrorResponse(foreign).headers).toEqual({ 'cache-control': 'no-store', 'retry-after': '1' })
   })
 })
 
@@ -530,6 +566,68 @@ describe('remote JWKS', () => {
       await expect(verifier.verify(token)).resolves.toMatchObject({ sub: 'user-1' })
     },
   )
+
+  describe('retryAfter for a caller of verify()', () => {
+    afterEach(() => {
+      vi.useRealTimers()
+    })
+
+    /** a JWKS fetch that serves es256 while `state.up` and answers 500 otherwise */
+    function switchable() {
+      const state = { up: true, fetches: 0 }
+      const fetch = async () => {
+        state.fetches++
+        return state.up
+          ? new Response(JSON.stringify({ keys: [es256.jwk] }), {
+              headers: { 'content-type': 'application/json' },
+            })
+          : new Response('', { status: 500 })
+      }
+      return { state, fetch }
+    }
+
+    it('a failed fetch for an unknown kid tells the caller of verify() when the cooldown lets it fetch again', async () => {
+      // the JWKS cache and cooldown run on Date.now
+      vi.useFakeTimers({ toFake: ['Date'] })
+      vi.setSystemTime(NOW)
+      const { state, fetch } = switchable()
+      const verifier = createVerifier({ ...base, jwks: 'https://auth.example.test/jwks.json', fetch })
+      await expect(verifier.verify(await sign(es256))).resolves.toMatchObject({ sub: 'user-1' })
+      state.up = false
+      vi.setSystemTime(NOW + 31_000)
+      const unknown = await sign(es256, claims(), { kid: 'unknown' })
+      const first = await rejection(verifier.verify(unknown))
+      expect(first).toMatchObject({ code: 'ERR_JWKS_UNAVAILABLE', status: 503, retryAfter: 30 })
+      // jose's error for the 500 is kept as the cause
+      expect((first.cause as { code?: unknown }).code).toBe('ERR_JOSE_GENERIC')
+      vi.setSystemTime(NOW + 31_000 + 12_300)
+      expect(await rejection(verifier.verify(unknown))).toMatchObject({
+        code: 'ERR_JWKS_UNAVAILABLE',
+        retryAfter: 18,
+      })
+      vi.setSystemTime(NOW + 31_000 + 29_999)
+      expect(await rejection(verifier.verify(unknown))).toMatchObject({
+        code: 'ERR_JWKS_UNAVAILABLE',
+        retryAfter: 1,
+      })
+      expect(state.fetches).toBe(2)
+    })
+
+    it('a JWKS never fetched gives retryAfter 1, and the next verify() fetches again', async () => {
+      const { state, fetch } = switchable()
+      state.up = false
+      const verifier = createVerifier({ ...base, jwks: 'https://auth.example.test/jwks.json', fetch })
+      const token = await sign(es256)
+      for (const fetches of [1, 2]) {
+        expect(await rejection(verifier.verify(token))).toMatchObject({
+          code: 'ERR_JWKS_UNAVAILABLE',
+          status: 503,
+          retryAfter: 1,
+        })
+        expect(state.fetches).toBe(fetches)
+      }
+    })
+  })
 
   it('reports a fetch that outlasts timeoutDuration as ERR_JWKS_UNAVAILABLE', async () => {
     answer = () => {
