@@ -102,7 +102,8 @@ export class VerifyError extends Error {
    * can usefully be sent again, a whole number, at least 1; the middlewares send it as `Retry-After`
    * (RFC 9110 section 10.2.3). While a failed fetch holds off the next one for an unknown `kid`
    * (`cooldownDuration`), it is the time until that cooldown ends, rounded up; otherwise (no keys
-   * fetched yet or the cache expired, so the next request fetches again; a key that cannot be used) 1.
+   * fetched yet, or the cache expired beyond `staleIfError`, so the next request fetches again; a
+   * key that cannot be used) 1.
    * @example
    * if (error.code === 'ERR_JWKS_UNAVAILABLE') reply.header('retry-after', String(error.retryAfter))
    */
@@ -189,8 +190,9 @@ export interface AccessTokenClaims extends JWTPayload {
  */
 export interface VerifierOptions {
   /**
-   * The issuer's keys: the JWKS URL (fetched and cached by jose `createRemoteJWKSet`; https, or
-   * http on localhost only), or the JWKS itself `{ keys: [...] }` (public keys only).
+   * The issuer's keys: the JWKS URL (fetched with jose `createRemoteJWKSet` and cached here, see
+   * `cacheMaxAge`, `cooldownDuration` and `staleIfError`; https, or http on localhost only), or the
+   * JWKS itself `{ keys: [...] }` (public keys only).
    */
   jwks: string | URL | JSONWebKeySet
   /** the exact `iss` the tokens must carry */
@@ -226,10 +228,23 @@ export interface VerifierOptions {
    */
   cooldownDuration?: number
   /**
-   * Remote JWKS only: how long a fetched JWKS is used before it is fetched again, in ms.
+   * Remote JWKS only: how long a fetched JWKS is used before it is fetched again, in ms. Past it, a
+   * request waits for the refetch and uses the new set; when that fails, see `staleIfError`.
    * @default 600_000
    */
   cacheMaxAge?: number
+  /**
+   * Remote JWKS only: how long past `cacheMaxAge` the last fetched JWKS is still used while the JWKS
+   * endpoint fails (error, non-200, bad JSON, timeout), in ms: stale-if-error, as in RFC 5861
+   * section 4. When a refetch fails, a token whose `kid` is in the last fetched set is verified with
+   * that set, and the next attempt waits for `cooldownDuration`; meanwhile such tokens do not wait for
+   * any fetch (nor for that next attempt, which replaces the set once it works). Once `cacheMaxAge +
+   * staleIfError` have passed since the last fetch that worked, every token waits for a refetch again
+   * and gets 503 `ERR_JWKS_UNAVAILABLE` while it fails. The trade-off: a key removed from the JWKS
+   * during an outage is trusted up to this much longer. `0` never uses a set past `cacheMaxAge`.
+   * @default 3_600_000
+   */
+  staleIfError?: number
   /**
    * Remote JWKS only: the fetch implementation.
    * @default globalThis.fetch
@@ -342,6 +357,7 @@ interface RemoteOptions {
   timeoutDuration: number
   cooldownDuration: number
   cacheMaxAge: number
+  staleIfError: number
   fetch: typeof globalThis.fetch | undefined
 }
 
@@ -372,6 +388,7 @@ export function createVerifier({
   timeoutDuration = 5_000,
   cooldownDuration = 30_000,
   cacheMaxAge = 600_000,
+  staleIfError = 3_600_000,
   fetch,
   now = Date.now,
   realm,
@@ -389,7 +406,12 @@ export function createVerifier({
     throw configError(`"clockTolerance" must be an integer from 0 to ${MAX_CLOCK_TOLERANCE} (ms)`)
   }
   if (typeof typ !== 'string' || typ === '') throw configError('"typ" must be a non-empty string')
-  for (const [name, value] of Object.entries({ timeoutDuration, cooldownDuration, cacheMaxAge })) {
+  for (const [name, value] of Object.entries({
+    timeoutDuration,
+    cooldownDuration,
+    cacheMaxAge,
+    staleIfError,
+  })) {
     if (!Number.isSafeInteger(value) || value < 0)
       throw configError(`"${name}" must be a non-negative integer (ms)`)
   }
@@ -400,7 +422,13 @@ export function createVerifier({
     throw configError('"realm" must be a string of printable ASCII without double quotes or backslashes')
   }
   const allowed = checkAlgorithms(algorithms, ASYMMETRIC_ALGORITHMS)
-  const source = createKeySource(jwks, allowed, { timeoutDuration, cooldownDuration, cacheMaxAge, fetch })
+  const source = createKeySource(jwks, allowed, {
+    timeoutDuration,
+    cooldownDuration,
+    cacheMaxAge,
+    staleIfError,
+    fetch,
+  })
   // jose takes the tolerance in seconds; the public option is ms like every duration here
   const toleranceSeconds = clockTolerance / 1000
 
@@ -548,11 +576,16 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
   // cooldown only starts at a fetch that worked: while the JWKS endpoint fails, every token with an
   // unknown kid (a flood of random ones) would fetch it again. Here any attempt, good or failed,
   // holds off the next fetch for an unknown kid for cooldownDuration.
+  // Stale-if-error (RFC 5861 section 4): past cacheMaxAge a token waits for the refetch, as long as the
+  // endpoint is believed to work; if that fails, the last good set keeps serving known kids until
+  // cacheMaxAge + staleIfError after the last good fetch. While the last attempt failed, known kids
+  // use that set at once: the next attempt starts once cooldownDuration after the last one has passed
+  // and runs in the background, so neither a failing nor a hanging endpoint delays them.
   const remote = createRemoteJWKSet(url, {
     timeoutDuration: options.timeoutDuration,
     ...(options.fetch === undefined ? {} : { [customFetch]: options.fetch }),
   })
-  const { cooldownDuration, cacheMaxAge } = options
+  const { cooldownDuration, cacheMaxAge, staleIfError } = options
   let local: ReturnType<typeof createLocalJWKSet> | undefined
   let fetchedAt = Number.NEGATIVE_INFINITY
   let attemptedAt = Number.NEGATIVE_INFINITY
@@ -587,12 +620,21 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
         : 'the json web key set could not be fetched or used',
       { ...(cause === undefined ? {} : { cause }), retryAfter: (retryAt - Date.now()) / 1000 },
     )
+  // the last good set may stand in for a failed refetch (staleIfError 0: never past cacheMaxAge)
+  const staleUsable = () => local !== undefined && Date.now() < fetchedAt + cacheMaxAge + staleIfError
   const select = async (header: JWSHeaderParameters, token: FlattenedJWSInput): Promise<CryptoKey> => {
-    // no keys yet, or kept past cacheMaxAge: fetch (a failure is retried by the next request, so at once)
     if (!local || Date.now() >= fetchedAt + cacheMaxAge) {
-      await refetch().catch((error: unknown) => {
-        throw unavailable(error, Date.now())
-      })
+      if (failed && staleUsable()) {
+        // an outage: the stale set serves at once; at most one attempt per cooldown, not awaited here
+        // (an unknown kid below still waits for it), its failure only keeps `failed` set
+        if (!pending && Date.now() >= attemptedAt + cooldownDuration) refetch().catch(() => undefined)
+      } else {
+        // no keys yet, or kept past cacheMaxAge with an endpoint believed to work, or too stale to use:
+        // fetch and wait (a failure with nothing usable is retried by the next request, so at once)
+        await refetch().catch((error: unknown) => {
+          if (!staleUsable()) throw unavailable(error, Date.now())
+        })
+      }
     }
     try {
       return await local!(header, token)

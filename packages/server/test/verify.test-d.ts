@@ -1,4 +1,4 @@
-import type { AccessTokenClaims } from '@tokenflow/server/verify'
+import type { AccessTokenClaims, VerifierOptions } from '@tokenflow/server/verify'
 import type { FastifyRequest } from 'fastify'
 import { describe, expectTypeOf, it } from 'vitest'
 
@@ -12,5 +12,10 @@ describe('@tokenflow/server/verify types', () => {
   it('types client_id as required, as RFC 9068 section 2.2 makes it and the verifier checks it', () => {
     expectTypeOf<AccessTokenClaims['client_id']>().toEqualTypeOf<string>()
     expectTypeOf<AccessTokenClaims['sid']>().toEqualTypeOf<string | undefined>()
+  })
+
+  it('types staleIfError as an optional duration in ms, like the other remote JWKS durations', () => {
+    expectTypeOf<VerifierOptions['staleIfError']>().toEqualTypeOf<number | undefined>()
+    expectTypeOf<VerifierOptions['staleIfError']>().toEqualTypeOf<VerifierOptions['cacheMaxAge']>()
   })
 })

@@ -217,6 +217,18 @@ describe('createVerifier options', () => {
       { cooldownDuration: 1.5 },
       '"cooldownDuration" must be a non-negative integer (ms)',
     ],
+    ['a negative staleIfError', { staleIfError: -1 }, '"staleIfError" must be a non-negative integer (ms)'],
+    ['staleIfError in seconds', { staleIfError: 0.5 }, '"staleIfError" must be a non-negative integer (ms)'],
+    [
+      'an infinite staleIfError',
+      { staleIfError: Number.POSITIVE_INFINITY },
+      '"staleIfError" must be a non-negative integer (ms)',
+    ],
+    [
+      'staleIfError as a string',
+      { staleIfError: '1h' as never },
+      '"staleIfError" must be a non-negative integer (ms)',
+    ],
     ['a fetch that is no function', { fetch: 'fetch' as never }, '"fetch" must be a function'],
     [
       'a realm with a double quote',
@@ -242,6 +254,14 @@ describe('createVerifier options', () => {
       expect(createVerifier({ ...base, jwks, fetch }).verify).toBeTypeOf('function')
     }
     expect(fetched).toBe(0)
+  })
+
+  it('accepts staleIfError 0 (strict) and a staleIfError of a day', () => {
+    for (const staleIfError of [0, 86_400_000]) {
+      expect(
+        createVerifier({ ...base, jwks: 'https://auth.example.test/jwks', staleIfError }).verify,
+      ).toBeTypeOf('function')
+    }
   })
 })
 
