@@ -81,7 +81,8 @@ export function renderReport(r: SoakResult, source = 'bench/results/soak.json'):
       "(the soak's own processes count in the second): latencies and rates depend on what else runs on the cores, " +
       'so they are not benchmarks; docs/benchmarks.md has those. ' +
       `Every figure on this page comes from \`${source}\`, written by that run. ` +
-      '`npm test` runs the short variant, `npm run soak:ci`, after the test suites, because it restarts PostgreSQL.',
+      '`npm test` runs the short variant, `npm run soak:ci`, after the test suites, because under CI (or with ' +
+      '`SOAK_POSTGRES_RESTART=1`) it restarts PostgreSQL.',
     '',
     'The clients are what an app runs: each one a `createTokenManager` with `memoryStorage` and ' +
       '`jsonRefresh`, and its own axios instance with `attachTokenRefresh`. Each client sends a request every ' +

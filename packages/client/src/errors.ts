@@ -14,7 +14,7 @@ export type TokenflowErrorCode =
    * tab's login replaced it with tokens that have expired and cannot be refreshed
    */
   | 'ERR_SESSION_CLEARED'
-  /** the token storage threw or returned something that is not a token set */
+  /** the token storage threw (a stored value that is not a token set reads as no session) */
   | 'ERR_STORAGE'
 
 /** Why a refresh failed. `rejected` ends the session; the others are transient and keep it. */

@@ -147,7 +147,7 @@ export interface AuthServerOptions {
    */
   trustProxy?: FastifyServerOptions['trustProxy']
   /**
-   * Delete expired and revoked sessions this often; 0 turns it off.
+   * Delete expired, revoked and idle sessions this often; 0 turns it off.
    * @default 3_600_000 (1 hour)
    */
   pruneInterval?: number
