@@ -3,6 +3,9 @@
  * The `tokenflow-server` command: run the server, manage users, rotate keys.
  * Every failure is one line on stderr and exit code 1, never a stack trace.
  */
+import { readSync } from 'node:fs'
+import { StringDecoder } from 'node:string_decoder'
+import { isatty } from 'node:tty'
 import { parseArgs } from 'node:util'
 import { createIssuer } from './issuer.js'
 import { createKeyring, type SigningAlgorithm } from './keys.js'
@@ -17,7 +20,8 @@ commands:
   start [--port 3000] [--host 127.0.0.1] [--db ./tokenflow.db | --postgres URL]
                         port from env PORT, host from env TOKENFLOW_HOST; a host that is not loopback
                         (0.0.0.0 to take outside traffic) needs --issuer
-  user add <name>       the password is read from a prompt, or from stdin when it is not a terminal
+  user add <name>       the password is read from a prompt, or from the first line of stdin when it
+                        is not a terminal (the rest of stdin is left unread)
   user list
   user remove <name>
   keys rotate [--alg ES256|ES384|RS256|PS256]
@@ -90,6 +94,7 @@ async function main(argv: string[]): Promise<number> {
       // Fastify loads only for `start`: the user and key commands answer faster without it
       const { createAuthServer } = await import('./index.js')
       let app: ReturnType<typeof createAuthServer>
+      let stopping = false
       try {
         app = createAuthServer({
           issuer,
@@ -100,12 +105,27 @@ async function main(argv: string[]): Promise<number> {
           logger: true,
           ...(redisUrl === undefined ? {} : { redisUrl }),
         })
+        // A connection that is busy when the stop begins goes idle once answered, and Fastify's keep-alive
+        // timeout (72 s) would keep it, and so the stop, open: until the 10 s bound cut it, exited 1 and
+        // left the database unclosed. During a stop every answer says so ("Connection: close"), and a
+        // connection whose answer was already on its way is closed as soon as it has been sent.
+        app.addHook('onSend', async (_request, reply, payload) => {
+          if (stopping) reply.header('connection', 'close')
+          return payload
+        })
+        app.addHook('onResponse', async () => {
+          if (stopping) setImmediate(() => app.server.closeIdleConnections())
+        })
         await app.listen({ port, host })
       } catch (error) {
         await database.close().catch(() => undefined)
         throw error
       }
       const stop = async () => {
+        // one stop: a second signal (SIGTERM then SIGINT, or the same one again) neither closes the
+        // database under the requests in flight nor kills them; the 10 s bound still holds
+        if (stopping) return
+        stopping = true
         // a client that stalls mid-request must not hold the stop forever (Fastify waits for open requests)
         setTimeout(() => {
           app.server.closeAllConnections()
@@ -115,8 +135,8 @@ async function main(argv: string[]): Promise<number> {
         await database.close()
         process.exit(0)
       }
-      process.once('SIGINT', stop)
-      process.once('SIGTERM', stop)
+      process.on('SIGINT', stop)
+      process.on('SIGTERM', stop)
       // keep running until a signal arrives
       return new Promise<number>(() => {})
     }
@@ -272,51 +292,117 @@ function single(rest: string[], usage: string): string {
   return rest[0]!
 }
 
-/** The password: from a prompt with echo off on a terminal, else the first line of stdin. Never argv. */
+/**
+ * The password: from a prompt with echo off on a terminal, else the first line of stdin. Never argv.
+ * Input is read one byte at a time, so that nothing past the password's line is consumed: the
+ * confirmation pasted along with the password, keys typed ahead, or the next lines a script feeds to
+ * its next command (`while read -r name; do tokenflow-server user add "$name"; done < users`) stay
+ * where they were.
+ */
 async function readPassword(): Promise<string> {
-  if (process.stdin.isTTY) {
-    const password = await prompt('password: ')
-    if ((await prompt('again: ')) !== password) throw new CliError('the passwords do not match')
-    if (password === '') throw new CliError('the password is empty')
-    return password
+  if (isatty(0)) {
+    // echo off before the prompt shows: a password typed or sent the moment it appears must not echo
+    process.stdin.setRawMode(true)
+    try {
+      const password = promptLine('password: ')
+      if (promptLine('again: ') !== password) throw new CliError('the passwords do not match')
+      if (password === '') throw new CliError('the password is empty')
+      return password
+    } finally {
+      process.stdin.setRawMode(false)
+    }
   }
-  let input = ''
-  process.stdin.setEncoding('utf8')
-  for await (const chunk of process.stdin) {
-    input += chunk as string
-    if (input.length > 4096) throw new CliError('the password on stdin is longer than 4096 characters')
+  const password = readLine(false)
+  if (password === null || password === '') {
+    throw new CliError('no password on stdin (pipe it in, e.g. `printf %s "$PW" | ...`)')
   }
-  const password = input.split(/\r?\n/)[0] ?? ''
-  if (password === '') throw new CliError('no password on stdin (pipe it in, e.g. `printf %s "$PW" | ...`)')
   return password
 }
 
-function prompt(question: string): Promise<string> {
-  const stdin = process.stdin
+/** One answer from the terminal (in raw mode: no echo, no line editing but what is done here). */
+function promptLine(question: string): string {
   process.stderr.write(question)
-  stdin.setRawMode(true)
-  stdin.setEncoding('utf8')
-  stdin.resume()
-  return new Promise((resolve, reject) => {
-    let answer = ''
-    const done = (error?: Error) => {
-      stdin.setRawMode(false)
-      stdin.pause()
-      stdin.off('data', onData)
-      process.stderr.write('\n')
-      if (error) reject(error)
-      else resolve(answer)
+  try {
+    const answer = readLine(true)
+    if (answer === null) throw new CliError('cancelled')
+    return answer
+  } finally {
+    process.stderr.write('\n')
+  }
+}
+
+const PASSWORD_LIMIT = 4096
+// a terminal in raw mode ends a line with \r; a paste of "a\r\nb\r\n" must not read as a, "", b
+let afterCarriageReturn = false
+
+/**
+ * One line of fd 0 without its line ending, or null at the end of input before any of it. Read one
+ * byte at a time: every byte after the line's end is left unread, for the next prompt or the next reader.
+ */
+function readLine(terminal: boolean): string | null {
+  const decoder = new StringDecoder('utf8')
+  let line = ''
+  let sawInput = false
+  for (;;) {
+    const byte = readByte()
+    if (byte === null) {
+      line += decoder.end()
+      return sawInput ? stripCarriageReturn(line, terminal) : null
     }
-    const onData = (data: string) => {
-      for (const char of data) {
-        if (char === '\r' || char === '\n') return done()
-        if (char === '\u0003') return done(new CliError('cancelled'))
-        if (char === '\u007f' || char === '\b') answer = answer.slice(0, -1)
-        else answer += char
+    const skip = afterCarriageReturn && byte === 0x0a && !sawInput
+    afterCarriageReturn = false
+    if (skip) continue
+    sawInput = true
+    if (byte === 0x0a) return stripCarriageReturn(line + decoder.end(), terminal)
+    if (terminal) {
+      if (byte === 0x0d) {
+        afterCarriageReturn = true
+        return line + decoder.end()
+      }
+      if (byte === 0x03) throw new CliError('cancelled') // Ctrl-C: raw mode sends no SIGINT
+      if (byte === 0x04) {
+        if (line === '') return null // Ctrl-D on an empty line: the end of input
+        continue
+      }
+      if (byte === 0x7f || byte === 0x08) {
+        line = Array.from(line).slice(0, -1).join('')
+        continue
+      }
+      if (byte === 0x15) {
+        line = '' // Ctrl-U
+        continue
       }
     }
-    stdin.on('data', onData)
-  })
+    line += decoder.write(Buffer.of(byte))
+    if (line.length > PASSWORD_LIMIT) {
+      throw new CliError(
+        `the password${terminal ? '' : ' on stdin'} is longer than ${PASSWORD_LIMIT} characters`,
+      )
+    }
+  }
+}
+
+function stripCarriageReturn(line: string, terminal: boolean): string {
+  return !terminal && line.endsWith('\r') ? line.slice(0, -1) : line
+}
+
+const oneByte = Buffer.alloc(1)
+const pause = new Int32Array(new SharedArrayBuffer(4))
+
+/** The next byte of fd 0, or null at its end. Blocks: `user add` has nothing else to do meanwhile. */
+function readByte(): number | null {
+  for (;;) {
+    try {
+      return readSync(0, oneByte, 0, 1, null) === 0 ? null : oneByte[0]!
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code
+      // a pipe on Windows reports its end as an error
+      if (code === 'EOF') return null
+      // a non-blocking descriptor (Node reopens a terminal so): wait for the next key without spinning
+      if (code === 'EAGAIN') Atomics.wait(pause, 0, 0, 20)
+      else throw error
+    }
+  }
 }
 
 function messageOf(error: unknown): string {
