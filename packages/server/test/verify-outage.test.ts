@@ -7,7 +7,6 @@
  */
 import { createServer, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { performance } from 'node:perf_hooks'
 import { createVerifier, type Verifier, type VerifierOptions, VerifyError } from '@tokenflow/server/verify'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { type CryptoKey, exportJWK, generateKeyPair, type JWK, SignJWT } from 'jose'
@@ -224,39 +223,32 @@ describe('stale-if-error: a known kid keeps passing while the JWKS endpoint is d
 
 describe('stale-if-error: a hanging JWKS endpoint', () => {
   it('delays only the first failed attempt: afterwards known kids verify at once, also while the next attempt hangs', async () => {
-    const timeoutDuration = 1_000
-    const verifier = remoteVerifier({ timeoutDuration })
+    // no clock in this test: a fetch that hangs for a minute would outlast the test's own timeout, so a
+    // request that waited for it fails the test instead of passing slowly
+    const verifier = remoteVerifier({ timeoutDuration: 60_000 })
     await expect(verifier.verify(tokenA)).resolves.toMatchObject({ sub: 'user-of-key-a' })
-    mode = 'hang'
+    // the first attempt past cacheMaxAge fails, and the request falls back to the last good set
+    mode = 'error'
     at(CACHE_MAX_AGE)
-
-    // the first attempt past cacheMaxAge waits for the timeout, then falls back to the last good set
-    let started = performance.now()
     await expect(verifier.verify(tokenA)).resolves.toMatchObject({ sub: 'user-of-key-a' })
-    expect(performance.now() - started).toBeGreaterThanOrEqual(timeoutDuration * 0.9)
     expect(hits).toBe(2)
 
-    // during the cooldown: no fetch and no wait
+    // during the cooldown: no fetch, even with the endpoint hanging now
+    mode = 'hang'
     for (const offset of [1, 10_000, COOLDOWN - 1]) {
       at(CACHE_MAX_AGE + offset)
-      started = performance.now()
       await expect(verifier.verify(tokenB)).resolves.toMatchObject({ sub: 'user-of-key-b' })
-      expect(performance.now() - started).toBeLessThan(timeoutDuration / 2)
     }
     expect(hits).toBe(2)
 
-    // the cooldown is over: the next attempt starts (and hangs) but the request does not wait for it
+    // the cooldown is over: the next attempt starts and hangs, and the request does not wait for it
     at(CACHE_MAX_AGE + COOLDOWN)
-    started = performance.now()
     await expect(verifier.verify(tokenA)).resolves.toMatchObject({ sub: 'user-of-key-a' })
-    expect(performance.now() - started).toBeLessThan(timeoutDuration / 2)
     await vi.waitFor(() => expect(hits).toBe(3))
     // that attempt is still hanging, and the requests made meanwhile neither wait for it nor fetch again
     expect(hanging.size).toBe(1)
-    started = performance.now()
     const claims = await Promise.all([verifier.verify(tokenA), verifier.verify(tokenB)])
     expect(claims.map((claim) => claim.sub)).toEqual(['user-of-key-a', 'user-of-key-b'])
-    expect(performance.now() - started).toBeLessThan(timeoutDuration / 2)
     expect(hanging.size).toBe(1)
     expect(hits).toBe(3)
   })
