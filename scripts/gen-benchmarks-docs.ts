@@ -54,6 +54,16 @@ const number = (value: number) => value.toLocaleString('en-US', { maximumFractio
 const ratio = (value: number | null | undefined) => (value == null ? 'n/a' : `${number(value)}×`)
 const verdict = (pass: boolean) => (pass ? '**PASS**' : '**FAIL**')
 
+type Flood = ServerResult['loginFlood']
+/** The flood's result: with the interval and the rounds left out, where the run recorded them. */
+const floodResult = (flood: Flood) =>
+  flood.verdict
+    ? `${ratio(flood.ratio)} (95% interval ${ratio(flood.ratioInterval[0])} to ${ratio(flood.ratioInterval[1])}, over ${flood.cleanRounds} uncontended rounds; ${flood.contendedRounds} contended rounds left out) **${flood.verdict}**`
+    : `${ratio(flood.ratio)} ${verdict(flood.pass)}`
+/** One round's p99 without / with the flood; a contended round is marked with the other processes' cores. */
+const floodRound = (round: Flood['rounds'][number]) =>
+  `${number(round.unloaded)} / ${number(round.underLogins)}${'contended' in round && round.contended ? ` (contended: ${number(round.foreignCores ?? 0)} cores)` : ''}`
+
 /** A setting the page quotes: missing from the result file is an error, not "undefined" in the page. */
 function setting(server: ServerResult, name: string): number {
   const value = server.settings[name]
@@ -288,7 +298,13 @@ function serverSection(server: ServerResult): string {
     '',
     `Login (\`POST /auth/login\`, Argon2id) with ${login.connections} connections: ${number(login.rps)} logins/s, p50 ${number(login.p50)} ms, p99 ${number(login.p99)} ms (${number(login.errors)} errors).`,
     '',
-    `Goal: refresh p99 while logins saturate the hasher at most ${number(loginFlood.budget)}× its unloaded value. Refreshes are sent at a steady ${number(loginFlood.rate)}/s to a server on SQLite FULL (\`floodRate\` ${number(setting(server, 'floodRate'))}/s, capped at ${number(setting(server, 'floodRateShare'))}× SQLite FULL's throughput above so that the refreshes alone never saturate the server); the logins come from ${number(login.connections)} connections. Result: ${ratio(loginFlood.ratio)} ${verdict(loginFlood.pass)}.`,
+    `Goal: refresh p99 while logins saturate the hasher at most ${number(loginFlood.budget)}× its unloaded value. Refreshes are sent at a steady ${number(loginFlood.rate)}/s to a server on SQLite FULL (\`floodRate\` ${number(setting(server, 'floodRate'))}/s, capped at ${number(setting(server, 'floodRateShare'))}× SQLite FULL's throughput above so that the refreshes alone never saturate the server); the logins come from ${number(login.connections)} connections. Result: ${floodResult(loginFlood)}.`,
+    ...(loginFlood.verdict
+      ? [
+          '',
+          `Here the p99 of each phase is taken over the latencies of every uncontended round pooled, and the ratio's 95% interval comes from resampling whole rounds. A round in which other processes used more than ${number(setting(server, 'floodMaxForeign'))} cores (from /proc/stat, less the bench's and the server's own CPU) is left out; with fewer than half the rounds left, or an interval that straddles the goal, the verdict is INCONCLUSIVE rather than a pass or a fail that the machine's load decided.`,
+        ]
+      : []),
     '',
     markdownTable(
       ['server', 'refreshes at a steady rate', 'p50 ms', 'p99 ms', 'p99 × unloaded', 'refresh errors'],
@@ -322,14 +338,8 @@ function serverSection(server: ServerResult): string {
     markdownTable(
       ['server', ...loginFlood.rounds.map((_, i) => `round ${i + 1}`)],
       [
-        [
-          'as shipped',
-          ...loginFlood.rounds.map((round) => `${number(round.unloaded)} / ${number(round.underLogins)}`),
-        ],
-        [
-          capped,
-          ...oneHasher.rounds.map((round) => `${number(round.unloaded)} / ${number(round.underLogins)}`),
-        ],
+        ['as shipped', ...loginFlood.rounds.map(floodRound)],
+        [capped, ...oneHasher.rounds.map(floodRound)],
       ],
     ),
     '',
