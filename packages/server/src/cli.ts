@@ -105,17 +105,6 @@ async function main(argv: string[]): Promise<number> {
           logger: true,
           ...(redisUrl === undefined ? {} : { redisUrl }),
         })
-        // A connection that is busy when the stop begins goes idle once answered, and Fastify's keep-alive
-        // timeout (72 s) would keep it, and so the stop, open: until the 10 s bound cut it, exited 1 and
-        // left the database unclosed. During a stop every answer says so ("Connection: close"), and a
-        // connection whose answer was already on its way is closed as soon as it has been sent.
-        app.addHook('onSend', async (_request, reply, payload) => {
-          if (stopping) reply.header('connection', 'close')
-          return payload
-        })
-        app.addHook('onResponse', async () => {
-          if (stopping) setImmediate(() => app.server.closeIdleConnections())
-        })
         await app.listen({ port, host })
       } catch (error) {
         await database.close().catch(() => undefined)

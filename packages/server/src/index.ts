@@ -1,12 +1,17 @@
 import fastifyCookie from '@fastify/cookie'
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, {
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  type FastifyServerOptions,
+} from 'fastify'
 import { AuthError, isAuthError } from './errors.js'
 import { type AuthenticateFunction, createIssuer, type Issuer, type IssuerEvent } from './issuer.js'
 import { createKeyring, type Keyring, type SigningAlgorithm } from './keys.js'
 import { isLoopbackHost } from './loopback.js'
 import { connectRedis, createRateLimiter, type RateLimiter, type RedisLike } from './rate-limit.js'
 import { authRoutes, type RefreshCookie } from './routes/auth.js'
-import { sendAuthError, sendError } from './routes/http.js'
+import { authenticateRequest, sendAuthError, sendError } from './routes/http.js'
 import { oauthRoutes } from './routes/oauth.js'
 import { sessionRoutes } from './routes/sessions.js'
 import { wellKnownRoutes } from './routes/well-known.js'
@@ -142,7 +147,10 @@ export interface AuthServerOptions {
    */
   logger?: boolean | LoggerOptions
   /**
-   * Fastify's `trustProxy`: behind a reverse proxy, set it so rate limits see the client's IP.
+   * Fastify's `trustProxy`: behind a reverse proxy, set it so rate limits see the client's IP. Name the
+   * proxy's addresses (`'10.0.0.0/8'`, `['127.0.0.1', '::1']`) or pass a function; a hop count (a number)
+   * is refused with `ERR_CONFIG`: Fastify 5 trusts no hop for it, so every client would share the proxy's
+   * per-IP login budget.
    * @default false
    */
   trustProxy?: FastifyServerOptions['trustProxy']
@@ -249,6 +257,12 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
     throw new AuthError('ERR_CONFIG', '"pruneInterval" must be a non-negative integer (ms), below 2^31')
   }
   const refreshCookie = resolveCookie(cookie)
+  if (typeof trustProxy === 'number') {
+    throw new AuthError(
+      'ERR_CONFIG',
+      "\"trustProxy\" cannot be a hop count: Fastify 5 trusts no hop for a number, so every client would share the proxy's per-IP login limit; name the proxy's addresses instead (e.g. '10.0.0.0/8')",
+    )
+  }
   if (redisUrl !== undefined && (typeof redisUrl !== 'string' || !/^rediss?:\/\//.test(redisUrl))) {
     throw new AuthError('ERR_CONFIG', '"redisUrl" must be a redis:// or rediss:// URL')
   }
@@ -304,7 +318,12 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
       // a body with "__proto__" or "constructor.prototype" is refused outright
       onProtoPoisoning: 'error',
       onConstructorPoisoning: 'error',
-      return503OnClosing: true,
+      // a request that arrives on a kept-alive connection while the server stops gets the 503 of the hook
+      // below, in the shape of every other error, instead of Fastify's own body
+      return503OnClosing: false,
+      // a path that is not a valid URL component (`%ff`) or a parameter longer than the router takes (100
+      // characters): the shape of every other error, instead of Fastify's own body (which echoes the path)
+      frameworkErrors: (_error, request, reply) => void malformedUrl(request, reply),
     })
 
     issuer = createIssuer({
@@ -364,6 +383,49 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
       code: 'ERR_NOT_FOUND',
     }),
   )
+
+  async function malformedUrl(request: FastifyRequest, reply: FastifyReply) {
+    // DELETE /auth/sessions/:id checks its token before anything else in the request, a malformed id included
+    if (request.method === 'DELETE' && request.url.startsWith('/auth/sessions/')) {
+      if (!(await authenticateRequest(issuer, request, reply))) return
+    }
+    sendError(reply, 400, {
+      error: 'invalid_request',
+      error_description: 'malformed request URL',
+      code: 'ERR_INVALID_REQUEST',
+    })
+  }
+
+  // a stop lets the requests in flight finish; one that comes meanwhile (on a kept-alive connection) is told
+  // to try again, at another instance or in a moment
+  let closing = false
+  app.addHook('preClose', (done) => {
+    closing = true
+    done()
+  })
+  // A connection busy when the stop begins goes idle once answered, and the keep-alive timeout (72 s) would
+  // keep it, and so `close()`, open. During a stop every answer says `Connection: close`, and a connection
+  // whose answer was already on its way is closed as soon as it has been sent.
+  app.addHook('onSend', async (_request, reply, payload) => {
+    if (closing) reply.header('connection', 'close')
+    return payload
+  })
+  app.addHook('onResponse', async () => {
+    if (closing) setImmediate(() => app.server.closeIdleConnections())
+  })
+  app.addHook('onRequest', (_request, reply, done) => {
+    if (!closing) return done()
+    sendError(
+      reply,
+      503,
+      {
+        error: 'temporarily_unavailable',
+        error_description: 'the server is shutting down, try again',
+        code: 'ERR_UNAVAILABLE',
+      },
+      { retryAfter: 1 },
+    )
+  })
 
   if (refreshCookie) app.register(fastifyCookie)
 

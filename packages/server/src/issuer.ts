@@ -369,10 +369,12 @@ export function createIssuer({
    * The user a typed name means: the exact spelling first, so every login that matched before still matches
    * the same row, then its canonical form and that form in NFD, so a name stored in one form is found from a
    * device that types the other, or whose keyboard appended a space (usernames are stored canonical since;
-   * older rows may hold any form).
+   * older rows may hold any form). A name with a NUL byte is no one's: `addUser` refuses control characters,
+   * and PostgreSQL cannot even compare one (its text has no NUL: the query would fail, and the login answer 500).
    */
   const findUser = async (username: string): Promise<UserRecord | null> => {
     for (const name of nameForms(username)) {
+      if (name.includes('\u0000')) continue
       const user = await store.getUserByName(name)
       if (user) return user
     }

@@ -228,11 +228,17 @@ function redisLimiter({
 
 /**
  * The key a client address is limited under: an IPv4 address as it is, an IPv6 address by its /64 (one
- * subscriber usually gets a whole /64, so counting single addresses would not limit anyone).
+ * subscriber usually gets a whole /64, so counting single addresses would not limit anyone). A source port
+ * is dropped (`203.0.113.7:51234`, `[2001:db8::1]:51234`): some proxies (Azure Application Gateway, App
+ * Service) append it to X-Forwarded-For, and every new connection would otherwise get a budget of its own.
  * @example
  * ipLimitKey('2001:db8:1:2::abcd') // '2001:db8:1:2::/64'
  */
-export function ipLimitKey(ip: string): string {
+export function ipLimitKey(forwarded: string): string {
+  const ip =
+    /^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$/.exec(forwarded)?.[1] ??
+    /^\[([^\]]+)\](?::\d{1,5})?$/.exec(forwarded)?.[1] ??
+    forwarded
   if (!isIPv6(ip)) return ip
   const address = ip.replace(/%.*$/, '').toLowerCase()
   // an embedded IPv4 address at the end stands for the last two groups

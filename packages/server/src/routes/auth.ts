@@ -26,6 +26,9 @@ export interface AuthRoutesOptions {
 
 const field = { type: 'string', minLength: 1, maxLength: MAX_FIELD_LENGTH } as const
 
+/** The address of a login whose connection has none (see the login route): its per-IP limit key. */
+const UNKNOWN_ADDRESS = 'unknown'
+
 const loginSchema = {
   body: {
     type: 'object',
@@ -115,7 +118,12 @@ export async function authRoutes(
     const { username, password } = request.body as { username: string; password: string }
     try {
       const userAgent = request.headers['user-agent']
-      return sendTokens(reply, await issuer.login(username, password, { ip: request.ip, userAgent }))
+      // a client that resets its connection right after sending leaves a socket with no peer to name
+      // (`request.ip` is undefined), and the issuer skips the per-IP limit without an address: such logins
+      // share one budget, or one client could make the server hash passwords and spend accounts' budgets
+      // without ever spending its own
+      const ip = request.ip ?? UNKNOWN_ADDRESS
+      return sendTokens(reply, await issuer.login(username, password, { ip, userAgent }))
     } catch (error) {
       return sendAuthError(request, reply, error)
     }

@@ -1,0 +1,101 @@
+/**
+ * `app.close()` with a kept-alive connection that is busy when the stop begins: the request is answered,
+ * the connection closed after its answer, and the stop ends there, not at the keep-alive timeout (72 s).
+ */
+import { Agent, request } from 'node:http'
+import { createAuthServer, createSqliteStore, type TokenStore } from '@tokenflow/server'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
+import { AUDIENCE, ISSUER } from './helpers/http.js'
+
+let store: TokenStore
+beforeAll(() => {
+  store = createSqliteStore({ filename: ':memory:' })
+})
+afterAll(() => store.close())
+
+describe('app.close() with a request in flight on a kept-alive connection', () => {
+  it('bug: close() waited for the keep-alive timeout after answering a request that was in flight', async () => {
+    let release!: () => void
+    const held = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let arrived!: () => void
+    const loginArrived = new Promise<void>((resolve) => {
+      arrived = resolve
+    })
+    const app = createAuthServer({
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      store,
+      rateLimit: false,
+      pruneInterval: 0,
+      authenticate: async () => {
+        arrived()
+        await held
+        return null
+      },
+    })
+    const origin = new URL(await app.listen({ port: 0, host: '127.0.0.1' }))
+    const agent = new Agent({ keepAlive: true })
+    let socketClosed = false
+    const answer = new Promise<{ status: number; connection: string | undefined; body: string }>(
+      (resolve, reject) => {
+        const body = JSON.stringify({ username: 'ada', password: 'wrong' })
+        const req = request(
+          {
+            agent,
+            host: '127.0.0.1',
+            port: origin.port,
+            path: '/auth/login',
+            method: 'POST',
+            headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+          },
+          (res) => {
+            let text = ''
+            res.setEncoding('utf8')
+            res.on('data', (chunk: string) => {
+              text += chunk
+            })
+            res.on('end', () =>
+              resolve({ status: res.statusCode!, connection: res.headers.connection, body: text }),
+            )
+          },
+        )
+        req.on('socket', (socket) => socket.on('close', () => (socketClosed = true)))
+        req.on('error', reject)
+        req.end(body)
+      },
+    )
+    await loginArrived
+    const closed = app.close().then(() => 'closed' as const)
+    // the stop has begun once the listener is closed (its preClose hooks ran first)
+    await vi.waitFor(() => expect(app.server.listening).toBe(false))
+    release()
+
+    const { status, connection, body } = await answer
+    expect(status).toBe(400)
+    expect(JSON.parse(body)).toMatchObject({ code: 'ERR_INVALID_CREDENTIALS' })
+    expect(connection).toBe('close')
+    // far below the 72 s keep-alive timeout that held the stop before
+    const outcome = await Promise.race([
+      closed,
+      new Promise<'still open'>((resolve) => setTimeout(() => resolve('still open'), 3_000)),
+    ])
+    expect(outcome).toBe('closed')
+    await vi.waitFor(() => expect(socketClosed).toBe(true))
+    agent.destroy()
+  })
+})
+
+describe('trustProxy', () => {
+  it('refuses a hop count with ERR_CONFIG: Fastify 5 trusts no hop for a number (its types leave it out; JavaScript can pass one)', () => {
+    expect(() =>
+      createAuthServer({ issuer: ISSUER, audience: AUDIENCE, store, trustProxy: 1 as never }),
+    ).toThrow(
+      expect.objectContaining({
+        code: 'ERR_CONFIG',
+        message: expect.stringContaining('"trustProxy" cannot be a hop count'),
+      }),
+    )
+  })
+})
