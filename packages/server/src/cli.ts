@@ -64,7 +64,7 @@ async function main(argv: string[]): Promise<number> {
     return values.help ? 0 : 1
   }
   const [command, sub, ...rest] = positionals
-  const env = process.env
+  const env = environment()
 
   if (values.db !== undefined && values.postgres !== undefined) {
     throw new CliError('use either --db or --postgres, not both')
@@ -211,7 +211,7 @@ async function openDatabase(values: {
   db?: string | undefined
   postgres?: string | undefined
 }): Promise<Database> {
-  const env = process.env
+  const env = environment()
   // a flag beats the environment; TOKENFLOW_DB (ours) beats DATABASE_URL (often set for other tools)
   const postgres =
     values.postgres ??
@@ -392,6 +392,14 @@ function readByte(): number | null {
       else throw error
     }
   }
+}
+
+/**
+ * The environment, a variable set to the empty string counted as unset, as shells and container specs
+ * leave them (`TOKENFLOW_DB= tokenflow-server start`): the default applies, not an error about an empty value.
+ */
+function environment(): Record<string, string | undefined> {
+  return Object.fromEntries(Object.entries(process.env).filter(([, value]) => value !== ''))
 }
 
 function messageOf(error: unknown): string {

@@ -119,6 +119,20 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
     expectOneLine(mysql, '--postgres must be a postgres:// URL')
   })
 
+  it('bug: an environment variable set to the empty string was taken as a value, not as unset', async () => {
+    const db = join(dir, 'empty-env.db')
+    const url = 'postgres://tokenflow:pw-do-not-print@127.0.0.1:1/tokenflow'
+    const [alg, database] = await Promise.all([
+      // was: "--alg must be one of …"; now the default ES256
+      cli(['keys', 'rotate', '--db', db], { env: { TOKENFLOW_KEY_ALG: '' } }),
+      // was: '"filename" must be a non-empty string' (an empty TOKENFLOW_DB also hid DATABASE_URL)
+      cli(['user', 'list'], { env: { TOKENFLOW_DB: '', DATABASE_URL: url } }),
+    ])
+    expect({ code: alg.code, stderr: alg.stderr }).toEqual({ code: 0, stderr: '' })
+    expect(alg.stdout).toMatch(/^new signing key "[^"]+", published in the JWKS now/)
+    expectOneLine(database, 'cannot use the PostgreSQL database: connect ECONNREFUSED 127.0.0.1:1')
+  })
+
   it('an unreachable PostgreSQL, from --postgres and from DATABASE_URL, without the password', async () => {
     const url = 'postgres://tokenflow:pw-do-not-print@127.0.0.1:1/tokenflow'
     const [flag, env] = await Promise.all([
