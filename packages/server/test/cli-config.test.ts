@@ -5,40 +5,31 @@
  * The CLI is bundled once with esbuild, as in cli.test.ts (tsx would cost a second per spawn).
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
-import { build } from 'esbuild'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { bundle } from './helpers/bundle.js'
 import { INVALID_GRANT_BODY, postForm, postJson, refresh, send } from './helpers/http.js'
 
-const ROOT = resolve(import.meta.dirname, '../../..')
-// under node_modules, so the bundle resolves its dependencies like the installed package would
-const OUT = join(ROOT, 'node_modules/.cache/tokenflow-cli-config-test', `${process.pid}`)
-const CLI = join(OUT, 'cli.mjs')
+let CLI = ''
+let removeBundle = () => {}
 const dir = mkdtempSync(join(tmpdir(), 'tokenflow-cli-config-'))
 const children = new Set<ChildProcess>()
 let busy: Server | undefined
 
 beforeAll(async () => {
-  mkdirSync(OUT, { recursive: true })
-  await build({
-    entryPoints: [resolve(import.meta.dirname, '../src/cli.ts')],
-    outfile: CLI,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    packages: 'external',
-    logLevel: 'warning',
-  })
+  const bundled = await bundle(resolve(import.meta.dirname, '../src/cli.ts'), 'tokenflow-cli-config-test')
+  CLI = bundled.path
+  removeBundle = bundled.remove
 })
 
 afterAll(async () => {
   for (const child of children) child.kill('SIGKILL')
   await new Promise((done) => (busy ? busy.close(done) : done(undefined)))
   rmSync(dir, { recursive: true, force: true })
-  rmSync(OUT, { recursive: true, force: true })
+  removeBundle()
 })
 
 // no configuration leaks in from the machine (CI sets DATABASE_URL for the store tests)

@@ -7,20 +7,18 @@
  * run one after another: afterEach kills every child still running, which would cut a concurrent test's.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { Agent, request } from 'node:http'
 import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
 import { verify } from '@node-rs/argon2'
 import Database from 'better-sqlite3'
-import { build } from 'esbuild'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { bundle } from './helpers/bundle.js'
 
-const ROOT = resolve(import.meta.dirname, '../../..')
-// under node_modules, so the bundle resolves its dependencies like the installed package would
-const OUT = join(ROOT, 'node_modules/.cache/tokenflow-cli-operator-test', `${process.pid}`)
-const CLI = join(OUT, 'cli.mjs')
+let CLI = ''
+let removeBundle = () => {}
 const dir = mkdtempSync(join(tmpdir(), 'tokenflow-cli-operator-'))
 const children = new Set<ChildProcess>()
 const servers = new Set<Server>()
@@ -28,16 +26,9 @@ const agents = new Set<Agent>()
 const hasPython = spawnSync('python3', ['-c', 'import pty'], { stdio: 'ignore' }).status === 0
 
 beforeAll(async () => {
-  mkdirSync(OUT, { recursive: true })
-  await build({
-    entryPoints: [resolve(import.meta.dirname, '../src/cli.ts')],
-    outfile: CLI,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    packages: 'external',
-    logLevel: 'warning',
-  })
+  const bundled = await bundle(resolve(import.meta.dirname, '../src/cli.ts'), 'tokenflow-cli-operator-test')
+  CLI = bundled.path
+  removeBundle = bundled.remove
 })
 
 afterEach(async () => {
@@ -51,7 +42,7 @@ afterEach(async () => {
 
 afterAll(() => {
   rmSync(dir, { recursive: true, force: true })
-  rmSync(OUT, { recursive: true, force: true })
+  removeBundle()
 })
 
 // no configuration leaks in from the machine (CI sets DATABASE_URL for the store tests)

@@ -4,30 +4,21 @@
  * over a second per spawn, which made this file take 20 s.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
-import { build } from 'esbuild'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { bundle } from './helpers/bundle.js'
 
-const ROOT = resolve(import.meta.dirname, '../../..')
-// under node_modules, so the bundle resolves fastify, jose, pg… like the installed package would
-const OUT = join(ROOT, 'node_modules/.cache/tokenflow-cli-test', `${process.pid}`)
-const CLI = join(OUT, 'cli.mjs')
+let CLI = ''
+let removeBundle = () => {}
 const dir = mkdtempSync(join(tmpdir(), 'tokenflow-cli-'))
 const children = new Set<ChildProcess>()
 
 beforeAll(async () => {
-  mkdirSync(OUT, { recursive: true })
-  await build({
-    entryPoints: [resolve(import.meta.dirname, '../src/cli.ts')],
-    outfile: CLI,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    packages: 'external',
-    logLevel: 'warning',
-  })
+  const bundled = await bundle(resolve(import.meta.dirname, '../src/cli.ts'), 'tokenflow-cli-test')
+  CLI = bundled.path
+  removeBundle = bundled.remove
 })
 
 // no configuration leaks in from the machine (CI sets DATABASE_URL for the store tests)
@@ -36,7 +27,7 @@ const { DATABASE_URL: _db, TOKENFLOW_DB: _file, PORT: _port, ...baseEnv } = proc
 afterAll(() => {
   for (const child of children) child.kill('SIGKILL')
   rmSync(dir, { recursive: true, force: true })
-  rmSync(OUT, { recursive: true, force: true })
+  removeBundle()
 })
 
 interface Run {

@@ -7,32 +7,25 @@
  * such as tsx would load ES modules through `require()` itself and hide the difference.
  */
 import { execFile } from 'node:child_process'
-import { mkdirSync, rmSync } from 'node:fs'
-import { join, resolve } from 'node:path'
+import { resolve } from 'node:path'
 import { promisify } from 'node:util'
-import { build } from 'esbuild'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { bundle, ROOT } from './helpers/bundle.js'
 
 const run = promisify(execFile)
-const ROOT = resolve(import.meta.dirname, '../../..')
-// under node_modules, so the bundle resolves fastify, jose, better-sqlite3… like the installed package would
-const OUT = join(ROOT, 'node_modules/.cache/tokenflow-older-node', `${process.pid}`)
-const SCRIPT = join(OUT, 'cookie-mode.mjs')
+let SCRIPT = ''
+let removeBundle = () => {}
 
 beforeAll(async () => {
-  mkdirSync(OUT, { recursive: true })
-  await build({
-    entryPoints: [resolve(import.meta.dirname, 'fixtures/older-node/cookie-mode.ts')],
-    outfile: SCRIPT,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    packages: 'external',
-    logLevel: 'warning',
-  })
+  const bundled = await bundle(
+    resolve(import.meta.dirname, 'fixtures/older-node/cookie-mode.ts'),
+    'tokenflow-older-node',
+  )
+  SCRIPT = bundled.path
+  removeBundle = bundled.remove
 })
 
-afterAll(() => rmSync(OUT, { recursive: true, force: true }))
+afterAll(() => removeBundle())
 
 /** Runs plain node without require() of ES modules, in the repository root so packages resolve. */
 async function oldNode(args: string[]) {

@@ -7,10 +7,11 @@
  */
 import { createServer, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { createVerifier, type Verifier, type VerifierOptions, VerifyError } from '@tokenflow/server/verify'
+import { createVerifier, type Verifier, type VerifierOptions } from '@tokenflow/server/verify'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { type CryptoKey, exportJWK, generateKeyPair, type JWK, SignJWT } from 'jose'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest'
+import { rejection } from './helpers/verify.js'
 
 const ISSUER = 'https://auth.example.test'
 const AUDIENCE = 'https://api.example.test'
@@ -40,16 +41,6 @@ function sign(key: TestKey): Promise<string> {
     .setIssuedAt(START / 1000 - 10)
     .setExpirationTime(START / 1000 + 2 * 86_400)
     .sign(key.privateKey)
-}
-
-/** the rejection of `promise`, which must be a VerifyError */
-async function rejection(promise: Promise<unknown>): Promise<VerifyError> {
-  const error = await promise.then(
-    () => undefined,
-    (reason: unknown) => reason,
-  )
-  if (!(error instanceof VerifyError)) throw new Error(`expected a VerifyError, got ${String(error)}`)
-  return error
 }
 
 let a: TestKey

@@ -12,12 +12,12 @@ import {
   createVerifier,
   type Verifier,
   type VerifierOptions,
-  VerifyError,
 } from '@tokenflow/server/verify'
 import Fastify from 'fastify'
 import { type CryptoKey, exportJWK, generateKeyPair, type JWK, type JWTPayload, SignJWT } from 'jose'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { PASSWORD } from './helpers/http.js'
+import { rejection } from './helpers/verify.js'
 
 const ISSUER = 'https://auth.example.test'
 const AUDIENCE = 'https://api.example.test'
@@ -56,16 +56,6 @@ function sign(payload: JWTPayload): Promise<string> {
   return new SignJWT(payload)
     .setProtectedHeader({ alg: 'ES256', kid: 'es256-key', typ: 'at+jwt' })
     .sign(privateKey)
-}
-
-/** the rejection of `promise`, which must be a VerifyError */
-async function rejection(promise: Promise<unknown>): Promise<VerifyError> {
-  const error = await promise.then(
-    () => undefined,
-    (reason: unknown) => reason,
-  )
-  if (!(error instanceof VerifyError)) throw new Error(`expected a VerifyError, got ${String(error)}`)
-  return error
 }
 
 interface Answer {

@@ -22,6 +22,7 @@ import {
 } from 'jose'
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
 import { AuthError, isAuthError } from '../src/errors.js'
+import { rejection } from './helpers/verify.js'
 
 const ISSUER = 'https://auth.example.test'
 const AUDIENCE = 'https://api.example.test'
@@ -81,16 +82,6 @@ function listen(server: Server): Promise<string> {
 function close(server: Server): Promise<void> {
   server.closeAllConnections()
   return new Promise((resolve) => server.close(() => resolve()))
-}
-
-/** the rejection of `promise`, which must be a VerifyError */
-async function rejection(promise: Promise<unknown>): Promise<VerifyError> {
-  const error = await promise.then(
-    () => undefined,
-    (reason: unknown) => reason,
-  )
-  if (!(error instanceof VerifyError)) throw new Error(`expected a VerifyError, got ${String(error)}`)
-  return error
 }
 
 /** the ERR_CONFIG message `create` throws with */
