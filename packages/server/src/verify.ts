@@ -624,7 +624,9 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
   const staleUsable = () => local !== undefined && Date.now() < fetchedAt + cacheMaxAge + staleIfError
   const select = async (header: JWSHeaderParameters, token: FlattenedJWSInput): Promise<CryptoKey> => {
     if (!local || Date.now() >= fetchedAt + cacheMaxAge) {
-      if (failed && staleUsable()) {
+      // an outage is a failed refetch of an expired set: a failed fetch for an unknown kid earlier, while the
+      // set was fresh, says nothing about the endpoint now, so a set past cacheMaxAge is refetched first
+      if (failed && attemptedAt >= fetchedAt + cacheMaxAge && staleUsable()) {
         // an outage: the stale set serves at once; at most one attempt per cooldown, not awaited here
         // (an unknown kid below still waits for it), its failure only keeps `failed` set
         if (!pending && Date.now() >= attemptedAt + cooldownDuration) refetch().catch(() => undefined)

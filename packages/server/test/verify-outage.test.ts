@@ -273,6 +273,25 @@ describe('stale-if-error: recovery', () => {
     expect(hits).toBe(3)
   })
 
+  it('bug: a failed fetch for an unknown kid while the set was fresh made the expiry refetch of a working JWKS run in the background, so a removed key still verified', async () => {
+    const verifier = remoteVerifier()
+    await expect(verifier.verify(tokenA)).resolves.toMatchObject({ sub: 'user-of-key-a' })
+    // a blip while the set is fresh: an unknown kid meets a failing endpoint
+    mode = 'error'
+    at(100_000)
+    expect(await rejection(verifier.verify(tokenC))).toMatchObject({ code: 'ERR_JWKS_UNAVAILABLE' })
+    // the endpoint works again, and key-a has been removed
+    mode = 'up'
+    keys = [b.jwk]
+    at(CACHE_MAX_AGE)
+    expect(await rejection(verifier.verify(tokenA))).toMatchObject({
+      code: 'ERR_JWKS_NO_MATCHING_KEY',
+      status: 401,
+    })
+    await expect(verifier.verify(tokenB)).resolves.toMatchObject({ sub: 'user-of-key-b' })
+    expect(hits).toBe(3)
+  })
+
   it('picks up the rotated key set when a known kid makes the first attempt after the cooldown', async () => {
     const verifier = remoteVerifier()
     await expect(verifier.verify(tokenA)).resolves.toMatchObject({ sub: 'user-of-key-a' })
