@@ -385,6 +385,12 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
   )
 
   async function malformedUrl(request: FastifyRequest, reply: FastifyReply) {
+    // Fastify runs no hooks for this answer: the stop's own are repeated here, or a connection answered during a
+    // stop would be kept alive and hold `close()` until the keep-alive timeout
+    reply.raw.once('finish', () => {
+      if (closing) setImmediate(() => app.server.closeIdleConnections())
+    })
+    if (closing) return shuttingDown(reply.header('connection', 'close'))
     // DELETE /auth/sessions/:id checks its token before anything else in the request, a malformed id included
     if (request.method === 'DELETE' && request.url.startsWith('/auth/sessions/')) {
       if (!(await authenticateRequest(issuer, request, reply))) return
@@ -413,8 +419,7 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
   app.addHook('onResponse', async () => {
     if (closing) setImmediate(() => app.server.closeIdleConnections())
   })
-  app.addHook('onRequest', (_request, reply, done) => {
-    if (!closing) return done()
+  const shuttingDown = (reply: FastifyReply) =>
     sendError(
       reply,
       503,
@@ -425,6 +430,9 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
       },
       { retryAfter: 1 },
     )
+  app.addHook('onRequest', (_request, reply, done) => {
+    if (!closing) return done()
+    shuttingDown(reply)
   })
 
   if (refreshCookie) app.register(fastifyCookie)

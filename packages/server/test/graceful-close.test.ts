@@ -3,6 +3,7 @@
  * the connection closed after its answer, and the stop ends there, not at the keep-alive timeout (72 s).
  */
 import { Agent, request } from 'node:http'
+import { connect } from 'node:net'
 import { createAuthServer, createSqliteStore, type TokenStore } from '@tokenflow/server'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { AUDIENCE, ISSUER } from './helpers/http.js'
@@ -84,6 +85,46 @@ describe('app.close() with a request in flight on a kept-alive connection', () =
     expect(outcome).toBe('closed')
     await vi.waitFor(() => expect(socketClosed).toBe(true))
     agent.destroy()
+  })
+})
+
+describe('app.close() and a malformed URL', () => {
+  it('bug: a malformed URL answered during a stop kept its connection alive and held close() for the keep-alive timeout', async () => {
+    const app = createAuthServer({
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      store,
+      rateLimit: false,
+      pruneInterval: 0,
+    })
+    const origin = new URL(await app.listen({ port: 0, host: '127.0.0.1' }))
+    const socket = connect(Number(origin.port), '127.0.0.1')
+    let received = ''
+    socket.on('data', (chunk: Buffer) => {
+      received += chunk.toString('latin1')
+    })
+    const ended = new Promise<void>((resolve) => socket.on('close', () => resolve()))
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()))
+    // the request is on its way when the stop begins (its connection is not idle), and ends after
+    socket.write('GET /%ff HTTP/1.1\r\nHost: 127.0.0.1\r\n')
+    await vi.waitFor(async () => {
+      const count = await new Promise<number>((resolve) => app.server.getConnections((_e, n) => resolve(n)))
+      expect(count).toBe(1)
+    })
+    const closed = app.close().then(() => 'closed' as const)
+    await vi.waitFor(() => expect(app.server.listening).toBe(false))
+    socket.write('\r\n')
+
+    const outcome = await Promise.race([
+      closed,
+      new Promise<'still open'>((resolve) => setTimeout(() => resolve('still open'), 3_000)),
+    ])
+    await Promise.race([ended, new Promise((resolve) => setTimeout(resolve, 1_000))])
+    socket.destroy()
+    expect(received).toMatch(/^HTTP\/1\.1 503 /)
+    expect(received.toLowerCase()).toContain('connection: close')
+    expect(received).toContain('"code":"ERR_UNAVAILABLE"')
+    expect(outcome).toBe('closed')
   })
 })
 
