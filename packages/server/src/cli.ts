@@ -131,6 +131,10 @@ async function main(argv: string[]): Promise<number> {
     }
 
     case 'user': {
+      // the password is read before the database opens: the read blocks the event loop, and a pool connection
+      // dropped meanwhile (idle_session_timeout, a proxy's idle timeout, a restart) would fail the insert
+      const adding =
+        sub === 'add' ? { name: single(rest, 'user add <name>'), password: await readPassword() } : undefined
       const database = await openDatabase(values)
       try {
         const issuer = createIssuer({
@@ -141,10 +145,8 @@ async function main(argv: string[]): Promise<number> {
           audience: 'tokenflow-cli',
           clientId: 'tokenflow-cli',
         })
-        if (sub === 'add') {
-          const name = single(rest, 'user add <name>')
-          const password = await readPassword()
-          const user = await issuer.addUser(name, password)
+        if (adding) {
+          const user = await issuer.addUser(adding.name, adding.password)
           process.stdout.write(`added user "${user.username}"\n`)
           return 0
         }

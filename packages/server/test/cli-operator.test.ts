@@ -497,3 +497,40 @@ describe('tokenflow-server and a PostgreSQL that refuses the password', { timeou
     }
   })
 })
+
+describe('user add on PostgreSQL', () => {
+  const url = _db
+  it.runIf(process.env.CI === 'true')('has DATABASE_URL set', () => {
+    expect(url).toBeTruthy()
+  })
+
+  it.skipIf(!url)(
+    'bug: a password that took a while to arrive failed the insert on a pool connection PostgreSQL had dropped meanwhile',
+    async () => {
+      // the server ends a session idle for 1 s; the password arrives after 2.5 s (a person typing it twice)
+      const idle = new URL(url!)
+      idle.searchParams.set('options', '-c idle_session_timeout=1000')
+      const name = `slow-typist-${process.pid}-${Date.now()}`
+      const child = spawn(process.execPath, [CLI, 'user', 'add', name, '--postgres', idle.href], {
+        env: baseEnv,
+      })
+      children.add(child)
+      let stdout = ''
+      let stderr = ''
+      child.stdout.on('data', (chunk: Buffer) => {
+        stdout += chunk
+      })
+      child.stderr.on('data', (chunk: Buffer) => {
+        stderr += chunk
+      })
+      const exited = new Promise<number | null>((resolve) => child.on('close', resolve))
+      setTimeout(() => child.stdin.end('pw-slow-typist-1234\n'), 2_500)
+      const code = await exited
+      children.delete(child)
+      expect({ code, stdout, stderr }).toEqual({ code: 0, stdout: `added user "${name}"\n`, stderr: '' })
+      const removed = await run(process.execPath, [CLI, 'user', 'remove', name, '--postgres', url!])
+      expect(removed.code).toBe(0)
+    },
+    20_000,
+  )
+})
