@@ -262,7 +262,7 @@ function serverSection(server: ServerResult): string {
     '',
     `Measured ${server.date} on ${server.machine.cpus} × ${server.machine.model}, Node ${server.machine.node}, ${server.machine.os}.`,
     `The load generator runs on the same cores. The 1-minute load average was ${number(server.machine.loadAverage.before)} before the run and ${number(server.machine.loadAverage.after)} after it: other processes shared the machine, so compare the ratios, which were measured side by side, rather than the absolute figures.`,
-    'Figures are medians over the rounds. Every ratio divides two figures of the same round and takes the median over the rounds, so it need not equal the quotient of the two medians shown next to it.',
+    'Figures are medians over the rounds. Every ratio divides two figures of the same round and takes the median over the rounds, so it need not equal the quotient of the two medians shown next to it. The login flood is the exception: its p99s are pooled over the rounds (below).',
     `A one-row SQLite commit with synchronous=FULL (one fsync of the WAL) took p50 ${number(fsync.before.p50)} ms, p99 ${number(fsync.before.p99)} ms, max ${number(fsync.before.max)} ms before the refresh rounds and p50 ${number(fsync.after.p50)} ms, p99 ${number(fsync.after.p99)} ms, max ${number(fsync.after.max)} ms after them. better-sqlite3 is synchronous, so the event loop waits out each group commit's fsync.`,
     '',
     '### Refresh throughput',
