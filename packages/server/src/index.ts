@@ -1,3 +1,5 @@
+import { STATUS_CODES } from 'node:http'
+import type { Duplex } from 'node:stream'
 import fastifyCookie from '@fastify/cookie'
 import Fastify, {
   type FastifyInstance,
@@ -324,6 +326,7 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
       // a path that is not a valid URL component (`%ff`) or a parameter longer than the router takes (100
       // characters): the shape of every other error, instead of Fastify's own body (which echoes the path)
       frameworkErrors: (_error, request, reply) => void malformedUrl(request, reply),
+      clientErrorHandler: answerClientError,
     })
 
     issuer = createIssuer({
@@ -635,3 +638,32 @@ export {
 export type { SqliteStoreOptions } from './stores/sqlite.js'
 export { createSqliteStore } from './stores/sqlite.js'
 export type { KeyRecord, SessionRecord, TokenStore, UserRecord } from './stores/store.js'
+
+/**
+ * Node's HTTP parser refused the request before Fastify saw it: malformed HTTP, headers over the limit
+ * (431), or a request that did not arrive within `requestTimeout` (408). The answer has the shape of every
+ * other error instead of Fastify's own, and the connection ends. Nothing of the request is logged: its raw
+ * bytes may hold an Authorization header.
+ */
+function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
+  // a reset connection has no one to answer
+  if (error.code === 'ECONNRESET' || socket.destroyed) return
+  const [status, description] =
+    error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? [408, 'the request did not arrive in time']
+      : error.code === 'HPE_HEADER_OVERFLOW'
+        ? [431, 'the request headers are too large']
+        : [400, 'malformed HTTP request']
+  const body = JSON.stringify({
+    error: 'invalid_request',
+    error_description: description,
+    code: 'ERR_INVALID_REQUEST',
+  })
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\n` +
+        `content-length: ${Buffer.byteLength(body)}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n${body}`,
+    )
+  }
+  socket.destroy()
+}

@@ -4,7 +4,8 @@
  * users apart, brute-force limits per account and per IP, bad bodies on every token route, and
  * `Cache-Control: no-store` on every token response, errors included (RFC 6749 sections 5.1, 5.2).
  */
-import { request as httpRequest } from 'node:http'
+import { request as httpRequest, STATUS_CODES } from 'node:http'
+import { connect } from 'node:net'
 import {
   type AuthServer,
   type AuthServerOptions,
@@ -275,6 +276,51 @@ describe('login', () => {
     // the limit is the address's: ada still logs in from another one
     expect((await attempt('ada', PASSWORD, '203.0.113.8')).status).toBe(200)
   })
+})
+
+describe("requests Node's HTTP parser refuses", () => {
+  /** Writes `raw` on a fresh connection and reads until the server closes it. */
+  const rawExchange = (raw: string) =>
+    new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(new URL(origin).port), '127.0.0.1', () => socket.write(raw))
+      let received = ''
+      socket.on('data', (chunk: Buffer) => {
+        received += chunk.toString('latin1')
+      })
+      socket.on('error', reject)
+      socket.on('close', () => resolve(received))
+    })
+
+  it.each([
+    [
+      'a header line without a colon',
+      'GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n',
+      400,
+      'malformed HTTP request',
+    ],
+    [
+      'headers over the 16 KiB limit',
+      `GET / HTTP/1.1\r\nHost: x\r\nx-big: ${'a'.repeat(17_000)}\r\n\r\n`,
+      431,
+      'the request headers are too large',
+    ],
+  ])(
+    "bug: %s got Fastify's own body, not the error shape with a code",
+    async (_name, raw, status, description) => {
+      const answer = await rawExchange(raw)
+      const [head = '', body] = answer.split('\r\n\r\n')
+      expect(head.split('\r\n')[0]).toBe(`HTTP/1.1 ${status} ${STATUS_CODES[status]}`)
+      expect(head.toLowerCase()).toContain('cache-control: no-store')
+      expect(head.toLowerCase()).toContain('content-type: application/json; charset=utf-8')
+      expect(body).toBe(
+        JSON.stringify({
+          error: 'invalid_request',
+          error_description: description,
+          code: 'ERR_INVALID_REQUEST',
+        }),
+      )
+    },
+  )
 })
 
 describe('bad bodies', () => {
