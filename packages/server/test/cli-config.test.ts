@@ -12,6 +12,7 @@ import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { bundle } from './helpers/bundle.js'
 import { INVALID_GRANT_BODY, postForm, postJson, refresh, send } from './helpers/http.js'
+import { type Run, runProcess } from './helpers/process.js'
 
 let CLI = ''
 let removeBundle = () => {}
@@ -35,35 +36,11 @@ afterAll(async () => {
 // no configuration leaks in from the machine (CI sets DATABASE_URL for the store tests)
 const { DATABASE_URL: _db, TOKENFLOW_DB: _file, PORT: _port, ...baseEnv } = process.env
 
-interface Run {
-  code: number | null
-  stdout: string
-  stderr: string
-}
-
-function cli(
+const cli = (
   args: string[],
   { input = '', env = {} }: { input?: string; env?: Record<string, string> } = {},
-) {
-  return new Promise<Run>((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: { ...baseEnv, ...env } })
-    children.add(child)
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk
-    })
-    child.stderr.on('data', (chunk: Buffer) => {
-      stderr += chunk
-    })
-    child.on('error', reject)
-    child.on('close', (code) => {
-      children.delete(child)
-      resolvePromise({ code, stdout, stderr })
-    })
-    child.stdin.end(input)
-  })
-}
+): Promise<Run> =>
+  runProcess(process.execPath, [CLI, ...args], { input, env: { ...baseEnv, ...env }, children })
 
 /** Exit code 1 and exactly one line on stderr, prefixed, with no stack trace; nothing on stdout. */
 function expectOneLine(run: Run, line: string | RegExp) {

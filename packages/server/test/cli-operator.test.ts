@@ -16,6 +16,7 @@ import { verify } from '@node-rs/argon2'
 import Database from 'better-sqlite3'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { bundle } from './helpers/bundle.js'
+import { type Run, runProcess } from './helpers/process.js'
 
 let CLI = ''
 let removeBundle = () => {}
@@ -51,14 +52,8 @@ const { DATABASE_URL: _db, TOKENFLOW_DB: _file, PORT: _port, ...baseEnv } = proc
 let dbCount = 0
 const freshDb = () => join(mkdtempSync(join(dir, 'db-')), `tokenflow-${++dbCount}.db`)
 
-interface Run {
-  code: number | null
-  stdout: string
-  stderr: string
-}
-
 /** Runs `command` to its end (at most `timeout` ms, then SIGKILL), with `input` on a pipe as its stdin. */
-function run(
+const run = (
   command: string,
   args: string[],
   {
@@ -66,28 +61,7 @@ function run(
     timeout = 20_000,
     env = {},
   }: { input?: string; timeout?: number; env?: Record<string, string> } = {},
-): Promise<Run> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(command, args, { env: { ...baseEnv, ...env } })
-    children.add(child)
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeout)
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk
-    })
-    child.stderr.on('data', (chunk: Buffer) => {
-      stderr += chunk
-    })
-    child.on('error', reject)
-    child.on('close', (code) => {
-      clearTimeout(timer)
-      children.delete(child)
-      resolvePromise({ code, stdout, stderr })
-    })
-    child.stdin.end(input)
-  })
-}
+): Promise<Run> => runProcess(command, args, { input, timeout, env: { ...baseEnv, ...env }, children })
 
 const cli = (args: string[], options?: { input?: string }) => run(process.execPath, [CLI, ...args], options)
 

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { bundle } from './helpers/bundle.js'
+import { type Run, runProcess } from './helpers/process.js'
 
 let CLI = ''
 let removeBundle = () => {}
@@ -30,35 +31,8 @@ afterAll(() => {
   removeBundle()
 })
 
-interface Run {
-  code: number | null
-  stdout: string
-  stderr: string
-}
-
-function cli(args: string[], { input }: { input?: string } = {}): Promise<Run> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
-      env: baseEnv,
-      stdio: ['pipe', 'pipe', 'pipe'],
-    })
-    children.add(child)
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk
-    })
-    child.stderr.on('data', (chunk: Buffer) => {
-      stderr += chunk
-    })
-    child.on('error', reject)
-    child.on('close', (code) => {
-      children.delete(child)
-      resolvePromise({ code, stdout, stderr })
-    })
-    child.stdin.end(input ?? '')
-  })
-}
+const cli = (args: string[], { input }: { input?: string } = {}): Promise<Run> =>
+  runProcess(process.execPath, [CLI, ...args], { input: input ?? '', env: baseEnv, children })
 
 /** One line on stderr, prefixed, without a stack trace. */
 function expectOneLineError(run: Run, pattern: RegExp) {

@@ -374,6 +374,18 @@ describe('X-Forwarded-For and the per-IP login limit', () => {
     return statuses
   }
 
+  it('a hop count as trustProxy is refused with ERR_CONFIG: Fastify 5 trusts no hop for a number, so every client would share the proxy budget', () => {
+    // Fastify's types leave a number out; JavaScript can pass one
+    expect(() =>
+      createAuthServer({ issuer: ISSUER, audience: AUDIENCE, store: sqlite, trustProxy: 1 as never }),
+    ).toThrow(
+      expect.objectContaining({
+        code: 'ERR_CONFIG',
+        message: expect.stringContaining('"trustProxy" cannot be a hop count'),
+      }),
+    )
+  })
+
   it('trustProxy off (the default): a client cannot pick its key with the header', async () => {
     const { origin } = await start({ ...nobody, rateLimit: { perIp: 2, perAccount: 1000 } })
     expect(await attempts(origin, ['198.51.100.1', '198.51.100.2', '198.51.100.3', '2001:db8::1'])).toEqual([
