@@ -118,6 +118,12 @@ export interface AuthServerOptions {
    */
   reuseGrace?: number
   /**
+   * The most live sessions one user may hold: a login beyond it revokes the user's least recently used
+   * sessions. `Infinity` turns the cap off.
+   * @default 100
+   */
+  maxSessionsPerUser?: number
+  /**
    * Where users, sessions and signing keys live. It is migrated on start; a store you pass is
    * not closed with the server.
    * @default createSqliteStore() (./tokenflow.db)
@@ -241,6 +247,7 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
     refreshTokenTtl,
     refreshIdleTimeout,
     reuseGrace,
+    maxSessionsPerUser,
     keys = {},
     authenticate,
     cookie = false,
@@ -339,6 +346,7 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
       ...(refreshTokenTtl === undefined ? {} : { refreshTokenTtl }),
       ...(refreshIdleTimeout === undefined ? {} : { refreshIdleTimeout }),
       ...(reuseGrace === undefined ? {} : { reuseGrace }),
+      ...(maxSessionsPerUser === undefined ? {} : { maxSessionsPerUser }),
       ...(authenticate === undefined ? {} : { authenticate }),
       loginLimits,
       onEvent(event) {

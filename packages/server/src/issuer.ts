@@ -159,6 +159,13 @@ export interface IssuerOptions {
    * @default 10_000
    */
   reuseGrace?: number
+  /**
+   * The most live sessions one user may hold. A login beyond it revokes the user's least recently used
+   * sessions (reason `'session-limit'`), so that no one can grow a user's session list without bound.
+   * `Infinity` turns the cap off.
+   * @default 100
+   */
+  maxSessionsPerUser?: number
   /** replaces the built-in users table and its Argon2id check */
   authenticate?: AuthenticateFunction
   /**
@@ -228,6 +235,8 @@ const MAX_INPUT_LENGTH = 1024
 const MAX_USERNAME_LENGTH = 256
 const MAX_USER_AGENT_LENGTH = 512
 const SESSION_ID_PATTERN = /^[0-9a-f]{32}$/
+/** the most sessions one login revokes for `maxSessionsPerUser` */
+const SESSION_CAP_BATCH = 16
 // rows made for users of a custom `authenticate`: the store ties sessions to a users row. The prefix
 // holds a control character, which `addUser` refuses, so it never collides with a real username.
 const EXTERNAL_USER_PREFIX = '\u0001external:'
@@ -264,6 +273,7 @@ export function createIssuer({
   refreshTokenTtl = 30 * 86_400_000,
   refreshIdleTimeout = 7 * 86_400_000,
   reuseGrace = 10_000,
+  maxSessionsPerUser = 100,
   authenticate,
   passwords = createPasswordHasher(),
   loginLimits = {},
@@ -295,6 +305,12 @@ export function createIssuer({
     if (!Number.isSafeInteger(value) || value < min) {
       throw new AuthError('ERR_CONFIG', `"${name}" must be an integer of at least ${min} (ms)`)
     }
+  }
+  if (
+    maxSessionsPerUser !== Number.POSITIVE_INFINITY &&
+    (!Number.isSafeInteger(maxSessionsPerUser) || maxSessionsPerUser < 1)
+  ) {
+    throw new AuthError('ERR_CONFIG', '"maxSessionsPerUser" must be an integer of at least 1, or Infinity')
   }
   if (authenticate !== undefined && typeof authenticate !== 'function') {
     throw new AuthError('ERR_CONFIG', '"authenticate" must be a function')
@@ -446,6 +462,29 @@ export function createIssuer({
     }
   }
 
+  /**
+   * Keeps the user at `maxSessionsPerUser` live sessions, the one just made included: the least recently
+   * used are revoked. Every login ranks the sessions the same way (last used, then created, then id), and
+   * revokes only what it sees `maxSessionsPerUser` sessions rank above, so logins racing each other never
+   * leave fewer than the cap. The one just made is never revoked here, so logins in the same millisecond can
+   * leave one more than the cap until the next login. The list read is bounded by the cap itself, plus what
+   * logins add meanwhile. One login revokes at most `SESSION_CAP_BATCH`, the least recently used first: a
+   * user far over the cap (sessions made before it, or a lowered cap) comes down over several logins, and no
+   * login waits for thousands of writes.
+   */
+  const enforceSessionCap = async (created: SessionRecord, time: number) => {
+    if (maxSessionsPerUser === Number.POSITIVE_INFINITY) return
+    const ranked = (await store.listSessions(created.userId, time))
+      .filter((session) => isLive(session, time))
+      .sort((a, b) => b.lastUsedAt - a.lastUsedAt || b.createdAt - a.createdAt || b.id.localeCompare(a.id))
+    const excess = ranked.slice(maxSessionsPerUser).filter((session) => session.id !== created.id)
+    let count = 0
+    for (const session of excess.slice(-SESSION_CAP_BATCH)) {
+      if (await store.revokeSession(session.id, time, 'session-limit')) count++
+    }
+    if (count > 0) emit({ type: 'sessionsRevoked', userId: created.userId, reason: 'session-limit', count })
+  }
+
   let verification: { fingerprint: string; verifier: Verifier } | undefined
 
   return {
@@ -507,6 +546,7 @@ export function createIssuer({
         emit({ type: 'loginFailed', reason: 'credentials' })
         throw invalidCredentials()
       }
+      await enforceSessionCap(session, time)
       stats.logins++
       emit({ type: 'login', userId, sessionId: session.id })
       return issue(session, time)

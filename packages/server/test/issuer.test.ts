@@ -599,6 +599,142 @@ describe('logout and sessions', () => {
   })
 })
 
+describe('maxSessionsPerUser', () => {
+  /** logins through `authenticate`: no Argon2 hash, so a test can log one user in a hundred times */
+  const capped = (name: string, options: Partial<IssuerOptions> = {}) => {
+    const context = setup({ authenticate: async () => ({ userId: name }), ...options })
+    return { ...context, login: () => context.issuer.login(name, 'any password') }
+  }
+  const liveIds = async (issuer: Issuer, user: string) =>
+    (await issuer.listSessions(user)).map((session) => session.id).sort()
+
+  it('a login beyond the cap revokes the least recently used sessions, with reason session-limit', async () => {
+    const { issuer, events, advance, login } = capped('cap-lru', { maxSessionsPerUser: 3 })
+    const first = await login()
+    advance(SECOND)
+    const second = await login()
+    advance(SECOND)
+    const third = await login()
+    advance(SECOND)
+    // the oldest session is the one in use: a refresh makes it the most recently used
+    const firstNext = await issuer.refresh(first.refreshToken)
+    advance(SECOND)
+    const fourth = await login()
+    advance(SECOND)
+    const fifth = await login()
+
+    expect(await liveIds(issuer, 'cap-lru')).toEqual(
+      [first.sessionId, fourth.sessionId, fifth.sessionId].sort(),
+    )
+    await expectInvalidGrant(issuer, issuer.refresh(second.refreshToken))
+    await expectInvalidGrant(issuer, issuer.refresh(third.refreshToken))
+    await expect(issuer.refresh(firstNext.refreshToken)).resolves.toMatchObject({
+      sessionId: first.sessionId,
+    })
+    expect((await store.getSession(second.sessionId))?.revokedReason).toBe('session-limit')
+    expect((await store.getSession(third.sessionId))?.revokedReason).toBe('session-limit')
+    expect(events.filter((event) => event.type === 'sessionsRevoked')).toEqual([
+      { type: 'sessionsRevoked', userId: 'cap-lru', reason: 'session-limit', count: 1 },
+      { type: 'sessionsRevoked', userId: 'cap-lru', reason: 'session-limit', count: 1 },
+    ])
+  })
+
+  it('defaults to 100 live sessions per user, and leaves other users alone', async () => {
+    const other = capped('cap-default-other')
+    const bystander = await other.login()
+    const { issuer, login, advance } = capped('cap-default')
+    const first = await login()
+    for (let i = 1; i < 100; i++) await login()
+    expect(await liveIds(issuer, 'cap-default')).toHaveLength(100)
+    advance(SECOND)
+    await expect(issuer.refresh(first.refreshToken)).resolves.toMatchObject({ sessionId: first.sessionId })
+    // the first session was just used: the 101st login revokes the second one instead
+    const sessions = await issuer.listSessions('cap-default')
+    const secondOldest = sessions.filter((session) => session.id !== first.sessionId).at(-1)!
+    await login()
+    const after = await liveIds(issuer, 'cap-default')
+    expect(after).toHaveLength(100)
+    expect(after).toContain(first.sessionId)
+    expect(after).not.toContain(secondOldest.id)
+    expect(await liveIds(other.issuer, 'cap-default-other')).toEqual([bystander.sessionId])
+  })
+
+  it('Infinity turns the cap off', async () => {
+    const { issuer, events, login } = capped('cap-off', { maxSessionsPerUser: Number.POSITIVE_INFINITY })
+    for (let i = 0; i < 101; i++) await login()
+    expect(await liveIds(issuer, 'cap-off')).toHaveLength(101)
+    expect(events.some((event) => event.type === 'sessionsRevoked')).toBe(false)
+  })
+
+  it('concurrent logins never revoke below the cap, nor each leave more than one over it', async () => {
+    const { issuer, login, advance } = capped('cap-race', { maxSessionsPerUser: 2 })
+    const results = await Promise.all(Array.from({ length: 10 }, () => login()))
+    const live = await liveIds(issuer, 'cap-race')
+    // every login ranks the sessions the same way and never revokes its own: 2, or 3 when the last login to
+    // look ranked its own session below two others made in the same millisecond
+    expect(live.length).toBeGreaterThanOrEqual(2)
+    expect(live.length).toBeLessThanOrEqual(3)
+    for (const id of live) expect(results.map((tokens) => tokens.sessionId)).toContain(id)
+    // the next login, a moment later, brings it back to the cap
+    advance(1)
+    const next = await login()
+    const after = await liveIds(issuer, 'cap-race')
+    expect(after).toHaveLength(2)
+    expect(after).toContain(next.sessionId)
+  })
+
+  it('brings a user far over the cap down by at most 16 per login, least recently used first', async () => {
+    const { issuer, events, advance, login, clock } = capped('cap-batch', { maxSessionsPerUser: 5 })
+    await login()
+    // 40 sessions made before the cap (or under a higher one), each used a moment after the one before
+    const old: string[] = []
+    for (let i = 0; i < 40; i++) {
+      const id = newSessionId()
+      old.push(id)
+      await store.createSession({
+        id,
+        userId: 'cap-batch',
+        clientId: 'web',
+        key: newSessionKey(),
+        counter: 0,
+        createdAt: clock.now,
+        expiresAt: clock.now + DAY,
+        lastUsedAt: clock.now + i,
+        rotatedAt: clock.now,
+        revokedAt: null,
+        revokedReason: null,
+        userAgent: null,
+      })
+    }
+    advance(SECOND)
+    await login()
+    // 42 live, the cap is 5: this login revoked the 16 least recently used, the first login's session among them
+    const live = await liveIds(issuer, 'cap-batch')
+    expect(live).toHaveLength(42 - 16)
+    for (const id of old.slice(0, 15)) expect(live).not.toContain(id)
+    for (const id of old.slice(15)) expect(live).toContain(id)
+    advance(SECOND)
+    await login()
+    advance(SECOND)
+    await login()
+    expect(await liveIds(issuer, 'cap-batch')).toHaveLength(5)
+    expect(events.flatMap((event) => (event.type === 'sessionsRevoked' ? [event.count] : []))).toEqual([
+      16, 16, 7,
+    ])
+  })
+
+  it('refuses a cap that is not a whole number of at least 1', () => {
+    for (const maxSessionsPerUser of [0, -1, 1.5, Number.NaN, '5' as unknown as number]) {
+      expect(() => setup({ maxSessionsPerUser })).toThrow(
+        expect.objectContaining({
+          code: 'ERR_CONFIG',
+          message: expect.stringContaining('maxSessionsPerUser'),
+        }),
+      )
+    }
+  })
+})
+
 describe('a login racing a password change', () => {
   const OLD = 'old password that leaked'
   const NEW = 'brand new password 123'
