@@ -100,10 +100,11 @@ export class VerifyError extends Error {
   /**
    * For `ERR_JWKS_UNAVAILABLE` only (undefined for every other code): in how many seconds the token
    * can usefully be sent again, a whole number, at least 1; the middlewares send it as `Retry-After`
-   * (RFC 9110 section 10.2.3). While a failed fetch holds off the next one for an unknown `kid`
-   * (`cooldownDuration`), it is the time until that cooldown ends, rounded up; otherwise (no keys
-   * fetched yet, or the cache expired beyond `staleIfError`, so the next request fetches again; a
-   * key that cannot be used) 1.
+   * (RFC 9110 section 10.2.3), rounded up. While a failed fetch holds off the next one for an unknown
+   * `kid` (`cooldownDuration`), it is the time until that cooldown ends. With no usable keys (none
+   * fetched yet, or the last good set older than `cacheMaxAge + staleIfError`), it is the time until
+   * the backoff after the last failed fetch ends: 1 after the first failure in a row, then 2, 4, ...,
+   * at most `cooldownDuration`. For a key that cannot be used, 1.
    * @example
    * if (error.code === 'ERR_JWKS_UNAVAILABLE') reply.header('retry-after', String(error.retryAfter))
    */
@@ -216,14 +217,22 @@ export interface VerifierOptions {
    */
   typ?: string
   /**
-   * Remote JWKS only: how long a fetch may take, in ms.
+   * Remote JWKS only: how long a fetch may take, in ms. A request that starts a fetch waits for it
+   * (and so does every request that arrives while it runs): with no usable keys and a hanging JWKS
+   * endpoint, that is the first request after each backoff (see `cooldownDuration`); the requests
+   * during a backoff get 503 at once.
    * @default 5_000
    */
   timeoutDuration?: number
   /**
    * Remote JWKS only: after a fetch, one that failed too, an unknown `kid` does not trigger another
    * fetch for this long, in ms (after a failed one such a token gets 503 `ERR_JWKS_UNAVAILABLE`, whose
-   * `Retry-After` is the time until this cooldown ends, in whole seconds rounded up).
+   * `Retry-After` is the time until this cooldown ends, in whole seconds rounded up). It also caps the
+   * backoff while no keys are usable (none fetched yet, or the last good set older than `cacheMaxAge +
+   * staleIfError`): a failed fetch then holds off the next one for 1 s, doubling with each failure in
+   * a row (2 s, 4 s, ...) up to this; meanwhile every token gets 503 `ERR_JWKS_UNAVAILABLE` at once,
+   * with `Retry-After` the time until the backoff ends. A fetch that works ends the backoff. `0`: no
+   * backoff, every such request fetches again.
    * @default 30_000
    */
   cooldownDuration?: number
@@ -239,9 +248,11 @@ export interface VerifierOptions {
    * section 4. When a refetch fails, a token whose `kid` is in the last fetched set is verified with
    * that set, and the next attempt waits for `cooldownDuration`; meanwhile such tokens do not wait for
    * any fetch (nor for that next attempt, which replaces the set once it works). Once `cacheMaxAge +
-   * staleIfError` have passed since the last fetch that worked, every token waits for a refetch again
-   * and gets 503 `ERR_JWKS_UNAVAILABLE` while it fails. The trade-off: a key removed from the JWKS
-   * during an outage is trusted up to this much longer. `0` never uses a set past `cacheMaxAge`.
+   * staleIfError` have passed since the last fetch that worked, a token waits for a refetch again and
+   * gets 503 `ERR_JWKS_UNAVAILABLE` while it fails; after a failure, the next fetch waits for a
+   * backoff (see `cooldownDuration`) and the tokens meanwhile get 503 at once. Failures while the
+   * stale set still serves do not count towards that backoff. The trade-off: a key removed from the
+   * JWKS during an outage is trusted up to this much longer. `0` never uses a set past `cacheMaxAge`.
    * @default 3_600_000
    */
   staleIfError?: number
@@ -287,6 +298,8 @@ export interface Verifier {
 const MAX_TOKEN_LENGTH = 16 * 1024
 const MAX_KID_LENGTH = 256
 const MAX_CLOCK_TOLERANCE = 60_000
+// the first backoff of a remote JWKS with nothing usable, in ms; it doubles with each further failure
+const BACKOFF_BASE = 1_000
 const DEFAULT_ALGORITHMS: readonly VerifyAlgorithm[] = ['ES256', 'RS256']
 const ASYMMETRIC_ALGORITHMS: readonly VerifyAlgorithm[] = [
   'ES256',
@@ -581,6 +594,11 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
   // cacheMaxAge + staleIfError after the last good fetch. While the last attempt failed, known kids
   // use that set at once: the next attempt starts once cooldownDuration after the last one has passed
   // and runs in the background, so neither a failing nor a hanging endpoint delays them.
+  // Backoff: a failed fetch that leaves nothing usable (no set yet, or the last good one too stale)
+  // holds off the next fetch for 1 s, then 2 s, 4 s, ... after each further such failure, at most
+  // cooldownDuration; meanwhile every token gets 503 at once instead of each fetching again (a refusing
+  // endpoint would get one fetch per request) or waiting timeoutDuration (a hanging one). The first
+  // request after the backoff fetches and waits for it; a fetch that works ends the backoff.
   const remote = createRemoteJWKSet(url, {
     timeoutDuration: options.timeoutDuration,
     ...(options.fetch === undefined ? {} : { [customFetch]: options.fetch }),
@@ -590,6 +608,11 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
   let fetchedAt = Number.NEGATIVE_INFINITY
   let attemptedAt = Number.NEGATIVE_INFINITY
   let failed = false
+  // consecutive failed fetches that left nothing usable, the end of the backoff after the last one
+  // (epoch ms), and its error (the cause of the 503s answered meanwhile)
+  let failures = 0
+  let backoffUntil = Number.NEGATIVE_INFINITY
+  let backoffCause: unknown
   let pending: Promise<void> | undefined
   const refetch = (): Promise<void> => {
     if (!pending) {
@@ -600,8 +623,19 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
           local = createLocalJWKSet(remote.jwks() as JSONWebKeySet)
           fetchedAt = Date.now()
           failed = false
+          failures = 0
+          backoffUntil = Number.NEGATIVE_INFINITY
+          backoffCause = undefined
         } catch (error) {
           failed = true
+          // set before the waiting requests see the failure, so they all answer with this backoff;
+          // a failure while a stale set still serves is no outage of keys and does not count
+          if (!staleUsable()) {
+            failures++
+            backoffUntil =
+              Date.now() + Math.min(BACKOFF_BASE * 2 ** Math.min(failures - 1, 30), cooldownDuration)
+            backoffCause = error
+          }
           throw error
         }
       })().finally(() => {
@@ -612,6 +646,7 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
     return pending
   }
   // Retry-After of a token that met a failed fetch: the seconds until the verifier fetches again for it
+  // (the end of the cooldown for an unknown kid, of the backoff when nothing is usable)
   const unavailable = (cause: unknown, retryAt: number) =>
     new VerifyError(
       'ERR_JWKS_UNAVAILABLE',
@@ -632,9 +667,10 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
         if (!pending && Date.now() >= attemptedAt + cooldownDuration) refetch().catch(() => undefined)
       } else {
         // no keys yet, or kept past cacheMaxAge with an endpoint believed to work, or too stale to use:
-        // fetch and wait (a failure with nothing usable is retried by the next request, so at once)
+        // fetch and wait, unless a failure with nothing usable holds off the next fetch (the backoff)
+        if (!staleUsable() && Date.now() < backoffUntil) throw unavailable(backoffCause, backoffUntil)
         await refetch().catch((error: unknown) => {
-          if (!staleUsable()) throw unavailable(error, Date.now())
+          if (!staleUsable()) throw unavailable(error, backoffUntil)
         })
       }
     }

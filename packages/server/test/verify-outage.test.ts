@@ -359,49 +359,62 @@ describe('stale-if-error: the limit', () => {
       error_description: 'the signing keys are unavailable, try again later',
       code: 'ERR_JWKS_UNAVAILABLE',
     })
-    // the next request fetches again, so retry in a second
+    // the failure holds off the next fetch for 1 s (the backoff), so retry in a second
     expect(reply.headers['retry-after']).toBe('1')
     expect(reply.headers['www-authenticate']).toBeUndefined()
     expect(hits).toBe(4)
+    // a request within that second gets 503 at once, without a fetch
     expect(await rejection(verifier.verify(tokenB))).toMatchObject({
       code: 'ERR_JWKS_UNAVAILABLE',
       status: 503,
       retryAfter: 1,
     })
-    expect(hits).toBe(5)
+    expect(hits).toBe(4)
 
-    // the endpoint is back: the next request fetches and passes
+    // the endpoint is back: the first request after the backoff fetches and passes
     mode = 'up'
+    at(CACHE_MAX_AGE + staleIfError + 1_000)
     expect((await me(app, tokenA)).statusCode).toBe(200)
-    expect(hits).toBe(6)
+    expect(hits).toBe(5)
     await app.close()
   })
 
-  it('staleIfError: 0 keeps the strict behaviour: past cacheMaxAge a failed refetch answers 503 and every request fetches again', async () => {
+  it('staleIfError: 0 keeps the strict behaviour: past cacheMaxAge a failed refetch answers 503, and the next one waits for the backoff', async () => {
     const verifier = remoteVerifier({ staleIfError: 0 })
     await expect(verifier.verify(tokenA)).resolves.toMatchObject({ sub: 'user-of-key-a' })
     mode = 'error'
     at(CACHE_MAX_AGE - 1)
     await expect(verifier.verify(tokenA)).resolves.toMatchObject({ sub: 'user-of-key-a' })
     expect(hits).toBe(1)
-    at(CACHE_MAX_AGE)
-    for (const fetches of [2, 3, 4]) {
+    // a fetch after each backoff (1 s, then 2 s), none within one
+    for (const [elapsed, fetches, retryAfter] of [
+      [0, 2, 1],
+      [999, 2, 1],
+      [1_000, 3, 2],
+      [3_000, 4, 4],
+    ] as const) {
+      at(CACHE_MAX_AGE + elapsed)
       expect(await rejection(verifier.verify(tokenA))).toMatchObject({
         code: 'ERR_JWKS_UNAVAILABLE',
         status: 503,
-        retryAfter: 1,
+        retryAfter,
       })
       expect(hits).toBe(fetches)
     }
     mode = 'up'
+    at(CACHE_MAX_AGE + 7_000)
     await expect(verifier.verify(tokenA)).resolves.toMatchObject({ sub: 'user-of-key-a' })
     expect(hits).toBe(5)
   })
 
-  it('the very first fetch failing still answers 503 with Retry-After 1, and the next request fetches again', async () => {
+  it('the very first fetch failing still answers 503 with Retry-After 1, and the first request after that second fetches again', async () => {
     const verifier = remoteVerifier()
     mode = 'error'
-    for (const fetches of [1, 2]) {
+    for (const [elapsed, fetches] of [
+      [0, 1],
+      [999, 1],
+    ] as const) {
+      at(elapsed)
       expect(await rejection(verifier.verify(tokenA))).toMatchObject({
         code: 'ERR_JWKS_UNAVAILABLE',
         status: 503,
@@ -410,7 +423,8 @@ describe('stale-if-error: the limit', () => {
       expect(hits).toBe(fetches)
     }
     mode = 'up'
+    at(1_000)
     await expect(verifier.verify(tokenA)).resolves.toMatchObject({ sub: 'user-of-key-a' })
-    expect(hits).toBe(3)
+    expect(hits).toBe(2)
   })
 })

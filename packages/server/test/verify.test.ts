@@ -574,7 +574,13 @@ describe('remote JWKS', () => {
       const error = await rejection(verifier.verify(token))
       expect(error).toMatchObject({ code: 'ERR_JWKS_UNAVAILABLE', status: 503 })
       answer = serve([es256.jwk])
-      await expect(verifier.verify(token)).resolves.toMatchObject({ sub: 'user-1' })
+      // the failure holds off the next fetch for 1 s (the backoff runs on Date.now)
+      vi.useFakeTimers({ toFake: ['Date'], now: Date.now() + 1_000 })
+      try {
+        await expect(verifier.verify(token)).resolves.toMatchObject({ sub: 'user-1' })
+      } finally {
+        vi.useRealTimers()
+      }
     },
   )
 
@@ -624,16 +630,24 @@ describe('remote JWKS', () => {
       expect(state.fetches).toBe(2)
     })
 
-    it('a JWKS never fetched gives retryAfter 1, and the next verify() fetches again', async () => {
+    it('a JWKS never fetched gives retryAfter 1, and the first verify() after that second fetches again', async () => {
+      vi.useFakeTimers({ toFake: ['Date'] })
+      vi.setSystemTime(NOW)
       const { state, fetch } = switchable()
       state.up = false
       const verifier = createVerifier({ ...base, jwks: 'https://auth.example.test/jwks.json', fetch })
       const token = await sign(es256)
-      for (const fetches of [1, 2]) {
+      // within the backoff after a failure no fetch; after it one, whose failure doubles the backoff
+      for (const [at, fetches, retryAfter] of [
+        [0, 1, 1],
+        [999, 1, 1],
+        [1_000, 2, 2],
+      ] as const) {
+        vi.setSystemTime(NOW + at)
         expect(await rejection(verifier.verify(token))).toMatchObject({
           code: 'ERR_JWKS_UNAVAILABLE',
           status: 503,
-          retryAfter: 1,
+          retryAfter,
         })
         expect(state.fetches).toBe(fetches)
       }
