@@ -81,6 +81,13 @@ export function isRefreshError(error: unknown): error is RefreshError {
   return isTokenflowError(error) && error.name === 'RefreshError'
 }
 
+/**
+ * The kind of a refresh answered with an HTTP error status: 400/401/403 or `invalid_grant` (RFC 6749
+ * section 5.2: the refresh token is expired, revoked or already used) is 'rejected'; anything else is 'server'.
+ */
+export const kindOfStatus = (status: number, error?: unknown): RefreshErrorKind =>
+  status === 400 || status === 401 || status === 403 || error === 'invalid_grant' ? 'rejected' : 'server'
+
 /** Throws the error for a bad option or argument: `"name" must be what`. */
 export function invalidOption(name: string, what: string): never {
   throw new TokenflowError('ERR_INVALID_OPTION', `"${name}" must be ${what}`)

@@ -1,4 +1,4 @@
-import { invalidOption, RefreshError, type RefreshErrorKind } from './errors.js'
+import { invalidOption, kindOfStatus, RefreshError, type RefreshErrorKind } from './errors.js'
 import type { RefreshContext, RefreshFunction, TokenSet } from './types.js'
 
 type RefreshErrorOptions = ConstructorParameters<typeof RefreshError>[2]
@@ -88,12 +88,10 @@ async function send(
     // only what an RFC 6749 error code looks like (invalid_grant): a token has digits or capitals
     const code = typeof error === 'string' && /^[a-z_]{1,40}$/.test(error) ? ` (${error})` : ''
     const retryAfter = response.headers.get('retry-after') ?? ''
-    // RFC 6749 section 5.2: invalid_grant means the refresh token is expired, revoked or already used
-    throw fail(
-      status === 400 || status === 401 || status === 403 || error === 'invalid_grant' ? 'rejected' : 'server',
-      `answered ${status}${code}`,
-      { status, retryAfter: /^\s*\d+\s*$/.test(retryAfter) ? Number(retryAfter) : undefined },
-    )
+    throw fail(kindOfStatus(status, error), `answered ${status}${code}`, {
+      status,
+      retryAfter: /^\s*\d+\s*$/.test(retryAfter) ? Number(retryAfter) : undefined,
+    })
   }
   // camelCase as the recipe's POST /refresh/token answers; snake_case as RFC 6749 section 5.1 does
   const accessToken = fields.accessToken ?? fields.access_token

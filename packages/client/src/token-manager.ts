@@ -1,5 +1,12 @@
 import { type CrossTabMessage, createCrossTab, sleep } from './cross-tab.js'
-import { invalidOption, isRefreshError, isTokenflowError, RefreshError, TokenflowError } from './errors.js'
+import {
+  invalidOption,
+  isRefreshError,
+  isTokenflowError,
+  kindOfStatus,
+  RefreshError,
+  TokenflowError,
+} from './errors.js'
 import { decodeJwtClaims } from './jwt.js'
 import { memoryStorage, storageError, toTokenSet } from './storage.js'
 import type { LockManagerLike, RefreshFunction, TokenSet, TokenStorage } from './types.js'
@@ -102,9 +109,28 @@ function wait<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<
     : promise
 }
 
-/** What a refresh failed with: a `RefreshError` as it is, anything else as kind 'network' with its cause. */
-const toRefreshError = (cause: unknown): RefreshError =>
-  isRefreshError(cause) ? cause : new RefreshError('network', 'refresh failed', { cause })
+/** The parts of an HTTP client's error (axios, ky, ofetch) that say how the server answered. */
+interface HttpClientError {
+  status?: unknown
+  data?: { error?: unknown }
+  response?: { status?: unknown; data?: { error?: unknown } }
+}
+
+/**
+ * What a refresh failed with: a `RefreshError` as it is; an HTTP client's error for an answer of status 400 or
+ * more (a refresh function written with axios, ky or ofetch) by that status, as `jsonRefresh` classifies it;
+ * anything else as kind 'network'. Each keeps its cause.
+ */
+function toRefreshError(cause: unknown): RefreshError {
+  if (isRefreshError(cause)) return cause
+  const { response, status = response?.status, data = response?.data } = (cause ?? {}) as HttpClientError
+  return typeof status === 'number' && status >= 400
+    ? new RefreshError(kindOfStatus(status, data?.error), `refresh failed: answered ${status}`, {
+        cause,
+        status,
+      })
+    : new RefreshError('network', 'refresh failed', { cause })
+}
 
 const sessionCleared = () => new TokenflowError('ERR_SESSION_CLEARED', 'the session was cleared')
 

@@ -17,8 +17,10 @@ export interface RefreshContext {
 }
 
 /**
- * Exchanges a refresh token for new tokens. Throw a `RefreshError` to say how it failed;
- * anything else thrown is classified as a network error.
+ * Exchanges a refresh token for new tokens. Throw a `RefreshError` to say how it failed. An HTTP client's
+ * error for an answer of status 400 or more (axios, ky, ofetch: `status` or `response.status`) is classified
+ * by that status as `jsonRefresh` does: 400, 401, 403 or `invalid_grant` in the body means 'rejected' (the
+ * session ends), any other status 'server'. Anything else thrown is classified as a network error.
  */
 export type RefreshFunction = (context: RefreshContext) => Promise<TokenSet>
 
