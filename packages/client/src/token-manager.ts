@@ -316,6 +316,15 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       else if (stored === undefined) loaded = undefined
     }))
 
+  /** calls of clear(): one made while a request waited for the stored tokens ends that request's wait too */
+  let clears = 0
+  /** Waits for the stored tokens; rejects when clear() was called meanwhile (those tokens are being forgotten). */
+  const loadedFor = async (signal: AbortSignal | undefined) => {
+    const before = clears
+    await wait(ready(), signal)
+    if (clears !== before) throw sessionCleared()
+  }
+
   const isExpired = (at = expiresAt, margin = 0) => at !== undefined && at - margin <= now()
   // the leeway is capped at half the lifetime, or a short-lived token would always be "about to expire"
   const needsRefresh = () => isExpired(expiresAt, Math.min(leeway, (lifetime ?? 1 / 0) / 2))
@@ -593,7 +602,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
   return {
     async getAccessToken({ signal } = {}) {
-      await wait(ready(), signal)
+      await loadedFor(signal)
       const current = tokens
       let flight = pending
       if (!flight) {
@@ -622,7 +631,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     },
 
     async refresh({ rejectedToken, signal } = {}) {
-      await wait(ready(), signal)
+      await loadedFor(signal)
       const current = tokens
       if (!pending) {
         // rule 2: a 401 for a token that is no longer current is retried with the current one, unless
@@ -649,6 +658,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     },
 
     async clear() {
+      clears++
       await ready()
       await endSession('cleared')
     },

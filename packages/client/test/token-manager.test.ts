@@ -747,6 +747,41 @@ describe('rule 8: no module state', () => {
 })
 
 describe('sessions', () => {
+  it('rejects the reads still waiting for the stored tokens when clear() runs: none gets the logged-out token', async () => {
+    // a slow first read, as AsyncStorage can be at app start
+    let finishRead!: () => void
+    const stored = tokenSet(T0, 15 * MIN, 0)
+    let held: TokenSet | null = stored
+    const storage: TokenStorage = {
+      get: () =>
+        new Promise((resolve) => {
+          finishRead = () => resolve(held)
+        }),
+      set(tokens) {
+        held = tokens
+      },
+      clear() {
+        held = null
+      },
+    }
+    const { manager, calls, types } = setup({ storage })
+    const read = manager.getAccessToken().catch((e: unknown) => e)
+    const refused = manager.refresh({ rejectedToken: stored.accessToken }).catch((e: unknown) => e)
+    const cleared = manager.clear()
+    await flush()
+    finishRead()
+    await cleared
+    expect(await read).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
+    expect(await refused).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
+    expect(calls).toHaveLength(0)
+    expect(held).toBeNull()
+    expect(manager.status).toBe('unauthenticated')
+    // the stored session was the one cleared: loggedOut once, as with any clear()
+    expect(types()).toEqual(['loggedOut'])
+    // a read that starts after clear() is simply logged out
+    expect(await manager.getAccessToken()).toBeNull()
+  })
+
   it('settles the waiters of a running refresh when clear() runs, and drops its result', async () => {
     const storage = memoryStorage()
     const { manager, calls, types } = setup({ storage })
