@@ -18,12 +18,12 @@ export interface JsonRefreshOptions {
    * Extra request headers, e.g. a CSRF token; they win over the defaults.
    * @default none: `Content-Type` and `Accept` are `application/json`
    */
-  headers?: HeadersInit
+  headers?: RequestInit['headers']
   /**
    * Set `'include'` when the refresh endpoint is on another origin and also needs its cookies.
    * @default fetch's own, `'same-origin'`
    */
-  credentials?: RequestCredentials
+  credentials?: RequestInit['credentials']
 }
 
 /**
@@ -43,7 +43,7 @@ export interface OAuthRefreshOptions {
    * Extra request headers, e.g. `Authorization: Basic …` for a confidential client.
    * @default none: `Content-Type` is form-encoded, `Accept` is `application/json`
    */
-  headers?: HeadersInit
+  headers?: RequestInit['headers']
 }
 
 /** Checks what every refresh factory takes, when the factory runs (not on the first refresh). */
@@ -114,7 +114,7 @@ async function send(
 }
 
 /** The caller's headers over the defaults. */
-const withHeaders = (contentType: string, headers: HeadersInit | undefined) => ({
+const withHeaders = (contentType: string, headers: RequestInit['headers']) => ({
   accept: 'application/json',
   'content-type': contentType,
   ...Object.fromEntries(new Headers(headers)),
