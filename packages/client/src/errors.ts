@@ -44,6 +44,8 @@ export class TokenflowError extends Error {
  */
 export class RefreshError extends TokenflowError {
   override name = 'RefreshError' as const
+  /** always 'ERR_REFRESH_FAILED': matching on it narrows an error to a `RefreshError` */
+  declare readonly code: 'ERR_REFRESH_FAILED'
   readonly kind: RefreshErrorKind
   /** HTTP status of the refresh response, when there was one */
   readonly status: number | undefined
@@ -63,11 +65,21 @@ export class RefreshError extends TokenflowError {
 }
 
 /**
- * True for any error tokenflow threw, even from another copy of the package.
+ * Any error tokenflow throws, typed so that `code === 'ERR_REFRESH_FAILED'` narrows it to a `RefreshError`.
  * @example
- * if (isTokenflowError(error)) console.warn(error.code)
+ * if (isTokenflowError(error) && error.code === 'ERR_REFRESH_FAILED') console.warn(error.kind)
  */
-export function isTokenflowError(error: unknown): error is TokenflowError {
+export type AnyTokenflowError =
+  | RefreshError
+  | (TokenflowError & { readonly code: Exclude<TokenflowErrorCode, 'ERR_REFRESH_FAILED'> })
+
+/**
+ * True for any error tokenflow threw, even from another copy of the package. Matching on `code` then
+ * narrows: `'ERR_REFRESH_FAILED'` is a `RefreshError`, with its `kind`.
+ * @example
+ * if (isTokenflowError(error) && error.code === 'ERR_REFRESH_FAILED' && error.kind === 'rejected') showLogin()
+ */
+export function isTokenflowError(error: unknown): error is AnyTokenflowError {
   return (
     error instanceof TokenflowError ||
     (error instanceof Error &&

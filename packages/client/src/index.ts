@@ -1,4 +1,4 @@
-export type { RefreshErrorKind, TokenflowErrorCode } from './errors.js'
+export type { AnyTokenflowError, RefreshErrorKind, TokenflowErrorCode } from './errors.js'
 export { isRefreshError, isTokenflowError, RefreshError, TokenflowError } from './errors.js'
 export type { JsonRefreshOptions, OAuthRefreshOptions } from './refresh.js'
 export { jsonRefresh, oauthRefresh } from './refresh.js'
