@@ -323,6 +323,36 @@ describe.skipIf(!databaseUrl)('PostgreSQL', () => {
     expect(remember(await refresh(app, after.body.refreshToken)).status).toBe(200)
   })
 
+  it('a database closed to connections for maintenance (ALLOW_CONNECTIONS false, SQLSTATE 55000) answers 503, and the same token refreshes once it opens', async () => {
+    const database = `tf_closed_${randomBytes(6).toString('hex')}`
+    await admin.query(`CREATE DATABASE ${database}`)
+    const target = new URL(connectionString)
+    target.pathname = `/${database}`
+    const client = pool({ connectionString: target.toString(), max: 2 })
+    try {
+      const app = server({ store: createPostgresStore({ client }), now })
+      await app.ready()
+      await app.tokenflow.issuer.addUser('ada', PASSWORD)
+      const tokens = remember((await freshLogin(app)) as any)
+
+      await admin.query(`ALTER DATABASE ${database} ALLOW_CONNECTIONS false`)
+      await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [
+        database,
+      ])
+      expectUnavailable(await refresh(app, tokens.refreshToken))
+      expectUnavailable(await loginAs(app))
+
+      await admin.query(`ALTER DATABASE ${database} ALLOW_CONNECTIONS true`)
+      expect(remember(await refresh(app, tokens.refreshToken)).status).toBe(200)
+      await app.close()
+    } finally {
+      await client.end()
+      pools.splice(pools.indexOf(client), 1)
+      await admin.query(`ALTER DATABASE ${database} ALLOW_CONNECTIONS true`)
+      await admin.query(`DROP DATABASE ${database} WITH (FORCE)`)
+    }
+  })
+
   it('serialization failures that outlast the retries answer 503, and the same token refreshes after', async () => {
     const app = await start(pool({ max: 2 }))
     const tokens = remember((await freshLogin(app)) as any)
