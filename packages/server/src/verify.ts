@@ -203,7 +203,7 @@ export interface VerifierOptions {
   /**
    * Allowed `alg` values, asymmetric only. With a JWKS object it is narrowed to what its keys
    * declare; every key is only used with its own `alg`.
-   * @default ['ES256', 'RS256']
+   * @default ['ES256', 'ES384', 'RS256', 'PS256'] (every algorithm @tokenflow/server signs with)
    */
   algorithms?: readonly VerifyAlgorithm[]
   /**
@@ -300,7 +300,10 @@ const MAX_KID_LENGTH = 256
 const MAX_CLOCK_TOLERANCE = 60_000
 // the first backoff of a remote JWKS with nothing usable, in ms; it doubles with each further failure
 const BACKOFF_BASE = 1_000
-const DEFAULT_ALGORITHMS: readonly VerifyAlgorithm[] = ['ES256', 'RS256']
+// every algorithm @tokenflow/server signs with (`keys.alg`, `keys rotate --alg`): a rotation to another one
+// must not make every API refuse the new tokens. Each key is still used only with what its own alg and shape
+// allow, so allowing more algorithms lets no key verify under an algorithm it was not made for
+const DEFAULT_ALGORITHMS: readonly VerifyAlgorithm[] = ['ES256', 'ES384', 'RS256', 'PS256']
 const ASYMMETRIC_ALGORITHMS: readonly VerifyAlgorithm[] = [
   'ES256',
   'ES384',

@@ -35,7 +35,7 @@ interface TestKey {
   jwk: JWK
 }
 
-async function makeKey(alg: 'ES256' | 'ES384' | 'RS256', kid: string): Promise<TestKey> {
+async function makeKey(alg: 'ES256' | 'ES512' | 'RS256', kid: string): Promise<TestKey> {
   const { publicKey, privateKey } = await generateKeyPair(alg, { extractable: true })
   return { alg, kid, publicKey, privateKey, jwk: { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' } }
 }
@@ -145,7 +145,7 @@ async function expressTarget(verifier: Verifier): Promise<Target> {
 
 let es256: TestKey
 let rs256: TestKey
-let es384: TestKey
+let es512: TestKey
 /** a key of the attacker's, never in the trusted JWKS */
 let attacker: TestKey
 let jwksServer: Server
@@ -156,13 +156,13 @@ let attackerUrl: string
 let attackerHits = 0
 
 beforeAll(async () => {
-  ;[es256, rs256, es384, attacker] = await Promise.all([
+  ;[es256, rs256, es512, attacker] = await Promise.all([
     makeKey('ES256', 'es256-key'),
     makeKey('RS256', 'rs256-key'),
-    makeKey('ES384', 'es384-key'),
+    makeKey('ES512', 'es512-key'),
     makeKey('ES256', 'attacker-key'),
   ])
-  const jwks = { keys: [es256.jwk, rs256.jwk, es384.jwk] }
+  const jwks = { keys: [es256.jwk, rs256.jwk, es512.jwk] }
   jwksServer = createServer((req, res) => {
     if (req.url !== '/.well-known/jwks.json') return res.writeHead(404).end()
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(jwks))
@@ -241,8 +241,8 @@ const CASES: AttackCase[] = [
     code: 'ERR_JOSE_ALG_NOT_ALLOWED',
   },
   {
-    name: 'ES384, signed by an ES384 key of the JWKS, outside the allow-list',
-    authorization: bearer(async () => sign(es384)),
+    name: 'ES512, signed by an ES512 key of the JWKS, outside the (default) allow-list',
+    authorization: bearer(async () => sign(es512)),
     code: 'ERR_JOSE_ALG_NOT_ALLOWED',
   },
   {
@@ -411,7 +411,7 @@ const CASES: AttackCase[] = [
 ]
 
 const JWKS_MODES = [
-  { mode: 'object', jwks: () => ({ keys: [es256.jwk, rs256.jwk, es384.jwk] }) },
+  { mode: 'object', jwks: () => ({ keys: [es256.jwk, rs256.jwk, es512.jwk] }) },
   { mode: 'remote', jwks: () => jwksUrl },
 ] as const
 

@@ -10,7 +10,9 @@ import {
   type AccessTokenClaims,
   type AuthenticateFunction,
   type AuthServer,
+  type AuthServerOptions,
   createAuthServer,
+  createKeyring,
   createSqliteStore,
 } from '@tokenflow/server'
 import { createVerifier, type Verifier, type VerifierOptions } from '@tokenflow/server/verify'
@@ -51,7 +53,12 @@ function listen(server: Server): Promise<string> {
 }
 
 async function startWorld(
-  options: { verifier?: Partial<VerifierOptions>; issuer?: string; audience?: string | string[] } = {},
+  options: {
+    verifier?: Partial<VerifierOptions>
+    issuer?: string
+    audience?: string | string[]
+    keys?: AuthServerOptions['keys']
+  } = {},
 ): Promise<World> {
   let time = START
   vi.setSystemTime(time)
@@ -64,6 +71,7 @@ async function startWorld(
     pruneInterval: 0,
     authenticate,
     now: () => time,
+    ...(options.keys ? { keys: options.keys } : {}),
   })
   const origin = await auth.listen({ port: 0, host: '127.0.0.1' })
   let mode: JwksMode = 'up'
@@ -324,6 +332,32 @@ describe('key rotation end to end', () => {
     const expired = await me(world.api, lastOld)
     expect(expired.status).toBe(401)
     expect(expired.json().code).toBe('ERR_JWT_EXPIRED')
+  })
+})
+
+describe('every signing algorithm of the server', () => {
+  it.each(['ES256', 'ES384', 'RS256', 'PS256'] as const)(
+    'a verifier with the default algorithms accepts tokens signed with %s',
+    async (alg) => {
+      world = await startWorld({ keys: { alg } })
+      const token = await world.login()
+      expect(decodeProtectedHeader(token).alg).toBe(alg)
+      const reply = await me(world.api, token)
+      expect({ status: reply.status, code: reply.json().code }).toEqual({ status: 200, code: undefined })
+    },
+  )
+
+  it('a rotation to another algorithm keeps both keys verifying with the default algorithms', async () => {
+    world = await startWorld()
+    const before = await world.login()
+    // as `tokenflow-server keys rotate --alg PS256` does: a keyring of that algorithm over the same store
+    const keyring = createKeyring({ store: world.auth.tokenflow.store, alg: 'PS256', now: () => Date.now() })
+    const { activatesAt } = await keyring.rotateKeys()
+    world.advance(activatesAt - Date.now())
+    const after = await world.login()
+    expect(decodeProtectedHeader(after).alg).toBe('PS256')
+    expect((await me(world.api, after)).status).toBe(200)
+    expect((await me(world.api, before)).status).toBe(200)
   })
 })
 
