@@ -31,19 +31,19 @@ export interface CookieOptions {
    * also demand `Path=/`, which would send the token with every request.
    * @default '__Secure-tokenflow_rt'
    */
-  name?: string
+  name?: string | undefined
   /**
    * Cookie path: the browser sends the cookie only to the refresh route.
    * @default '/refresh/token'
    */
-  path?: string
+  path?: string | undefined
   /** cookie domain; leave unset to bind the cookie to the exact host */
-  domain?: string
+  domain?: string | undefined
   /**
    * A header a cookie-mode refresh must carry (any non-empty value), against CSRF.
    * @default 'x-tokenflow-refresh'
    */
-  csrfHeader?: string
+  csrfHeader?: string | undefined
 }
 
 /**
@@ -56,22 +56,22 @@ export interface LoginRateLimitOptions {
    * A Redis client you already have (ioredis, or anything `RedisLike`) to count in, instead of opening
    * one from `redisUrl`. You own it: the server does not close it.
    */
-  redis?: RedisLike
+  redis?: RedisLike | undefined
   /**
    * Login attempts per account (case-folded username) per window.
    * @default 10
    */
-  perAccount?: number
+  perAccount?: number | undefined
   /**
    * Login attempts per client IP per window (see `trustProxy` behind a proxy).
    * @default 50
    */
-  perIp?: number
+  perIp?: number | undefined
   /**
    * Window length in ms.
    * @default 60_000
    */
-  window?: number
+  window?: number | undefined
 }
 
 /**
@@ -95,65 +95,65 @@ export interface AuthServerOptions {
    * `client_id` of the access tokens, and the one client `/oauth/token` serves.
    * @default 'tokenflow'
    */
-  clientId?: string
+  clientId?: string | undefined
   /**
    * Access-token lifetime.
    * @default 900_000 (15 min)
    */
-  accessTokenTtl?: number
+  accessTokenTtl?: number | undefined
   /**
    * Absolute session lifetime: rotation does not extend it.
    * @default 2_592_000_000 (30 days)
    */
-  refreshTokenTtl?: number
+  refreshTokenTtl?: number | undefined
   /**
    * A session unused this long is dead.
    * @default 604_800_000 (7 days)
    */
-  refreshIdleTimeout?: number
+  refreshIdleTimeout?: number | undefined
   /**
    * How long the previous refresh token still gets the byte-identical current one back (a request that
    * raced the rotation and lost gets it back however long the rotation took). `0` turns the grace off.
    * @default 10_000
    */
-  reuseGrace?: number
+  reuseGrace?: number | undefined
   /**
    * The most live sessions one user may hold: a login beyond it revokes the user's least recently used
    * sessions. `Infinity` turns the cap off.
    * @default 100
    */
-  maxSessionsPerUser?: number
+  maxSessionsPerUser?: number | undefined
   /**
    * Where users, sessions and signing keys live. It is migrated on start; a store you pass is
    * not closed with the server.
    * @default createSqliteStore() (./tokenflow.db)
    */
-  store?: TokenStore
+  store?: TokenStore | undefined
   /**
    * Signing keys: the algorithm of generated keys and how long a rotated-in key is published before it
    * signs (see `KeyringOptions`), or your own `Keyring`.
    * @default { alg: 'ES256', activationDelay: 120_000 }
    */
-  keys?: { alg?: SigningAlgorithm; activationDelay?: number } | Keyring
+  keys?: { alg?: SigningAlgorithm | undefined; activationDelay?: number | undefined } | Keyring | undefined
   /** replaces the built-in users table (Argon2id) with your own credential check */
-  authenticate?: AuthenticateFunction
+  authenticate?: AuthenticateFunction | undefined
   /**
    * Cookie mode for browsers: `true` for the defaults. The refresh token is then never in a body.
    * @default false
    */
-  cookie?: boolean | CookieOptions
+  cookie?: boolean | CookieOptions | undefined
   /**
    * Login rate limits, or `false` to turn them off.
    * @default { perAccount: 10, perIp: 50, window: 60_000 }
    */
-  rateLimit?: LoginRateLimitOptions | false
+  rateLimit?: LoginRateLimitOptions | false | undefined
   /** keep rate-limit counters in Redis, shared by every instance (needs the optional peer `ioredis`) */
-  redisUrl?: string
+  redisUrl?: string | undefined
   /**
    * Logging through Fastify's pino. Tokens, passwords, cookies and `Authorization` are always redacted.
    * @default false
    */
-  logger?: boolean | LoggerOptions
+  logger?: boolean | LoggerOptions | undefined
   /**
    * Fastify's `trustProxy`: behind a reverse proxy, set it so rate limits see the client's IP. Name the
    * proxy's addresses (`'10.0.0.0/8'`, `['127.0.0.1', '::1']`) or pass a function; a hop count (a number)
@@ -161,16 +161,16 @@ export interface AuthServerOptions {
    * per-IP login budget.
    * @default false
    */
-  trustProxy?: FastifyServerOptions['trustProxy']
+  trustProxy?: FastifyServerOptions['trustProxy'] | undefined
   /**
    * Delete expired, revoked and idle sessions this often; 0 turns it off.
    * @default 3_600_000 (1 hour)
    */
-  pruneInterval?: number
+  pruneInterval?: number | undefined
   /** called for each issuer event (login, refresh, reuse detected, …) */
-  onEvent?: (event: IssuerEvent) => void
+  onEvent?: ((event: IssuerEvent) => void) | undefined
   /** clock, epoch ms */
-  now?: () => number
+  now?: (() => number) | undefined
 }
 
 /**
@@ -580,7 +580,7 @@ function lazySqliteStore(): TokenStore {
   return lazy
 }
 
-function isKeyring(keys: { alg?: SigningAlgorithm; activationDelay?: number } | Keyring): keys is Keyring {
+function isKeyring(keys: NonNullable<AuthServerOptions['keys']>): keys is Keyring {
   return typeof (keys as Keyring).sign === 'function'
 }
 

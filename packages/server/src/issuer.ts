@@ -142,43 +142,43 @@ export interface IssuerOptions {
    * Access-token lifetime in ms.
    * @default 900_000 (15 min)
    */
-  accessTokenTtl?: number
+  accessTokenTtl?: number | undefined
   /**
    * Absolute refresh-token (session) lifetime in ms; rotation does not extend it.
    * @default 2_592_000_000 (30 days)
    */
-  refreshTokenTtl?: number
+  refreshTokenTtl?: number | undefined
   /**
    * A session unused for this long (ms) is dead.
    * @default 604_800_000 (7 days)
    */
-  refreshIdleTimeout?: number
+  refreshIdleTimeout?: number | undefined
   /**
    * A retry with the previous refresh token within this many ms of the rotation gets the current
    * one back instead of counting as reuse.
    * @default 10_000
    */
-  reuseGrace?: number
+  reuseGrace?: number | undefined
   /**
    * The most live sessions one user may hold. A login beyond it revokes the user's least recently used
    * sessions (reason `'session-limit'`), so that no one can grow a user's session list without bound.
    * `Infinity` turns the cap off.
    * @default 100
    */
-  maxSessionsPerUser?: number
+  maxSessionsPerUser?: number | undefined
   /** replaces the built-in users table and its Argon2id check */
-  authenticate?: AuthenticateFunction
+  authenticate?: AuthenticateFunction | undefined
   /**
    * The Argon2id hasher of the built-in users table.
    * @default createPasswordHasher()
    */
-  passwords?: PasswordHasher
+  passwords?: PasswordHasher | undefined
   /** login limits, checked before any password is hashed */
-  loginLimits?: { perIp?: RateLimiter | undefined; perAccount?: RateLimiter | undefined }
+  loginLimits?: { perIp?: RateLimiter | undefined; perAccount?: RateLimiter | undefined } | undefined
   /** called for each `IssuerEvent`; a throwing listener is ignored */
-  onEvent?: (event: IssuerEvent) => void
+  onEvent?: ((event: IssuerEvent) => void) | undefined
   /** clock, epoch ms */
-  now?: () => number
+  now?: (() => number) | undefined
 }
 
 /**

@@ -52,18 +52,18 @@ export interface KeyringOptions {
    * A key already in the store keeps its algorithm until the next rotation.
    * @default 'ES256'
    */
-  alg?: SigningAlgorithm
+  alg?: SigningAlgorithm | undefined
   /**
    * Lifetime of the access tokens, in ms: a retired key stays in the JWKS this long plus `skew`,
    * so every token it signed can still be verified.
    * @default 900_000 (15 min)
    */
-  accessTokenTtl?: number
+  accessTokenTtl?: number | undefined
   /**
    * Clock skew allowance added to how long a retired key stays published, in ms.
    * @default 60_000
    */
-  skew?: number
+  skew?: number | undefined
   /**
    * How long a rotated-in key is published in the JWKS before it signs, in ms. A resource server that
    * fetched the JWKS shortly before the rotation does not look again at once: a cache in between may keep
@@ -73,16 +73,16 @@ export interface KeyringOptions {
    * max-age + cooldown (90 s); the default leaves room.
    * @default 120_000
    */
-  activationDelay?: number
+  activationDelay?: number | undefined
   /**
    * How long the signing key read from the store is used before re-reading, in ms: another
    * instance's rotation makes this one sign with the new key within this delay (the JWKS is
    * always read fresh). Keep it below `skew`.
    * @default 30_000
    */
-  cacheTtl?: number
+  cacheTtl?: number | undefined
   /** clock, epoch ms */
-  now?: () => number
+  now?: (() => number) | undefined
 }
 
 /**

@@ -12,31 +12,31 @@ export interface PasswordHasherOptions {
    * Argon2 memory cost in KiB.
    * @default 19456
    */
-  memoryCost?: number
+  memoryCost?: number | undefined
   /**
    * Argon2 passes.
    * @default 2
    */
-  timeCost?: number
+  timeCost?: number | undefined
   /**
    * Argon2 lanes.
    * @default 1
    */
-  parallelism?: number
+  parallelism?: number | undefined
   /**
    * At most this many hashes or verifications run at once; the rest wait in line, so a login
    * burst cannot take every core and all the memory (each hash holds `memoryCost` KiB).
    * @default os.availableParallelism() - 1, at least 1: one core stays free for the event loop, so refreshes
    *   keep their latency while logins saturate the hashers
    */
-  maxConcurrency?: number
+  maxConcurrency?: number | undefined
   /**
    * At most this many wait in line; one more fails at once with `ERR_UNAVAILABLE` (HTTP 503, `Retry-After: 1`)
    * instead of waiting behind a flood of logins (about 10 ms of one core each) for seconds.
    * `Infinity` for no bound, `0` for no line at all.
    * @default 100
    */
-  maxQueue?: number
+  maxQueue?: number | undefined
 }
 
 /**

@@ -60,29 +60,29 @@ export interface RateLimiterOptions {
    * Window length in ms.
    * @default 60_000
    */
-  window?: number
+  window?: number | undefined
   /**
    * Keep counters in Redis (shared by every instance) instead of in memory. `ioredis` is an
    * optional peer dependency, imported only when this is set.
    */
-  redisUrl?: string
+  redisUrl?: string | undefined
   /**
    * An ioredis client to keep counters in, its promise, or a function that opens it on first use.
    * `close()` leaves it open: it belongs to the caller.
    */
-  redis?: RedisLike | Promise<RedisLike> | (() => Promise<RedisLike>)
+  redis?: RedisLike | Promise<RedisLike> | (() => Promise<RedisLike>) | undefined
   /**
    * Prefix of the Redis keys.
    * @default 'tokenflow:rl:'
    */
-  prefix?: string
+  prefix?: string | undefined
   /**
    * Most keys kept in memory; beyond it the expired ones are dropped, then the oldest.
    * @default 10_000
    */
-  maxKeys?: number
+  maxKeys?: number | undefined
   /** clock for the in-memory windows, epoch ms */
-  now?: () => number
+  now?: (() => number) | undefined
 }
 
 /**

@@ -205,17 +205,17 @@ export interface VerifierOptions {
    * declare; every key is only used with its own `alg`.
    * @default ['ES256', 'ES384', 'RS256', 'PS256'] (every algorithm @tokenflow/server signs with)
    */
-  algorithms?: readonly VerifyAlgorithm[]
+  algorithms?: readonly VerifyAlgorithm[] | undefined
   /**
    * Clock skew accepted on `exp`, `nbf` and `iat`, in ms; at most 60_000.
    * @default 30_000
    */
-  clockTolerance?: number
+  clockTolerance?: number | undefined
   /**
    * The required `typ` header; `at+jwt` also matches `application/at+jwt` (RFC 9068 section 4).
    * @default 'at+jwt'
    */
-  typ?: string
+  typ?: string | undefined
   /**
    * Remote JWKS only: how long a fetch may take, in ms. A request that starts a fetch waits for it
    * (and so does every request that arrives while it runs): with no usable keys and a hanging JWKS
@@ -223,7 +223,7 @@ export interface VerifierOptions {
    * during a backoff get 503 at once.
    * @default 5_000
    */
-  timeoutDuration?: number
+  timeoutDuration?: number | undefined
   /**
    * Remote JWKS only: after a fetch, one that failed too, an unknown `kid` does not trigger another
    * fetch for this long, in ms (after a failed one such a token gets 503 `ERR_JWKS_UNAVAILABLE`, whose
@@ -235,13 +235,13 @@ export interface VerifierOptions {
    * backoff, every such request fetches again.
    * @default 30_000
    */
-  cooldownDuration?: number
+  cooldownDuration?: number | undefined
   /**
    * Remote JWKS only: how long a fetched JWKS is used before it is fetched again, in ms. Past it, a
    * request waits for the refetch and uses the new set; when that fails, see `staleIfError`.
    * @default 600_000
    */
-  cacheMaxAge?: number
+  cacheMaxAge?: number | undefined
   /**
    * Remote JWKS only: how long past `cacheMaxAge` the last fetched JWKS is still used while the JWKS
    * endpoint fails (error, non-200, bad JSON, timeout), in ms: stale-if-error, as in RFC 5861
@@ -255,22 +255,22 @@ export interface VerifierOptions {
    * JWKS during an outage is trusted up to this much longer. `0` never uses a set past `cacheMaxAge`.
    * @default 3_600_000
    */
-  staleIfError?: number
+  staleIfError?: number | undefined
   /**
    * Remote JWKS only: the fetch implementation.
    * @default globalThis.fetch
    */
-  fetch?: typeof globalThis.fetch
+  fetch?: typeof globalThis.fetch | undefined
   /**
    * Clock for `exp`, `nbf` and `iat`, epoch ms.
    * @default Date.now
    */
-  now?: () => number
+  now?: (() => number) | undefined
   /**
    * `realm` of the `WWW-Authenticate` challenge; left out when unset.
    * @default undefined
    */
-  realm?: string
+  realm?: string | undefined
 }
 
 /**

@@ -242,3 +242,59 @@ describe('the prune timer', () => {
     await store.close()
   })
 })
+
+describe('options read from unset environment variables', () => {
+  it('an optional option given as undefined means its default, for the types (exactOptionalPropertyTypes) and at run time', async () => {
+    const env: Record<string, string | undefined> = {}
+    const store = createSqliteStore({ filename: ':memory:' })
+    // every optional option, from a variable that is not set: this must type-check as it is
+    const options: AuthServerOptions = {
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      clientId: env.CLIENT_ID,
+      accessTokenTtl: undefined,
+      refreshTokenTtl: undefined,
+      refreshIdleTimeout: undefined,
+      reuseGrace: undefined,
+      maxSessionsPerUser: undefined,
+      store,
+      keys: { alg: undefined, activationDelay: undefined },
+      authenticate: undefined,
+      cookie: undefined,
+      rateLimit: { perAccount: undefined, perIp: undefined, window: undefined, redis: undefined },
+      redisUrl: env.REDIS_URL,
+      logger: undefined,
+      trustProxy: undefined,
+      pruneInterval: undefined,
+      onEvent: undefined,
+      now: undefined,
+    }
+    const app = createAuthServer(options)
+    try {
+      await app.ready()
+      await app.tokenflow.issuer.addUser('ada', PASSWORD)
+      const login = await app.inject({
+        method: 'POST',
+        url: '/auth/login',
+        payload: { username: 'ada', password: PASSWORD },
+      })
+      expect(login.statusCode).toBe(200)
+      const tokens = login.json() as { accessToken: string; refreshToken: string; expiresIn: number }
+      expect(tokens.expiresIn).toBe(900)
+      const { client_id, alg } = {
+        ...claimsOf(tokens.accessToken),
+        ...JSON.parse(Buffer.from(tokens.accessToken.split('.')[0]!, 'base64url').toString()),
+      }
+      expect({ client_id, alg }).toEqual({ client_id: 'tokenflow', alg: 'ES256' })
+      const refreshed = await app.inject({
+        method: 'POST',
+        url: '/refresh/token',
+        payload: { refreshToken: tokens.refreshToken },
+      })
+      expect(refreshed.statusCode).toBe(200)
+    } finally {
+      await app.close()
+      await store.close()
+    }
+  })
+})

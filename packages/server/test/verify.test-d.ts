@@ -18,4 +18,24 @@ describe('@tokenflow/server/verify types', () => {
     expectTypeOf<VerifierOptions['staleIfError']>().toEqualTypeOf<number | undefined>()
     expectTypeOf<VerifierOptions['staleIfError']>().toEqualTypeOf<VerifierOptions['cacheMaxAge']>()
   })
+
+  it('takes an optional option given as undefined (an unset environment variable) under exactOptionalPropertyTypes', () => {
+    const env: Record<string, string | undefined> = {}
+    const options: VerifierOptions = {
+      jwks: 'https://auth.example.com/.well-known/jwks.json',
+      issuer: 'https://auth.example.com',
+      audience: 'https://api.example.com',
+      algorithms: undefined,
+      clockTolerance: undefined,
+      typ: env.TYP,
+      timeoutDuration: undefined,
+      cooldownDuration: undefined,
+      cacheMaxAge: undefined,
+      staleIfError: undefined,
+      fetch: undefined,
+      now: undefined,
+      realm: env.REALM,
+    }
+    expectTypeOf(options).toMatchTypeOf<VerifierOptions>()
+  })
 })

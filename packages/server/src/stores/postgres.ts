@@ -26,7 +26,7 @@ export interface PostgresStoreOptions {
    * The schema that holds tokenflow's tables, by its exact (case-sensitive) name. It must exist.
    * Without it, table names are unqualified and follow the connection's `search_path`.
    */
-  schema?: string
+  schema?: string | undefined
   /**
    * How many sessions one statement of `deleteExpiredSessions` looks at. The prune walks the
    * table in physical order, one span of this many rows per statement, each statement its own
@@ -34,7 +34,7 @@ export interface PostgresStoreOptions {
    * scanned.
    * @default 5000
    */
-  pruneBatchSize?: number
+  pruneBatchSize?: number | undefined
 }
 
 /** Taken for the length of the migration transaction, so instances starting together migrate one at a time. */

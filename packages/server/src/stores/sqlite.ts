@@ -12,19 +12,19 @@ export interface SqliteStoreOptions {
    * Path of the database file, created when missing (its directory must exist); `':memory:'` for tests.
    * @default 'tokenflow.db'
    */
-  filename?: string
+  filename?: string | undefined
   /**
    * `PRAGMA synchronous`. `'FULL'` fsyncs the WAL on every commit, so a rotation that resolved
    * survives a power cut; `'NORMAL'` is faster but may lose the last commits on power loss
    * (never on a process crash), which can hand a client a refresh token the database forgot.
    * @default 'FULL'
    */
-  synchronous?: 'FULL' | 'NORMAL'
+  synchronous?: 'FULL' | 'NORMAL' | undefined
   /**
    * How long a write waits for another connection's lock before failing, in ms.
    * @default 5000
    */
-  busyTimeout?: number
+  busyTimeout?: number | undefined
   /**
    * Group commit: the rotations that arrive in one event-loop turn are applied in one
    * `BEGIN IMMEDIATE … COMMIT` transaction, so they share one fsync, and each resolves only after
@@ -32,7 +32,7 @@ export interface SqliteStoreOptions {
    * `false` commits every rotation on its own.
    * @default true
    */
-  groupCommit?: boolean
+  groupCommit?: boolean | undefined
   /**
    * How many rows one statement of `deleteExpiredSessions` looks at. The prune walks the table in
    * rowid order, one span of this many rows per statement, and lets the event loop run between two
@@ -40,7 +40,7 @@ export interface SqliteStoreOptions {
    * every request for about 1.4 s (`tsx bench/run.ts prune`). Larger spans prune faster, in longer turns.
    * @default 1000
    */
-  pruneBatchSize?: number
+  pruneBatchSize?: number | undefined
 }
 
 /**
