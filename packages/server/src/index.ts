@@ -1,4 +1,4 @@
-import { STATUS_CODES } from 'node:http'
+import { type IncomingMessage, STATUS_CODES } from 'node:http'
 import type { Duplex } from 'node:stream'
 import fastifyCookie from '@fastify/cookie'
 import Fastify, {
@@ -235,6 +235,9 @@ const REDACT_PATHS = [
  * await app.tokenflow.issuer.addUser('ada', 'correct horse battery staple')
  * await app.listen({ port: 3000 })
  */
+/** ms in which a whole request (headers and body) must arrive; a slower one is answered 408 */
+const REQUEST_TIMEOUT = 10_000
+
 export function createAuthServer(options: AuthServerOptions): AuthServer {
   if (options === null || typeof options !== 'object') {
     throw new AuthError('ERR_CONFIG', 'createAuthServer needs an options object')
@@ -319,7 +322,10 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
       bodyLimit: BODY_LIMIT,
       // the whole request (at most 4 KiB of body) within 10 s: a client that stalls cannot hold a socket,
       // nor a graceful stop, forever
-      requestTimeout: 10_000,
+      requestTimeout: REQUEST_TIMEOUT,
+      // Node checks the timeouts every 30 s by default, and the headers alone against its own 60 s: a stalled
+      // body then held its socket (and app.close()) for a minute or more. Checked every second, both 10 s
+      http: { headersTimeout: REQUEST_TIMEOUT, connectionsCheckingInterval: 1_000 },
       trustProxy,
       logger: loggerOptions(logger),
       // reject what the schemas do not allow instead of silently dropping or coercing it
@@ -416,10 +422,32 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
   // a stop lets the requests in flight finish; one that comes meanwhile (on a kept-alive connection) is told
   // to try again, at another instance or in a moment
   let closing = false
+  // Node checks the request timeout only while the server listens: a request whose body stalled when a stop
+  // began would hold its socket, and close(), forever. During a stop the same bound is kept here, from the
+  // requests still arriving when it began
+  const arriving = new Map<IncomingMessage, number>()
+  let arrivalCheck: NodeJS.Timeout | undefined
   app.addHook('preClose', (done) => {
     closing = true
+    arrivalCheck = setInterval(() => {
+      for (const [raw, start] of arriving) {
+        if (raw.complete || raw.socket.destroyed) arriving.delete(raw)
+        else if (Date.now() - start >= REQUEST_TIMEOUT) {
+          arriving.delete(raw)
+          answerClientError(
+            Object.assign(new Error('request timeout'), { code: 'ERR_HTTP_REQUEST_TIMEOUT' }),
+            raw.socket,
+          )
+        }
+      }
+      if (arriving.size === 0) clearInterval(arrivalCheck)
+    }, 1_000)
+    arrivalCheck.unref()
     done()
   })
+  const arrived = async (request: FastifyRequest) => void arriving.delete(request.raw)
+  app.addHook('onResponse', arrived)
+  app.addHook('onRequestAbort', arrived)
   // A connection busy when the stop begins goes idle once answered, and the keep-alive timeout (72 s) would
   // keep it, and so `close()`, open. During a stop every answer says `Connection: close`, and a connection
   // whose answer was already on its way is closed as soon as it has been sent.
@@ -441,9 +469,10 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
       },
       { retryAfter: 1 },
     )
-  app.addHook('onRequest', (_request, reply, done) => {
-    if (!closing) return done()
-    shuttingDown(reply)
+  app.addHook('onRequest', (request, reply, done) => {
+    if (closing) return shuttingDown(reply)
+    if (!request.raw.complete) arriving.set(request.raw, Date.now())
+    done()
   })
 
   if (refreshCookie) app.register(fastifyCookie)
@@ -479,6 +508,7 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
   })
   app.addHook('onClose', async () => {
     clearInterval(pruneTimer)
+    clearInterval(arrivalCheck)
     await Promise.all([loginLimits.perAccount?.close(), loginLimits.perIp?.close()])
     if (redis) await (await redis.catch(() => undefined))?.quit().catch(() => undefined)
     // closing the store stops a prune in progress at its next batch; a store the app passed in is

@@ -127,3 +127,45 @@ describe('app.close() and a malformed URL', () => {
     expect(outcome).toBe('closed')
   })
 })
+
+describe('app.close() and a client that stalls mid-body', () => {
+  it('bug: a stalled body held its socket, and close(), until Node checked the timeouts a minute later; it now gets 408 at the 10 s request timeout and close() ends with it', {
+    timeout: 25_000,
+  }, async () => {
+    const app = createAuthServer({
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      store,
+      rateLimit: false,
+      pruneInterval: 0,
+    })
+    let arrived!: () => void
+    const reading = new Promise<void>((resolve) => {
+      arrived = resolve
+    })
+    // runs after the server's own onRequest hooks: the request is past them, its body being read
+    app.addHook('onRequest', async () => arrived())
+    const origin = new URL(await app.listen({ port: 0, host: '127.0.0.1' }))
+    const socket = connect(Number(origin.port), '127.0.0.1')
+    let received = ''
+    socket.on('data', (chunk: Buffer) => {
+      received += chunk.toString('latin1')
+    })
+    socket.on('error', () => {})
+    const ended = new Promise<void>((resolve) => socket.on('close', () => resolve()))
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()))
+    // the headers and part of the body, then nothing more
+    socket.write(
+      'POST /auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n' +
+        'content-length: 100\r\n\r\n{"user',
+    )
+    await reading
+    // before, this waited 60 s and more (past this test's timeout): Node checked every 30 s, and against
+    // its own 60 s headers timeout
+    await app.close()
+    await ended
+    expect(received).toMatch(/^HTTP\/1\.1 408 /)
+    expect(received.toLowerCase()).toContain('connection: close')
+    expect(received).toContain('"code":"ERR_INVALID_REQUEST"')
+  })
+})
