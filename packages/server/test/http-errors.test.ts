@@ -322,8 +322,10 @@ describe("requests Node's HTTP parser refuses", () => {
     },
   )
 
-  it('bug: a body that stalls got its 408 only when Node next looked, a minute later; now at the 10 s request timeout', // before, Node checked every 30 s and the answer came after 60 s: this timeout failed the test
-  { timeout: 25_000 }, async () => {
+  // before, Node checked every 30 s and the answer came after 60 s: this test's timeout failed it
+  it('bug: a body that stalls got its 408 only when Node next looked, a minute later; now at the 10 s request timeout', {
+    timeout: 25_000,
+  }, async () => {
     const answer = await rawExchange(
       'POST /auth/login HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"user',
     )
