@@ -89,22 +89,33 @@ async function main(argv: string[]): Promise<number> {
         if (port === 0) port = await freePort(host)
         issuer = `http://${host.includes(':') ? `[${host}]` : host}:${port}`
       }
-      const database = await openDatabase(values)
       const redisUrl = values.redis ?? env.TOKENFLOW_REDIS_URL
       // Fastify loads only for `start`: the user and key commands answer faster without it
       const { createAuthServer } = await import('./index.js')
-      let app: ReturnType<typeof createAuthServer>
+      // the server checks its options when it is created, and uses its store only once it starts: created
+      // first, over a store that is opened after, a refused option leaves no database behind (no file made,
+      // nothing migrated)
+      let database: Database | undefined
+      const store = new Proxy({} as TokenStore, {
+        get: (_target, name) =>
+          // not a thenable: nothing may mistake the store for a promise
+          name === 'then'
+            ? undefined
+            : (...args: unknown[]) =>
+                (database!.store[name as keyof TokenStore] as (...a: unknown[]) => unknown)(...args),
+      })
+      const app = createAuthServer({
+        issuer,
+        audience: values.audience ?? env.TOKENFLOW_AUDIENCE ?? issuer,
+        clientId: values['client-id'] ?? env.TOKENFLOW_CLIENT_ID ?? 'tokenflow',
+        store,
+        keys: { alg: alg as SigningAlgorithm },
+        logger: true,
+        ...(redisUrl === undefined ? {} : { redisUrl }),
+      })
+      database = await openDatabase(values)
       let stopping = false
       try {
-        app = createAuthServer({
-          issuer,
-          audience: values.audience ?? env.TOKENFLOW_AUDIENCE ?? issuer,
-          clientId: values['client-id'] ?? env.TOKENFLOW_CLIENT_ID ?? 'tokenflow',
-          store: database.store,
-          keys: { alg: alg as SigningAlgorithm },
-          logger: true,
-          ...(redisUrl === undefined ? {} : { redisUrl }),
-        })
         await app.listen({ port, host })
       } catch (error) {
         await database.close().catch(() => undefined)

@@ -5,7 +5,7 @@
  * The CLI is bundled once with esbuild, as in cli.test.ts (tsx would cost a second per spawn).
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
@@ -85,6 +85,21 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
     expectOneLine(issuer, '"issuer" must be an https URL (http only on localhost) without query or fragment')
     expectOneLine(redis, '"redisUrl" must be a redis:// or rediss:// URL')
     expectOneLine(mysql, '--postgres must be a postgres:// URL')
+  })
+
+  it('bug: `start` with an option the server refuses made and migrated its database before it said so', async () => {
+    const [issuerDb, redisDb, audienceDb] = ['issuer', 'redis', 'audience'].map((name) =>
+      join(dir, `${name}-refused.db`),
+    )
+    const [issuer, redis, audience] = await Promise.all([
+      cli(['start', '--port', '0', '--issuer', 'ftp://auth.example.com', '--db', issuerDb!]),
+      cli(['start', '--port', '0', '--redis', 'http://127.0.0.1:6379', '--db', redisDb!]),
+      cli(['start', '--port', '0', '--audience', '', '--db', audienceDb!]),
+    ])
+    expectOneLine(issuer, '"issuer" must be an https URL (http only on localhost) without query or fragment')
+    expectOneLine(redis, '"redisUrl" must be a redis:// or rediss:// URL')
+    expect(audience.code).toBe(1)
+    for (const file of [issuerDb!, redisDb!, audienceDb!]) expect(existsSync(file)).toBe(false)
   })
 
   it('bug: an environment variable set to the empty string was taken as a value, not as unset', async () => {
