@@ -11,8 +11,12 @@ export type CrossTabMessage =
 /** Cross-tab coordination for one manager: BroadcastChannel, or the storage event, plus the rotation signal. */
 export interface CrossTab {
   post(message: CrossTabMessage): void
-  /** after a rotation: hold a lock named after the spent refresh token for a few seconds */
-  rotated(spentRefreshToken: string): void
+  /**
+   * after a rotation: hold a lock named after the spent refresh token for a few seconds; with `remember` (this
+   * tab's storage is its own), also note its fingerprint in localStorage, for a copy of the session that acts
+   * long after (a duplicated sessionStorage tab)
+   */
+  rotated(spentRefreshToken: string, remember?: boolean): void
   /**
    * Before refreshing under the lock: if another tab holds the rotation signal for the refresh token that `read`
    * shows, our copy of storage is behind (Chromium copies localStorage writes between tabs asynchronously), so
@@ -56,6 +60,18 @@ export function createCrossTab(
   const g = globalThis as {
     BroadcastChannel?: typeof BroadcastChannel
     addEventListener?: (type: string, listener: (event: { key?: string | null }) => void) => void
+    localStorage?: { getItem(key: string): string | null; setItem(key: string, value: string): void }
+  }
+  // fingerprints of the refresh tokens tabs of this origin rotated from storage of their own, the latest 100:
+  // the lock that signals a rotation lives a few seconds, a duplicated tab may act hours later
+  const spentKey = `${name}:spent`
+  const spentList = (): string[] => {
+    try {
+      const list: unknown = JSON.parse(g.localStorage?.getItem(spentKey) ?? '[]')
+      return Array.isArray(list) ? list : []
+    } catch {
+      return []
+    }
   }
   let channel: (BroadcastChannel & { unref?: () => void }) | undefined
   if (talk && g.BroadcastChannel) {
@@ -74,7 +90,14 @@ export function createCrossTab(
       }
     },
 
-    rotated(spent) {
+    rotated(spent, remember) {
+      if (remember) {
+        try {
+          g.localStorage?.setItem(spentKey, JSON.stringify([...spentList().slice(-99), fingerprint(spent)]))
+        } catch {
+          // no localStorage (a sandboxed frame, a full quota): the lock below still signals for a while
+        }
+      }
       if (!lock) return
       lock
         // exclusive, the default mode; ifAvailable: a signal some tab holds already is left as it is
@@ -84,6 +107,8 @@ export function createCrossTab(
 
     async settle(read, stuck) {
       let current = await read()
+      // a twin of this session rotated this very token, however long ago: sending it would revoke both
+      if (stuck && current?.refreshToken && spentList().includes(fingerprint(current.refreshToken))) stuck()
       const { query } = lock || {}
       if (!query) return current
       const rotated = async () => {

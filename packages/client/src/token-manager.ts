@@ -539,7 +539,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         if (refreshed.refreshToken !== base.refreshToken) spend(base.refreshToken)
         // saved under the lock, so the next tab to take it reads the rotated refresh token
         if (session === started) await write(refreshed)
-        if (refreshed.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!)
+        if (refreshed.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!, !!copied)
         return refreshed
       })
     } catch (cause) {

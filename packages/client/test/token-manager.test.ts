@@ -623,6 +623,57 @@ describe('rule 7: managers sharing storage and a lock', () => {
     expect(a.types()).not.toContain('loggedOut')
   }, 10_000)
 
+  it('a duplicated sessionStorage tab that acts long after its twin rotated (the signal lock is gone) still logs out instead of sending the spent token', async () => {
+    // the browser's localStorage, shared by the tabs of the origin, and each tab's own copy of the session
+    const shared = new Map<string, string>()
+    vi.stubGlobal('localStorage', {
+      getItem: (key: string) => shared.get(key) ?? null,
+      setItem: (key: string, value: string) => void shared.set(key, value),
+    })
+    try {
+      const session = tokenSet(T0, MIN, 0)
+      // separate locks: by the time b acts, the few seconds a's rotation signal lasts are long over
+      const a = setup({ storage: memoryStorage(session), lock: createTestLock({ query: true }) })
+      const b = setup({ storage: memoryStorage(session), lock: createTestLock({ query: true }) })
+      const fromA = a.manager.refresh()
+      await flush()
+      const next = tokenSet(T0, MIN, 1)
+      a.calls[0]!.resolve(next)
+      expect(await fromA).toBe(next.accessToken)
+
+      const fromB = b.manager.refresh().catch((error: unknown) => error)
+      expect(await fromB).toMatchObject({ name: 'RefreshError', kind: 'rejected' })
+      expect(b.calls).toHaveLength(0)
+      expect(b.events.at(-1)).toMatchObject({ type: 'loggedOut', reason: 'refreshRejected' })
+      expect(await a.manager.getAccessToken()).toBe(next.accessToken)
+      // only a fingerprint is kept, never the token, and the list stays bounded
+      const list = JSON.parse(shared.get('tokenflow:spent')!) as string[]
+      expect(list).toHaveLength(1)
+      expect(shared.get('tokenflow:spent')).not.toContain(session.refreshToken!)
+    } finally {
+      vi.unstubAllGlobals()
+    }
+  })
+
+  it('tabs that share their storage note no spent tokens in localStorage: the storage itself shows the successor', async () => {
+    const shared = new Map<string, string>()
+    vi.stubGlobal('localStorage', {
+      getItem: (key: string) => shared.get(key) ?? null,
+      setItem: (key: string, value: string) => void shared.set(key, value),
+    })
+    try {
+      const storage = { ...memoryStorage(tokenSet(T0, MIN, 0)), shared: true }
+      const a = setup({ storage, lock: createTestLock({ query: true }) })
+      const fromA = a.manager.refresh()
+      await flush()
+      a.calls[0]!.resolve(tokenSet(T0, MIN, 1))
+      await fromA
+      expect(shared.has('tokenflow:spent')).toBe(false)
+    } finally {
+      vi.unstubAllGlobals()
+    }
+  })
+
   /**
    * Three managers on one storage and lock (lockTimeout 1 s): c holds the lock with a refresh that hangs, b
    * gives up on it and refreshes under the fallback lock (its answer held), a queues for the lock. Then c
