@@ -486,8 +486,14 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         // brought newer tokens than this tab's copy of storage shows yet
         const fresher = async () => {
           const stored = await read()
-          // storage is the truth, unless it is known to be behind what a broadcast brought
-          return isSpent(stored) && tokens && !isSpent(tokens) ? tokens : stored
+          // storage is the truth, unless it is known to be behind what a broadcast brought: it holds a spent
+          // refresh token, or it is this tab's own (cookie mode's memory), which a broadcast from another tab's
+          // refresh updates only in memory
+          return tokens &&
+            !isSpent(tokens) &&
+            (isSpent(stored) || (!storage.shared && tokens.accessToken !== start.accessToken))
+            ? tokens
+            : stored
         }
         // a tab that gave up waiting (behind an earlier holder) may be refreshing under the fallback lock right
         // now: let it finish first, so the check below sees its rotation instead of sending the same token
@@ -538,7 +544,16 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         receivedAt = now()
         if (refreshed.refreshToken !== base.refreshToken) spend(base.refreshToken)
         // saved under the lock, so the next tab to take it reads the rotated refresh token
-        if (session === started) await write(refreshed)
+        if (session === started) {
+          await write(refreshed)
+          // told under the lock too, so the message is on its way before the next tab can take the lock: a tab
+          // whose storage is its own (cookie mode) learns of this refresh only from it
+          crossTab?.post(
+            refreshed.refreshToken === base.refreshToken
+              ? { type: 'refreshed', tokens: refreshed }
+              : { type: 'refreshed', tokens: refreshed, spent: base.refreshToken! },
+          )
+        }
         if (refreshed.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!, !!copied)
         return refreshed
       })
@@ -576,11 +591,6 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     done()
     if (receivedAt !== undefined) {
       use(next, receivedAt, true)
-      crossTab?.post(
-        next.refreshToken === base.refreshToken
-          ? { type: 'refreshed', tokens: next }
-          : { type: 'refreshed', tokens: next, spent: base.refreshToken! },
-      )
       emit({ type: 'refreshed', tokens: { ...next }, source: 'local' })
     } else adopt({ type: 'refreshed', tokens: next })
     return next.accessToken

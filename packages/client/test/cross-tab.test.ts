@@ -48,6 +48,36 @@ afterEach(() => {
 })
 
 describe('BroadcastChannel', () => {
+  it("bug: with storage of each tab's own (cookie mode) a tab that got the lock after another tab's refresh refreshed again, though the broadcast had brought the new tokens", async () => {
+    const channel = freshChannel()
+    const base = createTestLock({ query: true })
+    // as in a browser, where a lock reaches the next tab through another process: a broadcast sent before can arrive first
+    const lock: typeof base = {
+      ...base,
+      request: (name, options, callback) =>
+        base.request(name, options, async (held) => {
+          await new Promise((resolve) => setTimeout(resolve, 30))
+          return callback(held)
+        }),
+    }
+    // cookie mode: each page's memory holds an expired placeholder, the refresh token lives in the cookie
+    const placeholder = () => memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
+    const a = tab({ storage: placeholder(), channel, lock })
+    const b = tab({ storage: placeholder(), channel, lock })
+    const [fromA, fromB] = [a.manager.getAccessToken(), b.manager.getAccessToken()]
+    await eventually(() => a.calls.length + b.calls.length === 1)
+    const [first, firstTab] = a.calls.length ? [a.calls[0]!, a] : [b.calls[0]!, b]
+    const next = { ...tokenSet(T0, MIN, 1), refreshToken: undefined }
+    first.resolve(next)
+    expect(await fromA).toBe(next.accessToken)
+    expect(await fromB).toBe(next.accessToken)
+    // one refresh between the two tabs: the other took the tokens the broadcast brought
+    expect(a.calls.length + b.calls.length).toBe(1)
+    const other = firstTab === a ? b : a
+    expect(other.events.map((event) => event.type)).toEqual(['refreshStarted', 'refreshed'])
+    expect(other.events[1]).toMatchObject({ type: 'refreshed', source: 'otherTab' })
+  })
+
   it("a login in one tab calls off another tab's refresh of the old session: the new session stays in every tab", async () => {
     const storage = memoryStorage()
     const channel = freshChannel()
