@@ -389,7 +389,8 @@ async function pollStats(): Promise<void> {
     const { server, sessions } = (await response.json()) as StatsAnswer
     const mine = (tfSid && sessions[tfSid]) || { refreshes: 0, reuseDetected: 0 }
     const theirs = (rcSid && sessions[rcSid]) || { refreshes: 0, reuseDetected: 0 }
-    tokenflow.serverCounts(tfAccess ? mine.refreshes : 0, mine.reuseDetected)
+    // after a logout, as the recipe's column does, the counts stay those of the session it ended
+    tokenflow.serverCounts(tfSid ? mine.refreshes : 0, mine.reuseDetected)
     recipe.serverCounts(rcSid ? theirs.refreshes : 0, theirs.reuseDetected)
     $('server-line').textContent =
       `Server, all sessions since it started: ${server.apiRequests} API requests, ${server.apiUnauthorized} answered 401, ` +
