@@ -487,11 +487,16 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         const fresher = async () => {
           const stored = await read()
           // storage is the truth, unless it is known to be behind what a broadcast brought: it holds a spent
-          // refresh token, or it is this tab's own (cookie mode's memory), which a broadcast from another tab's
-          // refresh updates only in memory
+          // refresh token, or a broadcast brought a new access token while the refresh token, in storage and
+          // in memory, is still the one this refresh started from (cookie mode: each tab's memory is its own
+          // and a broadcast updates only memory; the placeholder never rotates, so taking the broadcast's
+          // tokens can never send a spent refresh token)
           return tokens &&
             !isSpent(tokens) &&
-            (isSpent(stored) || (!storage.shared && tokens.accessToken !== start.accessToken))
+            (isSpent(stored) ||
+              (tokens.refreshToken === start.refreshToken &&
+                stored?.refreshToken === start.refreshToken &&
+                tokens.accessToken !== start.accessToken))
             ? tokens
             : stored
         }
