@@ -51,12 +51,13 @@ describe('BroadcastChannel', () => {
   it("bug: with storage of each tab's own (cookie mode) a tab that got the lock after another tab's refresh refreshed again, though the broadcast had brought the new tokens", async () => {
     const channel = freshChannel()
     const base = createTestLock({ query: true })
-    // as in a browser, where a lock reaches the next tab through another process: a broadcast sent before can arrive first
+    // a grant waits for this once it is set: see below
+    let gate: Promise<unknown> | undefined
     const lock: typeof base = {
       ...base,
       request: (name, options, callback) =>
         base.request(name, options, async (held) => {
-          await new Promise((resolve) => setTimeout(resolve, 30))
+          await gate
           return callback(held)
         }),
     }
@@ -67,13 +68,16 @@ describe('BroadcastChannel', () => {
     const [fromA, fromB] = [a.manager.getAccessToken(), b.manager.getAccessToken()]
     await eventually(() => a.calls.length + b.calls.length === 1)
     const [first, firstTab] = a.calls.length ? [a.calls[0]!, a] : [b.calls[0]!, b]
+    const other = firstTab === a ? b : a
+    // as in a browser, where the lock reaches the next tab through another process: the broadcast, sent
+    // before the lock is let go, gets to the other tab before the lock does
+    gate = eventually(() => other.events.some((event) => event.type === 'refreshed'), 5_000)
     const next = { ...tokenSet(T0, MIN, 1), refreshToken: undefined }
     first.resolve(next)
     expect(await fromA).toBe(next.accessToken)
     expect(await fromB).toBe(next.accessToken)
     // one refresh between the two tabs: the other took the tokens the broadcast brought
     expect(a.calls.length + b.calls.length).toBe(1)
-    const other = firstTab === a ? b : a
     expect(other.events.map((event) => event.type)).toEqual(['refreshStarted', 'refreshed'])
     expect(other.events[1]).toMatchObject({ type: 'refreshed', source: 'otherTab' })
   })
