@@ -16,6 +16,16 @@ const MIN = 60_000
 
 const setup = (options: Partial<TokenManagerOptions> = {}) => setupManager(options, T0)
 
+/** Puts a Map-backed localStorage on globalThis (undone by vi.unstubAllGlobals) and returns the Map. */
+function stubLocalStorage(): Map<string, string> {
+  const shared = new Map<string, string>()
+  vi.stubGlobal('localStorage', {
+    getItem: (key: string) => shared.get(key) ?? null,
+    setItem: (key: string, value: string) => void shared.set(key, value),
+  })
+  return shared
+}
+
 afterEach(() => {
   vi.useRealTimers()
 })
@@ -625,11 +635,7 @@ describe('rule 7: managers sharing storage and a lock', () => {
 
   it('a duplicated sessionStorage tab that acts long after its twin rotated (the signal lock is gone) still logs out instead of sending the spent token', async () => {
     // the browser's localStorage, shared by the tabs of the origin, and each tab's own copy of the session
-    const shared = new Map<string, string>()
-    vi.stubGlobal('localStorage', {
-      getItem: (key: string) => shared.get(key) ?? null,
-      setItem: (key: string, value: string) => void shared.set(key, value),
-    })
+    const shared = stubLocalStorage()
     try {
       const session = tokenSet(T0, MIN, 0)
       // separate locks: by the time b acts, the few seconds a's rotation signal lasts are long over
@@ -656,11 +662,7 @@ describe('rule 7: managers sharing storage and a lock', () => {
   })
 
   it('tabs that share their storage note no spent tokens in localStorage: the storage itself shows the successor', async () => {
-    const shared = new Map<string, string>()
-    vi.stubGlobal('localStorage', {
-      getItem: (key: string) => shared.get(key) ?? null,
-      setItem: (key: string, value: string) => void shared.set(key, value),
-    })
+    const shared = stubLocalStorage()
     try {
       const storage = { ...memoryStorage(tokenSet(T0, MIN, 0)), shared: true }
       const a = setup({ storage, lock: createTestLock({ query: true }) })

@@ -4,7 +4,12 @@
  */
 import { Agent, request } from 'node:http'
 import { connect } from 'node:net'
-import { createAuthServer, createSqliteStore, type TokenStore } from '@tokenflow/server'
+import {
+  type AuthServerOptions,
+  createAuthServer,
+  createSqliteStore,
+  type TokenStore,
+} from '@tokenflow/server'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { AUDIENCE, ISSUER } from './helpers/http.js'
 
@@ -13,6 +18,17 @@ beforeAll(() => {
   store = createSqliteStore({ filename: ':memory:' })
 })
 afterAll(() => store.close())
+
+/** A server on the shared store, without rate limits or prunes, plus `options`. */
+const server = (options: Partial<AuthServerOptions> = {}) =>
+  createAuthServer({
+    issuer: ISSUER,
+    audience: AUDIENCE,
+    store,
+    rateLimit: false,
+    pruneInterval: 0,
+    ...options,
+  })
 
 describe('app.close() with a request in flight on a kept-alive connection', () => {
   it('bug: close() waited for the keep-alive timeout after answering a request that was in flight', async () => {
@@ -24,12 +40,7 @@ describe('app.close() with a request in flight on a kept-alive connection', () =
     const loginArrived = new Promise<void>((resolve) => {
       arrived = resolve
     })
-    const app = createAuthServer({
-      issuer: ISSUER,
-      audience: AUDIENCE,
-      store,
-      rateLimit: false,
-      pruneInterval: 0,
+    const app = server({
       authenticate: async () => {
         arrived()
         await held
@@ -90,13 +101,7 @@ describe('app.close() with a request in flight on a kept-alive connection', () =
 
 describe('app.close() and a malformed URL', () => {
   it('bug: a malformed URL answered during a stop kept its connection alive and held close() for the keep-alive timeout', async () => {
-    const app = createAuthServer({
-      issuer: ISSUER,
-      audience: AUDIENCE,
-      store,
-      rateLimit: false,
-      pruneInterval: 0,
-    })
+    const app = server()
     const origin = new URL(await app.listen({ port: 0, host: '127.0.0.1' }))
     const socket = connect(Number(origin.port), '127.0.0.1')
     let received = ''
@@ -132,13 +137,7 @@ describe('app.close() and a client that stalls mid-body', () => {
   it('bug: a stalled body held its socket, and close(), until Node checked the timeouts a minute later; it now gets 408 at the 10 s request timeout and close() ends with it', {
     timeout: 25_000,
   }, async () => {
-    const app = createAuthServer({
-      issuer: ISSUER,
-      audience: AUDIENCE,
-      store,
-      rateLimit: false,
-      pruneInterval: 0,
-    })
+    const app = server()
     let arrived!: () => void
     const reading = new Promise<void>((resolve) => {
       arrived = resolve
