@@ -26,17 +26,26 @@ commands:
   user remove <name>
   keys rotate [--alg ES256|ES384|RS256|PS256]
 
-options (all commands):
+options of every command:
   --db FILE             SQLite database file (env TOKENFLOW_DB; default ./tokenflow.db)
   --postgres URL        PostgreSQL connection URL (env DATABASE_URL), needs the "pg" package
+  -h, --help            show this help
+
+options of start (--alg also of keys rotate):
   --issuer URL          "iss" of access tokens (env TOKENFLOW_ISSUER; default http://HOST:PORT,
                         with the port actually bound for --port 0)
   --audience AUD        "aud" of access tokens (env TOKENFLOW_AUDIENCE; default the issuer)
   --client-id ID        OAuth client id (env TOKENFLOW_CLIENT_ID; default tokenflow)
   --redis URL           keep login rate limits in Redis (env TOKENFLOW_REDIS_URL)
   --alg ALG             algorithm of generated signing keys (env TOKENFLOW_KEY_ALG; default ES256)
-  -h, --help            show this help
 `
+
+/** The flags each command reads besides --db, --postgres and --help: any other is refused, never ignored. */
+const COMMAND_FLAGS: Record<string, readonly string[]> = {
+  start: ['port', 'host', 'issuer', 'audience', 'client-id', 'redis', 'alg'],
+  user: [],
+  keys: ['alg'],
+}
 
 /** A user-facing failure: printed as one line, exit code 1. */
 class CliError extends Error {
@@ -65,6 +74,12 @@ async function main(argv: string[]): Promise<number> {
   }
   const [command, sub, ...rest] = positionals
   const env = environment()
+  const flags = command === undefined ? undefined : COMMAND_FLAGS[command]
+  const ignored =
+    flags &&
+    Object.keys(values).find((name) => !['db', 'postgres', 'help'].includes(name) && !flags.includes(name))
+  // `keys rotate --issuer …` would look meaningful and do nothing
+  if (ignored) throw new CliError(`--${ignored} is not an option of "${command}" (see --help)`)
 
   if (values.db !== undefined && values.postgres !== undefined) {
     throw new CliError('use either --db or --postgres, not both')

@@ -69,6 +69,26 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
     expectOneLine(keys, 'usage: tokenflow-server keys rotate')
   })
 
+  it('bug: `user` and `keys` took the flags only `start` reads (--issuer, --port, …) and ignored them', async () => {
+    const db = join(dir, 'scoped-flags.db')
+    const [userIssuer, keysPort, userAlg, keysRedis] = await Promise.all([
+      cli(['user', 'list', '--issuer', 'https://auth.example.com', '--db', db]),
+      cli(['keys', 'rotate', '--port', '3000', '--db', db]),
+      cli(['user', 'list', '--alg', 'ES384', '--db', db]),
+      cli(['keys', 'rotate', '--redis=redis://127.0.0.1:6379', '--db', db]),
+    ])
+    expectOneLine(userIssuer, '--issuer is not an option of "user" (see --help)')
+    expectOneLine(keysPort, '--port is not an option of "keys" (see --help)')
+    expectOneLine(userAlg, '--alg is not an option of "user" (see --help)')
+    expectOneLine(keysRedis, '--redis is not an option of "keys" (see --help)')
+    // refused before the database is opened: nothing was created
+    expect(existsSync(db)).toBe(false)
+    // what each command does read still works
+    const rotated = await cli(['keys', 'rotate', '--alg', 'ES384', '--db', db])
+    expect({ code: rotated.code, stderr: rotated.stderr }).toEqual({ code: 0, stderr: '' })
+    expect(rotated.stdout).toMatch(/^new signing key "/)
+  })
+
   it('bad values, from flags and from the environment', async () => {
     const db = join(dir, 'values.db')
     const [port, envPort, alg, issuer, redis, mysql] = await Promise.all([
