@@ -58,7 +58,10 @@ export interface TokenManagerOptions {
    *   process-wide lock would make every user's refresh wait for every other's
    */
   lock?: LockManagerLike | false
-  /** ms to wait for the lock; after it, refresh without the lock instead of hanging @default 10_000 */
+  /**
+   * ms to wait for the lock; after it, wait as long again for a fallback lock that the tabs which gave up
+   * take in turn, then refresh without a lock instead of hanging (at most 2 × lockTimeout in all) @default 10_000
+   */
   lockTimeout?: number
   /**
    * BroadcastChannel name for cross-tab events, or `false`. Unless you set it, the manager talks to other

@@ -11,7 +11,10 @@ export type AuthErrorCode =
   | 'ERR_INVALID_REQUEST'
   /** too many attempts; see `retryAfter` */
   | 'ERR_RATE_LIMITED'
-  /** the access token is missing or invalid (protected routes) */
+  /**
+   * the access token's session has ended (protected routes). A missing or bad access token is answered with
+   * the codes of "@tokenflow/server/verify" (`VerifyErrorCode`: `ERR_TOKEN_MISSING`, `ERR_JWT_EXPIRED`, …)
+   */
   | 'ERR_INVALID_TOKEN'
   /** a session id that does not exist or belongs to someone else */
   | 'ERR_NOT_FOUND'

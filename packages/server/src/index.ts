@@ -119,7 +119,8 @@ export interface AuthServerOptions {
   reuseGrace?: number | undefined
   /**
    * The most live sessions one user may hold: a login beyond it revokes the user's least recently used
-   * sessions. `Infinity` turns the cap off.
+   * sessions, at most 16 per login (a user far over the cap comes down over several logins). `Infinity`
+   * turns the cap off.
    * @default 100
    */
   maxSessionsPerUser?: number | undefined

@@ -190,7 +190,9 @@ export interface IssuerOptions {
 export interface Issuer {
   /**
    * checks the credentials (the built-in users table, or `authenticate`) within the login rate limits and
-   * starts a session; rejects with `ERR_INVALID_CREDENTIALS`, `ERR_RATE_LIMITED` or `ERR_INVALID_REQUEST`
+   * starts a session; rejects with `ERR_INVALID_CREDENTIALS`, `ERR_RATE_LIMITED` or `ERR_INVALID_REQUEST`,
+   * with `ERR_UNAVAILABLE` (and `retryAfter`) while the password hasher's line is full or the Redis of the
+   * rate limits is down, and with `ERR_CONFIG` when `authenticate` answers something that is not a user
    */
   login(username: unknown, password: unknown, meta?: LoginMeta): Promise<IssuedTokens>
   /** rotates the refresh token; pass `clientId` to require the session to belong to that client */
