@@ -19,7 +19,7 @@ import {
 
 /**
  * One test per bug of the well-known axios-interceptor recipe (`isTokenRefreshing` + `refreshSubscribers`),
- * as listed in ARCHITECTURE.md, against real axios and a real server with rotating refresh tokens and
+ * as the README lists them ("Coming from the interceptor recipe"), against real axios and a real server with rotating refresh tokens and
  * reuse detection (no reuse grace).
  */
 

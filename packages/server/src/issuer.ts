@@ -706,7 +706,7 @@ export function createIssuer({
     },
   }
 
-  /** Rotation as ARCHITECTURE.md specifies; every failure is the same `invalidGrant()`. */
+  /** Rotation: one compare-and-swap of the counter, a grace for the previous token, reuse revokes the session; every failure is the same `invalidGrant()`. */
   async function rotate(refreshToken: unknown, expectedClientId: string | undefined): Promise<IssuedTokens> {
     // garbage never reaches the database
     const parsed = parseRefreshToken(refreshToken)

@@ -900,7 +900,7 @@ function errorResponse(error: VerifyError, realm: string | undefined) {
       : DESCRIPTIONS[error.code]
   const headers: Record<string, string> = { 'cache-control': 'no-store' }
   if (error.status === 401) {
-    // RFC 6750 section 3.1 leaves out error for a missing token; the ARCHITECTURE wants every 401 to carry it
+    // RFC 6750 section 3.1 leaves out error for a missing token; this server gives every 401 one, so clients need no special case
     const realmParam = realm === undefined ? '' : `realm="${realm}", `
     headers['www-authenticate'] =
       `Bearer ${realmParam}error="invalid_token", error_description="${description}"`

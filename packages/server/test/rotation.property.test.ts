@@ -11,7 +11,7 @@ import { createSqliteStore } from '../src/stores/sqlite.js'
 import type { TokenStore } from '../src/stores/store.js'
 
 /**
- * Refresh-token rotation against a model (ARCHITECTURE.md, "Tokens"): random sequences of refreshes with any
+ * Refresh-token rotation against a model (one compare-and-swap per rotation, a reuse grace for the previous token, any other reuse revokes the session): random sequences of refreshes with any
  * token a family ever had, pairs of concurrent refreshes, logouts and clock jumps, over two families at once.
  * After every step the issuer's answer and the stored row must be what the model says:
  * - the current token rotates: the successor, counter + 1;
