@@ -513,6 +513,19 @@ describe('session routes', () => {
         payload: '{oops',
         headers: { 'content-type': 'application/json' },
       },
+      // bug: these two got 413 and 415, without the challenge, before the token was looked at
+      {
+        method: 'POST' as const,
+        url: '/auth/logout-all',
+        payload: 'x'.repeat(5000),
+        headers: { 'content-type': 'application/json' },
+      },
+      {
+        method: 'DELETE' as const,
+        url: '/auth/sessions/abc',
+        payload: 'a',
+        headers: { 'content-type': ';;;' },
+      },
     ]
     for (const request of requests) {
       const response = await app.inject(request)

@@ -2,8 +2,8 @@
  * The session routes, behind a Bearer access token: `GET /auth/sessions`,
  * `DELETE /auth/sessions/:id` and `POST /auth/logout-all`.
  */
-import type { FastifyInstance } from 'fastify'
-import type { Issuer } from '../issuer.js'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { AccessTokenClaims, Issuer } from '../issuer.js'
 import { authenticateRequest, ignoreBodies, noStore, sendAuthError, sendError } from './http.js'
 
 /** Options of the `sessionRoutes` plugin. */
@@ -17,14 +17,21 @@ export interface SessionRoutesOptions {
  * app.register(sessionRoutes, { issuer })
  */
 export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRoutesOptions) {
-  // the token is checked first, in each handler: without a valid one every request gets the same 401 with
-  // its challenge, whatever else is wrong with it. So no schema and no parser refuses a request before
-  // that: these routes take no body, and a body that comes anyway is ignored
+  // the token is checked first, when the request arrives: without a valid one every request gets the same 401
+  // with its challenge, whatever else is wrong with it. So no body limit (413), content type (415), schema
+  // or parser refuses a request before that: these routes take no body, and a body that comes anyway is ignored
   ignoreBodies(app)
-
-  app.get('/auth/sessions', async (request, reply) => {
+  const callers = new WeakMap<FastifyRequest, AccessTokenClaims>()
+  app.addHook('onRequest', async (request, reply) => {
     const claims = await authenticateRequest(issuer, request, reply)
     if (!claims) return reply
+    callers.set(request, claims)
+  })
+  // set by the hook above for every request that reaches a handler
+  const callerOf = (request: FastifyRequest) => callers.get(request)!
+
+  app.get('/auth/sessions', async (request, reply) => {
+    const claims = callerOf(request)
     try {
       const sessions = await issuer.listSessions(claims.sub)
       return noStore(reply).send({
@@ -36,8 +43,7 @@ export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRou
   })
 
   app.delete('/auth/sessions/:id', async (request, reply) => {
-    const claims = await authenticateRequest(issuer, request, reply)
-    if (!claims) return reply
+    const claims = callerOf(request)
     const { id } = request.params as { id: string }
     if (id.length > 64) {
       return sendError(reply, 400, {
@@ -55,8 +61,7 @@ export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRou
   })
 
   app.post('/auth/logout-all', async (request, reply) => {
-    const claims = await authenticateRequest(issuer, request, reply)
-    if (!claims) return reply
+    const claims = callerOf(request)
     try {
       const revoked = await issuer.logoutAll(claims.sub)
       return noStore(reply).send({ revoked })
