@@ -17,15 +17,18 @@ export interface SessionRoutesOptions {
  * app.register(sessionRoutes, { issuer })
  */
 export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRoutesOptions) {
-  // the token is checked first, when the request arrives: without a valid one every request gets the same 401
-  // with its challenge, whatever else is wrong with it. So no body limit (413), content type (415), schema
-  // or parser refuses a request before that: these routes take no body, and a body that comes anyway is ignored
+  // the token is checked first: without a valid one every request gets the same 401 with its challenge,
+  // whatever else is wrong with it. So no body limit (413), content type (415), schema or parser refuses a
+  // request before that: these routes take no body, and a body that comes anyway is ignored. The check runs
+  // before the body is parsed (preParsing), after every onRequest hook, so that the app's own (CORS, logging)
+  // still see each request
   ignoreBodies(app)
   const callers = new WeakMap<FastifyRequest, AccessTokenClaims>()
-  app.addHook('onRequest', async (request, reply) => {
+  app.addHook('preParsing', async (request, reply, payload) => {
     const claims = await authenticateRequest(issuer, request, reply)
     if (!claims) return reply
     callers.set(request, claims)
+    return payload
   })
   // set by the hook above for every request that reaches a handler
   const callerOf = (request: FastifyRequest) => callers.get(request)!
