@@ -539,6 +539,24 @@ describe('session routes', () => {
     expect(badId.json()).toMatchObject({ error: 'invalid_request', code: 'ERR_INVALID_REQUEST' })
   })
 
+  it("the app's own onRequest hooks (CORS, logging) still see a session route's 401", async () => {
+    const own = server()
+    const seen: string[] = []
+    own.addHook('onRequest', async (request) => {
+      seen.push(`${request.method} ${request.url}`)
+    })
+    await own.ready()
+    const response = await own.inject({
+      method: 'POST',
+      url: '/auth/logout-all',
+      payload: 'x'.repeat(5000),
+      headers: { 'content-type': 'application/json' },
+    })
+    expect(response.statusCode).toBe(401)
+    expect(seen).toEqual(['POST /auth/logout-all'])
+    await own.close()
+  })
+
   it("DELETE /auth/sessions/:id revokes one of mine; someone else's is 404", async () => {
     const mine = await login()
     const second = await login()
@@ -994,6 +1012,37 @@ describe('cookie mode', () => {
     const next = rotatedCookie(refreshed)!
     expect((await cookiePost('/refresh/token/logout', next, { json: true })).statusCode).toBe(200)
     expect((await cookiePost('/refresh/token', next)).json()).toEqual(INVALID_GRANT)
+  })
+
+  it('bug: with cookie path "/", POST /auth/logout ended the cookie\'s session without the CSRF header', async () => {
+    const rootApp = server({ cookie: { path: '/' } })
+    await rootApp.ready()
+    const login = await rootApp.inject({
+      method: 'POST',
+      url: '/auth/login',
+      payload: { username: 'ada', password: PASSWORD },
+    })
+    const refreshToken = login.cookies.find((cookie) => cookie.name === COOKIE)!.value
+    const logout = (headers: Record<string, string>) =>
+      rootApp.inject({ method: 'POST', url: '/auth/logout', cookies: { [COOKIE]: refreshToken }, headers })
+    // what a page of another origin of the same site can send: the cookie, no custom header
+    const forged = await logout({})
+    expect(forged.statusCode).toBe(200)
+    // the session lives on, and the cookie was not cleared
+    expect(forged.headers['set-cookie']).toBeUndefined()
+    const alive = await cookiePost('/refresh/token', refreshToken, { target: rootApp })
+    expect(alive.statusCode).toBe(200)
+    const next = rotatedCookie(alive)!
+    // the page's own logout carries the header: that one ends the session
+    const own = await rootApp.inject({
+      method: 'POST',
+      url: '/auth/logout',
+      cookies: { [COOKIE]: next },
+      headers: { 'x-tokenflow-refresh': '1' },
+    })
+    expect(own.statusCode).toBe(200)
+    expect((await cookiePost('/refresh/token', next, { target: rootApp })).json()).toEqual(INVALID_GRANT)
+    await rootApp.close()
   })
 
   it('logs out by the access token, since the cookie never reaches /auth/logout', async () => {

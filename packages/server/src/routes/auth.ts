@@ -197,8 +197,13 @@ export async function authRoutes(
   async function logout(request: FastifyRequest, reply: FastifyReply) {
     const { refreshToken } = request.body as { refreshToken?: string | null }
     // the cookie is scoped to the refresh path, so a browser's logout names its session by the
-    // access token; both ways are tried and the answer is the same whatever happened
-    const candidates = [refreshToken, cookie ? request.cookies[cookie.name] : undefined]
+    // access token; both ways are tried and the answer is the same whatever happened.
+    // A cookie path of "/" brings the cookie here too: it counts, and is cleared, only in a request that
+    // a page of another origin cannot make without a CORS preflight (never granted), one carrying the CSRF
+    // header or an Authorization header. A cookie alone could come from a sibling subdomain's form
+    const ownPage =
+      !!cookie && (!!request.headers[cookie.csrfHeader] || request.headers.authorization !== undefined)
+    const candidates = [refreshToken, ownPage ? request.cookies[cookie.name] : undefined]
     try {
       for (const token of candidates) if (token) await issuer.logout(token)
       const accessToken = bearerToken(request)
@@ -209,7 +214,7 @@ export async function authRoutes(
     } catch (error) {
       return sendAuthError(request, reply, error)
     }
-    clearCookie(reply)
+    if (ownPage) clearCookie(reply)
     return noStore(reply).send({})
   }
 }
