@@ -38,11 +38,14 @@ options of start (--alg also of keys rotate):
   --client-id ID        OAuth client id (env TOKENFLOW_CLIENT_ID; default tokenflow)
   --redis URL           keep login rate limits in Redis (env TOKENFLOW_REDIS_URL)
   --alg ALG             algorithm of generated signing keys (env TOKENFLOW_KEY_ALG; default ES256)
+  --trust-proxy ADDRS   the reverse proxies in front, comma-separated addresses or CIDRs (env
+                        TOKENFLOW_TRUST_PROXY; e.g. 10.0.0.0/8): the client their X-Forwarded-For names
+                        gets its own per-IP login budget (default: no proxy trusted)
 `
 
 /** The flags each command reads besides --db, --postgres and --help: any other is refused, never ignored. */
 const COMMAND_FLAGS: Record<string, readonly string[]> = {
-  start: ['port', 'host', 'issuer', 'audience', 'client-id', 'redis', 'alg'],
+  start: ['port', 'host', 'issuer', 'audience', 'client-id', 'redis', 'alg', 'trust-proxy'],
   user: [],
   keys: ['alg'],
 }
@@ -105,6 +108,7 @@ async function main(argv: string[]): Promise<number> {
         issuer = `http://${host.includes(':') ? `[${host}]` : host}:${port}`
       }
       const redisUrl = values.redis ?? env.TOKENFLOW_REDIS_URL
+      const trustProxy = parseTrustProxy(values['trust-proxy'] ?? env.TOKENFLOW_TRUST_PROXY)
       // Fastify loads only for `start`: the user and key commands answer faster without it
       const { createAuthServer } = await import('./index.js')
       // the server checks its options when it is created, and uses its store only once it starts: created
@@ -119,15 +123,29 @@ async function main(argv: string[]): Promise<number> {
             : (...args: unknown[]) =>
                 (database!.store[name as keyof TokenStore] as (...a: unknown[]) => unknown)(...args),
       })
-      const app = createAuthServer({
-        issuer,
-        audience: values.audience ?? env.TOKENFLOW_AUDIENCE ?? issuer,
-        clientId: values['client-id'] ?? env.TOKENFLOW_CLIENT_ID ?? 'tokenflow',
-        store,
-        keys: { alg: alg as SigningAlgorithm },
-        logger: true,
-        ...(redisUrl === undefined ? {} : { redisUrl }),
-      })
+      let app: ReturnType<typeof createAuthServer>
+      try {
+        app = createAuthServer({
+          issuer,
+          audience: values.audience ?? env.TOKENFLOW_AUDIENCE ?? issuer,
+          clientId: values['client-id'] ?? env.TOKENFLOW_CLIENT_ID ?? 'tokenflow',
+          store,
+          keys: { alg: alg as SigningAlgorithm },
+          logger: true,
+          ...(redisUrl === undefined ? {} : { redisUrl }),
+          ...(trustProxy === undefined ? {} : { trustProxy }),
+        })
+      } catch (error) {
+        // Fastify (proxy-addr) refuses a bad address with a bare TypeError ("invalid IP address: x"): name the flag
+        if (
+          trustProxy !== undefined &&
+          error instanceof TypeError &&
+          /^invalid (IP address|range)/.test(error.message)
+        ) {
+          throw new CliError(`--trust-proxy: ${error.message}`)
+        }
+        throw error
+      }
       database = await openDatabase(values)
       let stopping = false
       try {
@@ -230,6 +248,7 @@ function parse(argv: string[]) {
       'client-id': { type: 'string' },
       redis: { type: 'string' },
       alg: { type: 'string' },
+      'trust-proxy': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -258,7 +277,14 @@ async function openDatabase(values: {
   } catch (error) {
     throw new CliError(`--postgres needs the "pg" package: ${messageOf(error)}`)
   }
-  const pool = new pg.Pool({ connectionString: postgres, connectionTimeoutMillis: 5000, max: 10 })
+  // bounded waits, as the README's own pool: a held lock or a stuck statement answers 503 with Retry-After
+  // after 5 s instead of holding the request (and a pool connection) for as long as the lock is held
+  const pool = new pg.Pool({
+    connectionString: postgres,
+    connectionTimeoutMillis: 5000,
+    statement_timeout: 5000,
+    max: 10,
+  })
   // an idle client's error (server restart) must not crash the process with an unhandled "error" event
   pool.on('error', () => undefined)
   const store = createPostgresStore({ client: pool })
@@ -294,6 +320,28 @@ async function freePort(host: string): Promise<number> {
       probe.close(() => resolve(port))
     })
   })
+}
+
+/**
+ * The proxies `--trust-proxy` names: comma-separated addresses or CIDRs, each checked by the server. A bare
+ * number is refused as the hop count it looks like (as `createAuthServer` refuses one): Fastify 5 would
+ * trust no hop for it, and every client would share the proxy's per-IP login budget.
+ */
+function parseTrustProxy(text: string | undefined): string[] | undefined {
+  if (text === undefined) return undefined
+  if (/^\s*\d+\s*$/.test(text)) {
+    throw new CliError(
+      `--trust-proxy takes the proxies' addresses or CIDRs (e.g. 10.0.0.0/8), not a hop count: got "${text.trim().slice(0, 32)}"`,
+    )
+  }
+  const addresses = text
+    .split(',')
+    .map((address) => address.trim())
+    .filter((address) => address !== '')
+  if (addresses.length === 0) {
+    throw new CliError('--trust-proxy needs the addresses or CIDRs of the proxies, comma-separated')
+  }
+  return addresses
 }
 
 function parsePort(text: string): number {

@@ -5,10 +5,12 @@
  * The CLI is bundled once with esbuild, as in cli.test.ts (tsx would cost a second per spawn).
  */
 import { type ChildProcess, spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
+import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { bundle } from './helpers/bundle.js'
 import { INVALID_GRANT_BODY, postForm, postJson, refresh, send } from './helpers/http.js'
@@ -38,9 +40,48 @@ const { DATABASE_URL: _db, TOKENFLOW_DB: _file, PORT: _port, ...baseEnv } = proc
 
 const cli = (
   args: string[],
-  { input = '', env = {} }: { input?: string; env?: Record<string, string> } = {},
+  { input = '', env = {}, timeout }: { input?: string; env?: Record<string, string>; timeout?: number } = {},
 ): Promise<Run> =>
-  runProcess(process.execPath, [CLI, ...args], { input, env: { ...baseEnv, ...env }, children })
+  runProcess(process.execPath, [CLI, ...args], {
+    input,
+    env: { ...baseEnv, ...env },
+    children,
+    ...(timeout === undefined ? {} : { timeout }),
+  })
+
+/**
+ * `tokenflow-server start --port 0 …` running: its origin, what it has logged so far, and a stop (SIGTERM)
+ * that gives its exit code.
+ */
+async function startCli(args: string[], env: Record<string, string> = {}) {
+  const child = spawn(process.execPath, [CLI, 'start', '--port', '0', ...args], {
+    env: { ...baseEnv, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  children.add(child)
+  let output = ''
+  const exited = new Promise<number | null>((done) => child.on('close', done))
+  const origin = await new Promise<string>((found, reject) => {
+    const read = (chunk: Buffer) => {
+      output += chunk
+      const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(output)
+      if (match) found(match[1]!)
+    }
+    child.stdout.on('data', read)
+    child.stderr.on('data', read)
+    child.on('close', () => reject(new Error(`the server exited before listening: ${output}`)))
+  })
+  return {
+    origin,
+    output: () => output,
+    async stop() {
+      child.kill('SIGTERM')
+      const code = await exited
+      children.delete(child)
+      return code
+    },
+  }
+}
 
 /** Exit code 1 and exactly one line on stderr, prefixed, with no stack trace; nothing on stdout. */
 function expectOneLine(run: Run, line: string | RegExp) {
@@ -266,4 +307,158 @@ describe('tokenflow-server logs', { timeout: 60_000 }, () => {
     expect(output).toContain('"msg":"request completed"')
     for (const secret of secrets) expect(output).not.toContain(secret)
   })
+})
+
+describe('tokenflow-server start --trust-proxy', { timeout: 60_000 }, () => {
+  const password = 'trust-proxy-password-3b7d'
+  const loginFrom = (origin: string, forwardedFor: string, username: string, secret = 'a-wrong-password') =>
+    postJson(origin, '/auth/login', { username, password: secret }, { 'x-forwarded-for': forwardedFor })
+  /** spends the default per-IP budget (50 a minute) from one forwarded address: 50 failed logins, each of another unknown user, so no account's budget is touched */
+  const spendIpBudget = async (origin: string, forwardedFor: string) => {
+    const replies = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => loginFrom(origin, forwardedFor, `nobody-${i}`)),
+    )
+    expect(replies.map((reply) => reply.status)).toEqual(Array(50).fill(400))
+  }
+
+  it('bug: `start` could not name the proxy in front, so every client behind it shared one per-IP login budget', async () => {
+    const [trustingDb, plainDb] = [join(dir, 'trust-proxy.db'), join(dir, 'no-trust-proxy.db')]
+    for (const run of await Promise.all(
+      [trustingDb, plainDb].map((db) => cli(['user', 'add', 'ada', '--db', db], { input: `${password}\n` })),
+    )) {
+      expect(run).toMatchObject({ code: 0, stderr: '' })
+    }
+    const [trusting, plain] = await Promise.all([
+      startCli(['--db', trustingDb, '--trust-proxy', '127.0.0.1']),
+      startCli(['--db', plainDb]),
+    ])
+
+    // behind the named proxy, the budget is the forwarded client's: one spent address is refused, another
+    // client (with the right password) logs in
+    await spendIpBudget(trusting.origin, '198.51.100.1')
+    expect((await loginFrom(trusting.origin, '198.51.100.1', 'ada', password)).status).toBe(429)
+    expect((await loginFrom(trusting.origin, '198.51.100.2', 'ada', password)).status).toBe(200)
+    expect(trusting.output()).toContain('"remoteAddress":"198.51.100.2"')
+
+    // without the flag the header is ignored: every client shares the proxy's (here 127.0.0.1) budget
+    await spendIpBudget(plain.origin, '198.51.100.1')
+    expect((await loginFrom(plain.origin, '198.51.100.2', 'ada', password)).status).toBe(429)
+    expect(plain.output()).not.toContain('"remoteAddress":"198.51.100.')
+
+    expect(await Promise.all([trusting.stop(), plain.stop()])).toEqual([0, 0])
+  })
+
+  it('TOKENFLOW_TRUST_PROXY names the proxies too; the flag beats it, and set to the empty string it is unset', async () => {
+    /** the address the server takes a request from 127.0.0.1 with X-Forwarded-For 203.0.113.7 to come from */
+    const clientAddress = async (args: string[], env: Record<string, string>) => {
+      const server = await startCli(['--db', join(dir, 'trust-proxy-env.db'), ...args], env)
+      const reply = await send(`${server.origin}/.well-known/jwks.json`, {
+        headers: { 'x-forwarded-for': '203.0.113.7' },
+      })
+      expect(reply.status).toBe(200)
+      expect(await server.stop()).toBe(0)
+      return /"url":"\/\.well-known\/jwks\.json","remoteAddress":"([^"]+)"/.exec(server.output())?.[1]
+    }
+    // one at a time: the servers share a database file
+    expect(await clientAddress([], { TOKENFLOW_TRUST_PROXY: '10.0.0.0/8, 127.0.0.1' })).toBe('203.0.113.7')
+    expect(await clientAddress(['--trust-proxy', '10.0.0.0/8'], { TOKENFLOW_TRUST_PROXY: '127.0.0.1' })).toBe(
+      '127.0.0.1',
+    )
+    expect(await clientAddress([], { TOKENFLOW_TRUST_PROXY: '' })).toBe('127.0.0.1')
+  })
+
+  it('a hop count, a bad address or no address is refused in one line, before any database is made; only `start` takes it', async () => {
+    const db = join(dir, 'trust-proxy-refused.db')
+    const [hops, envHops, name, range, empty, user, keys, help] = await Promise.all([
+      cli(['start', '--port', '0', '--trust-proxy', '1', '--db', db]),
+      // a server that took the value would run until killed: the kill (code null) fails the test sooner
+      cli(['start', '--port', '0', '--db', db], { env: { TOKENFLOW_TRUST_PROXY: '2' }, timeout: 20_000 }),
+      cli(['start', '--port', '0', '--trust-proxy', '127.0.0.1,proxy.internal', '--db', db]),
+      cli(['start', '--port', '0', '--trust-proxy', '10.0.0.0/33', '--db', db]),
+      cli(['start', '--port', '0', '--trust-proxy', ' , ', '--db', db]),
+      cli(['user', 'list', '--trust-proxy', '127.0.0.1', '--db', db]),
+      cli(['keys', 'rotate', '--trust-proxy', '127.0.0.1', '--db', db]),
+      cli(['--help']),
+    ])
+    const hopCount = (value: string) =>
+      `--trust-proxy takes the proxies' addresses or CIDRs (e.g. 10.0.0.0/8), not a hop count: got "${value}"`
+    expectOneLine(hops, hopCount('1'))
+    expectOneLine(envHops, hopCount('2'))
+    expectOneLine(name, '--trust-proxy: invalid IP address: proxy.internal')
+    expectOneLine(range, '--trust-proxy: invalid range on address: 10.0.0.0/33')
+    expectOneLine(empty, '--trust-proxy needs the addresses or CIDRs of the proxies, comma-separated')
+    expectOneLine(user, '--trust-proxy is not an option of "user" (see --help)')
+    expectOneLine(keys, '--trust-proxy is not an option of "keys" (see --help)')
+    expect(existsSync(db)).toBe(false)
+    expect(help.stdout).toMatch(
+      /\n {2}--trust-proxy ADDRS +the reverse proxies in front[\s\S]*TOKENFLOW_TRUST_PROXY/,
+    )
+  })
+})
+
+describe('tokenflow-server start on PostgreSQL', () => {
+  const url = _db
+  it.runIf(process.env.CI === 'true')('has DATABASE_URL set', () => {
+    expect(url).toBeTruthy()
+  })
+
+  it.skipIf(!url)(
+    'bug: a refresh behind a held table lock waited as long as the lock (the pool had no statement_timeout); now 503 ERR_UNAVAILABLE with Retry-After, and the same token refreshes once the lock is gone',
+    async () => {
+      const password = 'pg-lock-password-61c2'
+      const admin = new pg.Client({ connectionString: url })
+      await admin.connect()
+      // a database of its own: nothing else is locked, and it is dropped at the end
+      const database = `tf_cli_lock_${randomBytes(6).toString('hex')}`
+      await admin.query(`CREATE DATABASE ${database}`)
+      const target = new URL(url!)
+      target.pathname = `/${database}`
+      const locker = new pg.Client({ connectionString: target.href })
+      let server: Awaited<ReturnType<typeof startCli>> | undefined
+      try {
+        expect(
+          await cli(['user', 'add', 'ada', '--postgres', target.href], { input: `${password}\n` }),
+        ).toMatchObject({ code: 0, stderr: '' })
+        server = await startCli(['--postgres', target.href])
+        const login = await postJson(server.origin, '/auth/login', { username: 'ada', password })
+        expect(login.status).toBe(200)
+        const { refreshToken } = login.json()
+
+        await locker.connect()
+        await locker.query('BEGIN')
+        await locker.query('LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE')
+        let held: Awaited<ReturnType<typeof send>>
+        try {
+          // bounded within the test's own timeout, so that the lock is released and the database dropped
+          // even when the refresh never answers
+          held = await send(`${server.origin}/refresh/token`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify({ refreshToken }),
+            signal: AbortSignal.timeout(40_000),
+          })
+        } finally {
+          await locker.query('ROLLBACK')
+        }
+        expect({ status: held.status, body: held.json() }).toMatchObject({
+          status: 503,
+          body: { error: 'temporarily_unavailable', code: 'ERR_UNAVAILABLE' },
+        })
+        expect(held.headers.get('retry-after')).toMatch(/^\d+$/)
+
+        // nothing was half done: the same token refreshes, and its successor too
+        const after = await refresh(server.origin, refreshToken)
+        expect(after.status).toBe(200)
+        expect((await refresh(server.origin, after.json().refreshToken)).status).toBe(200)
+        expect(await server.stop()).toBe(0)
+        server = undefined
+      } finally {
+        await locker.end().catch(() => undefined)
+        await server?.stop()
+        await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
+        await admin.end()
+      }
+    },
+    60_000,
+  )
 })
