@@ -63,10 +63,11 @@ const SQLITE_UNAVAILABLE =
  * SQLSTATEs (pg, PGlite) of the same: connection exceptions (08), insufficient resources (53, a full disk
  * or too many connections), operator intervention (57: statement_timeout, a terminated backend, a server
  * shutting down), system errors (58), serialization failures and deadlocks that outlasted the store's
- * retries, lock_timeout, a read-only transaction (a failover to a standby), and a database closed to new
- * connections (55000, `ALTER DATABASE … ALLOW_CONNECTIONS false` during maintenance).
+ * retries, lock_timeout, a read-only transaction (a failover to a standby), a database closed to new
+ * connections (55000, `ALTER DATABASE … ALLOW_CONNECTIONS false` during maintenance), and a database that
+ * is not there (3D000 invalid_catalog_name: renamed or dropped during maintenance, or not yet restored).
  */
-const POSTGRES_UNAVAILABLE = /^(?:08|53|57|58)[0-9A-Z]{3}$|^(?:40001|40P01|55P03|55006|55000|25006)$/
+const POSTGRES_UNAVAILABLE = /^(?:08|53|57|58)[0-9A-Z]{3}$|^(?:40001|40P01|55P03|55006|55000|25006|3D000)$/
 /** The errors pg throws without a SQLSTATE when it has no usable connection (a full pool, a dead socket). */
 const POSTGRES_CONNECTION =
   /^(?:Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Query read timeout)/

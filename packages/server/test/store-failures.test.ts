@@ -353,6 +353,41 @@ describe.skipIf(!databaseUrl)('PostgreSQL', () => {
     }
   })
 
+  it('bug: a database that is not there (renamed during maintenance, SQLSTATE 3D000) answered 500 ERR_INTERNAL; now 503, and the same token refreshes once it is back', async () => {
+    const database = `tf_renamed_${randomBytes(6).toString('hex')}`
+    const renamed = `${database}_away`
+    await admin.query(`CREATE DATABASE ${database}`)
+    const target = new URL(connectionString)
+    target.pathname = `/${database}`
+    const client = pool({ connectionString: target.toString(), max: 2 })
+    try {
+      const app = server({ store: createPostgresStore({ client }), now })
+      await app.ready()
+      await app.tokenflow.issuer.addUser('ada', PASSWORD)
+      const tokens = remember((await freshLogin(app)) as any)
+
+      // a rename needs the database to itself: the pool's idle connections are ended first, and its next
+      // connection finds no database of that name
+      await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [
+        database,
+      ])
+      await admin.query(`ALTER DATABASE ${database} RENAME TO ${renamed}`)
+      expectUnavailable(await refresh(app, tokens.refreshToken))
+      expectUnavailable(await loginAs(app))
+
+      await admin.query(`ALTER DATABASE ${renamed} RENAME TO ${database}`)
+      const after = remember(await refresh(app, tokens.refreshToken))
+      expect(after.status).toBe(200)
+      expect(remember(await refresh(app, after.body.refreshToken)).status).toBe(200)
+      await app.close()
+    } finally {
+      await client.end()
+      pools.splice(pools.indexOf(client), 1)
+      await admin.query(`DROP DATABASE IF EXISTS ${renamed} WITH (FORCE)`)
+      await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
+    }
+  })
+
   it('serialization failures that outlast the retries answer 503, and the same token refreshes after', async () => {
     const app = await start(pool({ max: 2 }))
     const tokens = remember((await freshLogin(app)) as any)
