@@ -30,7 +30,7 @@ export interface AttachTokenRefreshOptions {
    * `config`, `response`).
    * @default (error) => error.response?.status === 401
    */
-  shouldRefresh?(error: AxiosError): boolean
+  shouldRefresh?: ((error: AxiosError) => boolean) | undefined
 }
 
 /** What the adapter itself adds under `config.tokenflow`: kept off the public type. */

@@ -4,9 +4,9 @@ import type { TokenManager } from './token-manager.js'
 /** Options of `createAuthFetch`. */
 export interface AuthFetchOptions {
   /** the fetch to wrap, looked up at call time @default globalThis.fetch */
-  fetch?: typeof fetch
+  fetch?: typeof fetch | undefined
   /** which responses mean "refresh and retry once" @default (response) => response.status === 401 */
-  shouldRefresh?: (response: Response) => boolean
+  shouldRefresh?: ((response: Response) => boolean) | undefined
 }
 
 type Body = RequestInit['body']

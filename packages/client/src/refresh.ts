@@ -13,17 +13,17 @@ export interface JsonRefreshOptions {
    * The fetch to call; never the intercepted axios instance or auth fetch.
    * @default globalThis.fetch, looked up on each refresh
    */
-  fetch?: typeof fetch
+  fetch?: typeof fetch | undefined
   /**
    * Extra request headers, e.g. a CSRF token; they win over the defaults.
    * @default none: `Content-Type` and `Accept` are `application/json`
    */
-  headers?: RequestInit['headers']
+  headers?: RequestInit['headers'] | undefined
   /**
    * Set `'include'` when the refresh endpoint is on another origin and also needs its cookies.
    * @default fetch's own, `'same-origin'`
    */
-  credentials?: RequestInit['credentials']
+  credentials?: RequestInit['credentials'] | undefined
 }
 
 /**
@@ -38,12 +38,12 @@ export interface OAuthRefreshOptions {
    * The fetch to call.
    * @default globalThis.fetch, looked up on each refresh
    */
-  fetch?: typeof fetch
+  fetch?: typeof fetch | undefined
   /**
    * Extra request headers, e.g. `Authorization: Basic …` for a confidential client.
    * @default none: `Content-Type` is form-encoded, `Accept` is `application/json`
    */
-  headers?: RequestInit['headers']
+  headers?: RequestInit['headers'] | undefined
 }
 
 /** Checks what every refresh factory takes, when the factory runs (not on the first refresh). */

@@ -36,7 +36,7 @@ export interface TokenStorage {
   /** forgets the token set */
   clear(): void | Promise<void>
   /** other tabs see the same storage (localStorage): the manager then talks to them by default */
-  shared?: boolean
+  shared?: boolean | undefined
 }
 
 /** The subset of `navigator.locks` (Web Locks API) the manager needs. */

@@ -1,6 +1,8 @@
 import {
+  type AsyncStorageLike,
   type AsyncStorageOptions,
   asyncStorage,
+  createTokenManager,
   isTokenflowError,
   type JsonRefreshOptions,
   jsonRefresh,
@@ -8,9 +10,13 @@ import {
   oauthRefresh,
   type RefreshError,
   type RefreshErrorKind,
+  type TokenStorage,
   type WebStorageOptions,
   webStorage,
 } from '@tokenflow/client'
+import { attachTokenRefresh } from '@tokenflow/client/axios'
+import { createAuthFetch } from '@tokenflow/client/fetch'
+import axios from 'axios'
 import { describe, expectTypeOf, it } from 'vitest'
 
 describe('@tokenflow/client option types', () => {
@@ -39,3 +45,38 @@ describe('isTokenflowError', () => {
     }
   })
 })
+
+describe('optional options given as undefined (an unset environment variable)', () => {
+  it('bug: refused undefined under exactOptionalPropertyTypes (TS2379); every optional option takes it as its default', () => {
+    const env: Record<string, string | undefined> = {}
+    const storage = webStorage(undefined, { key: env.TOKEN_KEY })
+    const manager = createTokenManager({
+      refresh: jsonRefresh('/refresh/token', {
+        fetch: undefined,
+        headers: undefined,
+        credentials: undefined,
+      }),
+      storage: undefined,
+      leeway: undefined,
+      refreshTimeout: undefined,
+      retry: { attempts: undefined, baseDelay: undefined, maxDelay: undefined },
+      lock: undefined,
+      lockTimeout: undefined,
+      channel: env.CHANNEL,
+      now: undefined,
+    })
+    oauthRefresh('/oauth/token', { clientId: 'web', fetch: undefined, headers: undefined })
+    asyncStorage(AsyncStorageStub, {
+      accessTokenKey: env.ACCESS_KEY,
+      refreshTokenKey: undefined,
+      expiresAtKey: undefined,
+    })
+    createAuthFetch(manager, { fetch: undefined, shouldRefresh: undefined })
+    attachTokenRefresh(axios.create(), manager, { shouldRefresh: undefined })
+    const custom: TokenStorage = { get: () => null, set() {}, clear() {}, shared: undefined }
+    expectTypeOf(storage).toMatchTypeOf<TokenStorage>()
+    expectTypeOf(custom).toMatchTypeOf<TokenStorage>()
+  })
+})
+
+declare const AsyncStorageStub: AsyncStorageLike
