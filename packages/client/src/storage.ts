@@ -14,6 +14,8 @@ export interface StorageLike {
 
 /**
  * What `asyncStorage` needs: React Native's AsyncStorage or anything with the same promise-based methods.
+ * The batch methods are used when present, so that the token pair is written in one call: `getMany`,
+ * `setMany` and `removeMany` of AsyncStorage 3, or `multiGet`, `multiSet` and `multiRemove` of 1 and 2.
  * @example
  * const backend: AsyncStorageLike = AsyncStorage // from '@react-native-async-storage/async-storage'
  */
@@ -21,6 +23,9 @@ export interface AsyncStorageLike {
   getItem(key: string): Promise<string | null>
   setItem(key: string, value: string): Promise<void>
   removeItem(key: string): Promise<void>
+  getMany?(keys: string[]): Promise<Record<string, string | null>>
+  setMany?(entries: Record<string, string>): Promise<void>
+  removeMany?(keys: string[]): Promise<void>
   multiGet?(keys: readonly string[]): Promise<readonly (readonly [string, string | null])[]>
   multiSet?(pairs: readonly (readonly [string, string])[]): Promise<void>
   multiRemove?(keys: readonly string[]): Promise<void>
@@ -36,7 +41,7 @@ export interface WebStorageOptions {
    * The one key the token set is stored under, as JSON.
    * @default 'tokenflow'
    */
-  key?: string
+  key?: string | undefined
 }
 
 /**
@@ -49,17 +54,17 @@ export interface AsyncStorageOptions {
    * Key of the access token.
    * @default 'accessToken'
    */
-  accessTokenKey?: string
+  accessTokenKey?: string | undefined
   /**
    * Key of the refresh token.
    * @default 'refreshToken'
    */
-  refreshTokenKey?: string
+  refreshTokenKey?: string | undefined
   /**
    * Key of `expiresAt` (epoch ms, as a decimal string).
    * @default 'accessTokenExpiresAt'
    */
-  expiresAtKey?: string
+  expiresAtKey?: string | undefined
 }
 
 /**
@@ -95,9 +100,11 @@ export function toTokenSet(value: unknown): TokenSet | null {
   return isTokenSet(value) ? merge(value, value) : null
 }
 
-/** What a storage failure surfaces as: ERR_STORAGE, with the backend's error as the cause. */
+/** What a storage failure surfaces as: ERR_STORAGE, with the backend's error as the cause (wrapped once). */
 export function storageError(cause: unknown): TokenflowError {
-  return new TokenflowError('ERR_STORAGE', 'token storage failed', { cause })
+  return (cause as TokenflowError)?.code === 'ERR_STORAGE' && cause instanceof TokenflowError
+    ? cause
+    : new TokenflowError('ERR_STORAGE', 'token storage failed', { cause })
 }
 
 /** Runs a backend call; whatever it throws (quota, SecurityError) surfaces as ERR_STORAGE. */
@@ -209,16 +216,20 @@ export function asyncStorage(
       throw storageError(cause)
     })
   const remove = (names: string[]) =>
-    storage.multiRemove
-      ? storage.multiRemove(names)
-      : Promise.all(names.map((name) => storage.removeItem(name)))
+    storage.removeMany
+      ? storage.removeMany(names)
+      : storage.multiRemove
+        ? storage.multiRemove(names)
+        : Promise.all(names.map((name) => storage.removeItem(name)))
   return {
     get: () =>
       guard(async () => {
         const values = new Map(
-          storage.multiGet
-            ? await storage.multiGet(keys)
-            : await Promise.all(keys.map(async (name) => [name, await storage.getItem(name)] as const)),
+          storage.getMany
+            ? Object.entries(await storage.getMany(keys))
+            : storage.multiGet
+              ? await storage.multiGet(keys)
+              : await Promise.all(keys.map(async (name) => [name, await storage.getItem(name)] as const)),
         )
         const accessToken = values.get(accessTokenKey)
         if (!accessToken) return null
@@ -233,9 +244,11 @@ export function asyncStorage(
         const { refreshToken } = tokens
         if (refreshToken) pairs.push([refreshTokenKey, refreshToken])
         if (tokens.expiresAt !== undefined) pairs.push([expiresAtKey, String(tokens.expiresAt)])
-        await (storage.multiSet
-          ? storage.multiSet(pairs)
-          : Promise.all(pairs.map(([name, value]) => storage.setItem(name, value))))
+        await (storage.setMany
+          ? storage.setMany(Object.fromEntries(pairs))
+          : storage.multiSet
+            ? storage.multiSet(pairs)
+            : Promise.all(pairs.map(([name, value]) => storage.setItem(name, value))))
         // written after the new values, so a failure in between never leaves an access token without its refresh token
         const stale = keys.filter(
           (name) =>

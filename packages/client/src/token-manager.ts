@@ -29,11 +29,11 @@ export type TokenStatus = 'unauthenticated' | 'authenticated' | 'refreshing'
 /** Retries of transient refresh failures (network, timeout, 5xx, 429). */
 export interface RetryOptions {
   /** retries after the first try @default 2 */
-  attempts?: number
+  attempts?: number | undefined
   /** ms before the first retry; doubles each time @default 300 */
-  baseDelay?: number
+  baseDelay?: number | undefined
   /** ms, the most one wait may last (also caps `Retry-After`) @default 5_000 */
-  maxDelay?: number
+  maxDelay?: number | undefined
 }
 
 /**
@@ -45,32 +45,32 @@ export interface TokenManagerOptions {
   /** exchanges a refresh token for new tokens, e.g. `jsonRefresh('/refresh/token')` */
   refresh: RefreshFunction
   /** where tokens are kept @default memoryStorage() */
-  storage?: TokenStorage
+  storage?: TokenStorage | undefined
   /** ms before `exp` at which `getAccessToken()` refreshes first; capped at half the token's lifetime @default 30_000 */
-  leeway?: number
+  leeway?: number | undefined
   /** ms one refresh attempt may take before it fails with kind 'timeout' @default 10_000 */
-  refreshTimeout?: number
+  refreshTimeout?: number | undefined
   /** retries of transient failures, or `false` for none @default { attempts: 2, baseDelay: 300, maxDelay: 5_000 } */
-  retry?: RetryOptions | false
+  retry?: RetryOptions | false | undefined
   /**
    * cross-tab lock (Web Locks shape), or `false`
    * @default globalThis.navigator?.locks in a page or a worker; `false` elsewhere (Node, SSR), where one
    *   process-wide lock would make every user's refresh wait for every other's
    */
-  lock?: LockManagerLike | false
+  lock?: LockManagerLike | false | undefined
   /**
    * ms to wait for the lock; after it, wait as long again for a fallback lock that the tabs which gave up
    * take in turn, then refresh without a lock instead of hanging (at most 2 × lockTimeout in all) @default 10_000
    */
-  lockTimeout?: number
+  lockTimeout?: number | undefined
   /**
    * BroadcastChannel name for cross-tab events, or `false`. Unless you set it, the manager talks to other
    * tabs only when its storage is shared (`webStorage()` over localStorage) in a page.
    * @default 'tokenflow'
    */
-  channel?: string | false
+  channel?: string | false | undefined
   /** clock in epoch ms @default Date.now */
-  now?: () => number
+  now?: (() => number) | undefined
 }
 
 /** Holds one user's tokens and refreshes them exactly once at a time. */
@@ -254,6 +254,13 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     }
   }
 
+  /** The storage failed: tell the subscribers, and answer the error. */
+  function failed(cause: unknown): TokenflowError {
+    const error = storageError(cause)
+    emit({ type: 'storageError', error })
+    return error
+  }
+
   /** The stored tokens; `undefined` when storage could not be read or is not trusted (then nothing is assumed). */
   async function read(): Promise<TokenSet | null | undefined> {
     // our own writes land first, so what we read is never older than what we wrote
@@ -261,21 +268,23 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     try {
       return inSync ? toTokenSet(await storage.get()) : undefined
     } catch (cause) {
-      emit({ type: 'storageError', error: storageError(cause) })
+      failed(cause)
     }
   }
 
-  function write(value: TokenSet | null): Promise<unknown> {
-    writes = writes.then(async () => {
+  /** Queues a write; it answers the storage's error when it failed (the tokens stay in memory either way). */
+  function write(value: TokenSet | null): Promise<TokenflowError | undefined> {
+    const done = writes.then(async () => {
       try {
         await (value ? storage.set(value) : storage.clear())
         inSync = true
       } catch (cause) {
         inSync = false
-        emit({ type: 'storageError', error: storageError(cause) })
+        return failed(cause)
       }
     })
-    return writes
+    writes = done
+    return done
   }
 
   /**
@@ -310,13 +319,20 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     ;[expiresAt, lifetime] = next ? expiryOf(next, receivedAt, fresh) : []
   }
 
+  /** ends the wait for the stored tokens when a session starts first: it wins over what is stored */
+  let loadDone: (() => void) | undefined
   const ready = () =>
-    (loaded ??= read().then((stored) => {
-      // a session started while we read wins over what was stored
-      if (session) return
-      if (stored) use(stored)
-      // the storage threw (this early, no write of ours can have failed): the next call reads again
-      else if (stored === undefined) loaded = undefined
+    (loaded ??= new Promise<void>((resolve) => {
+      loadDone = resolve
+      read().then((stored) => {
+        // a session started while we read wins over what was stored
+        if (!session) {
+          if (stored) use(stored)
+          // the storage threw (this early, no write of ours can have failed): the next call reads again
+          else if (stored === undefined) loaded = undefined
+        }
+        resolve()
+      })
     }))
 
   /** calls of clear(): one made while a request waited for the stored tokens ends that request's wait too */
@@ -335,8 +351,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   /** A new session (or none): the running refresh's waiters get its token (or an error); its result is dropped. */
   function switchSession(next: TokenSet | null, receivedAt?: number, settle = true): void {
     session++
-    // what storage held before this session does not matter any more: no (further) read for it
+    // what storage held before this session does not matter any more: no (further) read for it, and no
+    // request waits for one still under way
     loaded ??= Promise.resolve()
+    loadDone?.()
     abortAttempt?.()
     refreshing = undefined
     use(next, receivedAt)
@@ -345,11 +363,15 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   }
 
   /** `fromRefresh`: the failing refresh rejects its own waiters, with its own error. */
-  function endSession(reason: LogoutReason, error?: RefreshError, fromRefresh?: boolean): Promise<unknown> {
+  function endSession(
+    reason: LogoutReason,
+    error?: RefreshError,
+    fromRefresh?: boolean,
+  ): Promise<TokenflowError | undefined> {
     const had = tokens
     switchSession(null, undefined, !fromRefresh)
     // another tab cleared the storage already
-    const cleared = reason === 'otherTab' ? writes : write(null)
+    const cleared = reason === 'otherTab' ? writes.then(() => undefined) : write(null)
     // loggedOut fires once per session: the session is gone now, so a second call finds none
     if (had) {
       if (reason !== 'otherTab') crossTab?.post({ type: 'loggedOut' })
@@ -678,7 +700,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     async clear() {
       clears++
       await ready()
-      await endSession('cleared')
+      // the tokens are gone from memory either way; a storage that kept them would log the user in again
+      // at the next start, so the caller hears of it
+      const error = await endSession('cleared')
+      if (error) throw error
     },
 
     subscribe(listener) {

@@ -8,6 +8,7 @@ import {
   type TokenEvent,
 } from '@tokenflow/client'
 import { attachTokenRefresh } from '@tokenflow/client/axios'
+import { createAsyncStorage as createAsyncStorage3 } from 'async-storage-3/jest'
 import axios from 'axios'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { createTestClock, startTestAuthServer, type TestAuthServer } from './helpers/auth-server.js'
@@ -142,5 +143,53 @@ describe("asyncStorage with the recipe's keys", () => {
       ['accessTokenExpiresAt', null],
     ])
     expect(await AsyncStorage.getAllKeys()).toEqual([])
+  })
+})
+
+/**
+ * AsyncStorage 3 (what `npm install @react-native-async-storage/async-storage` gives today) has `getMany`,
+ * `setMany` and `removeMany` instead of the `multi*` methods, and ships its in-memory mock as ESM ("./jest").
+ * Its default export is the legacy database, where apps of versions 1 and 2 kept their keys.
+ */
+let databases = 0
+const loadAsyncStorage3 = () => createAsyncStorage3(`tokenflow-test-${++databases}`)
+
+describeTokenStorage("asyncStorage over AsyncStorage 3's own mock", () => asyncStorage(loadAsyncStorage3()))
+
+describe('asyncStorage over AsyncStorage 3', () => {
+  it('bug: wrote the token pair with one setItem per key (a failure between them left a spent refresh token next to the new access token); it uses setMany, getMany and removeMany', async () => {
+    const backend = loadAsyncStorage3()
+    const single = {
+      getItem: vi.spyOn(backend, 'getItem'),
+      setItem: vi.spyOn(backend, 'setItem'),
+      removeItem: vi.spyOn(backend, 'removeItem'),
+    }
+    const storage = asyncStorage(backend)
+    await storage.set({ accessToken: 'at-1', refreshToken: 'rt-1', expiresAt: 1_700_000_000_000 })
+    expect(await backend.getMany(['accessToken', 'refreshToken', 'accessTokenExpiresAt'])).toEqual({
+      accessToken: 'at-1',
+      refreshToken: 'rt-1',
+      accessTokenExpiresAt: '1700000000000',
+    })
+    expect(await storage.get()).toEqual({
+      accessToken: 'at-1',
+      refreshToken: 'rt-1',
+      expiresAt: 1_700_000_000_000,
+    })
+    // a set without expiresAt removes the stale one, in the same batch style
+    await storage.set({ accessToken: 'at-2', refreshToken: 'rt-2' })
+    expect(await storage.get()).toEqual({ accessToken: 'at-2', refreshToken: 'rt-2' })
+    await storage.clear()
+    expect(await backend.getAllKeys()).toEqual([])
+    expect(single.getItem).not.toHaveBeenCalled()
+    expect(single.setItem).not.toHaveBeenCalled()
+    expect(single.removeItem).not.toHaveBeenCalled()
+  })
+
+  it("keeps a migrating app's users logged in: the recipe's keys in the legacy database", async () => {
+    const legacy = (await import('async-storage-3/jest')).default
+    await legacy.setMany({ accessToken: 'at-recipe', refreshToken: 'rt-recipe' })
+    expect(await asyncStorage(legacy).get()).toEqual({ accessToken: 'at-recipe', refreshToken: 'rt-recipe' })
+    await legacy.clear()
   })
 })

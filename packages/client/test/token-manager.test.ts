@@ -1,4 +1,5 @@
 import {
+  asyncStorage,
   createTokenManager,
   memoryStorage,
   RefreshError,
@@ -7,6 +8,7 @@ import {
   type TokenManagerOptions,
   type TokenSet,
   type TokenStorage,
+  webStorage,
 } from '@tokenflow/client'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { createTestLock, flush, makeJwt, setupManager, tokenSet } from './helpers/tokens.js'
@@ -56,6 +58,28 @@ describe('options', () => {
       expect((error as TokenflowError).code).toBe('ERR_INVALID_OPTION')
       expect((error as Error).message).toMatch(message)
     }
+  })
+
+  it('takes undefined for every optional option as its default, at run time too', async () => {
+    let sent: string | undefined
+    const manager = createTokenManager({
+      refresh: async ({ refreshToken }) => {
+        sent = refreshToken
+        return { accessToken: 'at-2', refreshToken: 'rt-2' }
+      },
+      storage: undefined,
+      leeway: undefined,
+      refreshTimeout: undefined,
+      retry: { attempts: undefined, baseDelay: undefined, maxDelay: undefined },
+      lock: undefined,
+      lockTimeout: undefined,
+      channel: undefined,
+      now: undefined,
+    })
+    await manager.setTokens({ accessToken: 'at-1', refreshToken: 'rt-1', expiresAt: undefined })
+    expect(await manager.getAccessToken()).toBe('at-1')
+    expect(await manager.refresh({ rejectedToken: 'at-1' })).toBe('at-2')
+    expect(sent).toBe('rt-1')
   })
 
   it('takes a leeway of any finite length: it is compared, never given to a timer', () => {
@@ -958,6 +982,88 @@ describe('storage failures lose nothing', () => {
     expect(await manager.getAccessToken()).toBe(stored.accessToken)
     expect(reads).toBe(3)
     expect(cleared).toBe(false)
+  })
+
+  it('bug: a first read that never answers held every request, even after a login', async () => {
+    // AsyncStorage stuck at app start: getItem never settles
+    const writes: Array<TokenSet | null> = []
+    const storage: TokenStorage = {
+      get: () => new Promise<never>(() => {}),
+      set(tokens) {
+        writes.push(tokens)
+      },
+      clear() {
+        writes.push(null)
+      },
+    }
+    const { manager } = setup({ storage })
+    const before = manager.getAccessToken()
+    await flush()
+    const login = tokenSet(T0, MIN, 1)
+    await manager.setTokens(login)
+    // the request that waited for the stored tokens goes on with the new session, and so does every later one
+    expect(await before).toBe(login.accessToken)
+    expect(await manager.getAccessToken()).toBe(login.accessToken)
+    expect(await manager.refresh({ rejectedToken: 'an-older-token' })).toBe(login.accessToken)
+    expect(writes).toEqual([login])
+  })
+
+  it('bug: the storageError of asyncStorage and webStorage carried ERR_STORAGE inside ERR_STORAGE, not the backend error', async () => {
+    const backendError = new Error('disk full')
+    const failing = async () => {
+      throw backendError
+    }
+    const storages = [
+      asyncStorage({ getItem: failing, setItem: failing, removeItem: failing }),
+      webStorage({
+        getItem: () => {
+          throw backendError
+        },
+        setItem: () => {},
+        removeItem: () => {},
+      }),
+    ]
+    for (const storage of storages) {
+      const { manager, events } = setup({ storage })
+      expect(await manager.getAccessToken()).toBeNull()
+      const [event] = events
+      expect(event).toMatchObject({ type: 'storageError', error: { code: 'ERR_STORAGE' } })
+      expect((event as { error: Error }).error.cause).toBe(backendError)
+    }
+  })
+
+  it('bug: clear() resolved when the storage kept the tokens, so the next app start logged the user in again', async () => {
+    let held: TokenSet | null = null
+    let failClear = true
+    const storage: TokenStorage = {
+      get: () => held,
+      set(tokens) {
+        held = tokens
+      },
+      clear() {
+        if (failClear) throw new Error('disk I/O error')
+        held = null
+      },
+    }
+    const { manager, types, events } = setup({ storage })
+    await manager.setTokens(tokenSet(T0, MIN, 0))
+    const error = await manager.clear().catch((e: unknown) => e)
+    // the caller hears of it, with the error the storageError event reported
+    expect(error).toMatchObject({
+      name: 'TokenflowError',
+      code: 'ERR_STORAGE',
+      cause: { message: 'disk I/O error' },
+    })
+    expect(events.find((event) => event.type === 'storageError')).toEqual({ type: 'storageError', error })
+    // the session is over in memory all the same, with one loggedOut
+    expect(await manager.getAccessToken()).toBeNull()
+    expect(types()).toEqual(['loggedOut', 'storageError'])
+    expect(held).not.toBeNull()
+    // calling it again once the storage works removes them, with no second loggedOut
+    failClear = false
+    await manager.clear()
+    expect(held).toBeNull()
+    expect(types()).toEqual(['loggedOut', 'storageError'])
   })
 
   it('does not read the storage again once a session started after a failed read', async () => {

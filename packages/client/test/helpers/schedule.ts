@@ -383,6 +383,8 @@ async function run(
   let refreshCalls = 0
   let inFlight = 0
   const states: ManagerState[] = []
+  /** every error a storageError event carried: a clear() the storage did not keep rejects with one of them */
+  const storageErrors = new Set<unknown>()
   /** refresh tokens whose rotation (an ok answer) reached the manager that sent them, and that manager */
   const spent = new Map<string, number>()
   const makeRefresh =
@@ -571,6 +573,7 @@ async function run(
       if (event.type === 'storageError') {
         reached.add('storage failed')
         const { error } = event
+        storageErrors.add(error)
         if (
           !isTokenflowError(error) ||
           error.code !== 'ERR_STORAGE' ||
@@ -935,6 +938,9 @@ async function run(
         return undefined
       }
       if (isTokenflowError(error) && error.code === 'ERR_SESSION_CLEARED') return undefined
+      // a logout that the storage did not keep: the same error the storageError event reported
+      if (api === 'clear' && isTokenflowError(error) && error.code === 'ERR_STORAGE')
+        return storageErrors.has(error) ? undefined : `${show(error)} never reported in a storageError event`
       if (api === 'refresh' && isTokenflowError(error) && error.code === 'ERR_NO_REFRESH_TOKEN')
         return undefined
       return show(error)
