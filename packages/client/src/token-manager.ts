@@ -699,7 +699,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
     async clear() {
       clears++
+      const before = session
       await ready()
+      // a login while this waited for the stored tokens replaced what it was to clear
+      if (session !== before) return
       // the tokens are gone from memory either way; a storage that kept them would log the user in again
       // at the next start, so the caller hears of it
       const error = await endSession('cleared')

@@ -1008,6 +1008,44 @@ describe('storage failures lose nothing', () => {
     expect(writes).toEqual([login])
   })
 
+  it('bug: a login after a clear() that waited for the first read was undone by that clear()', async () => {
+    const written: Array<TokenSet | null> = []
+    for (const answers of ['never', 'late'] as const) {
+      written.length = 0
+      let finishRead!: () => void
+      const storage: TokenStorage = {
+        get: () =>
+          new Promise((resolve) => {
+            if (answers === 'late') finishRead = () => resolve(tokenSet(T0, MIN, 0))
+          }),
+        set(tokens) {
+          written.push(tokens)
+        },
+        clear() {
+          written.push(null)
+        },
+      }
+      const { manager, types } = setup({ storage })
+      // the user logs out at app start, then logs in again, while the stored tokens are still being read
+      const cleared = manager.clear()
+      await flush()
+      const login = tokenSet(T0, MIN, 1)
+      await manager.setTokens(login)
+      await cleared
+      if (answers === 'late') {
+        finishRead()
+        await flush()
+      }
+      expect({ answers, token: await manager.getAccessToken() }).toEqual({
+        answers,
+        token: login.accessToken,
+      })
+      expect(manager.status).toBe('authenticated')
+      expect(types()).toEqual([])
+      expect(written).toEqual([login])
+    }
+  })
+
   it('bug: the storageError of asyncStorage and webStorage carried ERR_STORAGE inside ERR_STORAGE, not the backend error', async () => {
     const backendError = new Error('disk full')
     const failing = async () => {
