@@ -1,4 +1,5 @@
 import { mkdtempSync, rmSync } from 'node:fs'
+import { type AddressInfo, connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -555,6 +556,43 @@ describe('session routes', () => {
     expect(response.statusCode).toBe(401)
     expect(seen).toEqual(['POST /auth/logout-all'])
     await own.close()
+  })
+
+  it('bug: a client that left before its 401 was written got its session route handled without a caller', async () => {
+    const own = server()
+    let enterSend!: () => void
+    const sending = new Promise<void>((resolve) => {
+      enterSend = resolve
+    })
+    let releaseSend!: () => void
+    const released = new Promise<void>((resolve) => {
+      releaseSend = resolve
+    })
+    // an app's onSend hook that awaits I/O holds the 401 back
+    own.addHook('onSend', async (_request, _reply, payload) => {
+      enterSend()
+      await released
+      return payload
+    })
+    const errors: unknown[] = []
+    own.addHook('onError', async (_request, _reply, error) => {
+      errors.push(error)
+    })
+    const finished = new Promise<void>((resolve) => own.addHook('onResponse', async () => resolve()))
+    await own.listen({ port: 0, host: '127.0.0.1' })
+    const { port } = own.server.address() as AddressInfo
+    const socket = connect(port, '127.0.0.1')
+    socket.on('error', () => {})
+    socket.write('GET /auth/sessions HTTP/1.1\r\nHost: x\r\n\r\n')
+    await sending
+    // the client gives up while its 401 is held in onSend
+    socket.destroy()
+    await sleep(50)
+    releaseSend()
+    await Promise.race([finished, sleep(500)])
+    await own.close()
+    // the handler did nothing for it; before, it read the caller's claims, which were not there (a TypeError)
+    expect(errors).toEqual([])
   })
 
   it("DELETE /auth/sessions/:id revokes one of mine; someone else's is 404", async () => {

@@ -30,11 +30,13 @@ export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRou
     callers.set(request, claims)
     return payload
   })
-  // set by the hook above for every request that reaches a handler
-  const callerOf = (request: FastifyRequest) => callers.get(request)!
+  // set by the hook above. A request whose 401 is on its way can still reach a handler: when the client left
+  // before that answer was written (an app's slow onSend), Fastify takes the closed stream for a finished
+  // reply and goes on with the request. Such a handler has no caller and does nothing
 
   app.get('/auth/sessions', async (request, reply) => {
-    const claims = callerOf(request)
+    const claims = callers.get(request)
+    if (!claims) return reply
     try {
       const sessions = await issuer.listSessions(claims.sub)
       return noStore(reply).send({
@@ -46,7 +48,8 @@ export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRou
   })
 
   app.delete('/auth/sessions/:id', async (request, reply) => {
-    const claims = callerOf(request)
+    const claims = callers.get(request)
+    if (!claims) return reply
     const { id } = request.params as { id: string }
     if (id.length > 64) {
       return sendError(reply, 400, {
@@ -64,7 +67,8 @@ export async function sessionRoutes(app: FastifyInstance, { issuer }: SessionRou
   })
 
   app.post('/auth/logout-all', async (request, reply) => {
-    const claims = callerOf(request)
+    const claims = callers.get(request)
+    if (!claims) return reply
     try {
       const revoked = await issuer.logoutAll(claims.sub)
       return noStore(reply).send({ revoked })
