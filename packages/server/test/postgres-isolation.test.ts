@@ -42,6 +42,31 @@ describe.skipIf(!databaseUrl)('PostgreSQL with default_transaction_isolation = r
     expect(rows.map((row) => row.version)).toEqual([1, 2])
   })
 
+  it("bug: an instance that started while another migrated failed when the wait outlasted its pool's statement_timeout", async () => {
+    // the README's pool and the CLI's set statement_timeout 5 s; here 300 ms, and another instance's
+    // migration holds the migration lock for 1 s
+    const bounded = new pg.Pool({ connectionString: databaseUrl, max: 2, statement_timeout: 300 })
+    pools.push(bounded)
+    const holder = await admin.connect()
+    try {
+      await holder.query('BEGIN')
+      await holder.query('SELECT pg_advisory_xact_lock(8390042714202598511)')
+      const migrating = createPostgresStore({ client: bounded, schema }).migrate()
+      const outcome = migrating.then(
+        () => 'migrated',
+        (error: Error) => error.message,
+      )
+      await new Promise((resolve) => setTimeout(resolve, 1_000))
+      await holder.query('COMMIT')
+      expect(await outcome).toBe('migrated')
+    } finally {
+      await holder.query('ROLLBACK').catch(() => {})
+      holder.release()
+    }
+    // the pool's own bound still holds for everything else
+    await expect(bounded.query('SELECT pg_sleep(1)')).rejects.toThrow(/statement timeout/)
+  })
+
   it('lets exactly one of eight rotations on two pools win; the others find no row instead of failing', async () => {
     const [a, b] = [repeatableRead(10), repeatableRead(10)].map((client) =>
       createPostgresStore({ client, schema }),

@@ -157,6 +157,10 @@ export function createPostgresStore({
       const steps = migrations(table)
       await connection.transaction(async (tx) => {
         const run = (text: string, params?: unknown[]) => exec(tx, text, params)
+        // the pool's statement_timeout (5 s in the README's pool and the CLI's) bounds requests, not this: an
+        // instance that starts while another migrates waits for it, and a migration of a large table may run
+        // longer. For this transaction only
+        await run('SET LOCAL statement_timeout = 0')
         await run(`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK})`)
         await run(
           `CREATE TABLE IF NOT EXISTS ${versions} (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`,
