@@ -21,7 +21,10 @@ export interface SqliteStoreOptions {
    */
   synchronous?: 'FULL' | 'NORMAL' | undefined
   /**
-   * How long a write waits for another connection's lock before failing, in ms.
+   * How long an operation waits for another connection's lock before failing with SQLITE_BUSY, in ms,
+   * counted from its own start. The wait does not block the event loop: the operation is tried again
+   * after short pauses (5-10 ms, doubling up to 50-100 ms), and other requests are served meanwhile.
+   * `0` fails at once.
    * @default 5000
    */
   busyTimeout?: number | undefined
@@ -88,6 +91,8 @@ interface PendingRotation {
   id: string
   expectedCounter: number
   now: number
+  /** `performance.now()` when it was asked for: its `busyTimeout` runs from here */
+  started: number
   resolve: (session: SessionRecord | null) => void
   reject: (error: unknown) => void
 }
@@ -156,11 +161,26 @@ export function createSqliteStore({
 
   let db: Database.Database
   try {
+    // The pragmas wait up to busyTimeout for a lock inside the driver, blocking: this runs once, at
+    // startup, in a constructor that cannot wait asynchronously (turning on WAL needs a lock another
+    // process may hold)
     db = new Database(filename, { timeout: busyTimeout })
     // a file that exists but is not a database, or cannot be written, fails on the first pragma
     db.pragma('journal_mode = WAL')
     db.pragma(`synchronous = ${synchronous}`)
     db.pragma('foreign_keys = ON')
+    // Every other statement fails at once with SQLITE_BUSY when another connection holds the lock it
+    // needs, and `retryOnBusy` waits with timers instead. The driver's busy handler sleeps inside the
+    // synchronous call: a write waited up to busyTimeout with the event loop blocked, so every other
+    // request (even the JWKS) waited behind it, and 8 writes behind a lock answered at 5, 10 … 40 s.
+    // 0 rather than a few ms: each attempt of each waiting operation would block that long, and 50
+    // requests waiting out a lock, each trying every 100 ms, would block the loop for good. It costs
+    // nothing elsewhere: the checkpoints SQLite runs itself (after a commit, at close) and the prune's
+    // are PASSIVE, which never call the busy handler, and readers in WAL mode do not wait for writers;
+    // the rare SQLITE_BUSY a reader does see (another connection recovering the WAL after a crash) is
+    // retried the same way. Between server instances on one file, a write that meets another's commit
+    // now waits 5-10 ms for it rather than ~1 ms: the price of not blocking.
+    db.pragma('busy_timeout = 0')
   } catch (error) {
     throw new AuthError('ERR_CONFIG', `cannot open sqlite database "${filename}": ${messageOf(error)}`, {
       cause: error,
@@ -184,6 +204,65 @@ export function createSqliteStore({
     return prepared
   }
 
+  // Operations waiting out another connection's lock (their promises), and the retry of a group-commit
+  // batch: close() lets them finish first
+  const waiting = new Set<Promise<unknown>>()
+  const track = (promise: Promise<unknown>) => {
+    waiting.add(promise)
+    const done = () => waiting.delete(promise)
+    promise.then(done, done)
+  }
+
+  // Whether an operation that failed with `error` may simply run again. Only when the failure is
+  // SQLITE_BUSY (another connection holds a lock, waiting may help; SQLITE_LOCKED is a conflict
+  // inside this connection, which waiting does not end) and nothing of it is left: a single statement
+  // outside a transaction is atomic, and a transaction is rolled back whole (better-sqlite3 does it
+  // for db.transaction(); a BEGIN that failed opened none). Every transaction of this store opens and
+  // ends within one synchronous call, so one still open here is the failed operation's own.
+  const mayRetry = (error: unknown): boolean => {
+    if (!isBusy(error) || !db.open) return false
+    if (db.inTransaction) {
+      try {
+        db.exec('ROLLBACK')
+      } catch {
+        // still open: not retried
+      }
+    }
+    return !db.inTransaction
+  }
+
+  /**
+   * Runs `operation` (one statement, or one transaction rolled back whole when it throws). While it
+   * fails with SQLITE_BUSY, runs it again after a pause that lets the event loop run, until
+   * `busyTimeout` ms have passed since the first attempt, and then throws the last SQLITE_BUSY. The first
+   * attempt runs at once: without a lock held elsewhere this is the synchronous call it always was.
+   */
+  const retryOnBusy = <T>(operation: () => T): T | Promise<T> => {
+    const started = performance.now()
+    try {
+      return operation()
+    } catch (error) {
+      if (!mayRetry(error)) throw error
+      const retry = (async () => {
+        let last = error
+        for (let attempt = 0; ; attempt++) {
+          const left = started + busyTimeout - performance.now()
+          if (left <= 0) throw last
+          // the last pause ends at the deadline, for one more attempt there
+          await sleep(Math.min(backoff(attempt), left))
+          try {
+            return operation()
+          } catch (error) {
+            if (!mayRetry(error)) throw error
+            last = error
+          }
+        }
+      })()
+      track(retry)
+      return retry
+    }
+  }
+
   // the rotation compare-and-swap
   const rotate = (id: string, expectedCounter: number, now: number): SessionRecord | null => {
     const row = statements().rotate.get(now, now, id, expectedCounter, now) as SessionRow | undefined
@@ -196,14 +275,23 @@ export function createSqliteStore({
   // so one fsync. A caller's promise settles only after COMMIT returned, so every rotation that
   // was answered is durable, exactly as with one commit per rotation.
   let queue: PendingRotation[] = []
+  // the timer of a batch waiting out another connection's write lock, and the promise close() waits on
+  let batchRetry: { timer: NodeJS.Timeout; done: () => void } | undefined
+  // how many times in a row a batch found the write lock taken, for the pause before the next try
+  let batchWaits = 0
   const flush = () => {
+    if (batchRetry) {
+      clearTimeout(batchRetry.timer)
+      batchRetry.done()
+      batchRetry = undefined
+    }
     const batch = queue
     queue = []
     if (batch.length === 0) return
     const results: (SessionRecord | null)[] = []
     try {
       // IMMEDIATE takes the write lock first: a BEGIN DEFERRED that later needs it could fail with
-      // SQLITE_BUSY halfway through the batch instead of waiting on busy_timeout
+      // SQLITE_BUSY halfway through the batch, after some of its rotations ran
       db.exec('BEGIN IMMEDIATE')
       // one compare-and-swap per rotation, in arrival order: a second rotation of the same session
       // sees the first one's counter and loses, as it would have if they had been serial
@@ -218,12 +306,43 @@ export function createSqliteStore({
           // the connection already rolled back (SQLite does after some I/O errors)
         }
       }
+      // Another connection holds the write lock (in practice BEGIN IMMEDIATE found it taken) and the
+      // batch was rolled back whole, so none of it happened: it is tried again later, every
+      // rotation in its own busyTimeout. Never before COMMIT returned is a caller answered, and a
+      // rotation runs again only after a rollback, so none is applied twice.
+      if (isBusy(error) && db.open && !db.inTransaction) {
+        requeue(batch, error)
+        return
+      }
+      batchWaits = 0
       for (const pending of batch) pending.reject(error)
       return
     }
+    batchWaits = 0
     for (const [i, pending] of batch.entries()) pending.resolve(results[i]!)
   }
+  const requeue = (batch: PendingRotation[], error: unknown) => {
+    const now = performance.now()
+    const retried: PendingRotation[] = []
+    for (const pending of batch) {
+      if (now - pending.started >= busyTimeout) pending.reject(error)
+      else retried.push(pending)
+    }
+    if (retried.length === 0) {
+      batchWaits = 0
+      return
+    }
+    // Ahead of the rotations that arrived since, which join the next try: arrival order is kept, and
+    // a second rotation of a session still sees the first one's counter. The oldest rotation is
+    // first: the pause ends by its deadline, for its last try there
+    queue = retried.concat(queue)
+    const delay = Math.min(backoff(batchWaits++), retried[0]!.started + busyTimeout - now)
+    let done!: () => void
+    track(new Promise<void>((resolve) => (done = resolve)))
+    batchRetry = { timer: setTimeout(flush, delay), done }
+  }
 
+  // one transaction: a failed attempt is rolled back whole, and retryOnBusy may run it again
   const applyMigrations = db.transaction(() => {
     db.exec(
       'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT',
@@ -247,30 +366,39 @@ export function createSqliteStore({
 
   return {
     async migrate() {
-      // IMMEDIATE takes the write lock up front, so two processes migrating at once queue on busy_timeout
-      applyMigrations.immediate()
+      // IMMEDIATE takes the write lock up front, so of two processes migrating at once one waits (in
+      // retryOnBusy) and then finds the schema migrated
+      await retryOnBusy(() => applyMigrations.immediate())
     },
     async close() {
-      // rotations already queued are committed and answered, not dropped
-      flush()
+      for (;;) {
+        // rotations already queued are committed and answered, not dropped; a batch waiting out a
+        // lock keeps its timer
+        if (!batchRetry) flush()
+        if (waiting.size === 0) break
+        // operations waiting out another connection's lock end first, each within its busyTimeout
+        await Promise.allSettled(waiting)
+      }
       if (db.open) db.close()
     },
 
     async createSession(session) {
       try {
-        statements().insertSession.run(
-          session.id,
-          session.userId,
-          session.clientId,
-          toBuffer(session.key),
-          session.counter,
-          session.createdAt,
-          session.expiresAt,
-          session.lastUsedAt,
-          session.rotatedAt,
-          session.revokedAt,
-          session.revokedReason,
-          session.userAgent,
+        await retryOnBusy(() =>
+          statements().insertSession.run(
+            session.id,
+            session.userId,
+            session.clientId,
+            toBuffer(session.key),
+            session.counter,
+            session.createdAt,
+            session.expiresAt,
+            session.lastUsedAt,
+            session.rotatedAt,
+            session.revokedAt,
+            session.revokedReason,
+            session.userAgent,
+          ),
         )
       } catch (error) {
         if ((error as { code?: unknown }).code === 'SQLITE_CONSTRAINT_FOREIGNKEY') {
@@ -280,30 +408,36 @@ export function createSqliteStore({
       }
     },
     async getSession(id) {
-      const row = statements().getSession.get(id) as SessionRow | undefined
+      const row = (await retryOnBusy(() => statements().getSession.get(id))) as SessionRow | undefined
       return row ? toSession(row) : null
     },
     async rotateSession(id, expectedCounter, now) {
-      if (!groupCommit) return rotate(id, expectedCounter, now)
+      if (!groupCommit) return retryOnBusy(() => rotate(id, expectedCounter, now))
+      const started = performance.now()
       // a store used before migrate() fails here, for this caller alone
-      statements()
+      if (!prepared) await retryOnBusy(statements)
       return new Promise((resolve, reject) => {
         // the first rotation of a turn schedules the commit: setImmediate runs after the I/O
-        // callbacks of this turn, so every request that arrived with it is in the batch
-        if (queue.push({ id, expectedCounter, now, resolve, reject }) === 1) setImmediate(flush)
+        // callbacks of this turn, so every request that arrived with it is in the batch (while a
+        // batch waits out a lock, the rotations that arrive join its next try)
+        if (queue.push({ id, expectedCounter, now, started, resolve, reject }) === 1) setImmediate(flush)
       })
     },
     async revokeSession(id, now, reason) {
-      return statements().revokeSession.run(now, reason, id).changes === 1
+      return (await retryOnBusy(() => statements().revokeSession.run(now, reason, id))).changes === 1
     },
     async revokeUserSessions(userId, now, reason, exceptId) {
-      return statements().revokeUserSessions.run(now, reason, userId, now, exceptId ?? null).changes
+      const { changes } = await retryOnBusy(() =>
+        statements().revokeUserSessions.run(now, reason, userId, now, exceptId ?? null),
+      )
+      return changes
     },
     async listSessions(userId, now) {
-      return (statements().listSessions.all(userId, now) as SessionRow[]).map(toSession)
+      const rows = await retryOnBusy(() => statements().listSessions.all(userId, now) as SessionRow[])
+      return rows.map(toSession)
     },
     async deleteExpiredSessions(before, idleBefore = Number.MIN_SAFE_INTEGER) {
-      const { pruneSpanEnd, pruneSpan } = statements()
+      const { pruneSpanEnd, pruneSpan } = await retryOnBusy(statements)
       // lets the event loop run; false when the store was closed meanwhile (the server shutting
       // down): the rest waits for the next prune
       const yieldTurn = async () => {
@@ -315,11 +449,16 @@ export function createSqliteStore({
       // between: the work of one turn stays bounded however large the table and however few of its
       // rows are dead, and each row is looked at once. Every span is its own transaction, so a
       // rotation (or its group commit) lands between two of them, never inside one; a session it
-      // rotates is live again and stays.
+      // rotates is live again and stays. A span that finds the write lock taken waits it out in
+      // retryOnBusy, with the event loop running, up to busyTimeout; then the prune fails with SQLITE_BUSY.
       for (let after = Number.MIN_SAFE_INTEGER; ; ) {
-        const end = pruneSpanEnd.get(after, pruneBatchSize - 1) as number | undefined
+        const end = (await retryOnBusy(() => pruneSpanEnd.get(after, pruneBatchSize - 1))) as
+          | number
+          | undefined
         // the last span runs to the end of the table
-        const { changes } = pruneSpan.run(after, end ?? Number.MAX_SAFE_INTEGER, before, before, idleBefore)
+        const { changes } = await retryOnBusy(() =>
+          pruneSpan.run(after, end ?? Number.MAX_SAFE_INTEGER, before, before, idleBefore),
+        )
         deleted += changes
         if (end === undefined) return deleted
         after = end
@@ -337,55 +476,62 @@ export function createSqliteStore({
     },
 
     async createUser(user) {
-      const { changes } = statements().insertUser.run(
-        user.id,
-        user.username,
-        user.passwordHash,
-        user.createdAt,
-        user.passwordChangedAt,
+      const { changes } = await retryOnBusy(() =>
+        statements().insertUser.run(
+          user.id,
+          user.username,
+          user.passwordHash,
+          user.createdAt,
+          user.passwordChangedAt,
+        ),
       )
       if (changes === 0) throw new AuthError('ERR_USER_EXISTS', `user "${user.username}" already exists`)
     },
     async getUserByName(username) {
-      const row = statements().getUserByName.get(username) as UserRow | undefined
+      const row = (await retryOnBusy(() => statements().getUserByName.get(username))) as UserRow | undefined
       return row ? toUser(row) : null
     },
     async getUser(id) {
-      const row = statements().getUser.get(id) as UserRow | undefined
+      const row = (await retryOnBusy(() => statements().getUser.get(id))) as UserRow | undefined
       return row ? toUser(row) : null
     },
     async listUsers() {
-      return (statements().listUsers.all() as UserRow[]).map(toUser)
+      return (await retryOnBusy(() => statements().listUsers.all() as UserRow[])).map(toUser)
     },
     async setPasswordHash(userId, passwordHash, changedAt, expectedHash) {
       if (expectedHash !== undefined) {
-        statements().setPasswordHashIf.run(passwordHash, changedAt, userId, expectedHash)
+        await retryOnBusy(() =>
+          statements().setPasswordHashIf.run(passwordHash, changedAt, userId, expectedHash),
+        )
         return
       }
-      if (statements().setPasswordHash.run(passwordHash, changedAt, userId).changes === 0) {
-        throw new AuthError('ERR_NOT_FOUND', `user "${userId}" does not exist`)
-      }
+      const { changes } = await retryOnBusy(() =>
+        statements().setPasswordHash.run(passwordHash, changedAt, userId),
+      )
+      if (changes === 0) throw new AuthError('ERR_NOT_FOUND', `user "${userId}" does not exist`)
     },
     async deleteUser(username) {
-      return statements().deleteUser.run(username).changes === 1
+      return (await retryOnBusy(() => statements().deleteUser.run(username))).changes === 1
     },
 
     async listKeys() {
-      return (statements().listKeys.all() as KeyRow[]).map(toKey)
+      return (await retryOnBusy(() => statements().listKeys.all() as KeyRow[])).map(toKey)
     },
     async insertKey(key) {
-      const { changes } = statements().insertKey.run(
-        key.kid,
-        key.alg,
-        key.privateJwk,
-        key.publicJwk,
-        key.createdAt,
-        key.retiredAt,
+      const { changes } = await retryOnBusy(() =>
+        statements().insertKey.run(
+          key.kid,
+          key.alg,
+          key.privateJwk,
+          key.publicJwk,
+          key.createdAt,
+          key.retiredAt,
+        ),
       )
       if (changes === 0) throw new AuthError('ERR_CONFIG', `signing key "${key.kid}" already exists`)
     },
     async retireKey(kid, retiredAt) {
-      if (statements().retireKey.run(retiredAt, kid).changes === 0) {
+      if ((await retryOnBusy(() => statements().retireKey.run(retiredAt, kid))).changes === 0) {
         throw new AuthError('ERR_NOT_FOUND', `signing key "${kid}" does not exist`)
       }
     },
@@ -445,6 +591,25 @@ function prepare(db: Database.Database) {
       "UPDATE signing_keys SET retired_at = coalesce(retired_at, ?), private_jwk = '' WHERE kid = ?",
     ),
   }
+}
+
+/** SQLITE_BUSY and its extended codes (BUSY_SNAPSHOT, BUSY_RECOVERY, …): another connection has a lock this one needs. */
+function isBusy(error: unknown): boolean {
+  return error instanceof Database.SqliteError && /^SQLITE_BUSY(?:_|$)/.test(error.code)
+}
+
+/**
+ * The pause before the next try of an operation that found a lock taken, ms: 5-10, then doubling up to
+ * 50-100. Short first, as another connection's commit holds the lock for about one fsync; random
+ * within its range, so that the operations waiting out one lock do not all try again at once.
+ */
+function backoff(attempt: number): number {
+  const ceiling = Math.min(100, 10 * 2 ** attempt)
+  return ceiling / 2 + (Math.random() * ceiling) / 2
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
 }
 
 function toSession(row: SessionRow): SessionRecord {

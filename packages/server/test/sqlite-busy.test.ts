@@ -1,0 +1,387 @@
+/**
+ * The SQLite store while another connection holds the write lock (a long transaction in the `sqlite3`
+ * shell, another process): a write that finds the database locked waits without blocking the event
+ * loop, so reads and requests that need no write are served meanwhile; it completes once the lock is
+ * released, or fails with SQLITE_BUSY (a 503) about `busyTimeout` after its own start, not after the
+ * waits of every write before it. The driver used to wait inside its synchronous busy handler: 8 writes
+ * behind a lock answered at 5, 10 … 40 s, and a JWKS request waited 20 s.
+ */
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { type AuthServer, createAuthServer } from '@tokenflow/server'
+import Database from 'better-sqlite3'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { isStoreUnavailable } from '../src/errors.js'
+import { newSessionId, newSessionKey } from '../src/refresh-token.js'
+import { createSqliteStore, type SqliteStoreOptions } from '../src/stores/sqlite.js'
+import type { SessionRecord, TokenStore } from '../src/stores/store.js'
+import { AUDIENCE, ISSUER, PASSWORD } from './helpers/http.js'
+
+const NOW = 1_700_000_000_000
+const DAY = 86_400_000
+
+/** A promise's outcome as it comes, so a test can ask whether it is still pending. */
+interface Watched<T> {
+  promise: Promise<T>
+  settled: boolean
+  /** ms from `watch()` to settling */
+  after: number
+  /** `performance.now()` when it settled */
+  at: number
+  value?: T
+  error?: unknown
+}
+
+function watch<T>(promise: Promise<T>): Watched<T> {
+  const started = performance.now()
+  const watched: Watched<T> = { promise, settled: false, after: Number.NaN, at: Number.NaN }
+  const settle = () => {
+    watched.settled = true
+    watched.at = performance.now()
+    watched.after = watched.at - started
+  }
+  promise.then(
+    (value) => {
+      watched.value = value
+      settle()
+    },
+    (error: unknown) => {
+      watched.error = error
+      settle()
+    },
+  )
+  return watched
+}
+
+const pause = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+function session(overrides: Partial<SessionRecord> = {}): SessionRecord {
+  return {
+    id: newSessionId(),
+    userId: 'u1',
+    clientId: 'web',
+    key: newSessionKey(),
+    counter: 0,
+    createdAt: NOW,
+    expiresAt: NOW + 30 * DAY,
+    lastUsedAt: NOW,
+    rotatedAt: NOW,
+    revokedAt: null,
+    revokedReason: null,
+    userAgent: null,
+    ...overrides,
+  }
+}
+
+describe('sqlite store behind another connection’s write lock', () => {
+  let dir: string
+  let filename: string
+  let store: TokenStore
+  /** the other connection: holds the write lock, and sees only what was committed */
+  let other: Database.Database
+
+  const open = async (options: SqliteStoreOptions = {}) => {
+    store = createSqliteStore({ filename, ...options })
+    await store.migrate()
+    return store
+  }
+  const createSessions = async (count: number, overrides: Partial<SessionRecord> = {}) => {
+    const sessions: SessionRecord[] = []
+    for (let i = 0; i < count; i++) {
+      const created = session(overrides)
+      await store.createSession(created)
+      sessions.push(created)
+    }
+    return sessions
+  }
+  const committedCounter = (id: string) =>
+    other.prepare('SELECT counter FROM sessions WHERE id = ?').pluck().get(id) as number | undefined
+  /** takes the write lock on the other connection, as `BEGIN EXCLUSIVE` in the sqlite3 shell does */
+  const lock = () => other.exec('BEGIN EXCLUSIVE')
+  const unlock = () => {
+    if (other.inTransaction) other.exec('ROLLBACK')
+  }
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'tokenflow-sqlite-busy-'))
+    filename = join(dir, 'tokenflow.db')
+    await open()
+    await store.createUser({
+      id: 'u1',
+      username: 'ada',
+      passwordHash: 'x',
+      createdAt: NOW,
+      passwordChangedAt: NOW,
+    })
+    await store.close()
+    other = new Database(filename, { timeout: 0 })
+  })
+
+  afterEach(async () => {
+    unlock()
+    await store.close()
+    other.close()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('a write waiting for the lock does not block the event loop: timers fire and reads resolve meanwhile', async () => {
+    await open({ busyTimeout: 2000 })
+    const [existing] = await createSessions(1)
+    lock()
+
+    const write = watch(store.createSession(session()))
+    let timerFired = false
+    setTimeout(() => {
+      timerFired = true
+    }, 10)
+    await pause(30)
+    const read = await store.getSession(existing!.id)
+
+    expect(timerFired).toBe(true)
+    expect(read).toMatchObject({ id: existing!.id, counter: 0 })
+    expect(write.settled).toBe(false)
+
+    unlock()
+    await write.promise
+    expect(write.error).toBeUndefined()
+  })
+
+  it('writes waiting for the lock all complete once it is released: a batch of rotations, a race of two rotations of one session (one wins), a login, a revocation', async () => {
+    await open({ busyTimeout: 2000 })
+    const sessions = await createSessions(5)
+    const [raced, revoked] = await createSessions(2)
+    lock()
+
+    const rotations = sessions.map((current, i) => watch(store.rotateSession(current.id, 0, NOW + i)))
+    const race = [
+      watch(store.rotateSession(raced!.id, 0, NOW + 10)),
+      watch(store.rotateSession(raced!.id, 0, NOW + 11)),
+    ]
+    const created = session()
+    const login = watch(store.createSession(created))
+    const revocation = watch(store.revokeSession(revoked!.id, NOW, 'logout'))
+    const all = [...rotations, ...race, login, revocation]
+
+    // several retries later, nothing is done and nothing failed: they wait
+    await pause(100)
+    expect(all.map((pending) => pending.settled)).toEqual(all.map(() => false))
+    for (const current of [...sessions, raced!]) expect(committedCounter(current.id)).toBe(0)
+
+    unlock()
+    await Promise.allSettled(all.map((pending) => pending.promise))
+
+    for (const pending of all) expect(pending.error).toBeUndefined()
+    rotations.forEach((rotation, i) => {
+      expect(rotation.value).toEqual({ ...sessions[i], counter: 1, rotatedAt: NOW + i, lastUsedAt: NOW + i })
+      expect(committedCounter(sessions[i]!.id)).toBe(1)
+    })
+    // arrival order: the first rotation of the session wins the compare-and-swap, the second loses
+    expect(race.map((rotation) => rotation.value?.counter ?? null)).toEqual([1, null])
+    expect(committedCounter(raced!.id)).toBe(1)
+    expect(await store.getSession(raced!.id)).toEqual(race[0]!.value)
+    expect(committedCounter(created.id)).toBe(0)
+    expect(revocation.value).toBe(true)
+    expect(await store.getSession(revoked!.id)).toMatchObject({ revokedAt: NOW, revokedReason: 'logout' })
+  })
+
+  it('with groupCommit false, rotations waiting for the lock complete once it is released, and one of a race wins', async () => {
+    await open({ busyTimeout: 2000, groupCommit: false })
+    const [first, second] = await createSessions(2)
+    lock()
+
+    const rotations = [
+      watch(store.rotateSession(first!.id, 0, NOW)),
+      watch(store.rotateSession(second!.id, 0, NOW)),
+      watch(store.rotateSession(second!.id, 0, NOW)),
+    ]
+    await pause(50)
+    expect(rotations.map((rotation) => rotation.settled)).toEqual([false, false, false])
+
+    unlock()
+    await Promise.allSettled(rotations.map((rotation) => rotation.promise))
+
+    expect(rotations[0]!.value).toMatchObject({ counter: 1 })
+    // the two rotations of one session retried independently: either may win, never both
+    const raced = rotations.slice(1).map((rotation) => rotation.value?.counter ?? null)
+    expect(raced.sort()).toEqual([1, null])
+    expect([committedCounter(first!.id), committedCounter(second!.id)]).toEqual([1, 1])
+  })
+
+  it('N writes behind a lock held past busyTimeout all fail with SQLITE_BUSY (a 503) together, not one busyTimeout after another', async () => {
+    const busyTimeout = 300
+    await open({ busyTimeout })
+    const [rotated, revoked] = await createSessions(2)
+    lock()
+
+    const started = performance.now()
+    const writes = [
+      watch(store.createSession(session())),
+      watch(store.rotateSession(rotated!.id, 0, NOW)),
+      watch(store.revokeSession(revoked!.id, NOW, 'logout')),
+      watch(
+        store.createUser({
+          id: 'u2',
+          username: 'bob',
+          passwordHash: 'x',
+          createdAt: NOW,
+          passwordChangedAt: NOW,
+        }),
+      ),
+      watch(store.setPasswordHash('u1', 'y', NOW)),
+    ]
+    // sequential waits took 5 × 300 = 1,500 ms; together they take about 300
+    await Promise.race([Promise.allSettled(writes.map((write) => write.promise)), pause(4 * busyTimeout)])
+
+    // all settled within 4 × busyTimeout of the first one's start (a loose bound, for a loaded machine)
+    expect(writes.map((write) => write.at - started <= 4 * busyTimeout)).toEqual(writes.map(() => true))
+    for (const write of writes) {
+      expect(write.error).toMatchObject({ code: 'SQLITE_BUSY' })
+      expect(isStoreUnavailable(write.error)).toBe(true)
+      // each waited its own busyTimeout before giving up (a timer may fire a millisecond early)
+      expect(write.after).toBeGreaterThanOrEqual(busyTimeout - 5)
+    }
+    expect(committedCounter(rotated!.id)).toBe(0)
+    unlock()
+    expect(await store.getSession(revoked!.id)).toMatchObject({ revokedAt: null })
+    expect(await store.getUserByName('bob')).toBeNull()
+    // the store goes on once the lock is gone
+    expect(await store.rotateSession(rotated!.id, 0, NOW)).toMatchObject({ counter: 1 })
+  })
+
+  it('each rotation of a batch waiting for the lock has its own busyTimeout: a later one commits after an earlier one gave up', async () => {
+    const busyTimeout = 500
+    await open({ busyTimeout })
+    const [early, late] = await createSessions(2)
+    lock()
+
+    const first = watch(store.rotateSession(early!.id, 0, NOW))
+    await pause(300)
+    const second = watch(store.rotateSession(late!.id, 0, NOW))
+    // the first gives up at its own busyTimeout, and the second, which joined its retries, waits on
+    await first.promise.catch(() => {})
+    await pause(50)
+    expect(first.error).toMatchObject({ code: 'SQLITE_BUSY' })
+    expect(second.settled).toBe(false)
+
+    unlock()
+    expect(await second.promise).toMatchObject({ counter: 1 })
+    expect([committedCounter(early!.id), committedCounter(late!.id)]).toEqual([0, 1])
+  })
+
+  it('busyTimeout 0 still fails at once', async () => {
+    await open({ busyTimeout: 0 })
+    const [current] = await createSessions(1)
+    lock()
+
+    const write = watch(store.createSession(session()))
+    const rotation = watch(store.rotateSession(current!.id, 0, NOW))
+    // a turn of the event loop: the batch is tried once, and no retry was waited for
+    await new Promise(setImmediate)
+    await new Promise(setImmediate)
+
+    expect(write.error).toMatchObject({ code: 'SQLITE_BUSY' })
+    expect(rotation.error).toMatchObject({ code: 'SQLITE_BUSY' })
+  })
+
+  it('a prune waiting for the lock lets the event loop run, and deletes once the lock is released', async () => {
+    await open({ busyTimeout: 2000, pruneBatchSize: 2 })
+    await createSessions(5, { expiresAt: NOW - 1 })
+    const [live] = await createSessions(1)
+    lock()
+
+    const prune = watch(store.deleteExpiredSessions(NOW))
+    let timerFired = false
+    setTimeout(() => {
+      timerFired = true
+    }, 10)
+    await pause(50)
+    expect(timerFired).toBe(true)
+    expect(prune.settled).toBe(false)
+
+    unlock()
+    expect(await prune.promise).toBe(5)
+    expect(other.prepare('SELECT id FROM sessions').pluck().all()).toEqual([live!.id])
+  })
+
+  it('close() lets the writes waiting for the lock finish, and they commit when it is released in time', async () => {
+    await open({ busyTimeout: 2000 })
+    const [current] = await createSessions(1)
+    lock()
+
+    const rotation = watch(store.rotateSession(current!.id, 0, NOW))
+    const created = session()
+    const login = watch(store.createSession(created))
+    await pause(20)
+    const closed = watch(store.close())
+    await pause(50)
+    expect([rotation.settled, login.settled, closed.settled]).toEqual([false, false, false])
+
+    unlock()
+    await closed.promise
+    expect(closed.error).toBeUndefined()
+    expect(rotation.value).toMatchObject({ counter: 1 })
+    expect(login.error).toBeUndefined()
+    expect(committedCounter(current!.id)).toBe(1)
+    expect(committedCounter(created.id)).toBe(0)
+  })
+})
+
+describe('token server on SQLite behind another connection’s write lock', () => {
+  let dir: string
+  let app: AuthServer
+  let other: Database.Database
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'tokenflow-sqlite-busy-http-'))
+    const filename = join(dir, 'tokenflow.db')
+    app = createAuthServer({
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      rateLimit: false,
+      pruneInterval: 0,
+      logger: false,
+      store: createSqliteStore({ filename, busyTimeout: 2000 }),
+    })
+    await app.ready()
+    await app.tokenflow.issuer.addUser('ada', PASSWORD)
+    other = new Database(filename, { timeout: 0 })
+  })
+
+  afterEach(async () => {
+    if (other.inTransaction) other.exec('ROLLBACK')
+    other.close()
+    await app.close()
+    await app.tokenflow.store.close()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('GET /.well-known/jwks.json answers while a refresh waits for the lock, and the refresh answers 200 once it is released', async () => {
+    const login = await app.inject({
+      method: 'POST',
+      url: '/auth/login',
+      payload: { username: 'ada', password: PASSWORD },
+    })
+    expect(login.statusCode).toBe(200)
+    other.exec('BEGIN EXCLUSIVE')
+
+    const refresh = watch(
+      app.inject({
+        method: 'POST',
+        url: '/refresh/token',
+        payload: { refreshToken: login.json().refreshToken },
+      }),
+    )
+    await pause(30)
+    const jwks = await app.inject({ method: 'GET', url: '/.well-known/jwks.json' })
+
+    expect(jwks.statusCode).toBe(200)
+    expect(jwks.json().keys).toHaveLength(1)
+    expect(refresh.settled).toBe(false)
+
+    other.exec('ROLLBACK')
+    const answer = await refresh.promise
+    expect(answer.statusCode).toBe(200)
+    expect(answer.json().refreshToken).toEqual(expect.any(String))
+  })
+})
