@@ -232,23 +232,8 @@ describe('tokenflow-server logs', { timeout: 60_000 }, () => {
       stderr: '',
     })
 
-    const child = spawn(process.execPath, [CLI, 'start', '--port', '0', '--db', db, '--client-id', 'web'], {
-      env: baseEnv,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    children.add(child)
-    let output = ''
-    const exited = new Promise<number | null>((done) => child.on('close', done))
-    const origin = await new Promise<string>((found, reject) => {
-      const read = (chunk: Buffer) => {
-        output += chunk
-        const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(output)
-        if (match) found(match[1]!)
-      }
-      child.stdout.on('data', read)
-      child.stderr.on('data', read)
-      child.on('close', () => reject(new Error(`the server exited before listening: ${output}`)))
-    })
+    const running = await startCli(['--db', db, '--client-id', 'web'])
+    const { origin } = running
 
     const secrets: string[] = [password, typo]
     const keep = (...values: string[]) => {
@@ -290,8 +275,8 @@ describe('tokenflow-server logs', { timeout: 60_000 }, () => {
     keep(last.accessToken, last.refreshToken)
     expect((await postJson(origin, '/auth/logout', { refreshToken: last.refreshToken })).status).toBe(200)
 
-    child.kill('SIGTERM')
-    expect(await exited).toBe(0)
+    expect(await running.stop()).toBe(0)
+    const output = running.output()
     // the logs did record the traffic, so their silence about secrets means something
     for (const url of [
       '/auth/login',
