@@ -250,16 +250,18 @@ describe('sqlite store behind another connection’s write lock', () => {
   })
 
   it('each rotation of a batch waiting for the lock has its own busyTimeout: a later one commits after an earlier one gave up', async () => {
-    const busyTimeout = 500
+    // wide enough apart that a loaded machine's stalls do not close the gap between the two deadlines
+    const busyTimeout = 1_500
     await open({ busyTimeout })
     const [early, late] = await createSessions(2)
     lock()
 
     const first = watch(store.rotateSession(early!.id, 0, NOW))
-    await pause(300)
+    await pause(800)
     const second = watch(store.rotateSession(late!.id, 0, NOW))
     // the first gives up at its own busyTimeout, and the second, which joined its retries, waits on
     await first.promise.catch(() => {})
+    // the second's own deadline is at least 800 ms later
     await pause(50)
     expect(first.error).toMatchObject({ code: 'SQLITE_BUSY' })
     expect(second.settled).toBe(false)
@@ -364,6 +366,17 @@ describe('token server on SQLite behind another connection’s write lock', () =
     })
     expect(login.statusCode).toBe(200)
     other.exec('BEGIN EXCLUSIVE')
+    // the JWKS is asked for once the refresh's rotation has reached the locked store
+    const store = app.tokenflow.store
+    const rotateSession = store.rotateSession.bind(store)
+    let reached!: () => void
+    const rotating = new Promise<void>((resolve) => {
+      reached = resolve
+    })
+    store.rotateSession = (...args) => {
+      reached()
+      return rotateSession(...args)
+    }
 
     const refresh = watch(
       app.inject({
@@ -372,7 +385,9 @@ describe('token server on SQLite behind another connection’s write lock', () =
         payload: { refreshToken: login.json().refreshToken },
       }),
     )
-    await pause(30)
+    await rotating
+    // and once the turn in which its group commit tries to take the lock has come
+    await new Promise((resolve) => setImmediate(resolve))
     const jwks = await app.inject({ method: 'GET', url: '/.well-known/jwks.json' })
 
     expect(jwks.statusCode).toBe(200)
