@@ -166,7 +166,10 @@ export function createSqliteStore({
     // process may hold)
     db = new Database(filename, { timeout: busyTimeout })
     // a file that exists but is not a database, or cannot be written, fails on the first pragma
-    db.pragma('journal_mode = WAL')
+    const mode = db.pragma('journal_mode = WAL', { simple: true })
+    // the store relies on WAL: readers that never wait for writers, and commits that fail only on I/O
+    // errors. A file system without the shared memory WAL needs keeps the old journal, and says so here
+    if (mode !== 'wal' && mode !== 'memory') throw new Error(`journal_mode is "${mode}", not "wal"`)
     db.pragma(`synchronous = ${synchronous}`)
     db.pragma('foreign_keys = ON')
     // Every other statement fails at once with SQLITE_BUSY when another connection holds the lock it
@@ -265,7 +268,9 @@ export function createSqliteStore({
 
   // the rotation compare-and-swap
   const rotate = (id: string, expectedCounter: number, now: number): SessionRecord | null => {
-    const row = statements().rotate.get(now, now, id, expectedCounter, now) as SessionRow | undefined
+    // all(), not get(): outside a transaction (groupCommit false) the statement commits when it is reset,
+    // and better-sqlite3's get() does not report a failure there; the row would say the rotation happened
+    const [row] = statements().rotate.all(now, now, id, expectedCounter, now) as SessionRow[]
     return row ? toSession(row) : null
   }
 
@@ -332,10 +337,10 @@ export function createSqliteStore({
       batchWaits = 0
       return
     }
-    // Ahead of the rotations that arrived since, which join the next try: arrival order is kept, and
-    // a second rotation of a session still sees the first one's counter. The oldest rotation is
-    // first: the pause ends by its deadline, for its last try there
-    queue = retried.concat(queue)
+    // The queue is empty here (flush took it): rotations that arrive during the pause go behind these, and
+    // join the next try, so arrival order is kept and a second rotation of a session still sees the first
+    // one's counter. The oldest rotation is first: the pause ends by its deadline, for its last try there
+    queue = retried
     const delay = Math.min(backoff(batchWaits++), retried[0]!.started + busyTimeout - now)
     let done!: () => void
     track(new Promise<void>((resolve) => (done = resolve)))
