@@ -323,8 +323,15 @@ describe.skipIf(!databaseUrl)('PostgreSQL', () => {
     expect(remember(await refresh(app, after.body.refreshToken)).status).toBe(200)
   })
 
-  it('a database closed to connections for maintenance (ALLOW_CONNECTIONS false, SQLSTATE 55000) answers 503, and the same token refreshes once it opens', async () => {
-    const database = `tf_closed_${randomBytes(6).toString('hex')}`
+  /**
+   * A server on a scratch database of its own, with ada logged in. The database is dropped afterwards, under
+   * its own name and as `${name}_away` (what a test may rename it to), whatever state the test left it in.
+   */
+  async function onScratchDatabase(
+    prefix: string,
+    run: (scratch: { app: AuthServer; database: string; tokens: any }) => Promise<void>,
+  ) {
+    const database = `${prefix}_${randomBytes(6).toString('hex')}`
     await admin.query(`CREATE DATABASE ${database}`)
     const target = new URL(connectionString)
     target.pathname = `/${database}`
@@ -333,8 +340,19 @@ describe.skipIf(!databaseUrl)('PostgreSQL', () => {
       const app = server({ store: createPostgresStore({ client }), now })
       await app.ready()
       await app.tokenflow.issuer.addUser('ada', PASSWORD)
-      const tokens = remember((await freshLogin(app)) as any)
+      await run({ app, database, tokens: remember((await freshLogin(app)) as any) })
+      await app.close()
+    } finally {
+      await client.end()
+      pools.splice(pools.indexOf(client), 1)
+      for (const name of [database, `${database}_away`]) {
+        await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+      }
+    }
+  }
 
+  it('a database closed to connections for maintenance (ALLOW_CONNECTIONS false, SQLSTATE 55000) answers 503, and the same token refreshes once it opens', async () => {
+    await onScratchDatabase('tf_closed', async ({ app, database, tokens }) => {
       await admin.query(`ALTER DATABASE ${database} ALLOW_CONNECTIONS false`)
       await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [
         database,
@@ -344,48 +362,25 @@ describe.skipIf(!databaseUrl)('PostgreSQL', () => {
 
       await admin.query(`ALTER DATABASE ${database} ALLOW_CONNECTIONS true`)
       expect(remember(await refresh(app, tokens.refreshToken)).status).toBe(200)
-      await app.close()
-    } finally {
-      await client.end()
-      pools.splice(pools.indexOf(client), 1)
-      await admin.query(`ALTER DATABASE ${database} ALLOW_CONNECTIONS true`)
-      await admin.query(`DROP DATABASE ${database} WITH (FORCE)`)
-    }
+    })
   })
 
   it('bug: a database that is not there (renamed during maintenance, SQLSTATE 3D000) answered 500 ERR_INTERNAL; now 503, and the same token refreshes once it is back', async () => {
-    const database = `tf_renamed_${randomBytes(6).toString('hex')}`
-    const renamed = `${database}_away`
-    await admin.query(`CREATE DATABASE ${database}`)
-    const target = new URL(connectionString)
-    target.pathname = `/${database}`
-    const client = pool({ connectionString: target.toString(), max: 2 })
-    try {
-      const app = server({ store: createPostgresStore({ client }), now })
-      await app.ready()
-      await app.tokenflow.issuer.addUser('ada', PASSWORD)
-      const tokens = remember((await freshLogin(app)) as any)
-
+    await onScratchDatabase('tf_renamed', async ({ app, database, tokens }) => {
       // a rename needs the database to itself: the pool's idle connections are ended first, and its next
       // connection finds no database of that name
       await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [
         database,
       ])
-      await admin.query(`ALTER DATABASE ${database} RENAME TO ${renamed}`)
+      await admin.query(`ALTER DATABASE ${database} RENAME TO ${database}_away`)
       expectUnavailable(await refresh(app, tokens.refreshToken))
       expectUnavailable(await loginAs(app))
 
-      await admin.query(`ALTER DATABASE ${renamed} RENAME TO ${database}`)
+      await admin.query(`ALTER DATABASE ${database}_away RENAME TO ${database}`)
       const after = remember(await refresh(app, tokens.refreshToken))
       expect(after.status).toBe(200)
       expect(remember(await refresh(app, after.body.refreshToken)).status).toBe(200)
-      await app.close()
-    } finally {
-      await client.end()
-      pools.splice(pools.indexOf(client), 1)
-      await admin.query(`DROP DATABASE IF EXISTS ${renamed} WITH (FORCE)`)
-      await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
-    }
+    })
   })
 
   it('serialization failures that outlast the retries answer 503, and the same token refreshes after', async () => {
