@@ -7,6 +7,7 @@ import { readSync } from 'node:fs'
 import { StringDecoder } from 'node:string_decoder'
 import { isatty } from 'node:tty'
 import { parseArgs } from 'node:util'
+import { isAuthError } from './errors.js'
 import { createIssuer } from './issuer.js'
 import { createKeyring, type SigningAlgorithm } from './keys.js'
 import { isLoopbackHost } from './loopback.js'
@@ -136,13 +137,9 @@ async function main(argv: string[]): Promise<number> {
           ...(trustProxy === undefined ? {} : { trustProxy }),
         })
       } catch (error) {
-        // Fastify (proxy-addr) refuses a bad address with a bare TypeError ("invalid IP address: x"): name the flag
-        if (
-          trustProxy !== undefined &&
-          error instanceof TypeError &&
-          /^invalid (IP address|range)/.test(error.message)
-        ) {
-          throw new CliError(`--trust-proxy: ${error.message}`)
+        // the server names the option; the CLI user knows it as the flag
+        if (trustProxy !== undefined && isAuthError(error) && error.message.startsWith('"trustProxy": ')) {
+          throw new CliError(`--trust-proxy: ${error.message.slice('"trustProxy": '.length)}`)
         }
         throw error
       }

@@ -159,7 +159,7 @@ export interface AuthServerOptions {
    * Fastify's `trustProxy`: behind a reverse proxy, set it so rate limits see the client's IP. Name the
    * proxy's addresses (`'10.0.0.0/8'`, `['127.0.0.1', '::1']`) or pass a function; a hop count (a number)
    * is refused with `ERR_CONFIG`: Fastify 5 trusts no hop for it, so every client would share the proxy's
-   * per-IP login budget.
+   * per-IP login budget. An address or range that is not one is refused with `ERR_CONFIG` too.
    * @default false
    */
   trustProxy?: FastifyServerOptions['trustProxy'] | undefined
@@ -369,6 +369,14 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
     })
   } catch (error) {
     if (ownsStore) void store.close()
+    // Fastify (proxy-addr) refuses a bad address with a bare TypeError ("invalid IP address: x"): name the option
+    if (
+      trustProxy !== false &&
+      error instanceof TypeError &&
+      /^invalid (IP address|range)/.test(error.message)
+    ) {
+      throw new AuthError('ERR_CONFIG', `"trustProxy": ${error.message}`, { cause: error })
+    }
     throw error
   }
 

@@ -386,6 +386,27 @@ describe('X-Forwarded-For and the per-IP login limit', () => {
     )
   })
 
+  it('a trustProxy address or range that is not one is refused with ERR_CONFIG, naming the option and the value', () => {
+    for (const [trustProxy, message] of [
+      ['proxy.internal', '"trustProxy": invalid IP address: proxy.internal'],
+      [['127.0.0.1', '10.0.0.0/33'], '"trustProxy": invalid range on address: 10.0.0.0/33'],
+    ] as const) {
+      let thrown: unknown
+      try {
+        createAuthServer({
+          issuer: ISSUER,
+          audience: AUDIENCE,
+          store: sqlite,
+          trustProxy: trustProxy as never,
+        })
+      } catch (error) {
+        thrown = error
+      }
+      expect(thrown).toMatchObject({ name: 'AuthError', code: 'ERR_CONFIG', message })
+      expect((thrown as Error).cause).toBeInstanceOf(TypeError)
+    }
+  })
+
   it('trustProxy off (the default): a client cannot pick its key with the header', async () => {
     const { origin } = await start({ ...nobody, rateLimit: { perIp: 2, perAccount: 1000 } })
     expect(await attempts(origin, ['198.51.100.1', '198.51.100.2', '198.51.100.3', '2001:db8::1'])).toEqual([
