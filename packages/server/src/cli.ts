@@ -89,7 +89,11 @@ async function main(argv: string[]): Promise<number> {
     throw new CliError('use either --db or --postgres, not both')
   }
   const alg = values.alg ?? env.TOKENFLOW_KEY_ALG ?? 'ES256'
-  if (!ALGORITHMS.includes(alg)) throw new CliError(`--alg must be one of ${ALGORITHMS.join(', ')}`)
+  // only the commands that make keys read it: a bad TOKENFLOW_KEY_ALG in the environment must not stop `user add`
+  if (flags?.includes('alg') && !ALGORITHMS.includes(alg)) {
+    const source = values.alg === undefined ? 'TOKENFLOW_KEY_ALG' : '--alg'
+    throw new CliError(`${source} must be one of ${ALGORITHMS.join(', ')}, got "${alg.slice(0, 32)}"`)
+  }
 
   switch (command) {
     case 'start': {

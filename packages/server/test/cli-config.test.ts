@@ -142,10 +142,33 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
     ])
     expectOneLine(port, '--port must be an integer from 0 to 65535, got "-1"')
     expectOneLine(envPort, '--port must be an integer from 0 to 65535, got "eighty"')
-    expectOneLine(alg, '--alg must be one of ES256, ES384, RS256, PS256')
+    expectOneLine(alg, '--alg must be one of ES256, ES384, RS256, PS256, got "HS256"')
     expectOneLine(issuer, '"issuer" must be an https URL (http only on localhost) without query or fragment')
     expectOneLine(redis, '"redisUrl" must be a redis:// or rediss:// URL')
     expectOneLine(mysql, '--postgres must be a postgres:// URL')
+  })
+
+  it('bug: a bad TOKENFLOW_KEY_ALG also failed the `user` commands, which make no key; `start` and `keys` name the variable', async () => {
+    const db = join(dir, 'key-alg-env.db')
+    const env = { TOKENFLOW_KEY_ALG: 'HS256' }
+    const added = await cli(['user', 'add', 'ada', '--db', db], {
+      env,
+      input: 'correct horse battery staple\n',
+    })
+    // was: "--alg must be one of ES256, ES384, RS256, PS256", exit 1, no user
+    expect({ code: added.code, stderr: added.stderr }).toEqual({ code: 0, stderr: '' })
+    const listed = await cli(['user', 'list', '--db', db], { env })
+    expect({ code: listed.code, stdout: listed.stdout }).toMatchObject({
+      code: 0,
+      stdout: expect.stringContaining('ada'),
+    })
+    const [start, rotate] = await Promise.all([
+      cli(['start', '--port', '0', '--db', db], { env }),
+      cli(['keys', 'rotate', '--db', db], { env }),
+    ])
+    const refused = 'TOKENFLOW_KEY_ALG must be one of ES256, ES384, RS256, PS256, got "HS256"'
+    expectOneLine(start, refused)
+    expectOneLine(rotate, refused)
   })
 
   it('bug: `start` with an option the server refuses made and migrated its database before it said so', async () => {
