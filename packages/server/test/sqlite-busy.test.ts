@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { type AuthServer, createAuthServer } from '@tokenflow/server'
 import Database from 'better-sqlite3'
-import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { isStoreUnavailable } from '../src/errors.js'
 import { newSessionId, newSessionKey } from '../src/refresh-token.js'
 import { createSqliteStore, type SqliteStoreOptions } from '../src/stores/sqlite.js'
@@ -304,6 +304,55 @@ describe('sqlite store behind another connection’s write lock', () => {
     unlock()
     expect(await prune.promise).toBe(5)
     expect(other.prepare('SELECT id FROM sessions').pluck().all()).toEqual([live!.id])
+  })
+
+  it('writes waiting for the lock apply in the order they were asked for: a revocation asked for after its session’s creation finds the session', async () => {
+    await open({ busyTimeout: 2000, groupCommit: false })
+    lock()
+    // 20 pairs: with a timer per waiting write (the code before), each pair's order was a coin toss
+    const pairs = Array.from({ length: 20 }, () => {
+      const created = session()
+      return {
+        created,
+        creation: watch(store.createSession(created)),
+        revocation: watch(store.revokeSession(created.id, NOW, 'logout')),
+      }
+    })
+    await pause(60)
+    unlock()
+    await Promise.allSettled(
+      pairs.flatMap(({ creation, revocation }) => [creation.promise, revocation.promise]),
+    )
+
+    for (const { created, creation, revocation } of pairs) {
+      expect(creation.error).toBeUndefined()
+      expect(revocation.value).toBe(true)
+      expect(await store.getSession(created.id)).toMatchObject({ revokedAt: NOW, revokedReason: 'logout' })
+    }
+  })
+
+  it('writes waiting for the lock make one try per pause between them, not one each: 200 waiting writes, fewer than 400 statement runs', async () => {
+    await open({ busyTimeout: 5000 })
+    const sessions = await createSessions(200)
+    // every statement run of every connection in this process, failed or not
+    const statementPrototype = Object.getPrototypeOf(other.prepare('SELECT 1')) as {
+      run: (...parameters: unknown[]) => unknown
+    }
+    const run = vi.spyOn(statementPrototype, 'run')
+    try {
+      lock()
+      const revocations = sessions.map((current) => watch(store.revokeSession(current.id, NOW, 'logout')))
+      // about ten pauses of 5-100 ms; the code before tried each of the 200 writes after each of its own
+      await pause(600)
+      expect(revocations.filter((revocation) => revocation.settled)).toEqual([])
+      unlock()
+      await Promise.allSettled(revocations.map((revocation) => revocation.promise))
+      for (const revocation of revocations) expect(revocation.value).toBe(true)
+      expect(run.mock.calls.length).toBeGreaterThanOrEqual(200)
+      expect(run.mock.calls.length).toBeLessThan(400)
+    } finally {
+      run.mockRestore()
+    }
   })
 
   it('close() lets the writes waiting for the lock finish, and they commit when it is released in time', async () => {

@@ -22,8 +22,9 @@ export interface SqliteStoreOptions {
   synchronous?: 'FULL' | 'NORMAL' | undefined
   /**
    * How long an operation waits for another connection's lock before failing with SQLITE_BUSY, in ms,
-   * counted from its own start. The wait does not block the event loop: the operation is tried again
-   * after short pauses (5-10 ms, doubling up to 50-100 ms), and other requests are served meanwhile.
+   * counted from its own start. The wait does not block the event loop: the operations waiting for a
+   * lock are tried again in the order they were asked for, the first one after short pauses (5-10 ms,
+   * doubling up to 50-100 ms) and the rest as soon as it ran, and other requests are served meanwhile.
    * `0` fails at once.
    * @default 5000
    */
@@ -85,6 +86,15 @@ const migrations: readonly string[] = [
   // 2: a retired key never signs again, so its private half is not kept (the public half stays in the JWKS)
   `UPDATE signing_keys SET private_jwk = '' WHERE retired_at IS NOT NULL;`,
 ]
+
+/** An operation waiting out another connection's lock. */
+interface Waiter {
+  operation: () => unknown
+  /** `performance.now()` when it was asked for: its `busyTimeout` runs from here */
+  started: number
+  resolve: (value: unknown) => void
+  reject: (error: unknown) => void
+}
 
 /** A rotation waiting for its group commit. */
 interface PendingRotation {
@@ -176,8 +186,8 @@ export function createSqliteStore({
     // needs, and `retryOnBusy` waits with timers instead. The driver's busy handler sleeps inside the
     // synchronous call: a write waited up to busyTimeout with the event loop blocked, so every other
     // request (even the JWKS) waited behind it, and 8 writes behind a lock answered at 5, 10 … 40 s.
-    // 0 rather than a few ms: each attempt of each waiting operation would block that long, and 50
-    // requests waiting out a lock, each trying every 100 ms, would block the loop for good. It costs
+    // 0 rather than a few ms: each attempt would block that long, and a lock waited out blocked the loop
+    // for all that time. It costs
     // nothing elsewhere: the checkpoints SQLite runs itself (after a commit, at close) and the prune's
     // are PASSIVE, which never call the busy handler, and readers in WAL mode do not wait for writers;
     // the rare SQLITE_BUSY a reader does see (another connection recovering the WAL after a crash) is
@@ -234,36 +244,81 @@ export function createSqliteStore({
     return !db.inTransaction
   }
 
+  // Operations waiting out another connection's lock, in the order they were asked for. One timer tries
+  // the first of them; once it runs, the next ones run in the same turn, until the queue is empty or the
+  // lock is taken again. Each waiting operation used to retry on its own timer: 3,000 writes behind a 1 s
+  // lock made 3,000 tries every 50-100 ms and kept the event loop 99% busy (p99 delay 173 ms). All have
+  // the same busyTimeout and join in order, so their deadlines are in queue order too.
+  const waiters: Waiter[] = []
+  let waitersTimer: NodeJS.Timeout | undefined
+  // how many times in a row the first waiter found the lock taken, for the pause before its next try
+  let waitersMisses = 0
+  // how long one turn may run waiting operations before it lets the event loop run (ms): with
+  // synchronous=FULL each write is an fsync, and a long queue run at once would block the loop
+  const WAITERS_TURN = 10
+
+  const scheduleWaiters = (delay: number) => {
+    if (waitersTimer) clearTimeout(waitersTimer)
+    waitersTimer = setTimeout(runWaiters, Math.max(0, delay))
+  }
+  const runWaiters = () => {
+    waitersTimer = undefined
+    const turnEnd = performance.now() + WAITERS_TURN
+    while (waiters.length > 0) {
+      const first = waiters[0]!
+      try {
+        const value = first.operation()
+        waiters.shift()
+        waitersMisses = 0
+        first.resolve(value)
+      } catch (error) {
+        if (!mayRetry(error)) {
+          waiters.shift()
+          first.reject(error)
+          continue
+        }
+        // still locked: those whose busyTimeout is over give up (the first one had its last try at its
+        // deadline), the rest wait on
+        const now = performance.now()
+        while (waiters.length > 0 && now - waiters[0]!.started >= busyTimeout) waiters.shift()!.reject(error)
+        if (waiters.length > 0) {
+          // the pause ends by the first one's deadline, for its last try there
+          scheduleWaiters(Math.min(backoff(waitersMisses++), waiters[0]!.started + busyTimeout - now))
+        } else {
+          waitersMisses = 0
+        }
+        return
+      }
+      if (waiters.length > 0 && performance.now() >= turnEnd) {
+        scheduleWaiters(0)
+        return
+      }
+    }
+  }
+
   /**
    * Runs `operation` (one statement, or one transaction rolled back whole when it throws). While it
-   * fails with SQLITE_BUSY, runs it again after a pause that lets the event loop run, until
-   * `busyTimeout` ms have passed since the first attempt, and then throws the last SQLITE_BUSY. The first
-   * attempt runs at once: without a lock held elsewhere this is the synchronous call it always was.
+   * fails with SQLITE_BUSY, it waits in the queue of operations waiting out the lock, with the event loop
+   * running, until it runs or `busyTimeout` ms have passed since it was asked for, and then throws the
+   * last SQLITE_BUSY. Without a lock held elsewhere this is the synchronous call it always was. A write
+   * asked for while others wait goes behind them, so writes apply in the order they were asked for; a
+   * read (`read: true`) is tried at once all the same, as in WAL mode readers do not wait for writers.
    */
-  const retryOnBusy = <T>(operation: () => T): T | Promise<T> => {
+  const retryOnBusy = <T>(operation: () => T, { read = false } = {}): T | Promise<T> => {
     const started = performance.now()
-    try {
-      return operation()
-    } catch (error) {
-      if (!mayRetry(error)) throw error
-      const retry = (async () => {
-        let last = error
-        for (let attempt = 0; ; attempt++) {
-          const left = started + busyTimeout - performance.now()
-          if (left <= 0) throw last
-          // the last pause ends at the deadline, for one more attempt there
-          await sleep(Math.min(backoff(attempt), left))
-          try {
-            return operation()
-          } catch (error) {
-            if (!mayRetry(error)) throw error
-            last = error
-          }
-        }
-      })()
-      track(retry)
-      return retry
+    if (read || waiters.length === 0) {
+      try {
+        return operation()
+      } catch (error) {
+        if (!mayRetry(error) || busyTimeout === 0) throw error
+      }
     }
+    const waited = new Promise<T>((resolve, reject) => {
+      waiters.push({ operation, started, resolve: resolve as (value: unknown) => void, reject })
+    })
+    track(waited)
+    if (waiters.length === 1) scheduleWaiters(Math.min(backoff(waitersMisses++), busyTimeout))
+    return waited
   }
 
   // the rotation compare-and-swap
@@ -413,14 +468,16 @@ export function createSqliteStore({
       }
     },
     async getSession(id) {
-      const row = (await retryOnBusy(() => statements().getSession.get(id))) as SessionRow | undefined
+      const row = (await retryOnBusy(() => statements().getSession.get(id), { read: true })) as
+        | SessionRow
+        | undefined
       return row ? toSession(row) : null
     },
     async rotateSession(id, expectedCounter, now) {
       if (!groupCommit) return retryOnBusy(() => rotate(id, expectedCounter, now))
       const started = performance.now()
       // a store used before migrate() fails here, for this caller alone
-      if (!prepared) await retryOnBusy(statements)
+      if (!prepared) await retryOnBusy(statements, { read: true })
       return new Promise((resolve, reject) => {
         // the first rotation of a turn schedules the commit: setImmediate runs after the I/O
         // callbacks of this turn, so every request that arrived with it is in the batch (while a
@@ -438,11 +495,13 @@ export function createSqliteStore({
       return changes
     },
     async listSessions(userId, now) {
-      const rows = await retryOnBusy(() => statements().listSessions.all(userId, now) as SessionRow[])
+      const rows = await retryOnBusy(() => statements().listSessions.all(userId, now) as SessionRow[], {
+        read: true,
+      })
       return rows.map(toSession)
     },
     async deleteExpiredSessions(before, idleBefore = Number.MIN_SAFE_INTEGER) {
-      const { pruneSpanEnd, pruneSpan } = await retryOnBusy(statements)
+      const { pruneSpanEnd, pruneSpan } = await retryOnBusy(statements, { read: true })
       // lets the event loop run; false when the store was closed meanwhile (the server shutting
       // down): the rest waits for the next prune
       const yieldTurn = async () => {
@@ -457,7 +516,7 @@ export function createSqliteStore({
       // rotates is live again and stays. A span that finds the write lock taken waits it out in
       // retryOnBusy, with the event loop running, up to busyTimeout; then the prune fails with SQLITE_BUSY.
       for (let after = Number.MIN_SAFE_INTEGER; ; ) {
-        const end = (await retryOnBusy(() => pruneSpanEnd.get(after, pruneBatchSize - 1))) as
+        const end = (await retryOnBusy(() => pruneSpanEnd.get(after, pruneBatchSize - 1), { read: true })) as
           | number
           | undefined
         // the last span runs to the end of the table
@@ -493,15 +552,19 @@ export function createSqliteStore({
       if (changes === 0) throw new AuthError('ERR_USER_EXISTS', `user "${user.username}" already exists`)
     },
     async getUserByName(username) {
-      const row = (await retryOnBusy(() => statements().getUserByName.get(username))) as UserRow | undefined
+      const row = (await retryOnBusy(() => statements().getUserByName.get(username), { read: true })) as
+        | UserRow
+        | undefined
       return row ? toUser(row) : null
     },
     async getUser(id) {
-      const row = (await retryOnBusy(() => statements().getUser.get(id))) as UserRow | undefined
+      const row = (await retryOnBusy(() => statements().getUser.get(id), { read: true })) as
+        | UserRow
+        | undefined
       return row ? toUser(row) : null
     },
     async listUsers() {
-      return (await retryOnBusy(() => statements().listUsers.all() as UserRow[])).map(toUser)
+      return (await retryOnBusy(() => statements().listUsers.all() as UserRow[], { read: true })).map(toUser)
     },
     async setPasswordHash(userId, passwordHash, changedAt, expectedHash) {
       if (expectedHash !== undefined) {
@@ -520,7 +583,7 @@ export function createSqliteStore({
     },
 
     async listKeys() {
-      return (await retryOnBusy(() => statements().listKeys.all() as KeyRow[])).map(toKey)
+      return (await retryOnBusy(() => statements().listKeys.all() as KeyRow[], { read: true })).map(toKey)
     },
     async insertKey(key) {
       const { changes } = await retryOnBusy(() =>
@@ -611,10 +674,6 @@ function isBusy(error: unknown): boolean {
 function backoff(attempt: number): number {
   const ceiling = Math.min(100, 10 * 2 ** attempt)
   return ceiling / 2 + (Math.random() * ceiling) / 2
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms))
 }
 
 function toSession(row: SessionRow): SessionRecord {
