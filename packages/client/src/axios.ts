@@ -55,6 +55,12 @@ interface InternalFlags extends TokenflowRequestOptions {
 const headerKeys = (headers: object | undefined, name: string): string[] =>
   Object.keys(headers ?? {}).filter((key) => key.toLowerCase() === name)
 
+/** Sets `Authorization: Bearer <token>`, in place of the header under any spelling of its name. */
+function setBearer(headers: Record<string, unknown>, token: string): void {
+  for (const name of headerKeys(headers, 'authorization')) delete headers[name]
+  headers.Authorization = `Bearer ${token}`
+}
+
 /** A body that was used up by the first try: a Node stream, a web ReadableStream, an async iterable. */
 const isStream = (data: unknown): boolean =>
   typeof data === 'object' &&
@@ -80,9 +86,11 @@ const handedOver = () => new Promise<never>(() => {})
 /**
  * Attaches a token manager to an axios instance: every request gets `Authorization: Bearer …`,
  * and a 401 refreshes once (shared with every other request) and retries the request once.
- * Returns `detach`, which removes both interceptors.
+ * Returns `detach`, which removes both interceptors; a request whose refresh was under way then is still
+ * retried once, with the new token.
  *
- * A refresh that fails rejects every waiting request with the same `RefreshError`.
+ * A refresh that fails rejects every waiting request with the same `RefreshError`, and so does a 401
+ * for the session it ended that comes back later.
  * A request whose `signal` aborts while it waits rejects at once with axios's `CanceledError`
  * and is never sent. A request that fails without a response is passed on untouched. A stream body
  * cannot be sent twice: its 401 still refreshes, and is then passed on.
@@ -122,9 +130,7 @@ export function attachTokenRefresh(
       if (token !== null) {
         // another interceptor may have put a plain object in place of the AxiosHeaders, or nothing at all
         config.headers ??= {} as never
-        const headers = config.headers as unknown as Record<string, unknown>
-        for (const name of headerKeys(headers, 'authorization')) delete headers[name]
-        headers.Authorization = `Bearer ${token}`
+        setBearer(config.headers as unknown as Record<string, unknown>, token)
       }
     } catch (error) {
       // aborted while it waited for a refresh: axios rejects it with its own CanceledError before sending
@@ -138,7 +144,12 @@ export function attachTokenRefresh(
    * original request and its own trip ends there: the interceptors after this one then see it once, in the
    * original chain (`response => response.data` unwraps once, a logger logs once).
    */
-  function retry(config: InternalAxiosRequestConfig, flags: InternalFlags | undefined, data: unknown) {
+  function retry(
+    config: InternalAxiosRequestConfig,
+    flags: InternalFlags | undefined,
+    data: unknown,
+    token: string | null,
+  ) {
     return new Promise((resolve, reject) => {
       let done = false
       const retried = (ok: boolean, value: unknown) => {
@@ -151,11 +162,13 @@ export function attachTokenRefresh(
       // retry's config reaches the app (error.config): sent again with other data, that data is transformed
       const headers: Record<string, unknown> = { ...config.headers }
       for (const name of headerKeys(headers, 'content-length')) delete headers[name]
+      // the retry passes the request interceptor again, which sets the freshest token; this one is for a
+      // retry that no longer meets it (detached while the refresh ran), which would send the refused token
+      if (token !== null) setBearer(headers, token)
       const sent = config.data
       const transforms = [config.transformRequest ?? []].flat() as Array<
         (this: unknown, data: unknown, headers: unknown) => unknown
       >
-      // the retry passes the request interceptor again, which sets the fresh token
       instance
         .request({
           ...config,
@@ -208,7 +221,7 @@ export function attachTokenRefresh(
     const data = isStream(config.data) ? flags?.given?.() : config.data
     if ((token === null && !signal?.aborted) || isStream(data ?? config.data)) return passOn()
     release(error.response?.data)
-    return retry(config, flags, data)
+    return retry(config, flags, data, token)
   }
 
   /** Both sides of the response: `ok` for a response axios resolved, else the error it rejected with. */

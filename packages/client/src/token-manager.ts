@@ -79,7 +79,8 @@ export interface TokenManager {
   getAccessToken(options?: { signal?: AbortSignal | undefined }): Promise<string | null>
   /**
    * Refresh, or join the refresh that is running. With `rejectedToken` (the token a 401 came back for),
-   * a token that is no longer current resolves with the current one and does not refresh.
+   * a token that is no longer current resolves with the current one and does not refresh. A 401 for the
+   * token of a session that a refused refresh ended rejects with that refresh's `RefreshError`.
    */
   refresh(options?: {
     rejectedToken?: string | null | undefined
@@ -202,6 +203,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   let refreshing: object | undefined
   /** a refresh that a 401 for the current token joined: the token is refused, not merely about to expire */
   let refused: Promise<string> | undefined
+  /**
+   * The access token of the session a refused refresh ended, and that refresh's error: a 401 for that token
+   * that comes back after the logout fails with the same error as the requests that waited.
+   */
+  let ended: { accessToken: string; error: RefreshError } | undefined
   /** calls off the refresh attempt in flight, when its session is replaced */
   let abortAttempt: (() => void) | undefined
   /** storage writes run one after another, in call order */
@@ -369,6 +375,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     fromRefresh?: boolean,
   ): Promise<TokenflowError | undefined> {
     const had = tokens
+    ended = had && error ? { accessToken: had.accessToken, error } : undefined
     switchSession(null, undefined, !fromRefresh)
     // another tab cleared the storage already
     const cleared = reason === 'otherTab' ? writes.then(() => undefined) : write(null)
@@ -678,6 +685,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         // that one is about to expire too
         const stale = current && rejectedToken && rejectedToken !== current.accessToken
         if (stale && (!needsRefresh() || (!current.refreshToken && !isExpired()))) return current.accessToken
+        // a late 401 of the session a refused refresh ended: the error every other request of it got
+        if (!current && rejectedToken && rejectedToken === ended?.accessToken) throw ended.error
         if (!current?.refreshToken) throw new TokenflowError('ERR_NO_REFRESH_TOKEN', 'no session to refresh')
         startRefresh(current)
       }

@@ -224,6 +224,25 @@ describe('attachTokenRefresh', () => {
     expect(server.counters.refreshAttempts).toBe(0)
   })
 
+  it('a request whose 401 started a refresh that outlives detach() is retried with the new token, not the refused one', async () => {
+    const { api, detach, tokens } = await loggedIn()
+    expireOnServer()
+    const release = server.holdRefreshes()
+    const pending = api.get<Echo>('/api/me', withId('a'))
+    await vi.waitFor(() => expect(server.counters.refreshAttempts).toBe(1))
+    detach()
+    release()
+    const { status, data } = await pending
+    expect(status).toBe(200)
+    // was: the retry no longer met the request interceptor and went out with the refused token again
+    expect(server.requests.map(({ status, tokenNumber }) => [status, tokenNumber])).toEqual([
+      [401, tokenNumber(tokens.accessToken)],
+      [200, data.tokenNumber],
+    ])
+    expect(data.tokenNumber).toBeGreaterThan(tokenNumber(tokens.accessToken))
+    expect(server.counters.refreshes).toBe(1)
+  })
+
   it('lets several axios instances share one manager and one refresh', async () => {
     const manager = makeManager()
     await manager.setTokens(server.login())
@@ -601,6 +620,25 @@ describe('attachTokenRefresh and the manager’s errors', () => {
     expect(error).toMatchObject({ code: 'ERR_REFRESH_FAILED', kind: 'rejected', status: 401 })
     expect(events).toContainEqual({ type: 'loggedOut', reason: 'refreshRejected', error })
     expect(server.hits('a')).toBe(0)
+  })
+
+  it('rejects a 401 that comes back after the refused refresh logged out with the same RefreshError, not the 401', async () => {
+    const { api, manager } = await loggedIn()
+    const events: TokenEvent[] = []
+    manager.subscribe((event) => events.push(event))
+    expireOnServer()
+    server.refreshMode = 401
+    // sent with the same token, refused on arrival, answered only after the logout
+    const late = ['l0', 'l1'].map((id) => rejection(api.get('/api/x?hold=late', withId(id))))
+    await vi.waitFor(() => expect(server.held('late')).toBe(2))
+    const error = await rejection(api.get('/api/x', withId('first')))
+    expect(error).toBeInstanceOf(RefreshError)
+    expect(error).toMatchObject({ code: 'ERR_REFRESH_FAILED', kind: 'rejected', status: 401 })
+    server.release('late')
+    // was: each got axios's 401 error, so the app saw two kinds of failure for one logout
+    for (const result of await Promise.all(late)) expect(result).toBe(error)
+    expect(events.filter((event) => event.type === 'loggedOut')).toHaveLength(1)
+    expect(server.counters.refreshAttempts).toBe(1)
   })
 
   it('rejects a waiting request with ERR_SESSION_CLEARED when the app logs out during the refresh', async () => {

@@ -5,6 +5,7 @@ import {
   createTokenManager,
   jsonRefresh,
   RefreshError,
+  type TokenEvent,
   TokenflowError,
   type TokenManager,
   type TokenManagerOptions,
@@ -560,6 +561,37 @@ describe('createAuthFetch: refresh and retry', () => {
     expect(error).toMatchObject({ code: 'ERR_REFRESH_FAILED', kind: 'rejected' })
     for (const result of results) expect(result).toEqual({ status: 'rejected', reason: error })
     expect(manager.status).toBe('unauthenticated')
+  })
+
+  it('rejects a 401 that comes back after the refused refresh logged out with the same RefreshError, not the 401', async () => {
+    const { authFetch, manager } = await loggedIn({ retry: false })
+    const events: TokenEvent[] = []
+    manager.subscribe((event) => events.push(event))
+    expireOnServer()
+    server.refreshMode = 401
+    // sent with the same token, refused on arrival, answered only after the logout
+    const late = ['l0', 'l1'].map((id) =>
+      authFetch(url('/api/data?hold=late'), { headers: { 'x-req-id': id } }).catch((error: unknown) => error),
+    )
+    const stale = authFetch(url('/api/data?hold=stale'), { headers: { 'x-req-id': 'stale' } })
+    await vi.waitFor(() => expect([server.held('late'), server.held('stale')]).toEqual([2, 1]))
+    const error = await authFetch(url(), { headers: { 'x-req-id': 'first' } }).catch(
+      (error: unknown) => error,
+    )
+    expect(error).toBeInstanceOf(RefreshError)
+    expect(error).toMatchObject({ code: 'ERR_REFRESH_FAILED', kind: 'rejected' })
+    server.release('late')
+    // was: each got the server's 401 Response, so the app saw two kinds of failure for one logout
+    for (const result of await Promise.all(late)) expect(result).toBe(error)
+    expect(events.filter((event) => event.type === 'loggedOut')).toHaveLength(1)
+    expect(server.counters.refreshAttempts).toBe(1)
+
+    // once a new session started, a 401 for the old token is retried with the new one, as any stale 401 is
+    await manager.setTokens(server.login('alice'))
+    server.release('stale')
+    expect((await stale).status).toBe(200)
+    expect(tries('stale').map(({ status }) => status)).toEqual([401, 200])
+    expect(server.counters.refreshAttempts).toBe(1)
   })
 
   it('rejects with the RefreshError of a failed proactive refresh, and sends nothing', async () => {
