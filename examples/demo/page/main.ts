@@ -266,16 +266,13 @@ function reasonOf(error: unknown): string {
   return code ?? name ?? 'error'
 }
 
-function burst(column: Column, prefix: string, via: 'axios' | 'fetch', token: string | null): void {
-  // an empty or unreadable field means the default; anything else is clamped to 1..500 (0 and -3 alike: 1)
-  const typed = Math.round(countInput.valueAsNumber)
-  const count = Number.isNaN(typed) ? 50 : Math.min(500, Math.max(1, typed))
-  countInput.value = String(count)
-  const exp = claimsOf(token)?.exp
-  const now = Date.now()
-  // a token that expired already has no "next expiry" to send across: then all go at once
-  const expiry = atExpiry.checked && exp !== undefined && exp * 1_000 > now ? exp * 1_000 : undefined
-  const plans = plan(count, expiry, now)
+function burst(
+  column: Column,
+  prefix: string,
+  via: 'axios' | 'fetch',
+  plans: Array<{ at: number; slow: boolean }>,
+  expiry: number | undefined,
+): void {
   const ids = column.startBurst(
     plans.map(({ at }) => ({ at, via })),
     expiry,
@@ -307,9 +304,19 @@ function burst(column: Column, prefix: string, via: 'axios' | 'fetch', token: st
 
 function fire(via: 'axios' | 'fetch'): void {
   if (!tfAccess) return
-  burst(tokenflow, 'tf', via, tfAccess)
-  const theirs = localStorage.getItem('accessToken')
-  if (recipeOn && theirs) burst(recipe, 'rc', 'axios', theirs)
+  // an empty or unreadable field means the default; anything else is clamped to 1..500 (0 and -3 alike: 1)
+  const typed = Math.round(countInput.valueAsNumber)
+  const count = Number.isNaN(typed) ? 50 : Math.min(500, Math.max(1, typed))
+  countInput.value = String(count)
+  const exp = claimsOf(tfAccess)?.exp
+  const now = Date.now()
+  // a token that expired already has no "next expiry" to send across: then all go at once
+  const expiry = atExpiry.checked && exp !== undefined && exp * 1_000 > now ? exp * 1_000 : undefined
+  const plans = plan(count, expiry, now)
+  burst(tokenflow, 'tf', via, plans, expiry)
+  // the same burst: the recipe's requests leave at the same moments as tokenflow's, with whatever token it
+  // has then (nothing refreshes it before a 401, so after a pause it has long expired)
+  if (recipeOn && localStorage.getItem('accessToken')) burst(recipe, 'rc', 'axios', plans, expiry)
 }
 fireButtons[0]!.addEventListener('click', () => fire('axios'))
 fireButtons[1]!.addEventListener('click', () => fire('fetch'))
@@ -329,7 +336,8 @@ function renderExpiry(column: Column, token: string | null, isRecipe: boolean, n
       'Session revoked: a rotated refresh token was used again. Every refresh fails now; log out and in again.'
     state = 'revoked'
   } else if (!claims?.exp) {
-    message = isRecipe ? 'No session: log out and in again to give the recipe one.' : 'Not logged in.'
+    message =
+      isRecipe && tfAccess ? 'No session: log out and in again to give the recipe one.' : 'Not logged in.'
   } else {
     const remaining = claims.exp * 1_000 - now
     const lifetime = (claims.exp - (claims.iat ?? claims.exp - 10)) * 1_000
@@ -357,8 +365,10 @@ function frame(): void {
   const now = Date.now()
   const theirs = localStorage.getItem('accessToken')
   const theirSid = claimsOf(theirs)?.sid
-  if (theirSid !== rcSid) {
-    if (rcSid && theirSid) recipe.reset()
+  // a new recipe session (a login here or in another tab) starts new counts; after a logout the counts
+  // stay those of the session it ended, as tokenflow's do
+  if (theirSid && theirSid !== rcSid) {
+    if (rcSid) recipe.reset()
     rcSid = theirSid
   }
   renderSession()

@@ -540,8 +540,10 @@ export class Column {
       if (failed) parts.push(`${failed} failed`)
       if (hung) parts.push(`${hung} hung`)
       if (replayed) parts.push(`${replayed} replayed`)
+      // requests of earlier bursts that the recipe sent again during this one, not every replay ever
+      const since = this.burst?.start ?? firstSend
       const earlier = [...this.rows.values()].filter(
-        (row) => row.replayedAt.length > 0 && !rows.includes(row),
+        (row) => !rows.includes(row) && row.replayedAt.some((at) => at >= since),
       ).length
       if (earlier) parts.push(`${earlier} from earlier bursts replayed`)
       if (firstSend > now) {

@@ -201,13 +201,20 @@ describe.skipIf(!hasChromium)('the demo in Chromium', () => {
     expect(shot.length).toBeGreaterThan(20_000)
 
     // logging out keeps the columns as the burst left them: the refresh it made still counts (it read 0
-    // once the page polled the server again, beside 50 requests and 5 401s)
+    // once the page polled the server again, beside 50 requests and 5 401s). The recipe's column too (its
+    // refreshes read 0 after a logout, beside the requests and 401s it kept)
+    const recipeRefreshes = await counter(page, 'recipe', 'refreshes')
+    expect(Number(recipeRefreshes)).toBeGreaterThan(0)
     await page.getByRole('button', { name: 'Log out' }).click()
     await page.getByRole('button', { name: 'Log in' }).waitFor()
     // the page polls the server twice a second: three polls later
     await page.waitForTimeout(1_500)
     await expect(counter(page, 'tokenflow', 'refreshes')).resolves.toBe('1')
     await expect(counter(page, 'tokenflow', 'requests')).resolves.toBe('50')
+    await expect(counter(page, 'recipe', 'refreshes')).resolves.toBe(recipeRefreshes)
+    await expect(counter(page, 'recipe', 'requests')).resolves.toBe('50')
+    // logged out, the recipe's column says so, rather than "log out and in again"
+    await expect(page.locator('#col-recipe [data-expiry-text]').textContent()).resolves.toBe('Not logged in.')
     // logged in again for the next test, which shares this browser profile
     await page.getByLabel('User').fill(demo.username)
     await page.getByLabel('Password').fill(demo.password)
@@ -259,5 +266,35 @@ describe.skipIf(!hasChromium)('the demo in Chromium', () => {
     }
     expect(demo.session(sid)).toEqual({ refreshes: ready.refreshes + 1, reuseDetected: 0 })
     expect(demo.stats().reuseDetected).toBe(0)
+    await second.close()
+    await first.close()
+  }, 40_000)
+
+  it("the recipe switched on later runs the same burst: its requests leave with tokenflow's, though its own token expired long ago", async () => {
+    const page = await context.newPage()
+    await page.goto(demo.url)
+    await page.waitForSelector('body[data-ready]')
+    await page.getByRole('button', { name: 'Log out' }).waitFor()
+    // nothing has refreshed the recipe's token since the login of the first test: it expired long ago
+    const recipeExpiry = await page.evaluate(() => {
+      const payload = localStorage.getItem('accessToken')?.split('.')[1] ?? ''
+      return (JSON.parse(atob(payload.replace(/-/g, '+').replace(/_/g, '/'))) as { exp: number }).exp * 1000
+    })
+    expect(recipeExpiry).toBeLessThan(Date.now())
+    await page.getByRole('switch', { name: 'Run the original recipe side by side' }).check()
+    await page.getByLabel('Send across the next expiry').check()
+    await page.getByRole('spinbutton', { name: 'Requests' }).fill('10')
+    await page.getByRole('button', { name: 'Fire through axios' }).click()
+
+    // was: the recipe's 10 went at once ("all sent at once"), seconds before tokenflow's first one left
+    const caption = 'requests through axios, sent across the expiry T of the access token'
+    await expect(page.locator('#col-tokenflow [data-caption]').textContent()).resolves.toBe(`10 ${caption}`)
+    await expect(page.locator('#col-recipe [data-caption]').textContent()).resolves.toBe(`10 ${caption}`)
+    await expect(page.locator('#col-recipe [data-verdict]').textContent()).resolves.toMatch(
+      /^Burst scheduled: the first requests leave in /,
+    )
+    await Promise.all([settled(page, 'tokenflow', 15_000), settled(page, 'recipe', 15_000)])
+    await expect(page.locator('#col-tokenflow li.row[data-state="ok"]').count()).resolves.toBe(10)
+    await page.close()
   }, 40_000)
 })
