@@ -208,6 +208,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
    * that comes back after the logout fails with the same error as the requests that waited.
    */
   let ended: { accessToken: string; error: RefreshError } | undefined
+  /**
+   * Tokens another tab sent, held in memory only: this tab never wrote them. With storage of each tab's own
+   * (cookie mode) that storage may still hold this tab's logout, which then says nothing about them.
+   */
+  let adopted: TokenSet | undefined
   /** calls off the refresh attempt in flight, when its session is replaced */
   let abortAttempt: (() => void) | undefined
   /** storage writes run one after another, in call order */
@@ -397,6 +402,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     // must not come back over the login); a refresh there hands over its tokens
     if (tokens && !message.login) use(next)
     else switchSession(next)
+    adopted = next
     // listeners get copies: one that changes its event cannot change the manager's tokens
     emit({ type: 'refreshed', tokens: { ...next }, source: 'otherTab' })
   }
@@ -522,10 +528,13 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           // refresh token, or a broadcast brought a new access token while the refresh token, in storage and
           // in memory, is still the one this refresh started from (cookie mode: each tab's memory is its own
           // and a broadcast updates only memory; the placeholder never rotates, so taking the broadcast's
-          // tokens can never send a spent refresh token)
+          // tokens can never send a spent refresh token); or it is this tab's own, holds nothing, and the tokens
+          // came from a broadcast: it still holds this tab's logout, and a login in another tab reached this one
+          // in memory only. Shared storage (localStorage) that holds nothing means another tab logged out
           return tokens &&
             !isSpent(tokens) &&
             (isSpent(stored) ||
+              (stored === null && tokens === adopted && !storage.shared) ||
               (tokens.refreshToken === start.refreshToken &&
                 stored?.refreshToken === start.refreshToken &&
                 tokens.accessToken !== start.accessToken))

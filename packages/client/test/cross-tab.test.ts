@@ -82,6 +82,57 @@ describe('BroadcastChannel', () => {
     expect(other.events[1]).toMatchObject({ type: 'refreshed', source: 'otherTab' })
   })
 
+  it("bug: with storage of each tab's own (cookie mode) a tab that had logged out failed every refresh of a session a login in another tab brought it", async () => {
+    const channel = freshChannel()
+    const lock = createTestLock()
+    const placeholder = () => memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
+    const a = tab({ storage: placeholder(), channel, lock })
+    const b = tab({ storage: placeholder(), channel, lock })
+    // a logs out: its own storage now holds nothing
+    await a.manager.clear()
+    expect(await a.manager.getAccessToken()).toBeNull()
+    // the user logs in in b; a takes the session from the broadcast, in memory only
+    const login = { ...tokenSet(T0, MIN, 'login'), refreshToken: 'cookie' }
+    await b.manager.setTokens(login)
+    await eventually(() => a.manager.status === 'authenticated')
+    a.events.length = 0
+
+    // a's next refresh (its token expired, or a 401): was rejected, "the session ended in another tab"
+    const refreshed = a.manager.refresh({ rejectedToken: login.accessToken })
+    await eventually(() => a.calls.length === 1)
+    expect(a.calls[0]!.context.refreshToken).toBe('cookie')
+    const next = { ...tokenSet(T0, MIN, 'next'), refreshToken: 'cookie' }
+    a.calls[0]!.resolve(next)
+    expect(await refreshed).toBe(next.accessToken)
+    expect(a.events.map((event) => event.type)).toEqual(['refreshStarted', 'refreshed'])
+    await eventually(() =>
+      b.events.some((event) => event.type === 'refreshed' && event.tokens.accessToken === next.accessToken),
+    )
+    expect(b.calls).toHaveLength(0)
+  })
+
+  it('with shared storage (localStorage), a tab whose refresh finds it emptied by a logout elsewhere ends the session a login elsewhere brought it, once', async () => {
+    const map = new Map<string, string>()
+    const storage = webStorage({
+      getItem: (key) => map.get(key) ?? null,
+      setItem: (key, value) => void map.set(key, value),
+      removeItem: (key) => void map.delete(key),
+    })
+    expect(storage.shared).toBe(true)
+    const channel = freshChannel()
+    const a = tab({ storage, channel })
+    const b = tab({ storage, channel })
+    await b.manager.setTokens(tokenSet(T0, MIN, 0))
+    await eventually(() => a.manager.status === 'authenticated')
+    // another tab cleared the shared storage; its message never came (it was closed at once)
+    map.clear()
+    await expect(a.manager.refresh()).rejects.toMatchObject({ code: 'ERR_REFRESH_FAILED', kind: 'rejected' })
+    expect(a.calls).toHaveLength(0)
+    expect(a.events.filter((event) => event.type === 'loggedOut')).toEqual([
+      { type: 'loggedOut', reason: 'otherTab', error: expect.objectContaining({ kind: 'rejected' }) },
+    ])
+  })
+
   it("a login in one tab calls off another tab's refresh of the old session: the new session stays in every tab", async () => {
     const storage = memoryStorage()
     const channel = freshChannel()
