@@ -1,6 +1,6 @@
 /**
  * The demo in Debian's Chromium (playwright-core; it never downloads a browser): start it as `npm start`
- * does (startDemo, on a free port, a temporary SQLite directory and 4 s access tokens), log in, fire 50
+ * does (startDemo, on a free port, a temporary SQLite directory and 8 s access tokens), log in, fire 50
  * requests through tokenflow next to the recipe, share one refresh between two tabs, and take a screenshot.
  * `npm run demo:screenshot` writes it to docs/demo.png, the picture the README shows; a plain `npm test`
  * writes it to the temporary directory, so the working tree stays clean.
