@@ -245,11 +245,17 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   // the rotation signal (rule 7) comes with the lock, talking or not
   const crossTab =
     talk || lock
-      ? createCrossTab(channel || 'tokenflow', talk, lock, adopt, async () => {
-          const stored = await read()
-          if (stored !== undefined)
-            adopt(stored ? { type: 'refreshed', tokens: stored } : { type: 'loggedOut' })
-        })
+      ? createCrossTab(
+          channel || 'tokenflow',
+          talk,
+          lock,
+          (message) => adopt(message, true),
+          async () => {
+            const stored = await read()
+            if (stored !== undefined)
+              adopt(stored ? { type: 'refreshed', tokens: stored } : { type: 'loggedOut' })
+          },
+        )
       : undefined
 
   function emit(event: TokenEvent): void {
@@ -368,6 +374,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     loadDone?.()
     abortAttempt?.()
     refreshing = undefined
+    // a new session: a late 401 of the old one is a stale token, and the old error is let go
+    if (next) ended = undefined
     use(next, receivedAt)
     // an expired token is never handed out: a login broadcast long ago may reach a tab that just thawed
     if (settle) settlePending?.(next && !isExpired() ? next.accessToken : sessionCleared())
@@ -380,7 +388,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     fromRefresh?: boolean,
   ): Promise<TokenflowError | undefined> {
     const had = tokens
-    ended = had && error ? { accessToken: had.accessToken, error } : undefined
+    // a clear() after the logout (no session left) keeps what the refused refresh ended
+    if (had) ended = error && { accessToken: had.accessToken, error }
     switchSession(null, undefined, !fromRefresh)
     // another tab cleared the storage already
     const cleared = reason === 'otherTab' ? writes.then(() => undefined) : write(null)
@@ -392,8 +401,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     return cleared
   }
 
-  /** A message from another tab: take its tokens, or end the session with it. */
-  function adopt(message: CrossTabMessage): void {
+  /** A message from another tab (`broadcast`), or what it left in storage: take its tokens, or end the session with it. */
+  function adopt(message: CrossTabMessage, broadcast?: boolean): void {
     if (message?.type === 'loggedOut') return void endSession('otherTab')
     const next = message?.type === 'refreshed' && toTokenSet(message.tokens)
     if (next && typeof message.spent === 'string') spend(message.spent)
@@ -402,7 +411,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     // must not come back over the login); a refresh there hands over its tokens
     if (tokens && !message.login) use(next)
     else switchSession(next)
-    adopted = next
+    // tokens from storage are in storage: only a broadcast's may be in this tab's memory alone
+    adopted = broadcast ? next : undefined
     // listeners get copies: one that changes its event cannot change the manager's tokens
     emit({ type: 'refreshed', tokens: { ...next }, source: 'otherTab' })
   }

@@ -35,7 +35,10 @@ export interface TokenStorage {
   set(tokens: TokenSet): void | Promise<void>
   /** forgets the token set */
   clear(): void | Promise<void>
-  /** other tabs see the same storage (localStorage): the manager then talks to them by default */
+  /**
+   * Other tabs see the same storage (localStorage, a cookie, IndexedDB): the manager then talks to them by
+   * default, and an empty storage means another tab logged out, even beside tokens a broadcast brought.
+   */
   shared?: boolean | undefined
 }
 

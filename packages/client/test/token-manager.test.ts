@@ -188,6 +188,49 @@ describe('rule 2: stale tokens', () => {
   })
 })
 
+describe('a 401 after a refused refresh ended the session', () => {
+  const refuse = () => new RefreshError('rejected', 'refresh failed: invalid_grant', { status: 400 })
+
+  it("rejects with that refresh's RefreshError, also after a clear() that found no session left", async () => {
+    const { manager, calls, events, clock } = setup()
+    const old = tokenSet(clock.now(), 15 * MIN, 0)
+    await manager.setTokens(old)
+    const first = manager.refresh({ rejectedToken: old.accessToken })
+    await flush()
+    calls[0]!.reject(refuse())
+    const error = await first.catch((reason: unknown) => reason)
+    expect(error).toMatchObject({ code: 'ERR_REFRESH_FAILED', kind: 'rejected' })
+    await expect(manager.refresh({ rejectedToken: old.accessToken })).rejects.toBe(error)
+    // the app's handler: `if (isRefreshError(e)) { await manager.clear(); navigate('/login') }`
+    await manager.clear()
+    // was: ERR_NO_REFRESH_TOKEN, which the adapters answer with the raw 401
+    await expect(manager.refresh({ rejectedToken: old.accessToken })).rejects.toBe(error)
+    expect(events.filter((event) => event.type === 'loggedOut')).toHaveLength(1)
+    expect(calls).toHaveLength(1)
+    // any other token: nobody is logged in
+    await expect(manager.refresh({ rejectedToken: 'another-token' })).rejects.toMatchObject({
+      code: 'ERR_NO_REFRESH_TOKEN',
+    })
+  })
+
+  it('a new session lets it go: a late 401 for the old token is a stale token of the new session', async () => {
+    const { manager, calls, clock } = setup()
+    const old = tokenSet(clock.now(), 15 * MIN, 0)
+    await manager.setTokens(old)
+    const first = manager.refresh({ rejectedToken: old.accessToken })
+    await flush()
+    calls[0]!.reject(refuse())
+    await first.catch(() => {})
+    const login = tokenSet(clock.now(), 15 * MIN, 'login')
+    await manager.setTokens(login)
+    await manager.clear()
+    // the refusal belonged to the session before the login, which the clear() did not end
+    await expect(manager.refresh({ rejectedToken: old.accessToken })).rejects.toMatchObject({
+      code: 'ERR_NO_REFRESH_TOKEN',
+    })
+  })
+})
+
 describe('rule 3: proactive refresh on read', () => {
   it('refreshes before use when the token expires within the leeway', async () => {
     const { manager, calls, clock } = setup({ leeway: 30_000 })
@@ -484,6 +527,40 @@ describe('rule 6: abort', () => {
 })
 
 describe('rule 7: managers sharing storage and a lock', () => {
+  it('bug: tokens a manager took from storage that does not say `shared` did not count as a session another manager could end: it refreshed a cleared session back into storage', async () => {
+    // no `shared`: asyncStorage() in an app and its background task, or a custom store
+    const storage = memoryStorage()
+    const lock = createTestLock()
+    const a = setup({ storage, lock })
+    const b = setup({ storage, lock })
+    const first = tokenSet(T0, MIN, 1)
+    await b.manager.setTokens(first)
+    expect(await a.manager.getAccessToken()).toBe(first.accessToken)
+    // b refreshes; a's refresh then finds b's tokens in storage and takes them
+    for (const t of [a, b]) t.clock.advance(MIN)
+    const refreshed = b.manager.getAccessToken()
+    await flush()
+    const second = tokenSet(T0 + MIN, MIN, 2)
+    b.calls[0]!.resolve(second)
+    expect(await refreshed).toBe(second.accessToken)
+    expect(await a.manager.getAccessToken()).toBe(second.accessToken)
+    expect(a.calls).toHaveLength(0)
+    // a logout in b (local: clear()) empties the storage
+    await b.manager.clear()
+    expect(await storage.get()).toBeNull()
+    // a's next refresh: the session ended elsewhere (the code before refreshed it and wrote it back)
+    for (const t of [a, b]) t.clock.advance(MIN)
+    await expect(a.manager.getAccessToken()).rejects.toMatchObject({
+      code: 'ERR_REFRESH_FAILED',
+      kind: 'rejected',
+    })
+    expect(a.calls).toHaveLength(0)
+    expect(await storage.get()).toBeNull()
+    expect(a.events.filter((event) => event.type === 'loggedOut')).toEqual([
+      { type: 'loggedOut', reason: 'otherTab', error: expect.objectContaining({ kind: 'rejected' }) },
+    ])
+  })
+
   it('makes one refresh between two managers; the other adopts the stored tokens', async () => {
     const storage = memoryStorage()
     const lock = createTestLock()
