@@ -355,6 +355,78 @@ describe('sqlite store behind another connection’s write lock', () => {
     }
   })
 
+  it('a read whose first try meets SQLITE_BUSY (another connection recovering the WAL) tries again on its own, not behind the writes waiting for the write lock', async () => {
+    await open({ busyTimeout: 5000 })
+    const [existing] = await createSessions(1)
+    lock()
+    const writes = [
+      watch(store.createSession(session())),
+      watch(store.revokeSession(existing!.id, NOW, 'logout')),
+    ]
+    await pause(20)
+    // the next statement read fails once, as while another connection recovers the WAL
+    const statementPrototype = Object.getPrototypeOf(other.prepare('SELECT 1')) as {
+      get: (...parameters: unknown[]) => unknown
+    }
+    const get = statementPrototype.get
+    let failed = false
+    const spy = vi.spyOn(statementPrototype, 'get').mockImplementation(function (
+      this: unknown,
+      ...parameters
+    ) {
+      if (failed) return get.apply(this, parameters)
+      failed = true
+      throw new Database.SqliteError('database is locked', 'SQLITE_BUSY_RECOVERY')
+    })
+    try {
+      // was: it waited behind the two writes, until the lock was released or their busyTimeout ran out
+      const read = await store.getSession(existing!.id)
+      expect(failed).toBe(true)
+      expect(read).toMatchObject({ id: existing!.id, revokedAt: null })
+      expect(writes.map((write) => write.settled)).toEqual([false, false])
+    } finally {
+      spy.mockRestore()
+    }
+    unlock()
+    await Promise.all(writes.map((write) => write.promise))
+    expect(writes[1]!.value).toBe(true)
+  })
+
+  it('a waiting write that fails for another reason (a foreign key) rejects with that error, and the writes behind it still run', async () => {
+    await open({ busyTimeout: 2000 })
+    lock()
+    const orphan = watch(store.createSession(session({ userId: 'nobody' })))
+    const created = session()
+    const behind = watch(store.createSession(created))
+    await pause(50)
+    unlock()
+    await Promise.allSettled([orphan.promise, behind.promise])
+    expect(orphan.error).toMatchObject({ name: 'AuthError', code: 'ERR_NOT_FOUND' })
+    expect(behind.error).toBeUndefined()
+    expect(committedCounter(created.id)).toBe(0)
+  })
+
+  it('a long queue of waiting writes runs in slices once the lock is released: the event loop gets turns in between', async () => {
+    await open({ busyTimeout: 5000 })
+    const sessions = await createSessions(3000)
+    lock()
+    const revocations = sessions.map((current) => watch(store.revokeSession(current.id, NOW, 'logout')))
+    await pause(30)
+    // how many had settled when the event loop next got a turn after the first one settled
+    let atFirstTurn: number | undefined
+    void revocations[0]!.promise.then(() =>
+      setImmediate(() => {
+        atFirstTurn = revocations.filter((revocation) => revocation.settled).length
+      }),
+    )
+    unlock()
+    await Promise.all(revocations.map((revocation) => revocation.promise))
+    for (const revocation of revocations) expect(revocation.value).toBe(true)
+    // in one slice (the code without slices) all 3,000 (one fsync each) ran before the loop got a turn
+    expect(atFirstTurn).toBeGreaterThan(0)
+    expect(atFirstTurn).toBeLessThan(revocations.length)
+  })
+
   it('close() lets the writes waiting for the lock finish, and they commit when it is released in time', async () => {
     await open({ busyTimeout: 2000 })
     const [current] = await createSessions(1)

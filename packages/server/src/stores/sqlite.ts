@@ -22,10 +22,10 @@ export interface SqliteStoreOptions {
   synchronous?: 'FULL' | 'NORMAL' | undefined
   /**
    * How long an operation waits for another connection's lock before failing with SQLITE_BUSY, in ms,
-   * counted from its own start. The wait does not block the event loop: the operations waiting for a
-   * lock are tried again in the order they were asked for, the first one after short pauses (5-10 ms,
-   * doubling up to 50-100 ms) and the rest as soon as it ran, and other requests are served meanwhile.
-   * `0` fails at once.
+   * counted from its own start. The wait does not block the event loop: the writes waiting for the
+   * lock are tried again in the order they were asked for (rotations under group commit in a queue of
+   * their own), the first one after short pauses (5-10 ms, doubling up to 50-100 ms) and the rest as soon
+   * as it ran, and other requests are served meanwhile. `0` fails at once.
    * @default 5000
    */
   busyTimeout?: number | undefined
@@ -301,8 +301,10 @@ export function createSqliteStore({
    * fails with SQLITE_BUSY, it waits in the queue of operations waiting out the lock, with the event loop
    * running, until it runs or `busyTimeout` ms have passed since it was asked for, and then throws the
    * last SQLITE_BUSY. Without a lock held elsewhere this is the synchronous call it always was. A write
-   * asked for while others wait goes behind them, so writes apply in the order they were asked for; a
-   * read (`read: true`) is tried at once all the same, as in WAL mode readers do not wait for writers.
+   * asked for while others wait goes behind them, so these writes apply in the order they were asked for
+   * (rotations under group commit wait in their own queue, in order among themselves); a read
+   * (`read: true`) is tried at once all the same, and again on its own, as in WAL mode readers do not wait
+   * for writers.
    */
   const retryOnBusy = <T>(operation: () => T, { read = false } = {}): T | Promise<T> => {
     const started = performance.now()
@@ -311,6 +313,13 @@ export function createSqliteStore({
         return operation()
       } catch (error) {
         if (!mayRetry(error) || busyTimeout === 0) throw error
+        // a read that meets a lock (another connection recovering the WAL) tries again on its own: it
+        // must not wait behind the writes queued for the write lock, which readers do not need
+        if (read) {
+          const retry = readAgain(operation, started, error)
+          track(retry)
+          return retry
+        }
       }
     }
     const waited = new Promise<T>((resolve, reject) => {
@@ -319,6 +328,23 @@ export function createSqliteStore({
     track(waited)
     if (waiters.length === 1) scheduleWaiters(Math.min(backoff(waitersMisses++), busyTimeout))
     return waited
+  }
+
+  /** Runs a read again after pauses, until it runs or `busyTimeout` has passed since `started`. */
+  const readAgain = async <T>(operation: () => T, started: number, error: unknown): Promise<T> => {
+    let last = error
+    for (let attempt = 0; ; attempt++) {
+      const left = started + busyTimeout - performance.now()
+      if (left <= 0) throw last
+      // the last pause ends at the deadline, for one more attempt there
+      await sleep(Math.min(backoff(attempt), left))
+      try {
+        return operation()
+      } catch (error) {
+        if (!mayRetry(error)) throw error
+        last = error
+      }
+    }
   }
 
   // the rotation compare-and-swap
@@ -674,6 +700,10 @@ function isBusy(error: unknown): boolean {
 function backoff(attempt: number): number {
   const ceiling = Math.min(100, 10 * 2 ** attempt)
   return ceiling / 2 + (Math.random() * ceiling) / 2
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
 }
 
 function toSession(row: SessionRow): SessionRecord {
