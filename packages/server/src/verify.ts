@@ -433,10 +433,7 @@ export function createVerifier({
   }
   if (fetch !== undefined && typeof fetch !== 'function') throw configError('"fetch" must be a function')
   if (typeof now !== 'function') throw configError('"now" must be a function')
-  // the realm goes into a quoted-string: no quote or backslash can break out of it
-  if (realm !== undefined && (typeof realm !== 'string' || !/^[\x20\x21\x23-\x5b\x5d-\x7e]*$/.test(realm))) {
-    throw configError('"realm" must be a string of printable ASCII without double quotes or backslashes')
-  }
+  checkRealm(realm)
   const allowed = checkAlgorithms(algorithms, ASYMMETRIC_ALGORITHMS)
   const source = createKeySource(jwks, allowed, {
     timeoutDuration,
@@ -871,14 +868,14 @@ function bearerToken(authorization: string | string[] | undefined): string {
  * The HTTP answer the middlewares give for a `VerifyError`: status, headers (`WWW-Authenticate` on a
  * 401, `Retry-After` in whole seconds on a 503 (the error's `retryAfter`), `Cache-Control: no-store`)
  * and the JSON body `{ error, error_description, code }`. Use it to answer like them from a route
- * that calls `verify` itself.
+ * that calls `verify` itself. A `realm` that `createVerifier` would refuse throws its `ERR_CONFIG`.
  * @example
  * const { status, headers, body } = verifyErrorResponse(error, { realm: 'api' })
  * return reply.code(status).headers(headers).send(body)
  */
 export function verifyErrorResponse(
   error: VerifyError,
-  { realm }: { realm?: string } = {},
+  { realm }: { realm?: string | undefined } = {},
 ): {
   status: 401 | 503
   headers: Record<string, string>
@@ -888,7 +885,15 @@ export function verifyErrorResponse(
     code: VerifyErrorCode
   }
 } {
+  checkRealm(realm)
   return errorResponse(error, realm)
+}
+
+/** The realm goes into a quoted-string: no quote, backslash or line break can break out of it. */
+function checkRealm(realm: unknown): void {
+  if (realm !== undefined && (typeof realm !== 'string' || !/^[\x20\x21\x23-\x5b\x5d-\x7e]*$/.test(realm))) {
+    throw configError('"realm" must be a string of printable ASCII without double quotes or backslashes')
+  }
 }
 
 function errorResponse(error: VerifyError, realm: string | undefined) {

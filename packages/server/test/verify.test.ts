@@ -492,6 +492,23 @@ describe('verify', () => {
     })
   })
 
+  it('verifyErrorResponse refuses a realm that createVerifier refuses: a quote or a line break would break the challenge', () => {
+    const error = new VerifyError('ERR_JWT_EXPIRED', 'x')
+    for (const realm of ['a"b', 'api\r\nSet-Cookie: x=1', 'back\\slash']) {
+      // was: `Bearer realm="a"b", …`, or a header value with CR/LF that Node refuses to set
+      expect(() => verifyErrorResponse(error, { realm })).toThrow(
+        expect.objectContaining({
+          name: 'AuthError',
+          code: 'ERR_CONFIG',
+          message: '"realm" must be a string of printable ASCII without double quotes or backslashes',
+        }),
+      )
+    }
+    expect(verifyErrorResponse(error, { realm: undefined }).headers['www-authenticate']).toMatch(
+      /^Bearer error=/,
+    )
+  })
+
   it('verifyErrorResponse gives a 503 the Retry-After of the error, also for a VerifyError of another copy', () => {
     const error = new VerifyError('ERR_JWKS_UNAVAILABLE', 'x', { retryAfter: 17 })
     expect(verifyErrorResponse(error).headers).toEqual({ 'cache-control': 'no-store', 'retry-after': '17' })
