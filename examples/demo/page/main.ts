@@ -314,9 +314,16 @@ function fire(via: 'axios' | 'fetch'): void {
   const expiry = atExpiry.checked && exp !== undefined && exp * 1_000 > now ? exp * 1_000 : undefined
   const plans = plan(count, expiry, now)
   burst(tokenflow, 'tf', via, plans, expiry)
-  // the same burst: the recipe's requests leave at the same moments as tokenflow's, with whatever token it
-  // has then (nothing refreshes it before a 401, so after a pause it has long expired)
-  if (recipeOn && localStorage.getItem('accessToken')) burst(recipe, 'rc', 'axios', plans, expiry)
+  const theirs = localStorage.getItem('accessToken')
+  if (!recipeOn || !theirs) return
+  // the same burst: across the recipe's own expiry while its token is valid (the two logins' tokens may
+  // expire a second apart); once it has expired (nothing refreshes it before a 401, so after a pause it has
+  // long expired), at the same moments as tokenflow's requests, with that expired token
+  const theirExp = claimsOf(theirs)?.exp
+  const theirExpiry =
+    atExpiry.checked && theirExp !== undefined && theirExp * 1_000 > now ? theirExp * 1_000 : undefined
+  if (theirExpiry === undefined) burst(recipe, 'rc', 'axios', plans, expiry)
+  else burst(recipe, 'rc', 'axios', plan(count, theirExpiry, now), theirExpiry)
 }
 fireButtons[0]!.addEventListener('click', () => fire('axios'))
 fireButtons[1]!.addEventListener('click', () => fire('fetch'))
