@@ -397,8 +397,9 @@ export class Column {
       labels.push(tick)
     }
     if (expiry !== undefined && expiry >= start) marks.push(place('expiry-line', expiry - start))
-    // one label per cluster of refreshes closer than ~90 px: "refresh ×3" instead of three on top of each other
-    let cluster: { at: number; count: number; result: string; label: HTMLElement } | undefined
+    // one label per cluster of refreshes closer than ~90 px: "refresh ×3" instead of three on top of each other,
+    // and "refresh ×2, 1 failed" when only some of them failed
+    let cluster: { at: number; count: number; failed: number; result: string; label: HTMLElement } | undefined
     for (const band of this.bands) {
       const to = band.end ?? now
       if (to < start) continue
@@ -409,16 +410,18 @@ export class Column {
         cluster.count++
         if (result === 'failed') cluster.result = 'failed'
       } else {
-        cluster = { at: from, count: 1, result, label: place('band-label', from - start) }
+        cluster = { at: from, count: 1, failed: 0, result, label: place('band-label', from - start) }
         labels.push(cluster.label)
       }
+      if (result === 'failed') cluster.failed++
       const name =
         cluster.result === 'otherTab'
           ? 'refresh (other tab)'
-          : cluster.result === 'failed'
+          : cluster.result === 'failed' && cluster.failed === cluster.count
             ? 'refresh failed'
             : 'refresh'
-      cluster.label.textContent = cluster.count > 1 ? `${name} ×${cluster.count}` : name
+      const some = cluster.failed > 0 && cluster.failed < cluster.count ? `, ${cluster.failed} failed` : ''
+      cluster.label.textContent = cluster.count > 1 ? `${name} ×${cluster.count}${some}` : name
       cluster.label.className = `band-label ${cluster.result}`
     }
     this.axis.replaceChildren(...labels)
