@@ -213,7 +213,7 @@ describe('a 401 after a refused refresh ended the session', () => {
     })
   })
 
-  it('a new session lets it go: a late 401 for the old token is a stale token of the new session', async () => {
+  it('ends with the next session: once a later session was cleared, a 401 for the old token finds nobody logged in', async () => {
     const { manager, calls, clock } = setup()
     const old = tokenSet(clock.now(), 15 * MIN, 0)
     await manager.setTokens(old)

@@ -4,13 +4,13 @@ import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { AuthError } from '../src/errors.js'
-import { newSessionId, newSessionKey } from '../src/refresh-token.js'
+import { newSessionId } from '../src/refresh-token.js'
 import { createSqliteStore } from '../src/stores/sqlite.js'
 import type { SessionRecord, TokenStore } from '../src/stores/store.js'
 import { describeTokenStore } from './helpers/describe-token-store.js'
+import { sessionRecord } from './helpers/records.js'
 
 const NOW = 1_700_000_000_000
-const DAY = 86_400_000
 
 function tempDir(): { dir: string; remove: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'tokenflow-group-commit-'))
@@ -61,20 +61,7 @@ describe('sqlite group commit', () => {
   const createSessions = async (on: TokenStore, count: number, counter = 0): Promise<SessionRecord[]> => {
     const sessions: SessionRecord[] = []
     for (let i = 0; i < count; i++) {
-      const session: SessionRecord = {
-        id: newSessionId(),
-        userId: 'u1',
-        clientId: 'web',
-        key: newSessionKey(),
-        counter,
-        createdAt: NOW,
-        expiresAt: NOW + 30 * DAY,
-        lastUsedAt: NOW,
-        rotatedAt: NOW,
-        revokedAt: null,
-        revokedReason: null,
-        userAgent: null,
-      }
+      const session = sessionRecord({ counter })
       await on.createSession(session)
       sessions.push(session)
     }

@@ -13,13 +13,12 @@ import { type AuthServer, createAuthServer } from '@tokenflow/server'
 import Database from 'better-sqlite3'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { isStoreUnavailable } from '../src/errors.js'
-import { newSessionId, newSessionKey } from '../src/refresh-token.js'
 import { createSqliteStore, type SqliteStoreOptions } from '../src/stores/sqlite.js'
 import type { SessionRecord, TokenStore } from '../src/stores/store.js'
 import { AUDIENCE, ISSUER, PASSWORD } from './helpers/http.js'
+import { sessionRecord } from './helpers/records.js'
 
 const NOW = 1_700_000_000_000
-const DAY = 86_400_000
 
 /** A promise's outcome as it comes, so a test can ask whether it is still pending. */
 interface Watched<T> {
@@ -56,23 +55,7 @@ function watch<T>(promise: Promise<T>): Watched<T> {
 
 const pause = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
-function session(overrides: Partial<SessionRecord> = {}): SessionRecord {
-  return {
-    id: newSessionId(),
-    userId: 'u1',
-    clientId: 'web',
-    key: newSessionKey(),
-    counter: 0,
-    createdAt: NOW,
-    expiresAt: NOW + 30 * DAY,
-    lastUsedAt: NOW,
-    rotatedAt: NOW,
-    revokedAt: null,
-    revokedReason: null,
-    userAgent: null,
-    ...overrides,
-  }
-}
+const session = sessionRecord
 
 describe('sqlite store behind another connection’s write lock', () => {
   let dir: string

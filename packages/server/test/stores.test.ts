@@ -11,6 +11,7 @@ import { newSessionId, newSessionKey } from '../src/refresh-token.js'
 import { createPostgresStore } from '../src/stores/postgres.js'
 import { createSqliteStore } from '../src/stores/sqlite.js'
 import { describeTokenStore } from './helpers/describe-token-store.js'
+import { sessionRecord } from './helpers/records.js'
 
 const databaseUrl = process.env.DATABASE_URL
 const NOW = 1_700_000_000_000
@@ -110,20 +111,7 @@ describe('createSqliteStore', () => {
     const store = createSqliteStore({ filename, synchronous: 'NORMAL', busyTimeout: 100 })
     await store.migrate()
     const user = { id: 'u1', username: 'alice', passwordHash: 'hash', createdAt: NOW, passwordChangedAt: NOW }
-    const session = {
-      id: newSessionId(),
-      userId: 'u1',
-      clientId: 'web',
-      key: newSessionKey(),
-      counter: 0,
-      createdAt: NOW,
-      expiresAt: NOW + 1000,
-      lastUsedAt: NOW,
-      rotatedAt: NOW,
-      revokedAt: null,
-      revokedReason: null,
-      userAgent: null,
-    }
+    const session = sessionRecord({ expiresAt: NOW + 1000 })
     await store.createUser(user)
     await store.createSession(session)
     await store.rotateSession(session.id, 0, NOW + 1)

@@ -5,8 +5,9 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { AuthError } from '../../src/errors.js'
-import { newSessionId, newSessionKey } from '../../src/refresh-token.js'
+import { newSessionId } from '../../src/refresh-token.js'
 import type { KeyRecord, SessionRecord, TokenStore, UserRecord } from '../../src/stores/store.js'
+import { sessionRecord } from './records.js'
 
 /** What `make()` hands the suite for one test. */
 export interface TokenStoreFixture {
@@ -38,21 +39,7 @@ function user(overrides: Partial<UserRecord> = {}): UserRecord {
 }
 
 function session(userId: string, overrides: Partial<SessionRecord> = {}): SessionRecord {
-  return {
-    id: newSessionId(),
-    userId,
-    clientId: 'web',
-    key: newSessionKey(),
-    counter: 0,
-    createdAt: NOW,
-    expiresAt: NOW + 30 * DAY,
-    lastUsedAt: NOW,
-    rotatedAt: NOW,
-    revokedAt: null,
-    revokedReason: null,
-    userAgent: 'Mozilla/5.0 (vitest)',
-    ...overrides,
-  }
+  return sessionRecord({ userId, userAgent: 'Mozilla/5.0 (vitest)', ...overrides })
 }
 
 function key(kid: string, createdAt: number): KeyRecord {
