@@ -125,13 +125,15 @@ function checkStorage(storage: unknown, keys: Record<string, unknown>): void {
 }
 
 /**
- * Keeps the tokens in this instance's memory only: the default, and the one to use on a server.
+ * Keeps the tokens in this instance's memory only: the default, and the one to use on a server. It says
+ * `shared: false`: give each manager its own.
  * @example
  * const manager = createTokenManager({ refresh: jsonRefresh('/refresh/token'), storage: memoryStorage() })
  */
 export function memoryStorage(initial: TokenSet | null = null): TokenStorage {
   let current = initial && merge(null, initial)
   return {
+    shared: false,
     get: () => current && merge(current, current),
     set(tokens) {
       current = merge(current, tokens)

@@ -36,8 +36,10 @@ export interface TokenStorage {
   /** forgets the token set */
   clear(): void | Promise<void>
   /**
-   * Other tabs see the same storage (localStorage, a cookie, IndexedDB): the manager then talks to them by
-   * default, and an empty storage means another tab logged out, even beside tokens a broadcast brought.
+   * `true`: other tabs see the same storage (localStorage, a cookie, IndexedDB); the manager then talks to them
+   * by default. `false`: only this manager uses it (memoryStorage, sessionStorage); an empty storage beside
+   * tokens another tab's broadcast brought then holds only this tab's own logout. Unset: not known; an empty
+   * storage is taken as a logout elsewhere, as with `true`.
    */
   shared?: boolean | undefined
 }
