@@ -538,14 +538,15 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           // refresh token, or a broadcast brought a new access token while the refresh token, in storage and
           // in memory, is still the one this refresh started from (cookie mode: each tab's memory is its own
           // and a broadcast updates only memory; the placeholder never rotates, so taking the broadcast's
-          // tokens can never send a spent refresh token); or it is this tab's own, holds nothing, and the tokens
-          // came from a broadcast: it still holds this tab's logout, and a login in another tab reached this one
-          // in memory only. Storage that holds nothing and is shared (localStorage), or may be (a storage that does
-          // not say), means another tab logged out: the tokens in memory may have been rotated there since
+          // tokens can never send a spent refresh token); or it is this tab's own and the tokens came from a
+          // broadcast: it holds only what this tab wrote before (its logout, its own earlier login), and a login
+          // or a refresh in another tab reached this one in memory only. Storage that holds nothing and is shared
+          // (localStorage), or may be (a storage that does not say), means another tab logged out: the tokens in
+          // memory may have been rotated there since
           return tokens &&
             !isSpent(tokens) &&
             (isSpent(stored) ||
-              (stored === null && tokens === adopted && storage.shared === false) ||
+              (tokens === adopted && storage.shared === false) ||
               (tokens.refreshToken === start.refreshToken &&
                 stored?.refreshToken === start.refreshToken &&
                 tokens.accessToken !== start.accessToken))

@@ -37,9 +37,10 @@ export interface TokenStorage {
   clear(): void | Promise<void>
   /**
    * `true`: other tabs see the same storage (localStorage, a cookie, IndexedDB); the manager then talks to them
-   * by default. `false`: only this manager uses it (memoryStorage, sessionStorage); an empty storage beside
-   * tokens another tab's broadcast brought then holds only this tab's own logout. Unset: not known; an empty
-   * storage is taken as a logout elsewhere, as with `true`.
+   * by default. `false`: only this manager uses it (memoryStorage, sessionStorage); beside tokens another tab's
+   * broadcast brought, it then holds only what this tab wrote before (its logout, an earlier login), and the
+   * broadcast's tokens are refreshed. Unset: not known; an empty storage is taken as a logout elsewhere, as
+   * with `true`.
    */
   shared?: boolean | undefined
 }

@@ -111,6 +111,34 @@ describe('BroadcastChannel', () => {
     expect(b.calls).toHaveLength(0)
   })
 
+  it("bug: with storage of each tab's own (cookie mode) a tab went back to its own earlier login at a refresh, though a login in another tab had replaced it", async () => {
+    const channel = freshChannel()
+    const lock = createTestLock()
+    const placeholder = () => memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
+    const a = tab({ storage: placeholder(), channel, lock })
+    const b = tab({ storage: placeholder(), channel, lock })
+    // the user logs in in a, then, as someone else, in b: the cookie is b's login's now
+    const first = { ...tokenSet(T0, MIN, 'first'), refreshToken: 'cookie' }
+    await a.manager.setTokens(first)
+    await eventually(() => b.events.some((event) => event.type === 'refreshed'))
+    const second = { ...tokenSet(T0, MIN, 'second'), refreshToken: 'cookie' }
+    await b.manager.setTokens(second)
+    await eventually(() =>
+      a.events.some((e) => e.type === 'refreshed' && e.tokens.accessToken === second.accessToken),
+    )
+    expect(await a.manager.getAccessToken()).toBe(second.accessToken)
+    a.events.length = 0
+
+    // a 401 for b's login in a: a's storage still holds a's own first login, still valid, which was handed out
+    const refreshed = a.manager.refresh({ rejectedToken: second.accessToken })
+    await eventually(() => a.calls.length === 1)
+    const next = { ...tokenSet(T0, MIN, 'next'), refreshToken: 'cookie' }
+    a.calls[0]!.resolve(next)
+    expect(await refreshed).toBe(next.accessToken)
+    expect(a.events.map((event) => event.type)).toEqual(['refreshStarted', 'refreshed'])
+    expect(await a.manager.getAccessToken()).toBe(next.accessToken)
+  })
+
   it('with shared storage (localStorage), a tab whose refresh finds it emptied by a logout elsewhere ends the session a login elsewhere brought it, once', async () => {
     const map = new Map<string, string>()
     const storage = webStorage({
