@@ -32,9 +32,13 @@ import { createTestLock, deferred, flush, setupManager, tokenSet } from './helpe
  * Half of the two-manager schedules also connect them by a BroadcastChannel whose messages arrive as late as
  * the scheduler likes, in any order between senders and in posting order from one sender (as in browsers).
  * An async storage answers whenever the scheduler says, but carries its calls out in the order they were made.
- * A third of the two-manager schedules give each manager its own copy of storage, which gets the other's writes
+ * A quarter of the two-manager schedules give each manager its own copy of storage, which gets the other's writes
  * late (by less than half a second of the clock), as Chromium copies localStorage between tabs; the lock then
  * answers query(), so the rotation signal of rule 7 is what keeps a manager from reusing a rotated token.
+ * Another quarter is cookie mode: each manager's storage is its own (`shared: false`), the refresh token is the
+ * placeholder 'cookie', and a session reaches the other manager only by broadcast. There one more invariant holds:
+ * - no-phantom-rejection: no refresh fails as rejected unless the refresh function said so (a tab's own storage
+ *   says nothing about a session a broadcast brought)
  * A third of the schedules wait a short `lockTimeout` for the lock; a manager that gives up refreshes under the
  * fallback lock by design, so only the two invariants between managers are not checked there.
  * A quarter of the schedules have a storage that throws now and then: the same invariants hold, and each
@@ -104,6 +108,7 @@ describe(`token manager properties (fast-check, ${RUNS} random schedules each)`,
         'broadcast delivered',
         'saw a rotation signal',
         'lock wait timed out',
+        'refreshed what a broadcast brought, over storage of its own',
       ])
     },
     TIMEOUT,

@@ -54,8 +54,11 @@ export interface Schedule {
    * 'lagging' (two managers): each has its own copy of storage, which gets the other's writes when the scheduler
    * delivers them, in order, as Chromium copies localStorage between tabs; the lock then answers `query()`, so
    * the rotation signal of rule 7 is in play.
+   * 'own' (two managers): cookie mode. Each has storage of its own (`shared: false`) and the refresh token is the
+   * placeholder 'cookie', which never rotates (the real one is an HttpOnly cookie the tabs share), so the managers
+   * share a session only through broadcasts; the lock answers `query()`.
    */
-  storage: 'sync' | 'async' | 'lagging'
+  storage: 'sync' | 'async' | 'lagging' | 'own'
   /** one per storage call (get, set or clear, of either manager), in call order: true throws; none once they run out */
   storageFailures: boolean[]
   /**
@@ -92,6 +95,7 @@ export type Invariant =
   | 'stale-401'
   | 'own-session'
   | 'no-reuse'
+  | 'no-phantom-rejection'
 
 export interface Violation {
   invariant: Invariant
@@ -114,6 +118,7 @@ export type Milestone =
   | 'broadcast delivered'
   | 'saw a rotation signal'
   | 'lock wait timed out'
+  | 'refreshed what a broadcast brought, over storage of its own'
 
 export interface RunResult {
   violations: Violation[]
@@ -203,7 +208,7 @@ export function scheduleArbitrary(managers: 1 | 2, maxOps = 40): fc.Arbitrary<Sc
     initialTtl: ttl,
     storage:
       managers === 2
-        ? fc.constantFrom('sync' as const, 'async' as const, 'lagging' as const)
+        ? fc.constantFrom('sync' as const, 'async' as const, 'lagging' as const, 'own' as const)
         : fc.constantFrom('sync' as const, 'async' as const),
     // a quarter of the schedules have a storage that throws now and then (quota, disk, SecurityError)
     storageFailures: fc.oneof(
@@ -274,6 +279,8 @@ interface ManagerState {
   current: string | null | undefined
   /** a read has settled, so the manager has loaded storage and answers without waiting for it */
   loaded: boolean
+  /** the tokens it holds came from the other manager (its last `refreshed` event says 'otherTab') */
+  fromOther: boolean
 }
 
 /**
@@ -365,7 +372,9 @@ async function run(
   const issued: string[] = []
   const revoked = new Set<string>()
   const issue = (lifetime: number, at = Date.now(), refreshToken = true): TokenSet => {
-    const set = tokenSet(at, lifetime, ++serial)
+    const made = tokenSet(at, lifetime, ++serial)
+    // cookie mode: the page holds the placeholder, the cookie the real refresh token
+    const set = schedule.storage === 'own' ? { ...made, refreshToken: 'cookie' } : made
     const exp = Math.floor((at + lifetime) / 1000) * 1000
     expiry.set(set.accessToken, exp)
     iat.set(set.accessToken, Math.floor(at / 1000) * 1000)
@@ -394,7 +403,12 @@ async function run(
       const state = states[index]!
       // rule 7: once a refresh token's rotation reached a manager, no manager sends it again (a server with
       // no reuse grace would revoke the session). A storage that threw can leave the other manager behind.
+      // In cookie mode the placeholder never rotates: one refresh in flight between the tabs (single-flight,
+      // below) is what keeps the browser from sending a cookie twice
+      if (schedule.storage === 'own' && state.fromOther)
+        reached.add('refreshed what a broadcast brought, over storage of its own')
       if (
+        schedule.storage !== 'own' &&
         spent.has(refreshToken) &&
         !schedule.storageFailures.includes(true) &&
         schedule.lockTimeout === LOCK_TIMEOUT
@@ -505,6 +519,13 @@ async function run(
       inTransit[to]!.push(write)
       void s.schedule(Promise.resolve(), `storage copy to manager ${to}`).then(() => deliverCopy(to))
     })
+  /** 'own': each manager's storage is its own, as in cookie mode (memoryStorage says `shared: false`) */
+  const ownStorage = (index: number): TokenStorage => ({
+    shared: false,
+    get: () => attempt(() => copies[index]!.get(), true),
+    set: (tokens) => attempt(() => copies[index]!.set(tokens)),
+    clear: () => attempt(() => copies[index]!.clear()),
+  })
   const laggingStorage = (index: number): TokenStorage => ({
     get: () => attempt(() => copies[index]!.get(), true),
     set: (tokens) => writeCopies(index, (copy) => copy.set(tokens)),
@@ -524,7 +545,7 @@ async function run(
         }
   const lock = schedule.lock
     ? createTestLock({
-        query: schedule.storage === 'lagging',
+        query: schedule.storage === 'lagging' || schedule.storage === 'own',
         onGiveUp: () => reached.add('lock wait timed out'),
         onQuery: (held) => {
           if (held.some((name) => name.includes(':rotated:'))) reached.add('saw a rotation signal')
@@ -534,7 +555,12 @@ async function run(
   for (let index = 0; index < schedule.managers; index++) {
     const manager = createTokenManager({
       refresh: makeRefresh(index),
-      storage: schedule.storage === 'lagging' ? laggingStorage(index) : storage,
+      storage:
+        schedule.storage === 'lagging'
+          ? laggingStorage(index)
+          : schedule.storage === 'own'
+            ? ownStorage(index)
+            : storage,
       leeway: schedule.leeway,
       refreshTimeout: schedule.refreshTimeout,
       retry: schedule.retry,
@@ -552,6 +578,7 @@ async function run(
       attempts: 0,
       starts: 0,
       loaded: false,
+      fromOther: false,
       // with two managers, each loads whatever the other wrote by the time it first reads storage
       current: schedule.managers === 1 ? (initial?.accessToken ?? null) : undefined,
     }
@@ -565,6 +592,8 @@ async function run(
         state.starts++
       }
       if (event.type === 'refreshed') state.current = event.tokens.accessToken
+      if (event.type === 'refreshed') state.fromOther = event.source === 'otherTab'
+      if (event.type === 'loggedOut') state.fromOther = false
       if (event.type === 'loggedOut') state.current = null
       if (event.type === 'refreshFailed') reached.add(`refresh failed: ${event.error.kind}` as Milestone)
       if (event.type === 'loggedOut') reached.add(`loggedOut: ${event.reason}`)
@@ -817,6 +846,7 @@ async function run(
         state.session++
         const login = issue(step.ttl, Date.now(), step.refreshToken)
         state.current = login.accessToken
+        state.fromOther = false
         track('setTokens', step.manager, undefined, state.manager.setTokens(login))
         break
       }
@@ -900,6 +930,18 @@ async function run(
           )
         if (error.kind !== 'rejected' && event.willLogout)
           violate('error-identity', `manager ${index}: a ${error.kind} failure said willLogout`)
+        // cookie mode: a tab's own storage holds only what it wrote itself, and says nothing about a session a
+        // broadcast brought; a refusal the server never gave is a logout out of nothing
+        if (
+          schedule.storage === 'own' &&
+          error.kind === 'rejected' &&
+          !thrown.has(error) &&
+          !schedule.storageFailures.includes(true)
+        )
+          violate(
+            'no-phantom-rejection',
+            `manager ${index}: a refresh failed with '${error.message}', though the server refused nothing`,
+          )
       }
       if (event.type === 'loggedOut' && event.error)
         loggedOut.set(event.error, (loggedOut.get(event.error) ?? 0) + 1)
