@@ -1,15 +1,20 @@
 import type { LockManagerLike, TokenSet } from './types.js'
 
-/** What a tab tells the others. */
+/**
+ * What a tab tells the others. `at`: the sender's clock when it sent it (tabs of one browser share that
+ * clock), so that a tab can tell a message sent before its own latest login or logout.
+ */
 export type CrossTabMessage =
   /**
    * `spent`: the refresh token this refresh rotated, which nobody may use again; `login`: the tokens start a
    * new session (setTokens), which replaces the one a tab holds, refresh under way included
    */
-  { type: 'refreshed'; tokens: TokenSet; spent?: string; login?: true } | { type: 'loggedOut' }
+  | { type: 'refreshed'; tokens: TokenSet; spent?: string; login?: true; at?: number }
+  | { type: 'loggedOut'; at?: number }
 
 /** Cross-tab coordination for one manager: BroadcastChannel, or the storage event, plus the rotation signal. */
 export interface CrossTab {
+  /** sends the message to the other tabs, with `at` set to `now()` */
   post(message: CrossTabMessage): void
   /**
    * after a rotation: hold a lock named after the spent refresh token for a few seconds; with `remember` (this
@@ -55,6 +60,7 @@ export function createCrossTab(
   lock: LockManagerLike | false,
   receive: (message: CrossTabMessage) => void,
   changed: () => void,
+  now: () => number,
 ): CrossTab {
   const signalName = (token: string) => `${name}:rotated:${fingerprint(token)}`
   const g = globalThis as {
@@ -84,7 +90,7 @@ export function createCrossTab(
   return {
     post(message) {
       try {
-        channel?.postMessage(message)
+        channel?.postMessage({ ...message, at: now() })
       } catch {
         // a closed channel (page unloading) has no one left to tell
       }

@@ -213,6 +213,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
    * (cookie mode) that storage may still hold this tab's logout, which then says nothing about them.
    */
   let adopted: TokenSet | undefined
+  /**
+   * When this tab's own setTokens() or clear() last ran: a message another tab sent before that is older than
+   * what this tab holds (two logins in two tabs at once must not swap their sessions)
+   */
+  let changedAt = Number.NEGATIVE_INFINITY
   /** calls off the refresh attempt in flight, when its session is replaced */
   let abortAttempt: (() => void) | undefined
   /** storage writes run one after another, in call order */
@@ -255,6 +260,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
             if (stored !== undefined)
               adopt(stored ? { type: 'refreshed', tokens: stored } : { type: 'loggedOut' })
           },
+          now,
         )
       : undefined
 
@@ -403,10 +409,14 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
   /** A message from another tab (`broadcast`), or what it left in storage: take its tokens, or end the session with it. */
   function adopt(message: CrossTabMessage, broadcast?: boolean): void {
-    if (message?.type === 'loggedOut') return void endSession('otherTab')
+    const stale = broadcast && typeof message?.at === 'number' && message.at < changedAt
+    if (message?.type === 'loggedOut') {
+      if (!stale) void endSession('otherTab')
+      return
+    }
     const next = message?.type === 'refreshed' && toTokenSet(message.tokens)
     if (next && typeof message.spent === 'string') spend(message.spent)
-    if (!next || next.accessToken === tokens?.accessToken || isSpent(next)) return
+    if (stale || !next || next.accessToken === tokens?.accessToken || isSpent(next)) return
     // a login in another tab starts a session here, and a refresh of the old one is called off (its result
     // must not come back over the login); a refresh there hands over its tokens
     if (tokens && !message.login) use(next)
@@ -722,7 +732,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           'tokens',
           'a TokenSet: accessToken a non-empty string, refreshToken a string or null, expiresAt epoch ms',
         )
-      switchSession(valid, now())
+      changedAt = now()
+      switchSession(valid, changedAt)
       crossTab?.post({ type: 'refreshed', tokens: valid, login: true })
       await write(valid)
     },
@@ -733,6 +744,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       await ready()
       // a login while this waited for the stored tokens replaced what it was to clear
       if (session !== before) return
+      changedAt = now()
       // the tokens are gone from memory either way; a storage that kept them would log the user in again
       // at the next start, so the caller hears of it
       const error = await endSession('cleared')

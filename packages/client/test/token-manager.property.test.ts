@@ -570,4 +570,60 @@ describe('counterexamples found by the properties', () => {
       vi.unstubAllGlobals()
     }
   })
+  describe('two tabs that log in or out at the same moment (a Chromium review found two logins swap sessions)', () => {
+    // each tab's message is still on its way when the other acts; the later action wins in both tabs
+    const twoTabs = () => {
+      const held = holdBroadcasts()
+      const a = setup({ storage: memoryStorage(), channel: 'tabs' })
+      const b = setup({ storage: memoryStorage(), channel: 'tabs' })
+      const deliverAll = () => {
+        for (const message of held.splice(0)) message.deliver()
+      }
+      return { a, b, deliverAll }
+    }
+    afterEach(() => vi.unstubAllGlobals())
+
+    it("two logins: both tabs hold the later one, neither the other tab's earlier one", async () => {
+      const { a, b, deliverAll } = twoTabs()
+      const first = tokenSet(T0, MIN, 'first')
+      await a.manager.setTokens(first)
+      b.clock.advance(1)
+      const second = tokenSet(T0, MIN, 'second')
+      await b.manager.setTokens(second)
+      deliverAll()
+      expect(await a.manager.getAccessToken()).toBe(second.accessToken)
+      expect(await b.manager.getAccessToken()).toBe(second.accessToken)
+      expect(b.events.filter((event) => event.type === 'refreshed')).toEqual([])
+    })
+
+    it('a login, then a logout in the other tab: both tabs are logged out', async () => {
+      const { a, b, deliverAll } = twoTabs()
+      await a.manager.setTokens(tokenSet(T0, MIN, 0))
+      deliverAll()
+      expect(await b.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 0).accessToken)
+      // b logs in anew; a, not having heard, logs out a moment later
+      await b.manager.setTokens(tokenSet(T0, MIN, 'login'))
+      a.clock.advance(1)
+      await a.manager.clear()
+      deliverAll()
+      expect(a.manager.status).toBe('unauthenticated')
+      expect(b.manager.status).toBe('unauthenticated')
+      expect(b.events.at(-1)).toEqual({ type: 'loggedOut', reason: 'otherTab' })
+    })
+
+    it('a logout, then a login in the other tab: both tabs hold the login', async () => {
+      const { a, b, deliverAll } = twoTabs()
+      await a.manager.setTokens(tokenSet(T0, MIN, 0))
+      deliverAll()
+      expect(await b.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 0).accessToken)
+      await a.manager.clear()
+      b.clock.advance(1)
+      const login = tokenSet(T0, MIN, 'login')
+      await b.manager.setTokens(login)
+      deliverAll()
+      expect(await a.manager.getAccessToken()).toBe(login.accessToken)
+      expect(await b.manager.getAccessToken()).toBe(login.accessToken)
+      expect(b.types()).not.toContain('loggedOut')
+    })
+  })
 })
