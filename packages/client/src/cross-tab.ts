@@ -23,9 +23,15 @@ export interface CrossTab {
    */
   rotated(spentRefreshToken: string, remember?: boolean): void
   /**
+   * after a refresh that kept the refresh token (cookie mode's placeholder, a server that does not rotate), when
+   * talking: the same signal, named after the access token it replaced
+   */
+  replaced(accessToken: string): void
+  /**
    * Before refreshing under the lock: if another tab holds the rotation signal for the refresh token that `read`
    * shows, our copy of storage is behind (Chromium copies localStorage writes between tabs asynchronously), so
-   * wait for `read` to show its successor. Resolves with what `read` last returned. `stuck`, when this tab's
+   * wait for `read` to show its successor; the same for the signal of a replaced access token, whose successor
+   * the other tab's message brings (in Chromium the lock can reach this tab before that message does). Resolves with what `read` last returned. `stuck`, when this tab's
    * storage is its own (sessionStorage, memory) and no successor can ever show: a signal that outlasts the
    * wait means a copy of this session (a duplicated tab) rotated the token, and sending it would revoke both.
    */
@@ -62,7 +68,14 @@ export function createCrossTab(
   changed: () => void,
   now: () => number,
 ): CrossTab {
-  const signalName = (token: string) => `${name}:rotated:${fingerprint(token)}`
+  const signalName = (token: string, kind = 'rotated') => `${name}:${kind}:${fingerprint(token)}`
+  /** holds the named lock for a few seconds, unless some tab holds it already (ifAvailable) */
+  const signal = (lockName: string) => {
+    if (lock)
+      lock
+        .request(lockName, { ifAvailable: true }, (held) => (held ? sleep(SIGNAL_MS) : undefined))
+        .catch(() => {})
+  }
   const g = globalThis as {
     BroadcastChannel?: typeof BroadcastChannel
     addEventListener?: (type: string, listener: (event: { key?: string | null }) => void) => void
@@ -104,11 +117,12 @@ export function createCrossTab(
           // no localStorage (a sandboxed frame, a full quota): the lock below still signals for a while
         }
       }
-      if (!lock) return
-      lock
-        // exclusive, the default mode; ifAvailable: a signal some tab holds already is left as it is
-        .request(signalName(spent), { ifAvailable: true }, (held) => (held ? sleep(SIGNAL_MS) : undefined))
-        .catch(() => {})
+      signal(signalName(spent))
+    },
+
+    replaced(accessToken) {
+      // without messages another tab cannot learn this refresh's tokens, and waiting would only delay it
+      if (talk) signal(signalName(accessToken, 'replaced'))
     },
 
     async settle(read, stuck) {
@@ -117,18 +131,22 @@ export function createCrossTab(
       if (stuck && current?.refreshToken && spentList().includes(fingerprint(current.refreshToken))) stuck()
       const { query } = lock || {}
       if (!query) return current
-      const rotated = async () => {
-        const token = current?.refreshToken
-        if (!token) return false
+      /** 2: another tab rotated the refresh token `current` shows; 1: it replaced its access token */
+      const signalled = async () => {
+        if (!current) return 0
         const { held = [] } = await query.call(lock).catch(() => ({ held: [] }))
-        return held.some((l) => l.name === signalName(token))
+        const names = held.map((l) => l.name)
+        return current.refreshToken && names.includes(signalName(current.refreshToken))
+          ? 2
+          : +(talk && names.includes(signalName(current.accessToken, 'replaced')))
       }
-      // another tab rotated this very token moments ago: wait for its write (or its broadcast) to reach us
-      for (let waited = 0; waited < SETTLE_MS && (await rotated()); waited += 25) {
+      // another tab refreshed this very token moments ago: wait for its write (or its broadcast) to reach us
+      for (let waited = 0; waited < SETTLE_MS && (await signalled()); waited += 25) {
         await sleep(25)
         current = await read()
       }
-      if (stuck && (await rotated())) stuck()
+      // a replaced access token whose successor never came: refresh (no refresh token was spent)
+      if (stuck && (await signalled()) > 1) stuck()
       return current
     },
   }

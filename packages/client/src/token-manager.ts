@@ -623,6 +623,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           )
         }
         if (refreshed.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!, !!copied)
+        else crossTab?.replaced(base.accessToken)
         return refreshed
       })
     } catch (cause) {
