@@ -1,21 +1,24 @@
 import type { LockManagerLike, TokenSet } from './types.js'
 
 /**
- * What a tab tells the others. `at`: the sender's clock when it sent it (tabs of one browser share that
- * clock), so that a tab can tell a message sent before its own latest login or logout.
+ * What a tab tells the others. `at` and `from` (set by `post`) order it against the receiver's own latest login
+ * or logout: `at` is the sender's clock, never behind any `at` it has received, and `from` breaks ties.
  */
 export type CrossTabMessage =
   /**
    * `spent`: the refresh token this refresh rotated, which nobody may use again; `login`: the tokens start a
    * new session (setTokens), which replaces the one a tab holds, refresh under way included
    */
-  | { type: 'refreshed'; tokens: TokenSet; spent?: string; login?: true; at?: number }
-  | { type: 'loggedOut'; at?: number }
+  | { type: 'refreshed'; tokens: TokenSet; spent?: string; login?: true; at?: number; from?: number }
+  | { type: 'loggedOut'; at?: number; from?: number }
 
 /** Cross-tab coordination for one manager: BroadcastChannel, or the storage event, plus the rotation signal. */
 export interface CrossTab {
-  /** sends the message to the other tabs, with `at` set to `now()` */
-  post(message: CrossTabMessage): void
+  /**
+   * sends the message to the other tabs, with `at` and `from`; `mine`: it tells of this tab's own login or
+   * logout (setTokens, clear), and a message sent before it is stale from now on
+   */
+  post(message: CrossTabMessage, mine?: boolean): void
   /**
    * after a rotation: hold a lock named after the spent refresh token for a few seconds; with `remember` (this
    * tab's storage is its own), also note its fingerprint in localStorage, for a copy of the session that acts
@@ -57,17 +60,31 @@ export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve
 
 /**
  * Sets up cross-tab coordination named `name`. With `talk`, messages go over a BroadcastChannel of that name:
- * `receive` gets other tabs' messages (unchecked: the manager checks them), and `changed` runs on the
- * `storage` event where BroadcastChannel is missing. The rotation signal needs only the lock.
+ * `receive` gets other tabs' messages (unchecked: the manager checks them), with `stale` set for one sent
+ * before this tab's own latest login or logout, and `changed` runs on the `storage` event where BroadcastChannel
+ * is missing. The rotation signal needs only the lock.
  */
 export function createCrossTab(
   name: string,
   talk: boolean,
   lock: LockManagerLike | false,
-  receive: (message: CrossTabMessage) => void,
+  receive: (message: CrossTabMessage, stale: boolean) => void,
   changed: () => void,
   now: () => number,
 ): CrossTab {
+  // a hybrid logical clock: the time, but never behind a message received, so a clock set back (or a tab's
+  // own `now`) cannot make a later message look older; ties go to the larger `from`
+  const from = Math.random()
+  let clock = now()
+  const tick = () => (clock = Math.max(clock + 0.001, now()))
+  /** when this tab last logged in or out itself, and when it last sent a message */
+  let mine = -1 / 0
+  let sent: number | undefined
+  /** the access token this tab already waited out a replaced signal for (a retry does not wait again) */
+  let waitedOut: string | undefined
+  // a message sent before this tab's channel existed never reaches it: a signal that old promises nothing (and
+  // one sent about then, within 25 ms, may not: this tab then refreshes, as without the signal)
+  const born = clock + 25
   const signalName = (token: string, kind = 'rotated') => `${name}:${kind}:${fingerprint(token)}`
   /** holds the named lock for a few seconds, unless some tab holds it already (ifAvailable) */
   const signal = (lockName: string) => {
@@ -95,15 +112,23 @@ export function createCrossTab(
   let channel: (BroadcastChannel & { unref?: () => void }) | undefined
   if (talk && g.BroadcastChannel) {
     channel = new g.BroadcastChannel(name)
-    channel.onmessage = (event) => receive(event.data)
+    channel.onmessage = ({ data }) => {
+      // a message without `at` (an older version) is never stale
+      const at = data?.at
+      if (at > clock) clock = at
+      receive(data, at < mine || (at === mine && data.from < from))
+    }
     // a channel must not keep a Node process (tests, SSR) alive
     channel.unref?.()
   } else if (talk) g.addEventListener?.('storage', changed)
 
   return {
-    post(message) {
+    post(message, own) {
       try {
-        channel?.postMessage({ ...message, at: now() })
+        if (!channel) return
+        sent = tick()
+        if (own) mine = sent
+        channel.postMessage({ ...message, at: sent, from })
       } catch {
         // a closed channel (page unloading) has no one left to tell
       }
@@ -122,7 +147,8 @@ export function createCrossTab(
 
     replaced(accessToken) {
       // without messages another tab cannot learn this refresh's tokens, and waiting would only delay it
-      if (talk) signal(signalName(accessToken, 'replaced'))
+      // named with the time of this tab's message: a tab born after it waits for nothing
+      if (channel) signal(`${signalName(accessToken, 'replaced')}:${sent}`)
     },
 
     async settle(read, stuck) {
@@ -136,17 +162,24 @@ export function createCrossTab(
         if (!current) return 0
         const { held = [] } = await query.call(lock).catch(() => ({ held: [] }))
         const names = held.map((l) => l.name)
+        const replaced = `${signalName(current.accessToken, 'replaced')}:`
         return current.refreshToken && names.includes(signalName(current.refreshToken))
           ? 2
-          : +(talk && names.includes(signalName(current.accessToken, 'replaced')))
+          : +(
+              current.accessToken !== waitedOut &&
+              names.some((n) => n?.startsWith(replaced) && +n.slice(replaced.length) > born)
+            )
       }
       // another tab refreshed this very token moments ago: wait for its write (or its broadcast) to reach us
       for (let waited = 0; waited < SETTLE_MS && (await signalled()); waited += 25) {
         await sleep(25)
         current = await read()
       }
-      // a replaced access token whose successor never came: refresh (no refresh token was spent)
-      if (stuck && (await signalled()) > 1) stuck()
+      const still = await signalled()
+      // a replaced access token whose successor never came: refresh (no refresh token was spent), and do not
+      // wait for it again before a retry
+      if (still === 1) waitedOut = current!.accessToken
+      if (stuck && still > 1) stuck()
       return current
     },
   }

@@ -213,11 +213,6 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
    * (cookie mode) that storage may still hold this tab's logout, which then says nothing about them.
    */
   let adopted: TokenSet | undefined
-  /**
-   * When this tab's own setTokens() or clear() last ran: a message another tab sent before that is older than
-   * what this tab holds (two logins in two tabs at once must not swap their sessions)
-   */
-  let changedAt = Number.NEGATIVE_INFINITY
   /** calls off the refresh attempt in flight, when its session is replaced */
   let abortAttempt: (() => void) | undefined
   /** storage writes run one after another, in call order */
@@ -254,7 +249,9 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           channel || 'tokenflow',
           talk,
           lock,
-          (message) => adopt(message, true),
+          // a message sent before this tab's own latest login or logout is older than what this tab holds
+          // (two logins in two tabs at once must not swap their sessions)
+          (message, stale) => adopt(message, true, stale),
           async () => {
             const stored = await read()
             if (stored !== undefined)
@@ -401,15 +398,16 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     const cleared = reason === 'otherTab' ? writes.then(() => undefined) : write(null)
     // loggedOut fires once per session: the session is gone now, so a second call finds none
     if (had) {
-      if (reason !== 'otherTab') crossTab?.post({ type: 'loggedOut' })
+      // only a logout the other tabs hear of orders their earlier messages before it; a refused refresh ended
+      // an old session, and a login another tab sent meanwhile is newer
+      if (reason !== 'otherTab') crossTab?.post({ type: 'loggedOut' }, reason === 'cleared')
       emit(error ? { type: 'loggedOut', reason, error } : { type: 'loggedOut', reason })
     }
     return cleared
   }
 
   /** A message from another tab (`broadcast`), or what it left in storage: take its tokens, or end the session with it. */
-  function adopt(message: CrossTabMessage, broadcast?: boolean): void {
-    const stale = broadcast && typeof message?.at === 'number' && message.at < changedAt
+  function adopt(message: CrossTabMessage, broadcast?: boolean, stale?: boolean): void {
     if (message?.type === 'loggedOut') {
       if (!stale) void endSession('otherTab')
       return
@@ -549,14 +547,17 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           // in memory, is still the one this refresh started from (cookie mode: each tab's memory is its own
           // and a broadcast updates only memory; the placeholder never rotates, so taking the broadcast's
           // tokens can never send a spent refresh token); or it is this tab's own and the tokens came from a
-          // broadcast: it holds only what this tab wrote before (its logout, its own earlier login), and a login
-          // or a refresh in another tab reached this one in memory only. Storage that holds nothing and is shared
-          // (localStorage), or may be (a storage that does not say), means another tab logged out: the tokens in
-          // memory may have been rotated there since
+          // broadcast: it holds only what this tab wrote before (its logout, its own earlier login with the same
+          // placeholder), and a login or a refresh in another tab reached this one in memory only (a different
+          // refresh token there may be newer: two frames of one tab share sessionStorage). Storage that holds
+          // nothing and is shared (localStorage), or may be (a storage that does not say), means another tab
+          // logged out: the tokens in memory may have been rotated there since
           return tokens &&
             !isSpent(tokens) &&
             (isSpent(stored) ||
-              (tokens === adopted && storage.shared === false) ||
+              (tokens === adopted &&
+                storage.shared === false &&
+                (stored === null || stored?.refreshToken === tokens.refreshToken)) ||
               (tokens.refreshToken === start.refreshToken &&
                 stored?.refreshToken === start.refreshToken &&
                 tokens.accessToken !== start.accessToken))
@@ -733,9 +734,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           'tokens',
           'a TokenSet: accessToken a non-empty string, refreshToken a string or null, expiresAt epoch ms',
         )
-      changedAt = now()
-      switchSession(valid, changedAt)
-      crossTab?.post({ type: 'refreshed', tokens: valid, login: true })
+      switchSession(valid, now())
+      crossTab?.post({ type: 'refreshed', tokens: valid, login: true }, true)
       await write(valid)
     },
 
@@ -745,7 +745,6 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       await ready()
       // a login while this waited for the stored tokens replaced what it was to clear
       if (session !== before) return
-      changedAt = now()
       // the tokens are gone from memory either way; a storage that kept them would log the user in again
       // at the next start, so the caller hears of it
       const error = await endSession('cleared')

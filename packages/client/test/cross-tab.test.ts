@@ -15,6 +15,12 @@ const freshChannel = () => `tokenflow-test-${process.pid}-${++channelCount}`
 
 const T0 = 1_700_000_000_000
 const MIN = 60_000
+/**
+ * The tabs' clock: T0, moving on in real time (sub-millisecond), as one browser's tabs share theirs. Messages are
+ * dated by it: with a clock that stood still, a logout and a login one after the other would tie.
+ */
+const loadedAt = performance.now()
+const clock = () => T0 + (performance.now() - loadedAt)
 
 function tab(options: {
   storage: TokenStorage
@@ -28,7 +34,7 @@ function tab(options: {
     storage: options.storage,
     channel: options.channel,
     lock: options.lock ?? false,
-    now: () => T0,
+    now: clock,
   })
   manager.subscribe((event) => events.push(event))
   return { manager, events, ...control }

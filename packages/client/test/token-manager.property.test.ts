@@ -4,6 +4,7 @@ import {
   type TokenManagerOptions,
   type TokenSet,
   type TokenStorage,
+  webStorage,
 } from '@tokenflow/client'
 import fc from 'fast-check'
 import { afterEach, describe, expect, it, vi } from 'vitest'
@@ -635,6 +636,93 @@ describe('counterexamples found by the properties', () => {
     }
   })
 
+  it('cookie mode: a tab opened after another tab replaced the placeholder does not wait for a message it can never get', async () => {
+    // every page load holds the same placeholder token; the signal of the first tab's refresh named it, and a tab
+    // opened within 5 s waited 2 s for that refresh's message, sent before it existed (a code review)
+    const held = holdBroadcasts()
+    try {
+      const lock = createTestLock({ query: true })
+      const placeholder = () => memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
+      const a = setup({ storage: placeholder(), lock, channel: 'tabs' })
+      const fromA = a.manager.getAccessToken()
+      await flush()
+      a.calls[0]!.resolve({ ...tokenSet(T0, MIN, 1), refreshToken: 'cookie' })
+      await fromA
+      a.clock.advance(1_000)
+      const b = setup({ storage: placeholder(), lock, channel: 'tabs', now: () => a.clock.now() })
+      const fromB = b.manager.getAccessToken()
+      await vi.waitFor(() => expect(b.calls).toHaveLength(1), { timeout: 1_000 })
+      b.calls[0]!.resolve({ ...tokenSet(T0, MIN, 2), refreshToken: 'cookie' })
+      expect(await fromB).toBe(tokenSet(T0, MIN, 2).accessToken)
+    } finally {
+      vi.unstubAllGlobals()
+    }
+  })
+
+  it('cookie mode: a retry after a lost message does not wait for it a second time', async () => {
+    const held = holdBroadcasts()
+    try {
+      const lock = createTestLock({ query: true })
+      const placeholder = () => memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
+      const retry = { attempts: 2, baseDelay: 10, maxDelay: 10 }
+      const a = setup({ storage: placeholder(), lock, channel: 'tabs', retry })
+      const b = setup({ storage: placeholder(), lock, channel: 'tabs', retry })
+      const login = { ...tokenSet(T0, MIN, 1), refreshToken: 'cookie' }
+      await a.manager.setTokens(login)
+      for (const message of held.splice(0)) message.deliver()
+      expect(await b.manager.getAccessToken()).toBe(login.accessToken)
+      a.clock.advance(2 * MIN)
+      b.clock.advance(2 * MIN)
+      const fromA = a.manager.getAccessToken()
+      await flush()
+      a.calls[0]!.resolve({ ...tokenSet(a.clock.now(), MIN, 2), refreshToken: 'cookie' })
+      await fromA
+      held.length = 0 // a's message is lost
+      const fromB = b.manager.getAccessToken()
+      await vi.waitFor(() => expect(b.calls).toHaveLength(1), { timeout: 3_000 })
+      b.calls[0]!.reject(new TypeError('fetch failed'))
+      // the retry follows its 10 ms backoff, not another 2 s wait
+      await vi.waitFor(() => expect(b.calls).toHaveLength(2), { timeout: 1_000 })
+      b.calls[1]!.resolve({ ...tokenSet(b.clock.now(), MIN, 3), refreshToken: 'cookie' })
+      expect(await fromB).toBe(tokenSet(b.clock.now(), MIN, 3).accessToken)
+    } finally {
+      vi.unstubAllGlobals()
+    }
+  })
+
+  it('a storage of its own that two frames of one tab share: a newer refresh token there wins over a broadcast', async () => {
+    // no-reuse: sessionStorage says shared: false, but a page and its same-origin iframe both read it; with a
+    // lock that cannot be queried, the frame refreshed with the rt-1 a broadcast brought though storage held rt-2
+    const held = holdBroadcasts()
+    try {
+      const map = new Map<string, string>()
+      const backend = {
+        getItem: (key: string) => map.get(key) ?? null,
+        setItem: (key: string, value: string) => void map.set(key, value),
+        removeItem: (key: string) => void map.delete(key),
+      }
+      const storage = { ...webStorage(backend), shared: false }
+      const lock = createTestLock()
+      const top = setup({ storage, lock, channel: 'tabs' })
+      const frame = setup({ storage, lock, channel: 'tabs' })
+      expect(await frame.manager.getAccessToken()).toBeNull()
+      const login = tokenSet(T0, MIN, 1)
+      await top.manager.setTokens(login)
+      for (const message of held.splice(0)) message.deliver()
+      expect(await frame.manager.getAccessToken()).toBe(login.accessToken)
+      const fromTop = top.manager.refresh({ rejectedToken: login.accessToken })
+      await flush()
+      top.calls[0]!.resolve(tokenSet(T0, MIN, 2))
+      await fromTop
+      const fromFrame = frame.manager.refresh({ rejectedToken: login.accessToken })
+      await flush()
+      expect(frame.calls).toHaveLength(0)
+      expect(await fromFrame).toBe(tokenSet(T0, MIN, 2).accessToken)
+    } finally {
+      vi.unstubAllGlobals()
+    }
+  })
+
   describe('two tabs that log in or out at the same moment (a Chromium review found two logins swap sessions)', () => {
     // each tab's message is still on its way when the other acts; the later action wins in both tabs
     const twoTabs = () => {
@@ -674,6 +762,43 @@ describe('counterexamples found by the properties', () => {
       expect(a.manager.status).toBe('unauthenticated')
       expect(b.manager.status).toBe('unauthenticated')
       expect(b.events.at(-1)).toEqual({ type: 'loggedOut', reason: 'otherTab' })
+    })
+
+    it('two logins at the very same clock reading: the tabs agree on one of them', async () => {
+      const { a, b, deliverAll } = twoTabs()
+      const first = tokenSet(T0, MIN, 'first')
+      await a.manager.setTokens(first)
+      const second = tokenSet(T0, MIN, 'second')
+      await b.manager.setTokens(second)
+      deliverAll()
+      const inA = await a.manager.getAccessToken()
+      expect([first.accessToken, second.accessToken]).toContain(inA)
+      expect(await b.manager.getAccessToken()).toBe(inA)
+    })
+
+    it('a clock set back after a login does not make a later logout elsewhere look older', async () => {
+      // each tab's `at` never falls behind a message it has received (a code review: the logout was ignored)
+      const { a, b, deliverAll } = twoTabs()
+      await b.manager.setTokens(tokenSet(T0, 60 * MIN, 'login'))
+      deliverAll()
+      expect(a.manager.status).toBe('authenticated')
+      a.clock.advance(-5 * MIN)
+      b.clock.advance(-5 * MIN)
+      await a.manager.clear()
+      deliverAll()
+      expect(b.manager.status).toBe('unauthenticated')
+      expect(b.events.at(-1)).toEqual({ type: 'loggedOut', reason: 'otherTab' })
+    })
+
+    it('a clear() with no session to end does not make a tab ignore a login elsewhere', async () => {
+      // it tells no one, so it is no logout to order messages by (a code review: the tabs disagreed for good)
+      const { a, b, deliverAll } = twoTabs()
+      const login = tokenSet(T0, MIN, 'login')
+      await a.manager.setTokens(login)
+      b.clock.advance(1)
+      await b.manager.clear()
+      deliverAll()
+      expect(await b.manager.getAccessToken()).toBe(login.accessToken)
     })
 
     it('a logout, then a login in the other tab: both tabs hold the login', async () => {
