@@ -1,16 +1,25 @@
 import type { LockManagerLike, TokenSet } from './types.js'
 
 /**
- * What a tab tells the others. `at` and `from` (set by `post`) order it against the receiver's own latest login
- * or logout: `at` is the sender's clock, never behind any `at` it has received, and `from` breaks ties.
+ * What a tab tells the others. `at` and `from` (set by `post`) order it against the latest login or logout the
+ * receiver knows of (`own`: the sender's own setTokens or clear): `at` is the sender's clock, never behind any
+ * `at` it has received, and `from` breaks ties.
  */
 export type CrossTabMessage =
   /**
    * `spent`: the refresh token this refresh rotated, which nobody may use again; `login`: the tokens start a
    * new session (setTokens), which replaces the one a tab holds, refresh under way included
    */
-  | { type: 'refreshed'; tokens: TokenSet; spent?: string; login?: true; at?: number; from?: number }
-  | { type: 'loggedOut'; at?: number; from?: number }
+  | {
+      type: 'refreshed'
+      tokens: TokenSet
+      spent?: string
+      login?: true
+      at?: number
+      from?: number
+      own?: boolean
+    }
+  | { type: 'loggedOut'; at?: number; from?: number; own?: boolean }
 
 /** Cross-tab coordination for one manager: BroadcastChannel, or the storage event, plus the rotation signal. */
 export interface CrossTab {
@@ -77,8 +86,12 @@ export function createCrossTab(
   const from = Math.random()
   let clock = now()
   const tick = () => (clock = Math.max(clock + 0.001, now()))
-  /** when this tab last logged in or out itself, and when it last sent a message */
+  /**
+   * the latest login or logout this tab knows of, its own or one another tab told of (`at`, `from`): a message
+   * sent before it is stale; and when this tab last sent a message
+   */
   let mine = -1 / 0
+  let mineFrom = from
   let sent: number | undefined
   /** the access token this tab already waited out a replaced signal for (a retry does not wait again) */
   let waitedOut: string | undefined
@@ -116,7 +129,13 @@ export function createCrossTab(
       // a message without `at` (an older version) is never stale
       const at = data?.at
       if (at > clock) clock = at
-      receive(data, at < mine || (at === mine && data.from < from))
+      const stale = at < mine || (at === mine && data.from < mineFrom)
+      // a tab that heard two logins must end on the later one, whatever order they came in
+      if (!stale && data?.own && at === +at) {
+        mine = at
+        mineFrom = data.from
+      }
+      receive(data, stale)
     }
     // a channel must not keep a Node process (tests, SSR) alive
     channel.unref?.()
@@ -127,8 +146,11 @@ export function createCrossTab(
       try {
         if (!channel) return
         sent = tick()
-        if (own) mine = sent
-        channel.postMessage({ ...message, at: sent, from })
+        if (own) {
+          mine = sent
+          mineFrom = from
+        }
+        channel.postMessage({ ...message, at: sent, from, own })
       } catch {
         // a closed channel (page unloading) has no one left to tell
       }
