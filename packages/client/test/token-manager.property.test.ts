@@ -573,16 +573,20 @@ describe('counterexamples found by the properties', () => {
       vi.unstubAllGlobals()
     }
   })
-  it('cookie mode: a tab that gets the lock before the message of the refresh that let it go waits for that message, and does not refresh again', async () => {
+  describe('cookie mode: a tab that gets the lock before the message of the refresh that let it go', () => {
     // a Chromium review: 1 to 2 bursts in 20 made two refreshes, the lock reaching the next tab before the
     // BroadcastChannel message did; with a tab closed mid-refresh that second rotation got the session revoked
-    const held = holdBroadcasts()
-    try {
+    afterEach(() => vi.unstubAllGlobals())
+    const placeholder = () => memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
+    const cookie = (at: number, id: number) => ({ ...tokenSet(at, MIN, id), refreshToken: 'cookie' })
+
+    /** two tabs on one login, its token expired; both read, a refreshes first, and its message is held */
+    async function refreshedInA(options: Partial<TokenManagerOptions> = {}) {
+      const held = holdBroadcasts()
       const lock = createTestLock({ query: true })
-      const placeholder = () => memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
-      const a = setup({ storage: placeholder(), lock, channel: 'tabs' })
-      const b = setup({ storage: placeholder(), lock, channel: 'tabs' })
-      const login = { ...tokenSet(T0, MIN, 1), refreshToken: 'cookie' }
+      const a = setup({ storage: placeholder(), lock, channel: 'tabs', ...options })
+      const b = setup({ storage: placeholder(), lock, channel: 'tabs', ...options })
+      const login = cookie(T0, 1)
       await a.manager.setTokens(login)
       for (const message of held.splice(0)) message.deliver()
       expect(await b.manager.getAccessToken()).toBe(login.accessToken)
@@ -593,49 +597,44 @@ describe('counterexamples found by the properties', () => {
       const fromB = b.manager.getAccessToken()
       await flush()
       expect(a.calls).toHaveLength(1)
-      const next = { ...tokenSet(a.clock.now(), MIN, 2), refreshToken: 'cookie' }
+      const next = cookie(a.clock.now(), 2)
       a.calls[0]!.resolve(next)
       expect(await fromA).toBe(next.accessToken)
+      return { held, b, fromB, next }
+    }
+
+    it('waits for that message, and does not refresh again', async () => {
+      const { held, b, fromB, next } = await refreshedInA()
       // b holds the lock now, and a's message is still on its way
       await new Promise((resolve) => setTimeout(resolve, 60))
       expect(b.calls).toHaveLength(0)
       for (const message of held.splice(0)) message.deliver()
       expect(await fromB).toBe(next.accessToken)
       expect(b.calls).toHaveLength(0)
-    } finally {
-      vi.unstubAllGlobals()
-    }
-  })
+    })
 
-  it('cookie mode: when that message never comes, the tab refreshes after the wait and stays logged in', async () => {
-    // the signal of a replaced access token spent no refresh token: unlike a rotation, it never means a logout
-    const held = holdBroadcasts()
-    try {
-      const lock = createTestLock({ query: true })
-      const placeholder = () => memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
-      const a = setup({ storage: placeholder(), lock, channel: 'tabs' })
-      const b = setup({ storage: placeholder(), lock, channel: 'tabs' })
-      const login = { ...tokenSet(T0, MIN, 1), refreshToken: 'cookie' }
-      await a.manager.setTokens(login)
-      for (const message of held.splice(0)) message.deliver()
-      expect(await b.manager.getAccessToken()).toBe(login.accessToken)
-      a.clock.advance(2 * MIN)
-      b.clock.advance(2 * MIN)
-      const fromA = a.manager.getAccessToken()
-      await flush()
-      const fromB = b.manager.getAccessToken()
-      await flush()
-      a.calls[0]!.resolve({ ...tokenSet(a.clock.now(), MIN, 2), refreshToken: 'cookie' })
-      await fromA
-      // a's message is lost (its tab closed); b waits up to 2 s for it, then refreshes
+    it('when that message never comes, refreshes after the wait and stays logged in', async () => {
+      // the signal of a replaced access token spent no refresh token: unlike a rotation, it never means a logout
+      const { held, b, fromB } = await refreshedInA()
+      held.length = 0 // a's tab closed
       await vi.waitFor(() => expect(b.calls).toHaveLength(1), { timeout: 3_000 })
-      const own = { ...tokenSet(b.clock.now(), MIN, 3), refreshToken: 'cookie' }
+      const own = cookie(b.clock.now(), 3)
       b.calls[0]!.resolve(own)
       expect(await fromB).toBe(own.accessToken)
       expect(b.types()).not.toContain('loggedOut')
-    } finally {
-      vi.unstubAllGlobals()
-    }
+    })
+
+    it('a retry after the lost message does not wait for it a second time', async () => {
+      const { held, b, fromB } = await refreshedInA({ retry: { attempts: 2, baseDelay: 10, maxDelay: 10 } })
+      held.length = 0
+      await vi.waitFor(() => expect(b.calls).toHaveLength(1), { timeout: 3_000 })
+      b.calls[0]!.reject(new TypeError('fetch failed'))
+      // the retry follows its 10 ms backoff, not another 2 s wait
+      await vi.waitFor(() => expect(b.calls).toHaveLength(2), { timeout: 1_000 })
+      const own = cookie(b.clock.now(), 3)
+      b.calls[1]!.resolve(own)
+      expect(await fromB).toBe(own.accessToken)
+    })
   })
 
   it('cookie mode: a tab opened after another tab replaced the placeholder does not wait for a message it can never get', async () => {
@@ -656,37 +655,6 @@ describe('counterexamples found by the properties', () => {
       await vi.waitFor(() => expect(b.calls).toHaveLength(1), { timeout: 1_000 })
       b.calls[0]!.resolve({ ...tokenSet(T0, MIN, 2), refreshToken: 'cookie' })
       expect(await fromB).toBe(tokenSet(T0, MIN, 2).accessToken)
-    } finally {
-      vi.unstubAllGlobals()
-    }
-  })
-
-  it('cookie mode: a retry after a lost message does not wait for it a second time', async () => {
-    const held = holdBroadcasts()
-    try {
-      const lock = createTestLock({ query: true })
-      const placeholder = () => memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
-      const retry = { attempts: 2, baseDelay: 10, maxDelay: 10 }
-      const a = setup({ storage: placeholder(), lock, channel: 'tabs', retry })
-      const b = setup({ storage: placeholder(), lock, channel: 'tabs', retry })
-      const login = { ...tokenSet(T0, MIN, 1), refreshToken: 'cookie' }
-      await a.manager.setTokens(login)
-      for (const message of held.splice(0)) message.deliver()
-      expect(await b.manager.getAccessToken()).toBe(login.accessToken)
-      a.clock.advance(2 * MIN)
-      b.clock.advance(2 * MIN)
-      const fromA = a.manager.getAccessToken()
-      await flush()
-      a.calls[0]!.resolve({ ...tokenSet(a.clock.now(), MIN, 2), refreshToken: 'cookie' })
-      await fromA
-      held.length = 0 // a's message is lost
-      const fromB = b.manager.getAccessToken()
-      await vi.waitFor(() => expect(b.calls).toHaveLength(1), { timeout: 3_000 })
-      b.calls[0]!.reject(new TypeError('fetch failed'))
-      // the retry follows its 10 ms backoff, not another 2 s wait
-      await vi.waitFor(() => expect(b.calls).toHaveLength(2), { timeout: 1_000 })
-      b.calls[1]!.resolve({ ...tokenSet(b.clock.now(), MIN, 3), refreshToken: 'cookie' })
-      expect(await fromB).toBe(tokenSet(b.clock.now(), MIN, 3).accessToken)
     } finally {
       vi.unstubAllGlobals()
     }
