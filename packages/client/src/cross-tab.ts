@@ -1,9 +1,9 @@
 import type { LockManagerLike, TokenSet } from './types.js'
 
 /**
- * What a tab tells the others. `at` and `from` (set by `post`) order it against the latest login or logout the
- * receiver knows of (`own`: the sender's own setTokens or clear): `at` is the sender's clock, never behind any
- * `at` it has received, and `from` breaks ties.
+ * What a tab tells the others. `post` adds `at`, the sender's clock (never behind an `at` it has received), and
+ * `base`, the login or logout ([time, tab]) the sender's session comes from, as far as it knows: a tab ignores a
+ * message whose `base` is older than its own (a refused refresh of an old session, a login overtaken by another).
  */
 export type CrossTabMessage =
   /**
@@ -16,18 +16,17 @@ export type CrossTabMessage =
       spent?: string
       login?: true
       at?: number
-      from?: number
-      own?: boolean
+      base?: number[]
     }
-  | { type: 'loggedOut'; at?: number; from?: number; own?: boolean }
+  | { type: 'loggedOut'; at?: number; base?: number[] }
 
 /** Cross-tab coordination for one manager: BroadcastChannel, or the storage event, plus the rotation signal. */
 export interface CrossTab {
   /**
-   * sends the message to the other tabs, with `at` and `from`; `mine`: it tells of this tab's own login or
-   * logout (setTokens, clear), and a message sent before it is stale from now on
+   * sends the message to the other tabs, with `at` and `base`; `own`: it tells of this tab's own login or
+   * logout (setTokens, clear), which becomes its base
    */
-  post(message: CrossTabMessage, mine?: boolean): void
+  post(message: CrossTabMessage, own?: boolean): void
   /**
    * after a rotation: hold a lock named after the spent refresh token for a few seconds; with `remember` (this
    * tab's storage is its own), also note its fingerprint in localStorage, for a copy of the session that acts
@@ -69,8 +68,8 @@ export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve
 
 /**
  * Sets up cross-tab coordination named `name`. With `talk`, messages go over a BroadcastChannel of that name:
- * `receive` gets other tabs' messages (unchecked: the manager checks them), with `stale` set for one sent
- * before this tab's own latest login or logout, and `changed` runs on the `storage` event where BroadcastChannel
+ * `receive` gets other tabs' messages (unchecked: the manager checks them), with `stale` set for one whose
+ * base is older than this tab's, and `changed` runs on the `storage` event where BroadcastChannel
  * is missing. The rotation signal needs only the lock.
  */
 export function createCrossTab(
@@ -81,17 +80,15 @@ export function createCrossTab(
   changed: () => void,
   now: () => number,
 ): CrossTab {
-  // a hybrid logical clock: the time, but never behind a message received, so a clock set back (or a tab's
-  // own `now`) cannot make a later message look older; ties go to the larger `from`
+  // a hybrid logical clock: the time, but never behind a message received, so a clock set back after the tabs
+  // talked cannot make a later message look older; ties between two tabs go to the larger random `from`
   const from = Math.random()
   let clock = now()
   const tick = () => (clock = Math.max(clock + 0.001, now()))
-  /**
-   * the latest login or logout this tab knows of, its own or one another tab told of (`at`, `from`): a message
-   * sent before it is stale; and when this tab last sent a message
-   */
-  let mine = -1 / 0
-  let mineFrom = from
+  /** the login or logout the session this tab holds comes from, [time, tab]: [-Infinity, 0] when not known */
+  let base = [-1 / 0, 0]
+  const before = (a: number[], b: number[]) => a[0]! < b[0]! || (a[0] === b[0] && a[1]! < b[1]!)
+  /** when this tab last sent a message */
   let sent: number | undefined
   /** the access token this tab already waited out a replaced signal for (a retry does not wait again) */
   let waitedOut: string | undefined
@@ -126,15 +123,16 @@ export function createCrossTab(
   if (talk && g.BroadcastChannel) {
     channel = new g.BroadcastChannel(name)
     channel.onmessage = ({ data }) => {
-      // a message without `at` (an older version) is never stale
-      const at = data?.at
-      if (at > clock) clock = at
-      const stale = at < mine || (at === mine && data.from < mineFrom)
-      // a tab that heard two logins must end on the later one, whatever order they came in
-      if (!stale && data?.own && at === +at) {
-        mine = at
-        mineFrom = data.from
-      }
+      const { at, base: of } = data ?? {}
+      // only a message dated by a number no later than a minute ahead orders anything (an older version sends
+      // none; a date far ahead would hold every clock there)
+      const dated =
+        typeof at === 'number' && at < now() + 60_000 && typeof of?.[0] === 'number' && of[0] <= at
+      if (dated && at > clock) clock = at
+      // a message from a session whose start its sender does not know orders nothing either
+      const stale = dated && of[0] > -1 / 0 && before(of, base)
+      // a tab that heard two logins ends on the later one, whatever order they came in
+      if (dated && !stale && before(base, of)) base = of
       receive(data, stale)
     }
     // a channel must not keep a Node process (tests, SSR) alive
@@ -146,11 +144,8 @@ export function createCrossTab(
       try {
         if (!channel) return
         sent = tick()
-        if (own) {
-          mine = sent
-          mineFrom = from
-        }
-        channel.postMessage({ ...message, at: sent, from, own })
+        if (own) base = [sent, from]
+        channel.postMessage({ ...message, at: sent, base })
       } catch {
         // a closed channel (page unloading) has no one left to tell
       }
@@ -193,7 +188,7 @@ export function createCrossTab(
             )
       }
       // another tab refreshed this very token moments ago: wait for its write (or its broadcast) to reach us
-      for (let waited = 0; waited < SETTLE_MS && (await signalled()); waited += 25) {
+      for (const until = Date.now() + SETTLE_MS; Date.now() < until && (await signalled()); ) {
         await sleep(25)
         current = await read()
       }

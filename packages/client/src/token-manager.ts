@@ -547,17 +547,15 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           // in memory, is still the one this refresh started from (cookie mode: each tab's memory is its own
           // and a broadcast updates only memory; the placeholder never rotates, so taking the broadcast's
           // tokens can never send a spent refresh token); or it is this tab's own and the tokens came from a
-          // broadcast: it holds only what this tab wrote before (its logout, its own earlier login with the same
-          // placeholder), and a login or a refresh in another tab reached this one in memory only (a different
-          // refresh token there may be newer: two frames of one tab share sessionStorage). Storage that holds
+          // broadcast: it holds only what this tab wrote before (its logout, its own earlier login), and a login
+          // or a refresh in another tab reached this one in memory only (two frames of one tab that share
+          // sessionStorage: the rotation signal makes one wait for the other's message). Storage that holds
           // nothing and is shared (localStorage), or may be (a storage that does not say), means another tab
           // logged out: the tokens in memory may have been rotated there since
           return tokens &&
             !isSpent(tokens) &&
             (isSpent(stored) ||
-              (tokens === adopted &&
-                storage.shared === false &&
-                (stored === null || stored?.refreshToken === tokens.refreshToken)) ||
+              (tokens === adopted && storage.shared === false) ||
               (tokens.refreshToken === start.refreshToken &&
                 stored?.refreshToken === start.refreshToken &&
                 tokens.accessToken !== start.accessToken))

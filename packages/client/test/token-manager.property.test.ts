@@ -660,9 +660,10 @@ describe('counterexamples found by the properties', () => {
     }
   })
 
-  it('a storage of its own that two frames of one tab share: a newer refresh token there wins over a broadcast', async () => {
-    // no-reuse: sessionStorage says shared: false, but a page and its same-origin iframe both read it; with a
-    // lock that cannot be queried, the frame refreshed with the rt-1 a broadcast brought though storage held rt-2
+  it('a storage of its own that two frames of one tab share: the frame waits for the message of a rotation it did not hear of', async () => {
+    // no-reuse: sessionStorage says shared: false, but a page and its same-origin iframe both read it; the frame
+    // holds the rt-1 a broadcast brought, the page rotated it, and the rotation signal (navigator.locks answers
+    // query()) makes the frame wait for the page's message instead of sending rt-1
     const held = holdBroadcasts()
     try {
       const map = new Map<string, string>()
@@ -672,7 +673,7 @@ describe('counterexamples found by the properties', () => {
         removeItem: (key: string) => void map.delete(key),
       }
       const storage = { ...webStorage(backend), shared: false }
-      const lock = createTestLock()
+      const lock = createTestLock({ query: true })
       const top = setup({ storage, lock, channel: 'tabs' })
       const frame = setup({ storage, lock, channel: 'tabs' })
       expect(await frame.manager.getAccessToken()).toBeNull()
@@ -685,9 +686,36 @@ describe('counterexamples found by the properties', () => {
       top.calls[0]!.resolve(tokenSet(T0, MIN, 2))
       await fromTop
       const fromFrame = frame.manager.refresh({ rejectedToken: login.accessToken })
-      await flush()
+      await new Promise((resolve) => setTimeout(resolve, 60))
       expect(frame.calls).toHaveLength(0)
+      for (const message of held.splice(0)) message.deliver()
       expect(await fromFrame).toBe(tokenSet(T0, MIN, 2).accessToken)
+      expect(frame.calls).toHaveLength(0)
+    } finally {
+      vi.unstubAllGlobals()
+    }
+  })
+
+  it('with memoryStorage, a channel and rotating refresh tokens, a tab refreshes the login another tab brought, not its own earlier one', async () => {
+    // a second code review: a rule 216d729 added let storage of a tab's own win when it held a refresh token other
+    // than the broadcast's, and the tab sent its own earlier login's rt-0
+    const held = holdBroadcasts()
+    try {
+      const a = setup({ storage: memoryStorage(), channel: 'tabs' })
+      const b = setup({ storage: memoryStorage(), channel: 'tabs' })
+      await a.manager.setTokens(tokenSet(T0, MIN, 0))
+      for (const message of held.splice(0)) message.deliver()
+      b.clock.advance(1_000)
+      const login = tokenSet(T0 + 1_000, MIN, 5)
+      await b.manager.setTokens(login)
+      for (const message of held.splice(0)) message.deliver()
+      expect(await a.manager.getAccessToken()).toBe(login.accessToken)
+      a.clock.advance(2 * MIN)
+      const fromA = a.manager.getAccessToken()
+      await flush()
+      expect(a.calls.map((call) => call.context.refreshToken)).toEqual(['rt-5'])
+      a.calls[0]!.resolve(tokenSet(a.clock.now(), MIN, 6))
+      expect(await fromA).toBe(tokenSet(a.clock.now(), MIN, 6).accessToken)
     } finally {
       vi.unstubAllGlobals()
     }
@@ -765,6 +793,51 @@ describe('counterexamples found by the properties', () => {
       expect(await a.manager.getAccessToken()).toBe(second.accessToken)
       expect(await b.manager.getAccessToken()).toBe(second.accessToken)
       expect(await c.manager.getAccessToken()).toBe(second.accessToken)
+    })
+
+    it('a logout after a refused refresh of the old session does not log out a login that replaced it', async () => {
+      // a second code review: a refreshed session S0 while b logged in anew; S0's refusal came a second later,
+      // and its logout message logged b out while a took b's login
+      const { a, b, deliverAll } = twoTabs()
+      await a.manager.setTokens(tokenSet(T0, MIN, 0))
+      deliverAll()
+      expect(b.manager.status).toBe('authenticated')
+      a.clock.advance(2 * MIN)
+      b.clock.advance(2 * MIN)
+      const waiter = a.manager.getAccessToken().catch((e: unknown) => e)
+      await flush()
+      const login = tokenSet(b.clock.now(), 10 * MIN, 1)
+      await b.manager.setTokens(login)
+      a.clock.advance(1_000)
+      a.calls[0]!.reject(new RefreshError('rejected', 'refresh failed: invalid_grant', { status: 400 }))
+      await waiter
+      deliverAll()
+      expect(b.types()).not.toContain('loggedOut')
+      expect(await b.manager.getAccessToken()).toBe(login.accessToken)
+      expect(await a.manager.getAccessToken()).toBe(login.accessToken)
+    })
+
+    it.each([
+      ['Infinity', Number.POSITIVE_INFINITY],
+      ['a date far ahead', 1e16],
+      ['a numeric string', String(T0 + 1)],
+    ])('a message dated %s orders nothing: a later login still reaches every tab', async (_, at) => {
+      const { a, b, deliverAll } = twoTabs()
+      // an older or buggy tab sends one message of a type nobody acts on
+      const stray = new BroadcastChannel('tabs')
+      stray.postMessage({ type: 'hello', at, base: [at, 1] })
+      deliverAll()
+      await a.manager.setTokens(tokenSet(T0, MIN, 'first'))
+      deliverAll()
+      a.clock.advance(5 * MIN)
+      b.clock.advance(5 * MIN)
+      const second = tokenSet(b.clock.now(), MIN, 'second')
+      await b.manager.setTokens(second)
+      deliverAll()
+      expect(await a.manager.getAccessToken()).toBe(second.accessToken)
+      await b.manager.clear()
+      deliverAll()
+      expect(a.manager.status).toBe('unauthenticated')
     })
 
     it('a clock set back after a login does not make a later logout elsewhere look older', async () => {
