@@ -33,10 +33,11 @@ import { createTestLock, deferred, flush, setupManager, tokenSet } from './helpe
  * Half of the two-manager schedules also connect them by a BroadcastChannel whose messages arrive as late as
  * the scheduler likes, in any order between senders and in posting order from one sender (as in browsers).
  * An async storage answers whenever the scheduler says, but carries its calls out in the order they were made.
- * A quarter of the two-manager schedules give each manager its own copy of storage, which gets the other's writes
+ * Two fifths of the two-manager schedules give each manager its own copy of storage, which gets the other's writes
  * late (by less than half a second of the clock), as Chromium copies localStorage between tabs; the lock then
- * answers query(), so the rotation signal of rule 7 is what keeps a manager from reusing a rotated token.
- * Another quarter is cookie mode: each manager's storage is its own (`shared: false`), the refresh token is the
+ * answers query(), so the rotation signal of rule 7 is what keeps a manager from reusing a rotated token. Half of
+ * those copies say `shared: true`, as webStorage() over localStorage does, and half leave it unset.
+ * Another fifth is cookie mode: each manager's storage is its own (`shared: false`), the refresh token is the
  * placeholder 'cookie', and a session reaches the other manager only by broadcast. There one more invariant holds:
  * - no-phantom-rejection: no refresh fails as rejected unless the refresh function said so (a tab's own storage
  *   says nothing about a session a broadcast brought)

@@ -54,11 +54,13 @@ export interface Schedule {
    * 'lagging' (two managers): each has its own copy of storage, which gets the other's writes when the scheduler
    * delivers them, in order, as Chromium copies localStorage between tabs; the lock then answers `query()`, so
    * the rotation signal of rule 7 is in play.
+   * 'localStorage' (two managers): the same copies, saying `shared: true` as `webStorage()` over localStorage does
+   * ('lagging' leaves `shared` unset, as a custom storage may).
    * 'own' (two managers): cookie mode. Each has storage of its own (`shared: false`) and the refresh token is the
    * placeholder 'cookie', which never rotates (the real one is an HttpOnly cookie the tabs share), so the managers
    * share a session only through broadcasts; the lock answers `query()`.
    */
-  storage: 'sync' | 'async' | 'lagging' | 'own'
+  storage: 'sync' | 'async' | 'lagging' | 'localStorage' | 'own'
   /** one per storage call (get, set or clear, of either manager), in call order: true throws; none once they run out */
   storageFailures: boolean[]
   /**
@@ -208,7 +210,13 @@ export function scheduleArbitrary(managers: 1 | 2, maxOps = 40): fc.Arbitrary<Sc
     initialTtl: ttl,
     storage:
       managers === 2
-        ? fc.constantFrom('sync' as const, 'async' as const, 'lagging' as const, 'own' as const)
+        ? fc.constantFrom(
+            'sync' as const,
+            'async' as const,
+            'lagging' as const,
+            'localStorage' as const,
+            'own' as const,
+          )
         : fc.constantFrom('sync' as const, 'async' as const),
     // a quarter of the schedules have a storage that throws now and then (quota, disk, SecurityError)
     storageFailures: fc.oneof(
@@ -526,7 +534,9 @@ async function run(
     set: (tokens) => attempt(() => copies[index]!.set(tokens)),
     clear: () => attempt(() => copies[index]!.clear()),
   })
+  const lags = schedule.storage === 'lagging' || schedule.storage === 'localStorage'
   const laggingStorage = (index: number): TokenStorage => ({
+    ...(schedule.storage === 'localStorage' ? { shared: true } : {}),
     get: () => attempt(() => copies[index]!.get(), true),
     set: (tokens) => writeCopies(index, (copy) => copy.set(tokens)),
     clear: () => writeCopies(index, (copy) => copy.clear()),
@@ -545,7 +555,7 @@ async function run(
         }
   const lock = schedule.lock
     ? createTestLock({
-        query: schedule.storage === 'lagging' || schedule.storage === 'own',
+        query: lags || schedule.storage === 'own',
         onGiveUp: () => reached.add('lock wait timed out'),
         onQuery: (held) => {
           if (held.some((name) => name.includes(':rotated:'))) reached.add('saw a rotation signal')
@@ -555,12 +565,7 @@ async function run(
   for (let index = 0; index < schedule.managers; index++) {
     const manager = createTokenManager({
       refresh: makeRefresh(index),
-      storage:
-        schedule.storage === 'lagging'
-          ? laggingStorage(index)
-          : schedule.storage === 'own'
-            ? ownStorage(index)
-            : storage,
+      storage: lags ? laggingStorage(index) : schedule.storage === 'own' ? ownStorage(index) : storage,
       leeway: schedule.leeway,
       refreshTimeout: schedule.refreshTimeout,
       retry: schedule.retry,
@@ -817,7 +822,7 @@ async function run(
         break
       }
       case 'advance':
-        if (schedule.storage !== 'lagging') await vi.advanceTimersByTimeAsync(step.ms)
+        if (!lags) await vi.advanceTimersByTimeAsync(step.ms)
         // a copy of storage lags by less than half a second: well inside what rule 7 waits for (2 s)
         else
           for (let left = step.ms; left > 0; left -= 500) {
