@@ -1,4 +1,5 @@
 import {
+  type LockManagerLike,
   memoryStorage,
   RefreshError,
   type TokenManagerOptions,
@@ -582,9 +583,11 @@ describe('counterexamples found by the properties', () => {
     const cookie = (at: number, id: number) => ({ ...tokenSet(at, MIN, id), refreshToken: 'cookie' })
 
     /** two tabs on one login, its token expired; both read, a refreshes first, and its message is held */
-    async function refreshedInA(options: Partial<TokenManagerOptions> = {}) {
+    async function refreshedInA(
+      options: Partial<TokenManagerOptions> = {},
+      lock: LockManagerLike = createTestLock({ query: true }),
+    ) {
       const held = holdBroadcasts()
-      const lock = createTestLock({ query: true })
       const a = setup({ storage: placeholder(), lock, channel: 'tabs', ...options })
       const b = setup({ storage: placeholder(), lock, channel: 'tabs', ...options })
       const login = cookie(T0, 1)
@@ -596,8 +599,7 @@ describe('counterexamples found by the properties', () => {
       const fromA = a.manager.getAccessToken()
       await flush()
       const fromB = b.manager.getAccessToken()
-      await flush()
-      expect(a.calls).toHaveLength(1)
+      await vi.waitFor(() => expect(a.calls).toHaveLength(1))
       const next = cookie(a.clock.now(), 2)
       a.calls[0]!.resolve(next)
       expect(await fromA).toBe(next.accessToken)
@@ -624,6 +626,29 @@ describe('counterexamples found by the properties', () => {
       expect(await fromB).toBe(own.accessToken)
       expect(b.types()).not.toContain('loggedOut')
     })
+
+    it('waits 2 s of the clock however slowly the lock answers, not a number of looks at it', async () => {
+      // a second code review: 80 looks of 25 ms each, and a query() that took 100 ms made the wait 5 s. Each look
+      // now takes at least 125 ms (the query and the 25 ms pause), so 2 s leave room for 16 at most; the old loop
+      // made about 40, until the other tab's signal ran out after 5 s
+      const base = createTestLock({ query: true })
+      let looks = 0
+      const lock: LockManagerLike = {
+        request: base.request,
+        async query() {
+          looks++
+          await new Promise((resolve) => setTimeout(resolve, 100))
+          return base.query!()
+        },
+      }
+      const { held, b, fromB } = await refreshedInA({}, lock)
+      held.length = 0
+      looks = 0
+      await vi.waitFor(() => expect(b.calls).toHaveLength(1), { timeout: 8_000 })
+      expect(looks).toBeLessThanOrEqual(20)
+      b.calls[0]!.resolve(cookie(b.clock.now(), 3))
+      await fromB
+    }, 15_000)
 
     it('a retry after the lost message does not wait for it a second time', async () => {
       const { held, b, fromB } = await refreshedInA({ retry: { attempts: 2, baseDelay: 10, maxDelay: 10 } })
