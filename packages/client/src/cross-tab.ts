@@ -42,9 +42,10 @@ export interface CrossTab {
    * Before refreshing under the lock: if another tab holds the rotation signal for the refresh token that `read`
    * shows, our copy of storage is behind (Chromium copies localStorage writes between tabs asynchronously), so
    * wait for `read` to show its successor; the same for the signal of a replaced access token, whose successor
-   * the other tab's message brings (in Chromium the lock can reach this tab before that message does). Resolves with what `read` last returned. `stuck`, when this tab's
-   * storage is its own (sessionStorage, memory) and no successor can ever show: a signal that outlasts the
-   * wait means a copy of this session (a duplicated tab) rotated the token, and sending it would revoke both.
+   * the other tab's message brings (in Chromium the lock can reach this tab before that message does). Waits
+   * 2 s at most, and resolves with what `read` last returned. `stuck`, when this tab's storage is its own
+   * (sessionStorage, memory) and no successor can ever show: a rotation signal that outlasts the wait means a
+   * copy of this session (a duplicated tab) rotated the token, and sending it would revoke both.
    */
   settle(
     read: () => Promise<TokenSet | null | undefined>,
@@ -163,8 +164,8 @@ export function createCrossTab(
     },
 
     replaced(accessToken) {
-      // without messages another tab cannot learn this refresh's tokens, and waiting would only delay it
-      // named with the time of this tab's message: a tab born after it waits for nothing
+      // only with messages: without them no tab can learn this refresh's tokens, and waiting would only delay
+      // it. Named with the time of this tab's message, so that a tab born after it does not wait for it
       if (channel) signal(`${signalName(accessToken, 'replaced')}:${sent}`)
     },
 

@@ -249,8 +249,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           channel || 'tokenflow',
           talk,
           lock,
-          // a message sent before this tab's own latest login or logout is older than what this tab holds
-          // (two logins in two tabs at once must not swap their sessions)
+          // a stale message comes from a session older than this tab's (two logins in two tabs at once must not
+          // swap their sessions, a refused refresh of an old session must not end the login that replaced it)
           (message, stale) => adopt(message, true, stale),
           async () => {
             const stored = await read()

@@ -6,7 +6,7 @@ import {
   webStorage,
 } from '@tokenflow/client'
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { controlledRefresh, createTestLock, flush, tokenSet } from './helpers/tokens.js'
+import { controlledRefresh, createTestLock, flush, placeholderStorage, tokenSet } from './helpers/tokens.js'
 
 // Node has BroadcastChannel, so two managers in one process stand in for two tabs. Each test uses its own
 // channel name: channels of the same name in one process hear each other.
@@ -68,9 +68,8 @@ describe('BroadcastChannel', () => {
         }),
     }
     // cookie mode: each page's memory holds an expired placeholder, the refresh token lives in the cookie
-    const placeholder = () => memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
-    const a = tab({ storage: placeholder(), channel, lock })
-    const b = tab({ storage: placeholder(), channel, lock })
+    const a = tab({ storage: placeholderStorage(), channel, lock })
+    const b = tab({ storage: placeholderStorage(), channel, lock })
     const [fromA, fromB] = [a.manager.getAccessToken(), b.manager.getAccessToken()]
     await eventually(() => a.calls.length + b.calls.length === 1)
     const [first, firstTab] = a.calls.length ? [a.calls[0]!, a] : [b.calls[0]!, b]
@@ -91,9 +90,8 @@ describe('BroadcastChannel', () => {
   it("bug: with storage of each tab's own (cookie mode) a tab that had logged out failed every refresh of a session a login in another tab brought it", async () => {
     const channel = freshChannel()
     const lock = createTestLock()
-    const placeholder = () => memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
-    const a = tab({ storage: placeholder(), channel, lock })
-    const b = tab({ storage: placeholder(), channel, lock })
+    const a = tab({ storage: placeholderStorage(), channel, lock })
+    const b = tab({ storage: placeholderStorage(), channel, lock })
     // a logs out: its own storage now holds nothing
     await a.manager.clear()
     expect(await a.manager.getAccessToken()).toBeNull()
@@ -120,9 +118,8 @@ describe('BroadcastChannel', () => {
   it("bug: with storage of each tab's own (cookie mode) a tab went back to its own earlier login at a refresh, though a login in another tab had replaced it", async () => {
     const channel = freshChannel()
     const lock = createTestLock()
-    const placeholder = () => memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
-    const a = tab({ storage: placeholder(), channel, lock })
-    const b = tab({ storage: placeholder(), channel, lock })
+    const a = tab({ storage: placeholderStorage(), channel, lock })
+    const b = tab({ storage: placeholderStorage(), channel, lock })
     // the user logs in in a, then, as someone else, in b: the cookie is b's login's now
     const first = { ...tokenSet(T0, MIN, 'first'), refreshToken: 'cookie' }
     await a.manager.setTokens(first)

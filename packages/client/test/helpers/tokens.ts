@@ -1,6 +1,7 @@
 import {
   createTokenManager,
   type LockManagerLike,
+  memoryStorage,
   type RefreshContext,
   type TokenEvent,
   type TokenManagerOptions,
@@ -8,6 +9,10 @@ import {
 } from '@tokenflow/client'
 
 const b64url = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
+
+/** Cookie mode as the README sets it up: each page load starts from an expired placeholder, per tab. */
+export const placeholderStorage = () =>
+  memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
 
 /** A JWT-shaped token (unsigned: the client never verifies). `exp`/`iat` are in seconds. */
 export function makeJwt(claims: { exp?: number; iat?: number; [claim: string]: unknown }): string {
