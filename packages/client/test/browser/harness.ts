@@ -17,6 +17,8 @@ export const CHROMIUM_PATH = process.env.TOKENFLOW_CHROMIUM ?? '/usr/bin/chromiu
 export const hasChromium = existsSync(CHROMIUM_PATH)
 
 export const USERNAME = 'ada'
+/** a second user, for tests where two tabs log in as different people */
+export const OTHER_USERNAME = 'grace'
 export const PASSWORD = 'correct horse battery staple'
 const ISSUER = 'https://tokenflow.test'
 const AUDIENCE = 'https://tokenflow.test/api'
@@ -86,11 +88,23 @@ const zero = (): ServerCounts => ({
   apiUnauthorized: 0,
 })
 
+/** How the test server runs, beyond the page script. */
+export interface ServerSetup {
+  /** the server's cookie mode (`cookie: true`): the refresh token lives in an HttpOnly cookie; default false */
+  cookie?: boolean
+  /** access-token lifetime in ms; default 1_000 */
+  accessTokenTtl?: number
+}
+
 /**
- * Starts the real auth server on 127.0.0.1 with 1 s access tokens and no reuse grace, plus the page,
- * its script and `GET /api/data`, which answers the `jti` of the access token it was sent with.
+ * Starts the real auth server on 127.0.0.1 with 1 s access tokens (unless told otherwise) and no reuse grace,
+ * plus the page, its script and `GET /api/data`, which answers the `jti` of the access token it was sent with.
  */
-export async function startBrowserTestServer({ script }: { script: string }): Promise<BrowserTestServer> {
+export async function startBrowserTestServer({
+  script,
+  cookie = false,
+  accessTokenTtl = 1_000,
+}: { script: string } & ServerSetup): Promise<BrowserTestServer> {
   let counts = zero()
   let apiTokens: string[] = []
   let refreshedSessions: string[] = []
@@ -103,7 +117,8 @@ export async function startBrowserTestServer({ script }: { script: string }): Pr
     issuer: ISSUER,
     audience: AUDIENCE,
     store,
-    accessTokenTtl: 1_000,
+    accessTokenTtl,
+    cookie,
     // any second use of a rotated refresh token, even a millisecond later, revokes the session
     reuseGrace: 0,
     rateLimit: false,
@@ -152,6 +167,7 @@ export async function startBrowserTestServer({ script }: { script: string }): Pr
 
   await app.listen({ host: '127.0.0.1', port: 0 })
   await app.tokenflow.issuer.addUser(USERNAME, PASSWORD)
+  await app.tokenflow.issuer.addUser(OTHER_USERNAME, PASSWORD)
   verifier = createVerifier({
     jwks: await app.tokenflow.keyring.jwks(),
     issuer: ISSUER,
@@ -275,7 +291,10 @@ export function failWithoutChromiumInCI(name: string): void {
  * profile, whose tabs share storage, locks and channels with each other and with no other test; it is
  * closed after the test.
  */
-export function useChromium(): { server: BrowserTestServer; profile(): Promise<BrowserContext> } {
+export function useChromium(setup: ServerSetup = {}): {
+  server: BrowserTestServer
+  profile(): Promise<BrowserContext>
+} {
   let browser: Browser | undefined
   const contexts: BrowserContext[] = []
   const env = {
@@ -289,7 +308,7 @@ export function useChromium(): { server: BrowserTestServer; profile(): Promise<B
   beforeAll(async () => {
     const [script, launched] = await Promise.all([bundlePage(), launchChromium()])
     browser = launched
-    env.server = await startBrowserTestServer({ script })
+    env.server = await startBrowserTestServer({ script, ...setup })
   })
   afterEach(async () => {
     for (const context of contexts.splice(0)) await context.close()
@@ -301,10 +320,12 @@ export function useChromium(): { server: BrowserTestServer; profile(): Promise<B
   return env
 }
 
-export const login = (tab: Tab) =>
-  tab.page.evaluate(([username, password]) => window.tf.login(username, password), [
-    USERNAME,
+/** logs in as `username` (default ada); with `at` (epoch ms), the page hands the tokens to the manager then */
+export const login = (tab: Tab, username = USERNAME, at?: number) =>
+  tab.page.evaluate(([name, password, time]) => window.tf.login(name, password, time), [
+    username,
     PASSWORD,
+    at,
   ] as const)
 export const events = (tab: Tab) => tab.page.evaluate(() => window.tf.events())
 export const status = (tab: Tab) => tab.page.evaluate(() => window.tf.status())

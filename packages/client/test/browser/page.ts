@@ -3,19 +3,35 @@
  * token manager per tab on the real `navigator.locks`, BroadcastChannel and web storage of the page's origin,
  * and exposes a small API on `window.tf` for the tests to drive through `page.evaluate`.
  */
-import { createTokenManager, jsonRefresh, type TokenManager, webStorage } from '@tokenflow/client'
+import {
+  createTokenManager,
+  jsonRefresh,
+  memoryStorage,
+  type TokenManager,
+  webStorage,
+} from '@tokenflow/client'
 import { createAuthFetch } from '@tokenflow/client/fetch'
 
 /** How a tab builds its manager. */
 export interface PageSetup {
-  /** which web storage `webStorage()` wraps; 'local' passes no argument, so the default is what runs */
-  storage: 'local' | 'session'
+  /**
+   * which web storage `webStorage()` wraps; 'local' passes no argument, so the default is what runs.
+   * 'cookie' is the README's cookie-mode recipe for a server with `cookie: true`: `memoryStorage` holding an
+   * expired placeholder with the refresh token `'cookie'`, the CSRF header on each refresh, and the channel
+   * 'tokenflow' (unless `channel` says otherwise)
+   */
+  storage: 'local' | 'session' | 'cookie'
   /** `webStorage`'s key; left out, the default ('tokenflow') is used */
   key?: string
   /** ms; left out, the manager's default */
   lockTimeout?: number
   /** left out, the manager's default (navigator.locks is used and the channel is 'tokenflow') */
   channel?: string | false
+  /**
+   * ms by which this tab's BroadcastChannel messages reach its manager late. Chromium can hand a tab the
+   * refresh lock before the message the lock's last holder sent; a delay makes that order certain
+   */
+  messageDelay?: number
 }
 
 /** A manager event as the page saw it, with the wall-clock time (epoch ms, sub-ms precision) it arrived. */
@@ -44,14 +60,20 @@ export interface RequestResult {
 /** What the tests call in the page. */
 export interface PageApi {
   setup(options: PageSetup): void
-  /** logs in at POST /auth/login and hands the tokens to the manager; resolves with the access token */
-  login(username: string, password: string): Promise<string>
+  /**
+   * logs in at POST /auth/login and hands the tokens to the manager, at wall-clock time `at` (epoch ms) if
+   * given; resolves with the access token
+   */
+  login(username: string, password: string, at?: number): Promise<string>
   /** at wall-clock time `at` (epoch ms), sends `count` requests to GET /api/data at once through createAuthFetch */
   burst(count: number, at?: number): Promise<RequestResult[]>
   /** the manager's `getAccessToken()` */
   getAccessToken(): Promise<string | null>
-  /** `manager.clear()`; resolves with the wall-clock time (epoch ms) just before it was called */
-  clear(): Promise<number>
+  /**
+   * `manager.clear()`, at wall-clock time `at` (epoch ms) if given; resolves with the wall-clock time just
+   * before it was called
+   */
+  clear(at?: number): Promise<number>
   status(): TokenManager['status']
   events(): RecordedEvent[]
   /** the raw string kept under `key` in localStorage or sessionStorage */
@@ -69,6 +91,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.
 
 let manager: TokenManager | undefined
 let authFetch: typeof fetch | undefined
+let cookieMode = false
 const recorded: RecordedEvent[] = []
 
 function need<T>(value: T | undefined): T {
@@ -76,19 +99,43 @@ function need<T>(value: T | undefined): T {
   return value
 }
 
+// the README's cookie recipe: the page never sees the refresh token, so it holds the placeholder 'cookie'
+const CSRF = { 'x-tokenflow-refresh': '1' }
+const PLACEHOLDER = 'cookie'
+
 function tokenStorage(storage: PageSetup['storage'], key: string | undefined) {
+  // each page load starts from an expired placeholder, so the first read refreshes from the cookie
+  if (storage === 'cookie')
+    return memoryStorage({ accessToken: 'reload', refreshToken: PLACEHOLDER, expiresAt: 0 })
   if (storage === 'session') return webStorage(sessionStorage, key ? { key } : {})
   // without arguments the defaults run: localStorage under the key 'tokenflow'
   return key ? webStorage(localStorage, { key }) : webStorage()
 }
 
+/** Makes every BroadcastChannel created from now on hand its messages to `onmessage` `delay` ms late. */
+function delayMessages(delay: number): void {
+  const Native = globalThis.BroadcastChannel
+  globalThis.BroadcastChannel = class extends Native {
+    #handler: ((this: BroadcastChannel, event: MessageEvent) => unknown) | null = null
+    override get onmessage() {
+      return this.#handler
+    }
+    override set onmessage(handler) {
+      this.#handler = handler
+      super.onmessage = handler && ((event) => setTimeout(() => handler.call(this, event), delay))
+    }
+  }
+}
+
 window.tf = {
-  setup({ storage, key, lockTimeout, channel }) {
+  setup({ storage, key, lockTimeout, channel, messageDelay }) {
+    cookieMode = storage === 'cookie'
+    if (messageDelay) delayMessages(messageDelay)
     manager = createTokenManager({
-      refresh: jsonRefresh('/refresh/token'),
+      refresh: cookieMode ? jsonRefresh('/refresh/token', { headers: CSRF }) : jsonRefresh('/refresh/token'),
       storage: tokenStorage(storage, key),
       ...(lockTimeout === undefined ? {} : { lockTimeout }),
-      ...(channel === undefined ? {} : { channel }),
+      ...(channel === undefined ? (cookieMode ? { channel: 'tokenflow' } : {}) : { channel }),
     })
     manager.subscribe((event) => {
       const entry: RecordedEvent = { type: event.type, at: clock() }
@@ -104,7 +151,7 @@ window.tf = {
     authFetch = createAuthFetch(manager)
   },
 
-  async login(username, password) {
+  async login(username, password, at) {
     const response = await fetch('/auth/login', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
@@ -113,9 +160,11 @@ window.tf = {
     if (!response.ok) throw new Error(`login answered ${response.status}`)
     const { accessToken, refreshToken } = (await response.json()) as {
       accessToken: string
-      refreshToken: string
+      refreshToken?: string
     }
-    await need(manager).setTokens({ accessToken, refreshToken })
+    if (at !== undefined) await sleep(at - Date.now())
+    // in cookie mode the answer has no refresh token: the server set the cookie
+    await need(manager).setTokens({ accessToken, refreshToken: cookieMode ? PLACEHOLDER : refreshToken! })
     return accessToken
   },
 
@@ -141,7 +190,8 @@ window.tf = {
 
   getAccessToken: () => need(manager).getAccessToken(),
 
-  async clear() {
+  async clear(when) {
+    if (when !== undefined) await sleep(when - Date.now())
     const at = clock()
     await need(manager).clear()
     return at
