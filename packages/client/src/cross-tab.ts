@@ -130,8 +130,9 @@ export function createCrossTab(
       const dated =
         typeof at === 'number' && at < now() + 60_000 && typeof of?.[0] === 'number' && of[0] <= at
       if (dated && at > clock) clock = at
-      // a message from a session whose start its sender does not know orders nothing either
-      const stale = dated && of[0] > -1 / 0 && before(of, base)
+      // a message from an older session is stale; one whose sender does not know where its session comes from
+      // (it read it from storage) is stale only if it was sent before this tab's session began
+      const stale = dated && (of[0] > -1 / 0 ? before(of, base) : at < base[0]!)
       // a tab that heard two logins ends on the later one, whatever order they came in
       if (dated && !stale && before(base, of)) base = of
       receive(data, stale)

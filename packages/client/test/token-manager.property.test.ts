@@ -849,6 +849,28 @@ describe('counterexamples found by the properties', () => {
       expect(await a.manager.getAccessToken()).toBe(login.accessToken)
     })
 
+    it('a refused refresh sent before a login elsewhere, by a tab that read its session from storage, does not log that login out', async () => {
+      // such a tab does not know which login its session comes from (its messages carry no base), but a
+      // message it sent before b's login cannot be about that login: the date orders it (a third code review)
+      const held = holdBroadcasts()
+      const old = tokenSet(T0, MIN, 0)
+      const a = setup({ storage: memoryStorage(old), channel: 'tabs' })
+      const b = setup({ storage: memoryStorage(), channel: 'tabs' })
+      a.clock.advance(2 * MIN)
+      b.clock.advance(2 * MIN)
+      const waiter = a.manager.getAccessToken().catch((e: unknown) => e)
+      await flush()
+      a.calls[0]!.reject(new RefreshError('rejected', 'refresh failed: invalid_grant', { status: 400 }))
+      expect(await waiter).toMatchObject({ code: 'ERR_REFRESH_FAILED', kind: 'rejected' })
+      b.clock.advance(1)
+      const login = tokenSet(b.clock.now(), 10 * MIN, 1)
+      await b.manager.setTokens(login)
+      for (const message of held.splice(0)) message.deliver()
+      expect(b.types()).not.toContain('loggedOut')
+      expect(await b.manager.getAccessToken()).toBe(login.accessToken)
+      expect(await a.manager.getAccessToken()).toBe(login.accessToken)
+    })
+
     it.each([
       ['Infinity', Number.POSITIVE_INFINITY],
       ['a date far ahead', 1e16],
