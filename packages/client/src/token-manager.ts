@@ -341,16 +341,22 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
   /** ends the wait for the stored tokens when a session starts first: it wins over what is stored */
   let loadDone: (() => void) | undefined
+  /** the first read of storage is under way */
+  let reading = false
+  /** the session a clear() began without waiting for that read: a session the read brings was logged out */
+  let clearedUnread: number | undefined
   const ready = () =>
     (loaded ??= new Promise<void>((resolve) => {
       loadDone = resolve
+      reading = true
       read().then((stored) => {
+        reading = false
         // a session started while we read wins over what was stored
         if (!session) {
           if (stored) use(stored)
           // the storage threw (this early, no write of ours can have failed): the next call reads again
           else if (stored === undefined) loaded = undefined
-        }
+        } else if (stored && session === clearedUnread) loggedOut('cleared')
         resolve()
       })
     }))
@@ -397,13 +403,15 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     // another tab cleared the storage already
     const cleared = reason === 'otherTab' ? writes.then(() => undefined) : write(null)
     // loggedOut fires once per session: the session is gone now, so a second call finds none
-    if (had) {
-      // only a logout the other tabs hear of orders their earlier messages before it; a refused refresh ended
-      // an old session, and a login another tab sent meanwhile is newer
-      if (reason !== 'otherTab') crossTab?.post({ type: 'loggedOut' }, reason === 'cleared')
-      emit(error ? { type: 'loggedOut', reason, error } : { type: 'loggedOut', reason })
-    }
+    if (had) loggedOut(reason, error)
     return cleared
+  }
+
+  function loggedOut(reason: LogoutReason, error?: RefreshError): void {
+    // only a logout the other tabs hear of orders their earlier messages before it; a refused refresh ended
+    // an old session, and a login another tab sent meanwhile is newer
+    if (reason !== 'otherTab') crossTab?.post({ type: 'loggedOut' }, reason === 'cleared')
+    emit(error ? { type: 'loggedOut', reason, error } : { type: 'loggedOut', reason })
   }
 
   /** A message from another tab (`broadcast`), or what it left in storage: take its tokens, or end the session with it. */
@@ -740,12 +748,18 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     async clear() {
       clears++
       const before = session
-      await ready()
+      const load = ready()
+      // a first read that has not answered (an AsyncStorage stuck at app start) does not hold a logout: the
+      // session ends now, and one that read brings later has its loggedOut then
+      const unread = reading && !tokens
+      if (!unread) await load
       // a login while this waited for the stored tokens replaced what it was to clear
       if (session !== before) return
       // the tokens are gone from memory either way; a storage that kept them would log the user in again
       // at the next start, so the caller hears of it
-      const error = await endSession('cleared')
+      const done = endSession('cleared')
+      if (unread) clearedUnread = session
+      const error = await done
       if (error) throw error
     },
 

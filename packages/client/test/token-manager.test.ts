@@ -902,15 +902,18 @@ describe('rule 8: no module state', () => {
 
 describe('sessions', () => {
   it('rejects the reads still waiting for the stored tokens when clear() runs: none gets the logged-out token', async () => {
-    // a slow first read, as AsyncStorage can be at app start
+    // a slow first read, as AsyncStorage can be at app start; like AsyncStorage's queue, it answers what
+    // was stored when it was asked, whatever a later removal does
     let finishRead!: () => void
     const stored = tokenSet(T0, 15 * MIN, 0)
     let held: TokenSet | null = stored
     const storage: TokenStorage = {
-      get: () =>
-        new Promise((resolve) => {
-          finishRead = () => resolve(held)
-        }),
+      get: () => {
+        const value = held
+        return new Promise((resolve) => {
+          finishRead = () => resolve(value)
+        })
+      },
       set(tokens) {
         held = tokens
       },
@@ -925,6 +928,7 @@ describe('sessions', () => {
     await flush()
     finishRead()
     await cleared
+    await flush()
     expect(await read).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
     expect(await refused).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
     expect(calls).toHaveLength(0)
@@ -1119,8 +1123,63 @@ describe('storage failures lose nothing', () => {
       })
       expect(manager.status).toBe('authenticated')
       expect(types()).toEqual([])
-      expect(written).toEqual([login])
+      // the clear() did not wait for the read: it removed the stored tokens at once, and the login came after
+      expect(written).toEqual([null, login])
     }
+  })
+
+  it('bug: a clear() while the first read never answers (an AsyncStorage stuck at app start) hung, and so did the reads waiting', async () => {
+    const written: Array<TokenSet | null> = []
+    const storage: TokenStorage = {
+      get: () => new Promise(() => {}),
+      set(tokens) {
+        written.push(tokens)
+      },
+      clear() {
+        written.push(null)
+      },
+    }
+    const { manager, types } = setup({ storage })
+    const waiting = manager.getAccessToken().catch((e: unknown) => e)
+    await flush()
+    // on the code before, neither settled
+    const outcome = await Promise.race([manager.clear().then(() => 'cleared'), flush().then(() => 'pending')])
+    expect(outcome).toBe('cleared')
+    expect(await waiting).toMatchObject({ name: 'TokenflowError', code: 'ERR_SESSION_CLEARED' })
+    // whatever was stored is gone, so the next start does not log the user back in
+    expect(written).toEqual([null])
+    expect(manager.status).toBe('unauthenticated')
+    // no session was known, so there was none to announce the end of
+    expect(types()).toEqual([])
+    expect(await manager.getAccessToken()).toBeNull()
+    // a login afterwards works
+    const login = tokenSet(T0, MIN, 1)
+    await manager.setTokens(login)
+    expect(await manager.getAccessToken()).toBe(login.accessToken)
+  })
+
+  it('a session a late first read brings after a clear() that did not wait for it: loggedOut once, then, and it is not used', async () => {
+    let finishRead!: () => void
+    const stored = tokenSet(T0, MIN, 0)
+    const storage: TokenStorage = {
+      get: () =>
+        new Promise((resolve) => {
+          finishRead = () => resolve(stored)
+        }),
+      set() {},
+      clear() {},
+    }
+    const { manager, types, events } = setup({ storage })
+    await manager.clear()
+    expect(types()).toEqual([])
+    finishRead()
+    await flush()
+    expect(events).toEqual([{ type: 'loggedOut', reason: 'cleared' }])
+    expect(manager.status).toBe('unauthenticated')
+    expect(await manager.getAccessToken()).toBeNull()
+    // a second late answer cannot come (one read), and a later clear() of no session tells no one
+    await manager.clear()
+    expect(types()).toEqual(['loggedOut'])
   })
 
   it('bug: the storageError of asyncStorage and webStorage carried ERR_STORAGE inside ERR_STORAGE, not the backend error', async () => {

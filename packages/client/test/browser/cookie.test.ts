@@ -70,9 +70,7 @@ describe.skipIf(!hasChromium)('cookie mode in Chromium', () => {
           Array.from({ length: 30 }, () => [200, jti]),
         )
 
-        const fresh = await Promise.all(
-          tabs.map(async (tab) => (await events(tab)).slice(seen[tabs.indexOf(tab)])),
-        )
+        const fresh = await Promise.all(tabs.map(async (tab, i) => (await events(tab)).slice(seen[i])))
         const refreshed = fresh.flatMap((list) => ofType(list, 'refreshed'))
         const local = refreshed.filter((event) => event.source === 'local')
         expect(local, `round ${round}: exactly one tab refreshed`).toHaveLength(1)
