@@ -76,7 +76,8 @@ export function isTokenSet(value: unknown): value is TokenSet {
   const { accessToken, refreshToken, expiresAt } = (value ?? {}) as TokenSet
   return (
     typeof accessToken === 'string' &&
-    accessToken !== '' &&
+    // it goes in an Authorization header: visible ASCII, no spaces or line breaks (RFC 6750's b64token fits)
+    /^[!-~]+$/.test(accessToken) &&
     (refreshToken == null || typeof refreshToken === 'string') &&
     (expiresAt === undefined || Number.isFinite(expiresAt))
   )

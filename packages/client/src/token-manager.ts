@@ -738,7 +738,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         toTokenSet(next) ||
         invalidOption(
           'tokens',
-          'a TokenSet: accessToken a non-empty string, refreshToken a string or null, expiresAt epoch ms',
+          'a TokenSet: accessToken a string of visible ASCII, refreshToken a string or null, expiresAt epoch ms',
         )
       switchSession(valid, now())
       crossTab?.post({ type: 'refreshed', tokens: valid, login: true }, true)

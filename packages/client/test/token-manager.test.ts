@@ -94,6 +94,41 @@ describe('options', () => {
     expect(manager.status).toBe('unauthenticated')
   })
 
+  it('bug: setTokens took an access token that cannot go in a header, and every request then threw a bare TypeError', async () => {
+    // a front-end review: authFetch threw "invalid header value" for 'abc\ndef', not a TokenflowError
+    const { manager } = setup()
+    for (const accessToken of ['abc\ndef', 'abc\r\n', 'a b', ' abc', 'tök', 'abc\u0000']) {
+      await expect(
+        manager.setTokens({ accessToken, refreshToken: 'r' }),
+        JSON.stringify(accessToken),
+      ).rejects.toMatchObject({
+        name: 'TokenflowError',
+        code: 'ERR_INVALID_OPTION',
+      })
+      expect(manager.status).toBe('unauthenticated')
+    }
+    // JWTs, RFC 6750's b64token and the opaque tokens servers hand out are all visible ASCII
+    for (const accessToken of ['eyJ.eyJ.sig-_', 'a+b/c~d=', 'gho_16C7e42F292c6912E7710c838347Ae178B4a']) {
+      await manager.setTokens({ accessToken, refreshToken: 'r' })
+      expect(await manager.getAccessToken()).toBe(accessToken)
+    }
+  })
+
+  it('a refresh that answers an access token that cannot go in a header fails with kind invalid-response and keeps the session', async () => {
+    const manager = createTokenManager({
+      refresh: async () => ({ accessToken: 'new\ntoken', refreshToken: 'r1' }),
+      lock: false,
+    })
+    const good = tokenSet(Date.now(), MIN, 0)
+    await manager.setTokens(good)
+    await expect(manager.refresh()).rejects.toMatchObject({
+      code: 'ERR_REFRESH_FAILED',
+      kind: 'invalid-response',
+    })
+    expect(manager.status).toBe('authenticated')
+    expect(await manager.getAccessToken()).toBe(good.accessToken)
+  })
+
   it('rejects a bad setTokens with a message that names every field, and keeps the session it had', async () => {
     const { manager } = setup()
     const good = tokenSet(T0, 15 * MIN, 0)
