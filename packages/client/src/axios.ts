@@ -83,6 +83,10 @@ function release(data: unknown): void {
 /** Never settles: ends the retry's own trip through the interceptors, whose outcome went to the original. */
 const handedOver = () => new Promise<never>(() => {})
 
+/** The request was aborted by its `signal`, or canceled by axios's deprecated `CancelToken`. */
+const canceled = (config: InternalAxiosRequestConfig) =>
+  (config.signal as AbortSignal | undefined)?.aborted || config.cancelToken?.reason
+
 /**
  * Attaches a token manager to an axios instance: every request gets `Authorization: Bearer …`,
  * and a 401 refreshes once (shared with every other request) and retries the request once.
@@ -133,8 +137,9 @@ export function attachTokenRefresh(
         setBearer(config.headers as unknown as Record<string, unknown>, token)
       }
     } catch (error) {
-      // aborted while it waited for a refresh: axios rejects it with its own CanceledError before sending
-      if (!signal?.aborted) throw error
+      // aborted (or its CancelToken canceled) while it waited for a refresh: axios rejects it with its own
+      // CanceledError before sending
+      if (!canceled(config)) throw error
     }
     return config
   })
@@ -208,7 +213,7 @@ export function attachTokenRefresh(
           await manager.getAccessToken({ signal })
     } catch (reason) {
       // nobody is logged in: the 401 is the answer; otherwise the same RefreshError for every waiter, not wrapped
-      if (!signal?.aborted) {
+      if (!canceled(config)) {
         if ((reason as TokenflowError)?.code === 'ERR_NO_REFRESH_TOKEN') return passOn()
         release(error.response?.data)
         throw reason
@@ -219,7 +224,7 @@ export function attachTokenRefresh(
     // axios made of the app's body is made again from that body
     const flags = config.tokenflow as InternalFlags | undefined
     const data = isStream(config.data) ? flags?.given?.() : config.data
-    if ((token === null && !signal?.aborted) || isStream(data ?? config.data)) return passOn()
+    if ((token === null && !canceled(config)) || isStream(data ?? config.data)) return passOn()
     release(error.response?.data)
     return retry(config, flags, data, token)
   }

@@ -577,6 +577,37 @@ describe('attachTokenRefresh and aborts', () => {
     expect(server.counters.refreshes).toBe(1)
   })
 
+  it.each([
+    ['refused (401)', 401],
+    ['unavailable (500)', 500],
+  ] as const)(
+    'a request canceled by its CancelToken while the refresh runs rejects as canceled when the refresh then fails: %s',
+    async (_, mode) => {
+      // a front-end review: it rejected with the RefreshError, so axios.isCancel(error) was false
+      const { api } = await loggedIn({ retry: false })
+      expireOnServer()
+      const release = server.holdRefreshes()
+      const source = axios.CancelToken.source()
+      const canceled = rejection(
+        api.get('/api/x', { ...withId('token-canceled'), cancelToken: source.token }),
+      )
+      const other = rejection(api.get('/api/x', withId('other')))
+      await vi.waitFor(() => expect(server.counters.refreshAttempts).toBe(1))
+      source.cancel('user left the page')
+      server.refreshMode = mode
+      release()
+      const error = await canceled
+      expect(axios.isCancel(error)).toBe(true)
+      expect(error.message).toBe('user left the page')
+      // the request that was not canceled gets the refresh's error, as before
+      expect(await other).toMatchObject({
+        code: 'ERR_REFRESH_FAILED',
+        kind: mode === 401 ? 'rejected' : 'server',
+      })
+      expect(server.hits('token-canceled')).toBe(1) // its first try only
+    },
+  )
+
   it('rejects at once, as canceled, a request whose signal aborts while it waits for the refresh after its 401', async () => {
     const { api } = await loggedIn()
     expireOnServer()
