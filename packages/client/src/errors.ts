@@ -10,8 +10,8 @@ export type TokenflowErrorCode =
   /** a refresh was needed but there is no refresh token (nobody is logged in) */
   | 'ERR_NO_REFRESH_TOKEN'
   /**
-   * the session was cleared (`clear()`, or a logout in another tab) while the request waited, or another
-   * tab's login replaced it with tokens that have expired and cannot be refreshed
+   * the session was cleared (`clear()`, or a logout in another tab) while the request waited, or a login (here
+   * or in another tab) replaced it with an access token that has already expired (a next read refreshes it)
    */
   | 'ERR_SESSION_CLEARED'
   /** the token storage threw (a stored value that is not a token set reads as no session) */
