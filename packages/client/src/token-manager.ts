@@ -341,22 +341,22 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
   /** ends the wait for the stored tokens when a session starts first: it wins over what is stored */
   let loadDone: (() => void) | undefined
-  /** the first read of storage is under way */
-  let reading = false
-  /** the session a clear() began without waiting for that read: a session the read brings was logged out */
-  let clearedUnread: number | undefined
+  /** the session number when the first read of storage began; unset when no read is under way */
+  let readFrom: number | undefined
+  /** a clear() did not wait for that read, and no session started since: a session the read brings was logged out */
+  let clearedUnread: true | undefined
   const ready = () =>
     (loaded ??= new Promise<void>((resolve) => {
       loadDone = resolve
-      reading = true
+      readFrom = session
       read().then((stored) => {
-        reading = false
+        readFrom = undefined
         // a session started while we read wins over what was stored
         if (!session) {
           if (stored) use(stored)
           // the storage threw (this early, no write of ours can have failed): the next call reads again
           else if (stored === undefined) loaded = undefined
-        } else if (stored && session === clearedUnread) loggedOut('cleared')
+        } else if (stored && clearedUnread) loggedOut('cleared')
         resolve()
       })
     }))
@@ -384,7 +384,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     abortAttempt?.()
     refreshing = undefined
     // a new session: a late 401 of the old one is a stale token, and the old error is let go
-    if (next) ended = undefined
+    if (next) ended = clearedUnread = undefined
     use(next, receivedAt)
     // an expired token is never handed out: a login broadcast long ago may reach a tab that just thawed
     if (settle) settlePending?.(next && !isExpired() ? next.accessToken : sessionCleared())
@@ -749,16 +749,17 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       clears++
       const before = session
       const load = ready()
-      // a first read that has not answered (an AsyncStorage stuck at app start) does not hold a logout: the
-      // session ends now, and one that read brings later has its loggedOut then
-      const unread = reading && !tokens
+      // a first read that has not answered, with no session since it began (an AsyncStorage stuck at app
+      // start), does not hold a logout: the session ends now, and one that read brings later has its loggedOut
+      // then. After a session started, the read no longer matters and nothing waits for it
+      const unread = readFrom === session
       if (!unread) await load
       // a login while this waited for the stored tokens replaced what it was to clear
       if (session !== before) return
       // the tokens are gone from memory either way; a storage that kept them would log the user in again
       // at the next start, so the caller hears of it
       const done = endSession('cleared')
-      if (unread) clearedUnread = session
+      if (unread) clearedUnread = true
       const error = await done
       if (error) throw error
     },

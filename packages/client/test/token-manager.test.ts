@@ -1193,6 +1193,30 @@ describe('storage failures lose nothing', () => {
     expect(await manager.getAccessToken()).toBe(login.accessToken)
   })
 
+  it('bug: a login, two clear()s and then a late first read: loggedOut fired twice for one session', async () => {
+    // the property suite, seed -268782522: the second clear() found no tokens and the read still under way,
+    // so it took the read's stored session for one it had ended, though the login had replaced that session
+    let finishRead!: () => void
+    const storage: TokenStorage = {
+      get: () =>
+        new Promise((resolve) => {
+          finishRead = () => resolve(tokenSet(T0, MIN, 'stored'))
+        }),
+      set() {},
+      clear() {},
+    }
+    const { manager, types } = setup({ storage })
+    const request = manager.getAccessToken()
+    await manager.setTokens(tokenSet(T0, MIN, 'login'))
+    await manager.clear()
+    await manager.clear()
+    finishRead()
+    await flush()
+    expect(await request).toBe(tokenSet(T0, MIN, 'login').accessToken)
+    expect(types()).toEqual(['loggedOut'])
+    expect(manager.status).toBe('unauthenticated')
+  })
+
   it('a session a late first read brings after a clear() that did not wait for it: loggedOut once, then, and it is not used', async () => {
     let finishRead!: () => void
     const stored = tokenSet(T0, MIN, 0)
