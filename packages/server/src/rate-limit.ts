@@ -77,7 +77,8 @@ export interface RateLimiterOptions {
    */
   prefix?: string | undefined
   /**
-   * Most keys kept in memory; beyond it the expired ones are dropped, then the oldest.
+   * Most keys kept in memory; beyond it the expired ones are dropped, then the oldest of those with the fewest
+   * attempts, so that a used-up budget (a lockout) goes last.
    * @default 10_000
    */
   maxKeys?: number | undefined
@@ -133,11 +134,16 @@ function memoryLimiter({
   // insertion order is reset order (every window has the same length), so the oldest entries come first
   const windows = new Map<string, { count: number; resetAt: number }>()
 
+  // When full, windows go in rising bands of attempts, oldest first within a band: the expired ones and the
+  // one-off names first, a used-up budget (a lockout) last. Evicting the window of an account under attack
+  // would hand its guesser a new budget: with eviction by age alone, maxKeys logins at made-up names within a
+  // window did that (a back-end review). Now each of them has to be tried about as often as that account was
   const prune = (time: number) => {
-    for (const [key, entry] of windows) {
-      if (entry.resetAt > time && windows.size < maxKeys) break
-      windows.delete(key)
-    }
+    for (let below = 2; ; below = below < limit ? Math.min(2 * below, limit) : 1 / 0)
+      for (const [key, { count, resetAt }] of windows) {
+        if (windows.size < maxKeys) return
+        if (resetAt <= time || count < below) windows.delete(key)
+      }
   }
 
   return {

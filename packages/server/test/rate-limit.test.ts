@@ -23,16 +23,59 @@ describe('createRateLimiter (memory)', () => {
     expect(await limiter.consume('ada')).toEqual({ ok: true, retryAfter: 0 })
   })
 
-  it('keeps at most maxKeys windows, dropping the expired and then the oldest', async () => {
+  it('keeps at most maxKeys windows, dropping the expired, then the oldest of those with the fewest attempts', async () => {
     const clock = { now: 0 }
     const limiter = createRateLimiter({ limit: 1, window: 10_000, maxKeys: 2, now: () => clock.now })
     await limiter.consume('a')
     await limiter.consume('b')
     expect((await limiter.consume('a')).ok).toBe(false)
-    // a third key evicts the oldest window ("a"), so "a" starts over
+    // a third key evicts "b", which had one attempt to "a"'s two: "b" starts over, "a" stays refused
     await limiter.consume('c')
-    expect((await limiter.consume('a')).ok).toBe(true)
+    expect((await limiter.consume('a')).ok).toBe(false)
+    expect((await limiter.consume('b')).ok).toBe(true)
+    // an expired window goes before any live one, whatever its count: "d" (1 attempt) replaces "b", and once
+    // "a" (3 attempts) has expired, a new key drops "a", not "d"
+    clock.now += 5_000
+    await limiter.consume('d')
+    clock.now += 6_000
+    await limiter.consume('e')
+    expect((await limiter.consume('d')).ok).toBe(false)
+  })
+
+  it('bug: logins at made-up names evicted a locked-out account, whose guesses then started over', async () => {
+    // a back-end review: 10,000 consumes of user:junkN (the default maxKeys) gave user:ada a new budget
+    const clock = { now: 0 }
+    const limiter = createRateLimiter({ limit: 3, window: 60_000, maxKeys: 100, now: () => clock.now })
+    for (let i = 0; i < 3; i++) expect((await limiter.consume('user:ada')).ok).toBe(true)
+    expect(await limiter.consume('user:ada')).toEqual({ ok: false, retryAfter: 60 })
+    clock.now += 1_000
+    for (let i = 0; i < 1_000; i++) expect((await limiter.consume(`user:junk${i}`)).ok).toBe(true)
+    expect(await limiter.consume('user:ada')).toEqual({ ok: false, retryAfter: 59 })
+    // an account with guesses left keeps its count too: the made-up names each had one attempt
+    const carol = createRateLimiter({ limit: 3, window: 60_000, maxKeys: 100, now: () => clock.now })
+    for (let i = 0; i < 2; i++) await carol.consume('user:carol')
+    for (let i = 0; i < 1_000; i++) await carol.consume(`user:junk${i}`)
+    expect((await carol.consume('user:carol')).ok).toBe(true)
+    expect((await carol.consume('user:carol')).ok).toBe(false)
+    // an account whose budget is used up but not yet exceeded is a lockout too
+    const bob = createRateLimiter({ limit: 3, window: 60_000, maxKeys: 100, now: () => clock.now })
+    for (let i = 0; i < 3; i++) await bob.consume('user:bob')
+    for (let i = 0; i < 1_000; i++) await bob.consume(`user:junk${i}`)
+    expect((await bob.consume('user:bob')).ok).toBe(false)
+    // the lockout ends with its window, as it should
+    clock.now += 60_000
+    expect(await limiter.consume('user:ada')).toEqual({ ok: true, retryAfter: 0 })
+  })
+
+  it('when every window is a lockout, a new key still gets in: the oldest lockout goes, and memory stays bounded', async () => {
+    const clock = { now: 0 }
+    const limiter = createRateLimiter({ limit: 2, window: 60_000, maxKeys: 3, now: () => clock.now })
+    for (const key of ['a', 'b', 'c']) for (let i = 0; i < 3; i++) await limiter.consume(key)
+    expect((await limiter.consume('d')).ok).toBe(true)
+    // "a", the oldest, went; "b" and "c" are still refused
+    expect((await limiter.consume('b')).ok).toBe(false)
     expect((await limiter.consume('c')).ok).toBe(false)
+    expect((await limiter.consume('a')).ok).toBe(true)
   })
 
   it('rejects bad options with ERR_CONFIG', () => {
