@@ -25,7 +25,7 @@ commands:
                         is not a terminal (the rest of stdin is left unread)
   user list
   user remove <name>
-  keys rotate [--alg ES256|ES384|RS256|PS256]
+  keys rotate [--alg ES256|ES384|RS256|PS256]  (default: the algorithm of the current key)
 
 options of every command:
   --db FILE             SQLite database file (env TOKENFLOW_DB; default ./tokenflow.db)
@@ -216,9 +216,15 @@ async function main(argv: string[]): Promise<number> {
       if (sub !== 'rotate' || rest.length > 0) throw new CliError('usage: tokenflow-server keys rotate')
       const database = await openDatabase(values)
       try {
+        // without --alg or TOKENFLOW_KEY_ALG, the new key keeps the algorithm of the newest live one: a
+        // deployment started with --alg RS256 must not rotate to ES256, which a verifier pinned to RS256 refuses
+        const newest = (await database.store.listKeys())
+          .filter((record) => record.retiredAt === null)
+          .sort((a, b) => a.createdAt - b.createdAt)
+          .at(-1)
         const { kid, activatesAt } = await createKeyring({
           store: database.store,
-          alg: alg as SigningAlgorithm,
+          alg: (values.alg ?? env.TOKENFLOW_KEY_ALG ?? newest?.alg ?? alg) as SigningAlgorithm,
         }).rotateKeys()
         process.stdout.write(
           `new signing key "${kid}", published in the JWKS now; servers sign with it from ${new Date(activatesAt).toISOString()}\n`,

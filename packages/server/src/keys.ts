@@ -174,9 +174,9 @@ export function createKeyring({
       // the first key signs at once: no token carries an older kid that a verifier could have cached
       time = now()
       await store.insertKey({ ...fresh, createdAt: time, retiredAt: null })
-      // two instances starting at once over one database may both insert a key: each re-reads and takes
-      // the same one. Every inserted key is published at once (`jwks()` reads the store), so whichever
-      // key an instance signs with verifies everywhere until they agree (`cacheTtl`).
+      // two instances starting at once over one database may both insert a key. Each re-reads, but one may
+      // do so before the other's insert and sign with its own key until its next load (`cacheTtl`); then
+      // every instance takes the newest. Every inserted key is published at once (`jwks()` reads the store)
       records = await store.listKeys()
       active = pickActive(records, time)
       if (!active) throw new AuthError('ERR_CONFIG', 'no signing key in the store after inserting one')

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createSqliteStore } from '../src/stores/sqlite.js'
 import { bundle } from './helpers/bundle.js'
 import { INVALID_GRANT_BODY, postForm, postJson, refresh, send } from './helpers/http.js'
 import { type Run, runProcess } from './helpers/process.js'
@@ -128,6 +129,27 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
     const rotated = await cli(['keys', 'rotate', '--alg', 'ES384', '--db', db])
     expect({ code: rotated.code, stderr: rotated.stderr }).toEqual({ code: 0, stderr: '' })
     expect(rotated.stdout).toMatch(/^new signing key "/)
+  })
+
+  it('bug: `keys rotate` without --alg made an ES256 key on a deployment that signs with RS256', async () => {
+    // a back-end review: a verifier pinned to algorithms ['RS256'] would refuse every token once it signed
+    const db = join(dir, 'rotate-alg.db')
+    const first = await cli(['keys', 'rotate', '--alg', 'RS256', '--db', db])
+    expect({ code: first.code, stderr: first.stderr }).toEqual({ code: 0, stderr: '' })
+    const second = await cli(['keys', 'rotate', '--db', db])
+    expect({ code: second.code, stderr: second.stderr }).toEqual({ code: 0, stderr: '' })
+    // TOKENFLOW_KEY_ALG, or --alg, still says which algorithm the new key has
+    const third = await cli(['keys', 'rotate', '--db', db], { env: { TOKENFLOW_KEY_ALG: 'ES384' } })
+    expect({ code: third.code, stderr: third.stderr }).toEqual({ code: 0, stderr: '' })
+    const store = createSqliteStore({ filename: db })
+    try {
+      const keys = (await store.listKeys()).sort((a, b) => a.createdAt - b.createdAt)
+      const kidOf = (run: Run) => /^new signing key "([^"]+)"/.exec(run.stdout)?.[1]
+      const algOf = (run: Run) => keys.find((key) => key.kid === kidOf(run))?.alg
+      expect([algOf(first), algOf(second), algOf(third)]).toEqual(['RS256', 'RS256', 'ES384'])
+    } finally {
+      await store.close()
+    }
   })
 
   it('bad values, from flags and from the environment', async () => {
