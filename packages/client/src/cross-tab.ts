@@ -24,9 +24,9 @@ export type CrossTabMessage =
 export interface CrossTab {
   /**
    * sends the message to the other tabs, with `at` and `base`; `own`: it tells of this tab's own login or
-   * logout (setTokens, clear), which becomes its base
+   * logout (setTokens, clear), which becomes its base; `at`: when that happened, if not now
    */
-  post(message: CrossTabMessage, own?: boolean): void
+  post(message: CrossTabMessage, own?: boolean, at?: number): void
   /**
    * after a rotation: hold a lock named after the spent refresh token for a few seconds; with `remember` (this
    * tab's storage is its own), also note its fingerprint in localStorage, for a copy of the session that acts
@@ -142,10 +142,10 @@ export function createCrossTab(
   } else if (talk) g.addEventListener?.('storage', changed)
 
   return {
-    post(message, own) {
+    post(message, own, at) {
       try {
         if (!channel) return
-        sent = tick()
+        sent = at ?? tick()
         if (own) base = [sent, from]
         channel.postMessage({ ...message, at: sent, base })
       } catch {

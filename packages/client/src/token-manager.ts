@@ -343,8 +343,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   let loadDone: (() => void) | undefined
   /** the session number when the first read of storage began; unset when no read is under way */
   let readFrom: number | undefined
-  /** a clear() did not wait for that read, and no session started since: a session the read brings was logged out */
-  let clearedUnread: true | undefined
+  /**
+   * when a clear() that did not wait for that read was called, with no session started since: a session the
+   * read brings was logged out then, and the other tabs hear of it dated so (a login after it is newer)
+   */
+  let clearedUnread: number | undefined
   const ready = () =>
     (loaded ??= new Promise<void>((resolve) => {
       loadDone = resolve
@@ -356,7 +359,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           if (stored) use(stored)
           // the storage threw (this early, no write of ours can have failed): the next call reads again
           else if (stored === undefined) loaded = undefined
-        } else if (stored && clearedUnread) loggedOut('cleared')
+        } else if (stored && clearedUnread !== undefined) loggedOut('cleared', undefined, clearedUnread)
         resolve()
       })
     }))
@@ -407,10 +410,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     return cleared
   }
 
-  function loggedOut(reason: LogoutReason, error?: RefreshError): void {
+  function loggedOut(reason: LogoutReason, error?: RefreshError, at?: number): void {
     // only a logout the other tabs hear of orders their earlier messages before it; a refused refresh ended
     // an old session, and a login another tab sent meanwhile is newer
-    if (reason !== 'otherTab') crossTab?.post({ type: 'loggedOut' }, reason === 'cleared')
+    if (reason !== 'otherTab') crossTab?.post({ type: 'loggedOut' }, reason === 'cleared', at)
     emit(error ? { type: 'loggedOut', reason, error } : { type: 'loggedOut', reason })
   }
 
@@ -748,6 +751,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     async clear() {
       clears++
       const before = session
+      const calledAt = now()
       const load = ready()
       // a first read that has not answered, with no session since it began (an AsyncStorage stuck at app
       // start), does not hold a logout: the session ends now, and one that read brings later has its loggedOut
@@ -759,7 +763,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       // the tokens are gone from memory either way; a storage that kept them would log the user in again
       // at the next start, so the caller hears of it
       const done = endSession('cleared')
-      if (unread) clearedUnread = true
+      if (unread) clearedUnread = calledAt
       const error = await done
       if (error) throw error
     },

@@ -871,6 +871,48 @@ describe('counterexamples found by the properties', () => {
       expect(await a.manager.getAccessToken()).toBe(login.accessToken)
     })
 
+    it('a logout by a clear() that did not wait for its first read is dated when clear() was called: a later login elsewhere wins', async () => {
+      // a code review of 43aa497: the loggedOut went out when the late read answered, dated then, so b's login
+      // made after the clear() looked older; b logged out and a ignored b's login, while storage held it
+      const held = holdBroadcasts()
+      let saved: TokenSet | null = tokenSet(T0, MIN, 'old')
+      let finishRead!: () => void
+      const slow: TokenStorage = {
+        get: () => {
+          const value = saved
+          return new Promise((resolve) => {
+            finishRead = () => resolve(value)
+          })
+        },
+        set(tokens) {
+          saved = tokens
+        },
+        clear() {
+          saved = null
+        },
+      }
+      const shared: TokenStorage = { ...slow, get: () => saved }
+      const a = setup({ storage: slow, channel: 'tabs' })
+      const b = setup({ storage: shared, channel: 'tabs' })
+      await a.manager.clear()
+      a.clock.advance(1_000)
+      b.clock.advance(1_000)
+      const login = tokenSet(b.clock.now(), 10 * MIN, 'new')
+      await b.manager.setTokens(login)
+      a.clock.advance(1_000)
+      b.clock.advance(1_000)
+      // a's read answers (with the session it had cleared) before b's login reaches it
+      finishRead()
+      await flush()
+      expect(a.types()).toEqual(['loggedOut'])
+      for (const message of held.splice(0)) message.deliver()
+      await flush()
+      expect(saved).toEqual(login)
+      expect(b.types()).toEqual([])
+      expect(await b.manager.getAccessToken()).toBe(login.accessToken)
+      expect(await a.manager.getAccessToken()).toBe(login.accessToken)
+    })
+
     it.each([
       ['Infinity', Number.POSITIVE_INFINITY],
       ['a date far ahead', 1e16],
