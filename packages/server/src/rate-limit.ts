@@ -134,16 +134,26 @@ function memoryLimiter({
   // insertion order is reset order (every window has the same length), so the oldest entries come first
   const windows = new Map<string, { count: number; resetAt: number }>()
 
-  // When full, windows go in rising bands of attempts, oldest first within a band: the expired ones and the
-  // one-off names first, a used-up budget (a lockout) last. Evicting the window of an account under attack
-  // would hand its guesser a new budget: with eviction by age alone, maxKeys logins at made-up names within a
-  // window did that (a back-end review). Now each of them has to be tried about as often as that account was
+  // When full: the expired windows go first, then the oldest of those with the fewest attempts, a used-up
+  // budget (a lockout) last. Evicting the window of an account under attack would hand its guesser a new
+  // budget: with eviction by age alone, maxKeys logins at made-up names within a window did that (a back-end
+  // review). Now each of the other names has to be tried as often as that account was. One pass over the map
+  // at most, stopped early by a window tried once (the cheapest there is)
   const prune = (time: number) => {
-    for (let below = 2; ; below = below < limit ? Math.min(2 * below, limit) : 1 / 0)
-      for (const [key, { count, resetAt }] of windows) {
+    let victim: string | undefined
+    let fewest = 1 / 0
+    for (const [key, entry] of windows) {
+      if (entry.resetAt <= time) {
+        windows.delete(key)
         if (windows.size < maxKeys) return
-        if (resetAt <= time || count < below) windows.delete(key)
+      } else if (Math.min(entry.count, limit) < fewest) {
+        // every used-up budget counts the same: of those, the oldest goes
+        fewest = Math.min(entry.count, limit)
+        victim = key
+        if (fewest < 2) break
       }
+    }
+    if (victim !== undefined) windows.delete(victim)
   }
 
   return {

@@ -25,20 +25,21 @@ describe('createRateLimiter (memory)', () => {
 
   it('keeps at most maxKeys windows, dropping the expired, then the oldest of those with the fewest attempts', async () => {
     const clock = { now: 0 }
-    const limiter = createRateLimiter({ limit: 1, window: 10_000, maxKeys: 2, now: () => clock.now })
-    await limiter.consume('a')
+    const limiter = createRateLimiter({ limit: 2, window: 10_000, maxKeys: 2, now: () => clock.now })
+    for (let i = 0; i < 3; i++) await limiter.consume('a')
     await limiter.consume('b')
     expect((await limiter.consume('a')).ok).toBe(false)
-    // a third key evicts "b", which had one attempt to "a"'s two: "b" starts over, "a" stays refused
+    // a third key evicts "b", which had one attempt to "a"'s four: "b" starts over, "a" stays refused
     await limiter.consume('c')
     expect((await limiter.consume('a')).ok).toBe(false)
     expect((await limiter.consume('b')).ok).toBe(true)
     // an expired window goes before any live one, whatever its count: "d" (1 attempt) replaces "b", and once
-    // "a" (3 attempts) has expired, a new key drops "a", not "d"
+    // "a" (6 attempts) has expired, a new key drops "a", not "d"
     clock.now += 5_000
     await limiter.consume('d')
     clock.now += 6_000
     await limiter.consume('e')
+    expect((await limiter.consume('d')).ok).toBe(true)
     expect((await limiter.consume('d')).ok).toBe(false)
   })
 
