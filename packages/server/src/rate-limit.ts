@@ -77,8 +77,8 @@ export interface RateLimiterOptions {
    */
   prefix?: string | undefined
   /**
-   * Most keys kept in memory; beyond it the expired ones are dropped, then the oldest of those with the fewest
-   * attempts, so that a used-up budget (a lockout) goes last.
+   * Most keys kept in memory; beyond it the expired ones are dropped, then the oldest in the lowest band of
+   * attempts (1, 2 to 3, 4 to 7, ...), so that a used-up budget (a lockout) goes last.
    * @default 10_000
    */
   maxKeys?: number | undefined
@@ -120,6 +120,13 @@ export function createRateLimiter({
   return memoryLimiter({ limit, window, maxKeys, now })
 }
 
+/** One key's fixed window in memory; `band` is its band of attempts (see memoryLimiter). */
+interface Window {
+  count: number
+  resetAt: number
+  band: number
+}
+
 function memoryLimiter({
   limit,
   window,
@@ -132,28 +139,30 @@ function memoryLimiter({
   now: () => number
 }): RateLimiter {
   // insertion order is reset order (every window has the same length), so the oldest entries come first
-  const windows = new Map<string, { count: number; resetAt: number }>()
-
-  // When full: the expired windows go first, then the oldest of those with the fewest attempts, a used-up
-  // budget (a lockout) last. Evicting the window of an account under attack would hand its guesser a new
-  // budget: with eviction by age alone, maxKeys logins at made-up names within a window did that (a back-end
-  // review). Now each of the other names has to be tried as often as that account was. One pass over the map
-  // at most, stopped early by a window tried once (the cheapest there is)
+  const windows = new Map<string, Window>()
+  // The same windows by band of attempts, each band in the order its windows entered it: band b holds those
+  // tried 2^b to 2^(b+1) - 1 times, band LOCKED those whose budget is used up (a lockout).
+  // When full, the expired windows go first, then the first of the lowest band: a lockout last. Evicting the
+  // window of an account under attack would hand its guesser a new budget: with eviction by age alone,
+  // maxKeys logins at made-up names within a window did that (a back-end review). Now each of the other
+  // names has to be tried about half as often as that account was, and an eviction costs O(bands), not a
+  // pass over the map (a code review measured 40 times the old cost for that)
+  const bands: Array<Set<string> | undefined> = []
+  const LOCKED = 64
+  const drop = (key: string, entry: Window) => {
+    windows.delete(key)
+    bands[entry.band]?.delete(key)
+  }
   const prune = (time: number) => {
-    let victim: string | undefined
-    let fewest = 1 / 0
     for (const [key, entry] of windows) {
-      if (entry.resetAt <= time) {
-        windows.delete(key)
-        if (windows.size < maxKeys) return
-      } else if (Math.min(entry.count, limit) < fewest) {
-        // every used-up budget counts the same: of those, the oldest goes
-        fewest = Math.min(entry.count, limit)
-        victim = key
-        if (fewest < 2) break
-      }
+      if (entry.resetAt > time || windows.size < maxKeys) break
+      drop(key, entry)
     }
-    if (victim !== undefined) windows.delete(victim)
+    if (windows.size < maxKeys) return
+    for (const band of bands) {
+      const [key] = band ?? []
+      if (key !== undefined) return drop(key, windows.get(key)!)
+    }
   }
 
   return {
@@ -161,17 +170,24 @@ function memoryLimiter({
       const time = now()
       let entry = windows.get(key)
       if (!entry || entry.resetAt <= time) {
-        windows.delete(key)
+        if (entry) drop(key, entry)
         if (windows.size >= maxKeys) prune(time)
-        entry = { count: 0, resetAt: time + window }
+        entry = { count: 0, resetAt: time + window, band: -1 }
         windows.set(key, entry)
       }
       entry.count++
+      const band = entry.count >= limit ? LOCKED : Math.floor(Math.log2(entry.count))
+      if (band !== entry.band) {
+        bands[entry.band]?.delete(key)
+        bands[band] = (bands[band] ?? new Set<string>()).add(key)
+        entry.band = band
+      }
       if (entry.count <= limit) return { ok: true, retryAfter: 0 }
       return { ok: false, retryAfter: Math.max(1, Math.ceil((entry.resetAt - time) / 1000)) }
     },
     async close() {
       windows.clear()
+      bands.length = 0
     },
   }
 }

@@ -5,6 +5,7 @@ import {
   connectRedis,
   createRateLimiter,
   ipLimitKey,
+  type RateLimiter,
   type RedisLike,
   type RedisMultiLike,
 } from '../src/rate-limit.js'
@@ -66,6 +67,37 @@ describe('createRateLimiter (memory)', () => {
     // the lockout ends with its window, as it should
     clock.now += 60_000
     expect(await limiter.consume('user:ada')).toEqual({ ok: true, retryAfter: 0 })
+  })
+
+  it('evicts by band of attempts (1, 2 to 3, 4 to 7, ...), the first to enter the lowest band first', async () => {
+    /** a limiter (limit 10, 3 windows) after these attempts, in order */
+    const after = async (attempts: Array<[string, number]>) => {
+      const limiter = createRateLimiter({ limit: 10, window: 60_000, maxKeys: 3, now: () => 0 })
+      for (const [key, times] of attempts) for (let i = 0; i < times; i++) await limiter.consume(key)
+      return limiter
+    }
+    /** whether `key`, tried `tried` times, kept its window: then its 11th attempt in all is refused */
+    const kept = async (limiter: RateLimiter, key: string, tried: number) => {
+      for (let i = tried; i < 10; i++) expect((await limiter.consume(key)).ok).toBe(true)
+      return !(await limiter.consume(key)).ok
+    }
+    // "x" (band 0) goes for "n", though "y" is older; then "n" (band 0) goes for "m"; then "y" and "m" share
+    // band 1, and "y" entered it first, so "y" goes for "k"
+    const steps: Array<[string, number]> = [
+      ['y', 2],
+      ['z', 4],
+      ['x', 1],
+      ['n', 1],
+    ]
+    expect(await kept(await after(steps), 'x', 1)).toBe(false)
+    expect(await kept(await after(steps), 'y', 2)).toBe(true)
+    steps.push(['m', 2])
+    expect(await kept(await after(steps), 'n', 1)).toBe(false)
+    expect(await kept(await after(steps), 'y', 2)).toBe(true)
+    steps.push(['k', 1])
+    expect(await kept(await after(steps), 'y', 2)).toBe(false)
+    expect(await kept(await after(steps), 'z', 4)).toBe(true)
+    expect(await kept(await after(steps), 'm', 2)).toBe(true)
   })
 
   it('when every window is a lockout, a new key still gets in: the oldest lockout goes, and memory stays bounded', async () => {
