@@ -24,6 +24,7 @@ const parts: Record<string, () => Promise<BenchPart>> = {
   client: () => import('./client.js'),
   server: () => import('./server.js'),
   prune: () => import('./prune.js'),
+  limiter: () => import('./limiter.js'),
   peers: () => import('./peers.js'),
 }
 
