@@ -63,6 +63,15 @@ interface Database {
 
 const ALGORITHMS = ['ES256', 'ES384', 'RS256', 'PS256']
 
+/** The flags that set the server's options, for the server's own error messages. */
+const OPTION_FLAGS: Record<string, string> = {
+  issuer: '--issuer',
+  audience: '--audience',
+  clientId: '--client-id',
+  redisUrl: '--redis',
+  trustProxy: '--trust-proxy',
+}
+
 async function main(argv: string[]): Promise<number> {
   let parsed: ReturnType<typeof parse>
   try {
@@ -141,10 +150,10 @@ async function main(argv: string[]): Promise<number> {
           ...(trustProxy === undefined ? {} : { trustProxy }),
         })
       } catch (error) {
-        // the server names the option; the CLI user knows it as the flag
-        if (trustProxy !== undefined && isAuthError(error) && error.message.startsWith('"trustProxy": ')) {
-          throw new CliError(`--trust-proxy: ${error.message.slice('"trustProxy": '.length)}`)
-        }
+        // the server names the option; the CLI user knows it as the flag (or its env variable)
+        const option =
+          isAuthError(error) && /^"(issuer|audience|clientId|redisUrl|trustProxy)"/.exec(error.message)
+        if (option) throw new CliError(`${OPTION_FLAGS[option[1]!]}${error.message.slice(option[0].length)}`)
         throw error
       }
       database = await openDatabase(values)

@@ -165,8 +165,8 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
     expectOneLine(port, '--port must be an integer from 0 to 65535, got "-1"')
     expectOneLine(envPort, '--port must be an integer from 0 to 65535, got "eighty"')
     expectOneLine(alg, '--alg must be one of ES256, ES384, RS256, PS256, got "HS256"')
-    expectOneLine(issuer, '"issuer" must be an https URL (http only on localhost) without query or fragment')
-    expectOneLine(redis, '"redisUrl" must be a redis:// or rediss:// URL')
+    expectOneLine(issuer, '--issuer must be an https URL (http only on localhost) without query or fragment')
+    expectOneLine(redis, '--redis must be a redis:// or rediss:// URL')
     expectOneLine(mysql, '--postgres must be a postgres:// URL')
   })
 
@@ -202,9 +202,9 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
       cli(['start', '--port', '0', '--redis', 'http://127.0.0.1:6379', '--db', redisDb!]),
       cli(['start', '--port', '0', '--audience', '', '--db', audienceDb!]),
     ])
-    expectOneLine(issuer, '"issuer" must be an https URL (http only on localhost) without query or fragment')
-    expectOneLine(redis, '"redisUrl" must be a redis:// or rediss:// URL')
-    expect(audience.code).toBe(1)
+    expectOneLine(issuer, '--issuer must be an https URL (http only on localhost) without query or fragment')
+    expectOneLine(redis, '--redis must be a redis:// or rediss:// URL')
+    expectOneLine(audience, '--audience must be a non-empty string or array of strings')
     for (const file of [issuerDb!, redisDb!, audienceDb!]) expect(existsSync(file)).toBe(false)
   })
 

@@ -81,7 +81,7 @@ describe.concurrent('tokenflow-server', { timeout: 60_000 }, () => {
     ])
     expectOneLineError(wildcard, /--host 0\.0\.0\.0 needs --issuer/)
     expectOneLineError(redis, /cannot reach Redis: .*ECONNREFUSED/)
-    expectOneLineError(http, /"issuer" must be an https URL \(http only on localhost\)/)
+    expectOneLineError(http, /--issuer must be an https URL \(http only on localhost\)/)
   })
 
   it('answers an unusable SQLite path with one line', async () => {
