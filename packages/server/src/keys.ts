@@ -174,20 +174,10 @@ export function createKeyring({
       // the first key signs at once: no token carries an older kid that a verifier could have cached
       time = now()
       await store.insertKey({ ...fresh, createdAt: time, retiredAt: null })
-      // two instances starting at once over one database may both insert a key. The first one in the store
-      // signs: an instance that finds an older one on re-reading retires its own at once, so the two agree
-      // without waiting for the next load, and a verifier that fetched the JWKS between the two inserts
-      // knows the key that signs. (One whose re-read came before the other's insert signs with its own key
-      // until its next load, `cacheTtl`, if that key turns out the newer.) Every inserted key is published
-      // at once (`jwks()` reads the store)
+      // two instances starting at once over one database may both insert a key. Each re-reads, but one may
+      // do so before the other's insert and sign with its own key until its next load (`cacheTtl`); then
+      // every instance takes the newest. Every inserted key is published at once (`jwks()` reads the store)
       records = await store.listKeys()
-      const [first] = records
-        .filter((record) => record.retiredAt === null && record.createdAt <= time)
-        .sort(byAge)
-      if (first && first.kid !== fresh.kid) {
-        await store.retireKey(fresh.kid, time)
-        records = await store.listKeys()
-      }
       active = pickActive(records, time)
       if (!active) throw new AuthError('ERR_CONFIG', 'no signing key in the store after inserting one')
     }
