@@ -78,7 +78,7 @@ export interface RateLimiterOptions {
   prefix?: string | undefined
   /**
    * Most keys kept in memory; beyond it the expired ones are dropped, then the oldest in the lowest band of
-   * attempts (1, 2 to 3, 4 to 7, ...), so that a used-up budget (a lockout) goes last.
+   * attempts (1, 2 to 3, 4 to 7, ..., then a budget used up, then one refused), so that a lockout goes last.
    * @default 10_000
    */
   maxKeys?: number | undefined
@@ -141,13 +141,16 @@ function memoryLimiter({
   // insertion order is reset order (every window has the same length), so the oldest entries come first
   const windows = new Map<string, Window>()
   // The same windows by band of attempts, each band in the order its windows entered it: band b holds those
-  // tried 2^b to 2^(b+1) - 1 times, band LOCKED those whose budget is used up (a lockout).
+  // tried 2^b to 2^(b+1) - 1 times, below the limit; band USED_UP those at their limit, band LOCKED those
+  // refused at least once (a lockout). With a limit of 1, a name tried once is at its limit, and still goes
+  // before an account that was refused (a second code review).
   // When full, the expired windows go first, then the first of the lowest band: a lockout last. Evicting the
   // window of an account under attack would hand its guesser a new budget: with eviction by age alone,
   // maxKeys logins at made-up names within a window did that (a back-end review). Now each of the other
   // names has to be tried about half as often as that account was, and an eviction costs O(bands), not a
   // pass over the map (a code review measured 40 times the old cost for that)
   const bands: Array<Set<string> | undefined> = []
+  const USED_UP = 63
   const LOCKED = 64
   const drop = (key: string, entry: Window) => {
     windows.delete(key)
@@ -176,7 +179,8 @@ function memoryLimiter({
         windows.set(key, entry)
       }
       entry.count++
-      const band = entry.count >= limit ? LOCKED : Math.floor(Math.log2(entry.count))
+      const band =
+        entry.count > limit ? LOCKED : entry.count === limit ? USED_UP : Math.floor(Math.log2(entry.count))
       if (band !== entry.band) {
         bands[entry.band]?.delete(key)
         bands[band] = (bands[band] ?? new Set<string>()).add(key)

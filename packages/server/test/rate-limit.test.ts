@@ -100,6 +100,28 @@ describe('createRateLimiter (memory)', () => {
     expect(await kept(await after(steps), 'm', 2)).toBe(true)
   })
 
+  it('bug: with a limit of 1, names tried once pushed out an account refused fifty times', async () => {
+    // a second code review of a9a5d02: at the limit and refused shared one band, evicted by age
+    const limiter = createRateLimiter({ limit: 1, window: 60_000, maxKeys: 3, now: () => 1_000_000 })
+    for (let i = 0; i < 50; i++) await limiter.consume('user:victim')
+    for (const name of ['n1', 'n2', 'n3']) await limiter.consume(`user:${name}`)
+    expect(await limiter.consume('user:victim')).toEqual({ ok: false, retryAfter: 60 })
+  })
+
+  it('after the clock was set back, a window at its limit goes before a lockout, expired or not', async () => {
+    // a second code review: the expired windows are dropped from the front of the map only, which a clock
+    // set back puts out of order; the bands still keep the lockout
+    let time = 1_000_000
+    const limiter = createRateLimiter({ limit: 2, window: 60_000, maxKeys: 2, now: () => time })
+    for (let i = 0; i < 3; i++) await limiter.consume('victim')
+    time -= 50_000
+    await limiter.consume('other')
+    await limiter.consume('other')
+    time = 1_020_000
+    await limiter.consume('new')
+    expect(await limiter.consume('victim')).toEqual({ ok: false, retryAfter: 40 })
+  })
+
   it('when every window is a lockout, a new key still gets in: the oldest lockout goes, and memory stays bounded', async () => {
     const clock = { now: 0 }
     const limiter = createRateLimiter({ limit: 2, window: 60_000, maxKeys: 3, now: () => clock.now })
