@@ -145,9 +145,16 @@ export function createCrossTab(
     post(message, own, at) {
       try {
         if (!channel) return
-        sent = at ?? tick()
-        if (own) base = [sent, from]
-        channel.postMessage({ ...message, at: sent, base })
+        // a message dated now is this tab's latest; one dated in the past is not
+        if (at === undefined) {
+          sent = tick()
+          at = sent
+        }
+        const mine = [at, from]
+        // a message dated in the past (a logout that waited for storage) does not take this tab back to
+        // before a newer login or logout it has heard of since (a second code review)
+        if (own && before(base, mine)) base = mine
+        channel.postMessage({ ...message, at, base: own ? mine : base })
       } catch {
         // a closed channel (page unloading) has no one left to tell
       }

@@ -145,8 +145,8 @@ afterEach(() => {
  * (a tab that was frozen, or busy, gets its messages late). Restore with vi.unstubAllGlobals().
  */
 function holdBroadcasts() {
-  const held: Array<{ from: string; data: unknown; deliver: () => void }> = []
-  const open = new Set<{ name: string; onmessage: ((event: { data: unknown }) => void) | null }>()
+  const held: Array<{ from: string; to: string; data: unknown; deliver: () => void }> = []
+  const open = new Set<{ id: string; name: string; onmessage: ((event: { data: unknown }) => void) | null }>()
   let channels = 0
   class HeldChannel {
     onmessage: ((event: { data: unknown }) => void) | null = null
@@ -159,6 +159,7 @@ function holdBroadcasts() {
         if (other !== this && other.name === this.name)
           held.push({
             from: this.id,
+            to: other.id,
             data,
             deliver: () => other.onmessage?.({ data: structuredClone(data) }),
           })
@@ -911,6 +912,62 @@ describe('counterexamples found by the properties', () => {
       expect(b.types()).toEqual([])
       expect(await b.manager.getAccessToken()).toBe(login.accessToken)
       expect(await a.manager.getAccessToken()).toBe(login.accessToken)
+    })
+
+    it('that late-dated logout does not take its tab back to before a newer logout it heard: a login the newer logout ended stays ended', async () => {
+      // a second code review of c3be87b: posting the logout dated at clear() also set the tab's own base to that
+      // time, below the base a later logout elsewhere had given it, so a login that logout had ended was taken
+      const held = holdBroadcasts()
+      let saved: TokenSet | null = tokenSet(T0, 10 * MIN, 'old')
+      let finishRead!: () => void
+      const slow: TokenStorage = {
+        get: () => {
+          const value = saved
+          return new Promise((resolve) => {
+            finishRead = () => resolve(value)
+          })
+        },
+        set(tokens) {
+          saved = tokens
+        },
+        clear() {
+          saved = null
+        },
+      }
+      const shared: TokenStorage = { ...slow, get: () => saved }
+      const a = setup({ storage: slow, channel: 'tabs' }) // channel 1
+      const b = setup({ storage: shared, channel: 'tabs' }) // channel 2
+      const c = setup({ storage: shared, channel: 'tabs' }) // channel 3
+      const advance = (ms: number) => {
+        for (const tab of [a, b, c]) tab.clock.advance(ms)
+      }
+      const deliver = (messages: typeof held, to: string) => {
+        for (const message of messages) if (message.to === to) message.deliver()
+      }
+      await b.manager.getAccessToken()
+      await c.manager.getAccessToken()
+      advance(1_000)
+      await a.manager.clear() // a's first read has not answered
+      advance(1_000)
+      const login = tokenSet(T0 + 2_000, 10 * MIN, 'c-login')
+      await c.manager.setTokens(login)
+      const fromC = held.splice(0)
+      deliver(fromC, 'channel 2')
+      await flush()
+      expect(await b.manager.getAccessToken()).toBe(login.accessToken)
+      advance(1_000)
+      await b.manager.clear() // b logs out c's login
+      const fromB = held.splice(0)
+      deliver(fromB, 'channel 1')
+      await flush()
+      // a's read answers: its logout goes out, dated when clear() was called
+      finishRead()
+      await flush()
+      // c's login, which b's logout ended, reaches a late
+      deliver(fromC, 'channel 1')
+      await flush()
+      expect(saved).toBeNull()
+      expect(await a.manager.getAccessToken()).toBeNull()
     })
 
     it.each([
