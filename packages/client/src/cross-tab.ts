@@ -149,7 +149,7 @@ export function createCrossTab(
         if (at === undefined) {
           sent = tick()
           at = sent
-        }
+        } else if (at > clock) clock = at // later messages still date after it, whatever the clock does
         const mine = [at, from]
         // a message dated in the past (a logout that waited for storage) does not take this tab back to
         // before a newer login or logout it has heard of since (a second code review)

@@ -970,6 +970,51 @@ describe('counterexamples found by the properties', () => {
       expect(await a.manager.getAccessToken()).toBeNull()
     })
 
+    it('a login after that late-dated logout and a clock set back 5 s still reaches the tab that obeyed the logout', async () => {
+      // a third code review of 5a2e999: the late-dated logout did not move its tab's clock, so after the clock
+      // was set back the tab's next login was dated before that logout, and the other tab ignored it
+      const held = holdBroadcasts()
+      let saved: TokenSet | null = tokenSet(T0, 10 * MIN, 'old')
+      let finishRead!: () => void
+      const slow: TokenStorage = {
+        get: () => {
+          const value = saved
+          return new Promise((resolve) => {
+            finishRead = () => resolve(value)
+          })
+        },
+        set(tokens) {
+          saved = tokens
+        },
+        clear() {
+          saved = null
+        },
+      }
+      const shared: TokenStorage = { ...slow, get: () => saved }
+      const a = setup({ storage: slow, channel: 'tabs' })
+      const b = setup({ storage: shared, channel: 'tabs' })
+      const advance = (ms: number) => {
+        for (const tab of [a, b]) tab.clock.advance(ms)
+      }
+      expect(await b.manager.getAccessToken()).toBe(tokenSet(T0, 10 * MIN, 'old').accessToken)
+      advance(1_000)
+      await a.manager.clear() // a's first read has not answered
+      advance(1_000)
+      finishRead()
+      await flush()
+      for (const message of held.splice(0)) message.deliver()
+      await flush()
+      expect(b.types()).toEqual(['loggedOut'])
+      advance(-5_000)
+      const login = tokenSet(a.clock.now(), 10 * MIN, 'new')
+      await a.manager.setTokens(login)
+      for (const message of held.splice(0)) message.deliver()
+      await flush()
+      expect(saved).toEqual(login)
+      expect(await a.manager.getAccessToken()).toBe(login.accessToken)
+      expect(await b.manager.getAccessToken()).toBe(login.accessToken)
+    })
+
     it.each([
       ['Infinity', Number.POSITIVE_INFINITY],
       ['a date far ahead', 1e16],
