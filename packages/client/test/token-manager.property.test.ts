@@ -16,6 +16,7 @@ import {
   flush,
   placeholderStorage,
   setupManager,
+  slowReadStorage,
   tokenSet,
 } from './helpers/tokens.js'
 
@@ -876,23 +877,7 @@ describe('counterexamples found by the properties', () => {
       // a code review of 43aa497: the loggedOut went out when the late read answered, dated then, so b's login
       // made after the clear() looked older; b logged out and a ignored b's login, while storage held it
       const held = holdBroadcasts()
-      let saved: TokenSet | null = tokenSet(T0, MIN, 'old')
-      let finishRead!: () => void
-      const slow: TokenStorage = {
-        get: () => {
-          const value = saved
-          return new Promise((resolve) => {
-            finishRead = () => resolve(value)
-          })
-        },
-        set(tokens) {
-          saved = tokens
-        },
-        clear() {
-          saved = null
-        },
-      }
-      const shared: TokenStorage = { ...slow, get: () => saved }
+      const { slow, shared, finishRead, stored } = slowReadStorage(tokenSet(T0, MIN, 'old'))
       const a = setup({ storage: slow, channel: 'tabs' })
       const b = setup({ storage: shared, channel: 'tabs' })
       await a.manager.clear()
@@ -908,7 +893,7 @@ describe('counterexamples found by the properties', () => {
       expect(a.types()).toEqual(['loggedOut'])
       for (const message of held.splice(0)) message.deliver()
       await flush()
-      expect(saved).toEqual(login)
+      expect(stored()).toEqual(login)
       expect(b.types()).toEqual([])
       expect(await b.manager.getAccessToken()).toBe(login.accessToken)
       expect(await a.manager.getAccessToken()).toBe(login.accessToken)
@@ -918,23 +903,7 @@ describe('counterexamples found by the properties', () => {
       // a second code review of c3be87b: posting the logout dated at clear() also set the tab's own base to that
       // time, below the base a later logout elsewhere had given it, so a login that logout had ended was taken
       const held = holdBroadcasts()
-      let saved: TokenSet | null = tokenSet(T0, 10 * MIN, 'old')
-      let finishRead!: () => void
-      const slow: TokenStorage = {
-        get: () => {
-          const value = saved
-          return new Promise((resolve) => {
-            finishRead = () => resolve(value)
-          })
-        },
-        set(tokens) {
-          saved = tokens
-        },
-        clear() {
-          saved = null
-        },
-      }
-      const shared: TokenStorage = { ...slow, get: () => saved }
+      const { slow, shared, finishRead, stored } = slowReadStorage(tokenSet(T0, 10 * MIN, 'old'))
       const a = setup({ storage: slow, channel: 'tabs' }) // channel 1
       const b = setup({ storage: shared, channel: 'tabs' }) // channel 2
       const c = setup({ storage: shared, channel: 'tabs' }) // channel 3
@@ -966,7 +935,7 @@ describe('counterexamples found by the properties', () => {
       // c's login, which b's logout ended, reaches a late
       deliver(fromC, 'channel 1')
       await flush()
-      expect(saved).toBeNull()
+      expect(stored()).toBeNull()
       expect(await a.manager.getAccessToken()).toBeNull()
     })
 
@@ -974,23 +943,7 @@ describe('counterexamples found by the properties', () => {
       // a third code review of 5a2e999: the late-dated logout did not move its tab's clock, so after the clock
       // was set back the tab's next login was dated before that logout, and the other tab ignored it
       const held = holdBroadcasts()
-      let saved: TokenSet | null = tokenSet(T0, 10 * MIN, 'old')
-      let finishRead!: () => void
-      const slow: TokenStorage = {
-        get: () => {
-          const value = saved
-          return new Promise((resolve) => {
-            finishRead = () => resolve(value)
-          })
-        },
-        set(tokens) {
-          saved = tokens
-        },
-        clear() {
-          saved = null
-        },
-      }
-      const shared: TokenStorage = { ...slow, get: () => saved }
+      const { slow, shared, finishRead, stored } = slowReadStorage(tokenSet(T0, 10 * MIN, 'old'))
       const a = setup({ storage: slow, channel: 'tabs' })
       const b = setup({ storage: shared, channel: 'tabs' })
       const advance = (ms: number) => {
@@ -1010,7 +963,7 @@ describe('counterexamples found by the properties', () => {
       await a.manager.setTokens(login)
       for (const message of held.splice(0)) message.deliver()
       await flush()
-      expect(saved).toEqual(login)
+      expect(stored()).toEqual(login)
       expect(await a.manager.getAccessToken()).toBe(login.accessToken)
       expect(await b.manager.getAccessToken()).toBe(login.accessToken)
     })

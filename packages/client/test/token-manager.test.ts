@@ -11,7 +11,7 @@ import {
   webStorage,
 } from '@tokenflow/client'
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { createTestLock, flush, makeJwt, setupManager, tokenSet } from './helpers/tokens.js'
+import { createTestLock, flush, makeJwt, setupManager, slowReadStorage, tokenSet } from './helpers/tokens.js'
 
 const T0 = 1_700_000_000_000
 const MIN = 60_000
@@ -937,25 +937,9 @@ describe('rule 8: no module state', () => {
 
 describe('sessions', () => {
   it('rejects the reads still waiting for the stored tokens when clear() runs: none gets the logged-out token', async () => {
-    // a slow first read, as AsyncStorage can be at app start; like AsyncStorage's queue, it answers what
-    // was stored when it was asked, whatever a later removal does
-    let finishRead!: () => void
+    // a slow first read, as AsyncStorage can be at app start
     const stored = tokenSet(T0, 15 * MIN, 0)
-    let held: TokenSet | null = stored
-    const storage: TokenStorage = {
-      get: () => {
-        const value = held
-        return new Promise((resolve) => {
-          finishRead = () => resolve(value)
-        })
-      },
-      set(tokens) {
-        held = tokens
-      },
-      clear() {
-        held = null
-      },
-    }
+    const { slow: storage, finishRead, stored: held } = slowReadStorage(stored)
     const { manager, calls, types } = setup({ storage })
     const read = manager.getAccessToken().catch((e: unknown) => e)
     const refused = manager.refresh({ rejectedToken: stored.accessToken }).catch((e: unknown) => e)
@@ -967,7 +951,7 @@ describe('sessions', () => {
     expect(await read).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
     expect(await refused).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
     expect(calls).toHaveLength(0)
-    expect(held).toBeNull()
+    expect(held()).toBeNull()
     expect(manager.status).toBe('unauthenticated')
     // the stored session was the one cleared: loggedOut once, as with any clear()
     expect(types()).toEqual(['loggedOut'])
@@ -1196,15 +1180,7 @@ describe('storage failures lose nothing', () => {
   it('bug: a login, two clear()s and then a late first read: loggedOut fired twice for one session', async () => {
     // the property suite, seed -268782522: the second clear() found no tokens and the read still under way,
     // so it took the read's stored session for one it had ended, though the login had replaced that session
-    let finishRead!: () => void
-    const storage: TokenStorage = {
-      get: () =>
-        new Promise((resolve) => {
-          finishRead = () => resolve(tokenSet(T0, MIN, 'stored'))
-        }),
-      set() {},
-      clear() {},
-    }
+    const { slow: storage, finishRead } = slowReadStorage(tokenSet(T0, MIN, 'stored'))
     const { manager, types } = setup({ storage })
     const request = manager.getAccessToken()
     await manager.setTokens(tokenSet(T0, MIN, 'login'))
@@ -1218,16 +1194,7 @@ describe('storage failures lose nothing', () => {
   })
 
   it('a session a late first read brings after a clear() that did not wait for it: loggedOut once, then, and it is not used', async () => {
-    let finishRead!: () => void
-    const stored = tokenSet(T0, MIN, 0)
-    const storage: TokenStorage = {
-      get: () =>
-        new Promise((resolve) => {
-          finishRead = () => resolve(stored)
-        }),
-      set() {},
-      clear() {},
-    }
+    const { slow: storage, finishRead } = slowReadStorage(tokenSet(T0, MIN, 0))
     const { manager, types, events } = setup({ storage })
     await manager.clear()
     expect(types()).toEqual([])

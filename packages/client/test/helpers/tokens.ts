@@ -6,6 +6,7 @@ import {
   type TokenEvent,
   type TokenManagerOptions,
   type TokenSet,
+  type TokenStorage,
 } from '@tokenflow/client'
 
 const b64url = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
@@ -13,6 +14,32 @@ const b64url = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('
 /** Cookie mode as the README sets it up: each page load starts from an expired placeholder, per tab. */
 export const placeholderStorage = () =>
   memoryStorage({ accessToken: 'reload', refreshToken: 'cookie', expiresAt: 0 })
+
+/**
+ * Storage whose reads answer only when the test calls `finishRead()` (the latest read), as AsyncStorage can
+ * at app start. Like AsyncStorage's queue, a read answers what was stored when it was asked, whatever a later
+ * write does. `shared` is the same data read at once (another tab's view of it); `stored()` is what it holds.
+ */
+export function slowReadStorage(initial: TokenSet | null = null) {
+  let saved = initial
+  let answer = () => {}
+  const slow: TokenStorage = {
+    get: () => {
+      const value = saved
+      return new Promise((resolve) => {
+        answer = () => resolve(value)
+      })
+    },
+    set(tokens) {
+      saved = tokens
+    },
+    clear() {
+      saved = null
+    },
+  }
+  const shared: TokenStorage = { ...slow, get: () => saved }
+  return { slow, shared, finishRead: () => answer(), stored: () => saved }
+}
 
 /** A JWT-shaped token (unsigned: the client never verifies). `exp`/`iat` are in seconds. */
 export function makeJwt(claims: { exp?: number; iat?: number; [claim: string]: unknown }): string {
