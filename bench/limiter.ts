@@ -18,8 +18,9 @@
  * - BENCH_LIMITER_ATTEMPTS: new names timed per round and scenario (5000)
  * - BENCH_LIMITER_ROUNDS: rounds, the scenarios interleaved in rotating order (7)
  */
-import { cpus, loadavg, release } from 'node:os'
+import { loadavg } from 'node:os'
 import { createRateLimiter, type RateLimiter } from '@tokenflow/server'
+import { type Machine, machine } from './lib/machine.js'
 import type { BenchPartResult } from './run.js'
 
 const LIMIT = 10
@@ -39,13 +40,7 @@ type Scenario = keyof typeof scenarios
 
 export interface LimiterBenchResult {
   date: string
-  machine: {
-    cpus: number
-    model: string
-    node: string
-    os: string
-    loadAverage: { before: number; after: number }
-  }
+  machine: Machine
   settings: { maxKeys: number; limit: number; attempts: number; rounds: number }
   rows: Array<{ scenario: Scenario; label: string; nsPerAttempt: number; ratio: number }>
   method: string
@@ -103,13 +98,7 @@ export async function run(): Promise<BenchPartResult<LimiterBenchResult>> {
   }))
   const result: LimiterBenchResult = {
     date: new Date().toISOString(),
-    machine: {
-      cpus: cpus().length,
-      model: cpus()[0]?.model.trim() ?? 'unknown',
-      node: process.version,
-      os: release(),
-      loadAverage: { before: Number(before.toFixed(2)), after: Number(loadavg()[0]!.toFixed(2)) },
-    },
+    machine: machine(before),
     settings: { maxKeys, limit: LIMIT, attempts, rounds },
     rows,
     method: `createRateLimiter({ limit: ${LIMIT}, maxKeys: ${maxKeys} }) in memory, filled as the row says, then ${attempts} consumes of names it has not seen, timed with process.hrtime; ${rounds} rounds after a warm-up, the scenarios in rotating order; ns per attempt and the ratio to the baseline of the same round are medians over the rounds.`,

@@ -29,10 +29,11 @@
  */
 import { randomBytes } from 'node:crypto'
 import { copyFile, mkdtemp, rm, stat } from 'node:fs/promises'
-import { cpus, loadavg, release, tmpdir } from 'node:os'
+import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createSqliteStore, type TokenStore } from '@tokenflow/server'
 import Database from 'better-sqlite3'
+import { type Machine, machine } from './lib/machine.js'
 import type { BenchPartResult } from './run.js'
 
 /** the longest event-loop stall of the store's prune at the largest size, in ms */
@@ -83,13 +84,7 @@ export interface PruneSize {
 }
 
 export interface PruneBenchResult {
-  machine: {
-    cpus: number
-    model: string
-    node: string
-    os: string
-    loadAverage: { before: number; after: number }
-  }
+  machine: Machine
   date: string
   method: string
   settings: typeof settings & { databaseDir: string }
@@ -151,15 +146,8 @@ export async function run(): Promise<BenchPartResult<PruneBenchResult>> {
       await rm(seed, { force: true })
     }
     const largest = sizes.at(-1)!
-    const cpu = cpus()
     const result: PruneBenchResult = {
-      machine: {
-        cpus: cpu.length,
-        model: cpu[0]?.model ?? 'unknown',
-        node: process.version,
-        os: `${process.platform} ${release()}`,
-        loadAverage: { before: round2(loadBefore), after: round2(loadavg()[0]!) },
-      },
+      machine: machine(loadBefore),
       date: new Date().toISOString(),
       method,
       settings: { ...settings, databaseDir: tmpdir() },
