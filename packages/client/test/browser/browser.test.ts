@@ -2,9 +2,11 @@ import type { BrowserContext } from 'playwright-core'
 import { describe, expect, it } from 'vitest'
 import {
   afterExpiry,
+  burst,
   CHROMIUM_PATH,
   claimsOf,
   events,
+  expectOneRefreshPerBurst,
   failWithoutChromiumInCI,
   hasChromium,
   login,
@@ -48,8 +50,6 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
   const eventsSince = (list: Tab[], seen: number[]) =>
     Promise.all(list.map(async (tab, i) => (await events(tab)).slice(seen[i])))
   const counted = (list: Tab[]) => Promise.all(list.map(async (tab) => (await events(tab)).length))
-  const burst = (tab: Tab, count: number, at?: number) =>
-    tab.page.evaluate(([n, time]) => window.tf.burst(n, time), [count, at] as const)
   const getAccessToken = (tab: Tab) => tab.page.evaluate(() => window.tf.getAccessToken())
   const stored = (tab: Tab, storage: 'local' | 'session', key: string) =>
     tab.page.evaluate(([which, name]) => window.tf.stored(which, name), [storage, key] as const)
@@ -85,30 +85,11 @@ describe.skipIf(!hasChromium)('in Chromium', () => {
     const all = [...open, await openTab(context, env.server.url, { storage: 'local' })]
 
     for (let round = 1; round <= 3; round++) {
-      env.server.reset()
-      const seen = await counted(all)
-      // every tab fires at the same wall-clock time, once the token has certainly expired
-      const at = afterExpiry(claimsOf(accessToken).exp)
-      const results = await Promise.all(all.map((tab) => burst(tab, 20, at)))
-
-      expect(env.server.counts(), `round ${round}`).toEqual({
-        ...noTraffic(),
-        refreshRequests: 1,
-        refreshes: 1,
-        apiOk: 100,
-      })
-      const [jti, ...others] = new Set(env.server.apiTokens())
-      expect(others, `round ${round}: every request carried the one new token`).toEqual([])
-      expect(results.flat()).toEqual(allOk(100, jti))
-
-      const fresh = await eventsSince(all, seen)
-      const refreshed = fresh.flatMap((list) => ofType(list, 'refreshed'))
-      const local = refreshed.filter((event) => event.source === 'local')
-      expect(local, `round ${round}: exactly one tab refreshed`).toHaveLength(1)
-      accessToken = local[0]!.accessToken!
-      expect(claimsOf(accessToken).jti).toBe(jti)
-      // the other tabs adopted that very token, by broadcast and again from storage under the lock
-      expect(new Set(refreshed.map((event) => event.accessToken))).toEqual(new Set([accessToken]))
+      // every tab fires at the same wall-clock time, once the token has certainly expired; the other tabs
+      // adopt the new token by broadcast and again from storage under the lock
+      const outcome = await expectOneRefreshPerBurst(env.server, all, 20, accessToken, `round ${round}`)
+      accessToken = outcome.accessToken
+      const { fresh } = outcome
       fresh.forEach((list, i) => {
         const where = `tab ${i + 1}, round ${round}`
         expect(ofType(list, 'refreshed').length, where).toBeGreaterThan(0)

@@ -9,8 +9,8 @@ import { type AuthServer, createAuthServer, createSqliteStore, type TokenStore }
 import { createVerifier, type Verifier } from '@tokenflow/server/verify'
 import { build } from 'esbuild'
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core'
-import { afterAll, afterEach, beforeAll, describe, it } from 'vitest'
-import type { PageSetup, RecordedEvent } from './page.js'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import type { PageSetup, RecordedEvent, RequestResult } from './page.js'
 
 /** Where Debian puts Chromium; `TOKENFLOW_CHROMIUM` points elsewhere (or nowhere, to try the skip path). */
 export const CHROMIUM_PATH = process.env.TOKENFLOW_CHROMIUM ?? '/usr/bin/chromium'
@@ -329,3 +329,45 @@ export const login = (tab: Tab, username = USERNAME, at?: number) =>
   ] as const)
 export const events = (tab: Tab) => tab.page.evaluate(() => window.tf.events())
 export const status = (tab: Tab) => tab.page.evaluate(() => window.tf.status())
+
+/** `count` requests to GET /api/data at once in the tab, at wall-clock time `at` (epoch ms) if given. */
+export const burst = (tab: Tab, count: number, at?: number): Promise<RequestResult[]> =>
+  tab.page.evaluate(([n, time]) => window.tf.burst(n, time), [count, at] as const)
+
+/**
+ * A burst in every tab after expiry: once `accessToken` has certainly expired, each tab sends `perTab`
+ * requests at the same moment. Expects one refresh for all of them: one refresh request reached the server and
+ * rotated once, every request got 200 with the one new token, exactly one tab refreshed, and every `refreshed`
+ * event in any tab carries that token. Resolves with the new access token and each tab's events of the burst.
+ */
+export async function expectOneRefreshPerBurst(
+  server: BrowserTestServer,
+  tabs: Tab[],
+  perTab: number,
+  accessToken: string,
+  label: string,
+): Promise<{ accessToken: string; fresh: RecordedEvent[][] }> {
+  server.reset()
+  const seen = await Promise.all(tabs.map(async (tab) => (await events(tab)).length))
+  const at = afterExpiry(claimsOf(accessToken).exp)
+  const results = await Promise.all(tabs.map((tab) => burst(tab, perTab, at)))
+  const total = tabs.length * perTab
+  // a tab that refreshed again (it missed the first refresh's tokens) shows here as a second refresh request
+  expect(server.counts(), label).toEqual({ ...noTraffic(), refreshRequests: 1, refreshes: 1, apiOk: total })
+  const [jti, ...others] = new Set(server.apiTokens())
+  expect(others, `${label}: every request carried the one new token`).toEqual([])
+  expect(
+    results.flat().map((result) => [result.status, result.jti]),
+    label,
+  ).toEqual(Array.from({ length: total }, () => [200, jti]))
+
+  const fresh = await Promise.all(tabs.map(async (tab, i) => (await events(tab)).slice(seen[i])))
+  const refreshed = fresh.flatMap((list) => ofType(list, 'refreshed'))
+  const local = refreshed.filter((event) => event.source === 'local')
+  expect(local, `${label}: exactly one tab refreshed`).toHaveLength(1)
+  const next = local[0]!.accessToken!
+  expect(claimsOf(next).jti, label).toBe(jti)
+  // the other tabs adopted that very token
+  expect(new Set(refreshed.map((event) => event.accessToken)), label).toEqual(new Set([next]))
+  return { accessToken: next, fresh }
+}
