@@ -77,8 +77,8 @@ export interface RateLimiterOptions {
    */
   prefix?: string | undefined
   /**
-   * Most keys kept in memory; beyond it the expired ones are dropped, then the oldest in the lowest band of
-   * attempts (1, 2 to 3, 4 to 7, ..., then a budget used up, then one refused), so that a lockout goes last.
+   * Most keys kept in memory; beyond it the oldest is dropped if it has expired, else the oldest in the lowest
+   * band of attempts (1, 2 to 3, 4 to 7, ..., then a budget used up, then one refused): a lockout goes last.
    * @default 10_000
    */
   maxKeys?: number | undefined
@@ -120,11 +120,10 @@ export function createRateLimiter({
   return memoryLimiter({ limit, window, maxKeys, now })
 }
 
-/** One key's fixed window in memory; `band` is its band of attempts (see memoryLimiter). */
+/** One key's fixed window in memory. */
 interface Window {
   count: number
   resetAt: number
-  band: number
 }
 
 function memoryLimiter({
@@ -144,7 +143,8 @@ function memoryLimiter({
   // tried 2^b to 2^(b+1) - 1 times, below the limit; band USED_UP those at their limit, band LOCKED those
   // refused at least once (a lockout). With a limit of 1, a name tried once is at its limit, and still goes
   // before an account that was refused (a second code review).
-  // When full, the expired windows go first, then the first of the lowest band: a lockout last. Evicting the
+  // When full, the oldest window goes if it has expired (with a clock set back, an expired window behind a
+  // live one waits for its band), else the first of the lowest band: a lockout last. Evicting the
   // window of an account under attack would hand its guesser a new budget: with eviction by age alone,
   // maxKeys logins at made-up names within a window did that (a back-end review). Now each of the other
   // names has to be tried about half as often as that account was, and an eviction costs O(bands), not a
@@ -152,9 +152,12 @@ function memoryLimiter({
   const bands: Array<Set<string> | undefined> = []
   const USED_UP = 63
   const LOCKED = 64
+  /** the band of a window tried `count` times (at least once) */
+  const bandOf = (count: number) =>
+    count > limit ? LOCKED : count === limit ? USED_UP : Math.floor(Math.log2(count))
   const drop = (key: string, entry: Window) => {
     windows.delete(key)
-    bands[entry.band]?.delete(key)
+    bands[bandOf(entry.count)]?.delete(key)
   }
   const prune = (time: number) => {
     for (const [key, entry] of windows) {
@@ -175,16 +178,14 @@ function memoryLimiter({
       if (!entry || entry.resetAt <= time) {
         if (entry) drop(key, entry)
         if (windows.size >= maxKeys) prune(time)
-        entry = { count: 0, resetAt: time + window, band: -1 }
+        entry = { count: 0, resetAt: time + window }
         windows.set(key, entry)
       }
-      entry.count++
-      const band =
-        entry.count > limit ? LOCKED : entry.count === limit ? USED_UP : Math.floor(Math.log2(entry.count))
-      if (band !== entry.band) {
-        bands[entry.band]?.delete(key)
+      const from = entry.count > 0 ? bandOf(entry.count) : undefined
+      const band = bandOf(++entry.count)
+      if (band !== from) {
+        if (from !== undefined) bands[from]?.delete(key)
         bands[band] = (bands[band] ?? new Set<string>()).add(key)
-        entry.band = band
       }
       if (entry.count <= limit) return { ok: true, retryAfter: 0 }
       return { ok: false, retryAfter: Math.max(1, Math.ceil((entry.resetAt - time) / 1000)) }
