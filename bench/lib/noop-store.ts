@@ -96,6 +96,11 @@ export function createNoopStore(sessions: Iterable<SessionRecord> = []): TokenSt
     async insertKey(key) {
       keys.push(key)
     },
+    async insertFirstKey(key) {
+      if (keys.some((candidate) => candidate.retiredAt === null)) return false
+      keys.push(key)
+      return true
+    },
     async retireKey(kid, retiredAt) {
       const key = keys.find((candidate) => candidate.kid === kid)
       if (key) key.retiredAt ??= retiredAt

@@ -602,6 +602,7 @@ function lazySqliteStore(): TokenStore {
     'deleteUser',
     'listKeys',
     'insertKey',
+    'insertFirstKey',
     'retireKey',
   ]
   const lazy = Object.fromEntries(

@@ -138,6 +138,11 @@ export function createKeyring({
   if (!store || typeof store.listKeys !== 'function') {
     throw new AuthError('ERR_CONFIG', '"store" must be a TokenStore')
   }
+  for (const method of ['insertKey', 'insertFirstKey', 'retireKey'] as const) {
+    if (typeof store[method] !== 'function') {
+      throw new AuthError('ERR_CONFIG', `"store" must be a TokenStore: it has no ${method}() method`)
+    }
+  }
   if (!ALGORITHMS.includes(alg)) {
     throw new AuthError('ERR_CONFIG', `"alg" must be one of ${ALGORITHMS.map((a) => `"${a}"`).join(', ')}`)
   }
@@ -171,12 +176,11 @@ export function createKeyring({
     let active = pickActive(records, time)
     if (!active) {
       const fresh = await generate()
-      // the first key signs at once: no token carries an older kid that a verifier could have cached
+      // the first key signs at once: no token carries an older kid that a verifier could have cached.
+      // Instances starting together over an empty database each try to store theirs; the store keeps one,
+      // and every instance reads that one back and signs with it
       time = now()
-      await store.insertKey({ ...fresh, createdAt: time, retiredAt: null })
-      // two instances starting at once over one database may both insert a key. Each re-reads, but one may
-      // do so before the other's insert and sign with its own key until its next load (`cacheTtl`); then
-      // every instance takes the newest. Every inserted key is published at once (`jwks()` reads the store)
+      await store.insertFirstKey({ ...fresh, createdAt: time, retiredAt: null })
       records = await store.listKeys()
       active = pickActive(records, time)
       if (!active) throw new AuthError('ERR_CONFIG', 'no signing key in the store after inserting one')

@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { calculateJwkThumbprint, createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { createKeyring } from '../src/keys.js'
@@ -51,24 +54,35 @@ describe('createKeyring', () => {
     expect(await store.listKeys()).toHaveLength(1)
   })
 
-  it('makes two instances starting at once over one database agree on the signing key', async () => {
-    const clock = { now: T0 }
-    const first = createKeyring({ store, cacheTtl: 30_000, now: () => clock.now })
-    const second = createKeyring({ store, cacheTtl: 30_000, now: () => clock.now })
-    const [a, b] = await Promise.all([first.sign({ sub: 'a' }), second.sign({ sub: 'b' })])
-    // whichever key each one signs with, both publish it at once: every token verifies everywhere
-    for (const keyring of [first, second]) {
-      const jwks = await keyring.jwks()
-      await expect(verifyWith(jwks, a)).resolves.toMatchObject({ payload: { sub: 'a' } })
-      await expect(verifyWith(jwks, b)).resolves.toMatchObject({ payload: { sub: 'b' } })
+  it('makes instances starting at once over an empty database sign with one key from the start', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tokenflow-keys-'))
+    const filename = join(dir, 'tokenflow.db')
+    const stores = [createSqliteStore({ filename }), createSqliteStore({ filename })]
+    try {
+      for (const each of stores) await each.migrate()
+      for (let round = 0; round < 5; round++) {
+        // three instances, two of them on one connection, the third on another
+        const keyrings = [stores[0]!, stores[0]!, stores[1]!].map((each) =>
+          createKeyring({ store: each, now: () => T0 + round }),
+        )
+        const tokens = await Promise.all(keyrings.map((keyring, i) => keyring.sign({ sub: `user-${i}` })))
+        const kids = tokens.map((token) => decodeProtectedHeader(token).kid)
+        expect(new Set(kids).size).toBe(1)
+        const live = (await stores[1]!.listKeys()).filter((record) => record.retiredAt === null)
+        expect(live.map((record) => record.kid)).toEqual([kids[0]])
+        // and every instance publishes it
+        for (const keyring of keyrings) {
+          await expect(verifyWith(await keyring.jwks(), tokens[0]!)).resolves.toMatchObject({
+            payload: { sub: 'user-0' },
+          })
+        }
+        // retired, so that the next round starts again from no live key
+        await stores[0]!.retireKey(kids[0]!, T0 + round)
+      }
+    } finally {
+      for (const each of stores) await each.close()
+      rmSync(dir, { recursive: true, force: true })
     }
-    // and once their cached key is re-read, both sign with the same key, the newest (kid breaking the tie of
-    // a frozen clock), and the other one is retired
-    clock.now += 30_000
-    const [x, y] = await Promise.all([first.activeKey(), second.activeKey()])
-    expect(x).toEqual(y)
-    const live = (await store.listKeys()).filter((record) => record.retiredAt === null)
-    expect(live.map((record) => record.kid)).toEqual([x.kid])
   })
 
   it('publishes a key rotated in by another instance at once', async () => {
@@ -205,6 +219,14 @@ describe('createKeyring', () => {
     )
     expect(() => createKeyring({ store: {} as TokenStore })).toThrow(
       expect.objectContaining({ code: 'ERR_CONFIG' }),
+    )
+    // a store written before insertFirstKey existed is named, not left to fail at the first token
+    const { insertFirstKey: _, ...older } = { ...store, listKeys: store.listKeys }
+    expect(() => createKeyring({ store: older as TokenStore })).toThrow(
+      expect.objectContaining({
+        code: 'ERR_CONFIG',
+        message: '"store" must be a TokenStore: it has no insertFirstKey() method',
+      }),
     )
   })
 })

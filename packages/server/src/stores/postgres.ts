@@ -39,6 +39,8 @@ export interface PostgresStoreOptions {
 
 /** Taken for the length of the migration transaction, so instances starting together migrate one at a time. */
 const MIGRATION_LOCK = '8390042714202598511' // "tokenflo" in ASCII, as a bigint
+/** Taken by `insertFirstKey`, so instances starting together over an empty database store one key. */
+const FIRST_KEY_LOCK = '8390042714202924409' // "tokenkey" in ASCII, as a bigint
 
 /**
  * The schema, one entry per version, each a list of single statements (PGlite's `query` runs one
@@ -314,6 +316,24 @@ export function createPostgresStore({
         [key.kid, key.alg, key.privateJwk, key.publicJwk, key.createdAt, key.retiredAt],
       )
       if (rows.length === 0) throw new AuthError('ERR_CONFIG', `signing key "${key.kid}" already exists`)
+    },
+    async insertFirstKey(key) {
+      let inserted = false
+      // READ COMMITTED (inTransaction) takes the check's snapshot after the lock is granted, so an instance
+      // that waited sees the key the one before it stored
+      await connection.transaction(async (tx) => {
+        await exec(tx, `SELECT pg_advisory_xact_lock(${FIRST_KEY_LOCK})`)
+        const rows = await exec(
+          tx,
+          `INSERT INTO ${keys} (kid, alg, private_jwk, public_jwk, created_at, retired_at)
+           SELECT $1, $2, $3, $4, $5::bigint, $6::bigint
+           WHERE NOT EXISTS (SELECT 1 FROM ${keys} WHERE retired_at IS NULL)
+           ON CONFLICT (kid) DO NOTHING RETURNING kid`,
+          [key.kid, key.alg, key.privateJwk, key.publicJwk, key.createdAt, key.retiredAt],
+        )
+        inserted = rows.length === 1
+      })
+      return inserted
     },
     async retireKey(kid, retiredAt) {
       // a key retired twice keeps its first retirement time; its private half is dropped: it never signs again

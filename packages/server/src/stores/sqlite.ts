@@ -624,6 +624,21 @@ export function createSqliteStore({
       )
       if (changes === 0) throw new AuthError('ERR_CONFIG', `signing key "${key.kid}" already exists`)
     },
+    async insertFirstKey(key) {
+      // one statement, so one write transaction: SQLite lets one connection write at a time, and the
+      // check runs inside it
+      const { changes } = await retryOnBusy(() =>
+        statements().insertFirstKey.run(
+          key.kid,
+          key.alg,
+          key.privateJwk,
+          key.publicJwk,
+          key.createdAt,
+          key.retiredAt,
+        ),
+      )
+      return changes === 1
+    },
     async retireKey(kid, retiredAt) {
       if ((await retryOnBusy(() => statements().retireKey.run(retiredAt, kid))).changes === 0) {
         throw new AuthError('ERR_NOT_FOUND', `signing key "${kid}" does not exist`)
@@ -678,6 +693,11 @@ function prepare(db: Database.Database) {
     listKeys: db.prepare('SELECT * FROM signing_keys ORDER BY created_at DESC, kid DESC'),
     insertKey: db.prepare(
       `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, retired_at) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT (kid) DO NOTHING`,
+    ),
+    insertFirstKey: db.prepare(
+      `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, retired_at)
+       SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE retired_at IS NULL)
        ON CONFLICT (kid) DO NOTHING`,
     ),
     // a key retired twice keeps its first retirement time; its private half is dropped: it never signs again

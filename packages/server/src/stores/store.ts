@@ -106,5 +106,11 @@ export interface TokenStore {
 
   listKeys(): Promise<KeyRecord[]>
   insertKey(key: KeyRecord): Promise<void>
+  /**
+   * stores `key` only while the store holds no live key (`retiredAt: null`), checked and written as one step
+   * that excludes the same call from another instance: of instances starting together over an empty
+   * database, one key wins and the others read it. Resolves false, storing nothing, when a live key was there
+   */
+  insertFirstKey(key: KeyRecord): Promise<boolean>
   retireKey(kid: string, retiredAt: number): Promise<void>
 }

@@ -512,6 +512,39 @@ export function describeTokenStore(name: string, make: () => Promise<TokenStoreF
           expect(await store.listKeys()).toEqual([other, { ...first, retiredAt: NOW + 5, privateJwk: '' }])
           await expectAuthError(store.retireKey('k9', NOW), 'ERR_NOT_FOUND')
         })
+
+        it('insertFirstKey stores a key only while no live key exists', async () => {
+          const first = key('k1', NOW)
+          expect(await store.insertFirstKey(first)).toBe(true)
+          expect(await store.insertFirstKey(key('k2', NOW + 1))).toBe(false)
+          expect(await store.listKeys()).toEqual([first])
+          // a retired key does not count: the store has no key that may sign
+          await store.retireKey('k1', NOW + 2)
+          const next = key('k3', NOW + 3)
+          expect(await store.insertFirstKey(next)).toBe(true)
+          expect(await store.listKeys()).toEqual([next, { ...first, retiredAt: NOW + 2, privateJwk: '' }])
+          // a key stored ahead of time by a rotation is live too
+          await store.retireKey('k3', NOW + 4)
+          await store.insertKey(key('k4', NOW + 100))
+          expect(await store.insertFirstKey(key('k5', NOW + 5))).toBe(false)
+          expect((await store.listKeys()).map((record) => record.kid)).toEqual(['k4', 'k3', 'k1'])
+        })
+
+        it('insertFirstKey from two instances at once: exactly one key is stored each round', async (context) => {
+          if (!fixture.makeSecond) context.skip()
+          const other = await second()
+          await other.migrate()
+          for (let round = 0; round < 10; round++) {
+            const tries = Array.from({ length: 6 }, (_, i) => key(`r${round}-${i}`, NOW + round))
+            const results = await Promise.all(
+              tries.map((record, i) => (i % 2 === 0 ? store : other).insertFirstKey(record)),
+            )
+            expect(results.filter(Boolean)).toHaveLength(1)
+            const live = (await other.listKeys()).filter((record) => record.retiredAt === null)
+            expect(live).toEqual([tries[results.indexOf(true)]])
+            await store.retireKey(live[0]!.kid, NOW + round)
+          }
+        })
       })
     })
   })
