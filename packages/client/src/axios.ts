@@ -88,6 +88,32 @@ const canceled = (config: InternalAxiosRequestConfig) =>
   (config.signal as AbortSignal | undefined)?.aborted || config.cancelToken?.reason
 
 /**
+ * The signal a waiting request is watched with: its own `signal`, joined by its deprecated `CancelToken`
+ * when it has one. Call the second item when the wait is over.
+ */
+function watch(config: InternalAxiosRequestConfig): [AbortSignal | undefined, () => void] {
+  const signal = config.signal as AbortSignal | undefined
+  // axios has had these since 0.22, but its types do not declare them
+  const token = config.cancelToken as
+    | { subscribe(listener: () => void): void; unsubscribe(listener: () => void): void }
+    | undefined
+  if (!token) return [signal, () => {}]
+  const controller = new AbortController()
+  const abort = () => controller.abort()
+  // subscribe calls it at once for a token canceled already
+  token.subscribe(abort)
+  signal?.addEventListener?.('abort', abort)
+  if (signal?.aborted) abort()
+  return [
+    controller.signal,
+    () => {
+      token.unsubscribe(abort)
+      signal?.removeEventListener?.('abort', abort)
+    },
+  ]
+}
+
+/**
  * Attaches a token manager to an axios instance: every request gets `Authorization: Bearer …`,
  * and a 401 refreshes once (shared with every other request) and retries the request once.
  * Returns `detach`, which removes both interceptors; a request whose refresh was under way then is still
@@ -127,7 +153,7 @@ export function attachTokenRefresh(
     const given = config.data
     config.tokenflow = { ...config.tokenflow, given: () => given } as InternalFlags
     // the manager only needs the parts of an AbortSignal that axios's GenericAbortSignal has too
-    const signal = config.signal as AbortSignal | undefined
+    const [signal, done] = watch(config)
     try {
       const token = await manager.getAccessToken({ signal })
       // logged out: the request goes without a token, and a 401 then reaches the app unchanged
@@ -140,6 +166,8 @@ export function attachTokenRefresh(
       // aborted (or its CancelToken canceled) while it waited for a refresh: axios rejects it with its own
       // CanceledError before sending
       if (!canceled(config)) throw error
+    } finally {
+      done()
     }
     return config
   })
@@ -199,7 +227,7 @@ export function attachTokenRefresh(
   /** A refused token (a 401, or what `shouldRefresh` says): refresh, then retry once, else `passOn()`. */
   async function recover(error: AxiosError, passOn: () => unknown): Promise<unknown> {
     const config = error.config!
-    const signal = config.signal as AbortSignal | undefined
+    const [signal, done] = watch(config)
     // the token this request really went out with, read back from its own headers: axios hands the response
     // side a flattened copy of the config and other interceptors may spread it, but the header survives both
     const [sent] = headerKeys(config.headers, 'authorization').map((name) => String(config.headers[name]))
@@ -218,6 +246,8 @@ export function attachTokenRefresh(
         release(error.response?.data)
         throw reason
       }
+    } finally {
+      done()
     }
     // aborted while it waited: the retry goes through axios, which rejects it as canceled without sending it.
     // A stream was used up by the first try: the refresh above still lets the app's own retry succeed. A stream

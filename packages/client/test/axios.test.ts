@@ -560,21 +560,54 @@ describe.each([
 })
 
 describe('attachTokenRefresh and aborts', () => {
-  it("honours axios's deprecated CancelToken once the refresh settles: the canceled request is not sent again", async () => {
+  it('rejects at once, as canceled, a request whose deprecated CancelToken fires while it waits for the refresh after its 401', async () => {
     const { api } = await loggedIn()
     expireOnServer()
     const release = server.holdRefreshes()
     const source = axios.CancelToken.source()
     const canceled = rejection(api.get('/api/x', { ...withId('token-canceled'), cancelToken: source.token }))
+    const other = api.get<Echo>('/api/x', withId('other'))
     await vi.waitFor(() => expect(server.counters.refreshAttempts).toBe(1))
     source.cancel('user left the page')
-    // not watched while it waits (README): it settles once the refresh does
-    release()
+    // settled while the refresh is still held
     const error = await canceled
     expect(axios.isCancel(error)).toBe(true)
     expect(error.message).toBe('user left the page')
-    expect(server.hits('token-canceled')).toBe(1) // its first try only
+    expect(server.counters.refreshes).toBe(0)
+    release()
+    expect((await other).status).toBe(200)
+    expect(server.hits('token-canceled')).toBe(1) // its first try only: the retry was never sent
     expect(server.counters.refreshes).toBe(1)
+  })
+
+  it('rejects at once, as canceled, a request whose CancelToken fires while it waits for a proactive refresh, and never sends it', async () => {
+    const clock = createTestClock(serverClock.now())
+    const { api, manager } = await loggedIn({ now: clock.now })
+    clock.advance(TTL)
+    const release = server.holdRefreshes()
+    // the first request starts the refresh in its request interceptor (the token is known to be expired)
+    const first = api.get<Echo>('/api/x', withId('first'))
+    await vi.waitFor(() => expect(server.counters.refreshAttempts).toBe(1))
+    const source = axios.CancelToken.source()
+    const canceled = rejection(api.get('/api/x', { ...withId('token-queued'), cancelToken: source.token }))
+    source.cancel('gone')
+    const error = await canceled
+    expect(axios.isCancel(error)).toBe(true)
+    expect(error.message).toBe('gone')
+    release()
+    expect((await first).status).toBe(200)
+    expect(server.hits('token-queued')).toBe(0)
+    expect(manager.status).toBe('authenticated')
+  })
+
+  it('a CancelToken shared by many requests is not left holding a listener per request', async () => {
+    const { api } = await loggedIn()
+    const source = axios.CancelToken.source()
+    for (let i = 0; i < 5; i++) {
+      expect((await api.get('/api/x', { cancelToken: source.token })).status).toBe(200)
+    }
+    // axios keeps its own listeners only while a request is in flight
+    expect((source.token as unknown as { _listeners?: unknown[] })._listeners).toEqual([])
   })
 
   it.each([
