@@ -63,13 +63,13 @@ interface Database {
 
 const ALGORITHMS = ['ES256', 'ES384', 'RS256', 'PS256']
 
-/** The flags that set the server's options, for the server's own error messages. */
-const OPTION_FLAGS: Record<string, string> = {
-  issuer: '--issuer',
-  audience: '--audience',
-  clientId: '--client-id',
-  redisUrl: '--redis',
-  trustProxy: '--trust-proxy',
+/** The flag and the env variable that set each of the server's options, for the server's own error messages. */
+const OPTION_SOURCES: Record<string, [flag: string, variable: string]> = {
+  issuer: ['issuer', 'TOKENFLOW_ISSUER'],
+  audience: ['audience', 'TOKENFLOW_AUDIENCE'],
+  clientId: ['client-id', 'TOKENFLOW_CLIENT_ID'],
+  redisUrl: ['redis', 'TOKENFLOW_REDIS_URL'],
+  trustProxy: ['trust-proxy', 'TOKENFLOW_TRUST_PROXY'],
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -87,6 +87,11 @@ async function main(argv: string[]): Promise<number> {
   }
   const [command, sub, ...rest] = positionals
   const env = environment()
+  /** how the user set a value that is refused: its flag, or its env variable when no flag was given */
+  const named = (flag: string, variable: string) =>
+    (values as Record<string, unknown>)[flag] === undefined && env[variable] !== undefined
+      ? variable
+      : `--${flag}`
   const flags = command === undefined ? undefined : COMMAND_FLAGS[command]
   const ignored =
     flags &&
@@ -100,14 +105,15 @@ async function main(argv: string[]): Promise<number> {
   const alg = values.alg ?? env.TOKENFLOW_KEY_ALG ?? 'ES256'
   // only the commands that make keys read it: a bad TOKENFLOW_KEY_ALG in the environment must not stop `user add`
   if (flags?.includes('alg') && !ALGORITHMS.includes(alg)) {
-    const source = values.alg === undefined ? 'TOKENFLOW_KEY_ALG' : '--alg'
-    throw new CliError(`${source} must be one of ${ALGORITHMS.join(', ')}, got "${alg.slice(0, 32)}"`)
+    throw new CliError(
+      `${named('alg', 'TOKENFLOW_KEY_ALG')} must be one of ${ALGORITHMS.join(', ')}, got "${alg.slice(0, 32)}"`,
+    )
   }
 
   switch (command) {
     case 'start': {
       if (sub !== undefined) throw new CliError(`unexpected argument "${sub}" (see --help)`)
-      let port = parsePort(values.port ?? env.PORT ?? '3000')
+      let port = parsePort(values.port ?? env.PORT ?? '3000', named('port', 'PORT'))
       const host = values.host ?? env.TOKENFLOW_HOST ?? '127.0.0.1'
       let issuer = values.issuer ?? env.TOKENFLOW_ISSUER
       if (issuer === undefined) {
@@ -122,7 +128,10 @@ async function main(argv: string[]): Promise<number> {
         issuer = `http://${host.includes(':') ? `[${host}]` : host}:${port}`
       }
       const redisUrl = values.redis ?? env.TOKENFLOW_REDIS_URL
-      const trustProxy = parseTrustProxy(values['trust-proxy'] ?? env.TOKENFLOW_TRUST_PROXY)
+      const trustProxy = parseTrustProxy(
+        values['trust-proxy'] ?? env.TOKENFLOW_TRUST_PROXY,
+        named('trust-proxy', 'TOKENFLOW_TRUST_PROXY'),
+      )
       // Fastify loads only for `start`: the user and key commands answer faster without it
       const { createAuthServer } = await import('./index.js')
       // the server checks its options when it is created, and uses its store only once it starts: created
@@ -153,7 +162,10 @@ async function main(argv: string[]): Promise<number> {
         // the server names the option; the CLI user knows it as the flag (or its env variable)
         const option =
           isAuthError(error) && /^"(issuer|audience|clientId|redisUrl|trustProxy)"/.exec(error.message)
-        if (option) throw new CliError(`${OPTION_FLAGS[option[1]!]}${error.message.slice(option[0].length)}`)
+        if (option) {
+          const [flag, variable] = OPTION_SOURCES[option[1]!]!
+          throw new CliError(`${named(flag, variable)}${error.message.slice(option[0].length)}`)
+        }
         throw error
       }
       database = await openDatabase(values)
@@ -284,7 +296,11 @@ async function openDatabase(values: {
     await store.migrate()
     return { store, close: () => store.close() }
   }
-  if (!/^postgres(ql)?:\/\//.test(postgres)) throw new CliError('--postgres must be a postgres:// URL')
+  if (!/^postgres(ql)?:\/\//.test(postgres)) {
+    throw new CliError(
+      `${values.postgres === undefined ? 'DATABASE_URL' : '--postgres'} must be a postgres:// URL`,
+    )
+  }
   let pg: { Pool: new (config: object) => PgPool }
   try {
     // an optional peer dependency, loaded only for PostgreSQL
@@ -343,11 +359,11 @@ async function freePort(host: string): Promise<number> {
  * number is refused as the hop count it looks like (as `createAuthServer` refuses one): Fastify 5 would
  * trust no hop for it, and every client would share the proxy's per-IP login budget.
  */
-function parseTrustProxy(text: string | undefined): string[] | undefined {
+function parseTrustProxy(text: string | undefined, name: string): string[] | undefined {
   if (text === undefined) return undefined
   if (/^\s*\d+\s*$/.test(text)) {
     throw new CliError(
-      `--trust-proxy takes the proxies' addresses or CIDRs (e.g. 10.0.0.0/8), not a hop count: got "${text.trim().slice(0, 32)}"`,
+      `${name} takes the proxies' addresses or CIDRs (e.g. 10.0.0.0/8), not a hop count: got "${text.trim().slice(0, 32)}"`,
     )
   }
   const addresses = text
@@ -355,15 +371,15 @@ function parseTrustProxy(text: string | undefined): string[] | undefined {
     .map((address) => address.trim())
     .filter((address) => address !== '')
   if (addresses.length === 0) {
-    throw new CliError('--trust-proxy needs the addresses or CIDRs of the proxies, comma-separated')
+    throw new CliError(`${name} needs the addresses or CIDRs of the proxies, comma-separated`)
   }
   return addresses
 }
 
-function parsePort(text: string): number {
+function parsePort(text: string, name: string): number {
   const port = Number(text)
   if (!/^\d+$/.test(text) || !Number.isSafeInteger(port) || port > 65535) {
-    throw new CliError(`--port must be an integer from 0 to 65535, got "${text.slice(0, 32)}"`)
+    throw new CliError(`${name} must be an integer from 0 to 65535, got "${text.slice(0, 32)}"`)
   }
   return port
 }

@@ -163,10 +163,41 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
       cli(['user', 'list'], { env: { DATABASE_URL: 'mysql://root@127.0.0.1/app' } }),
     ])
     expectOneLine(port, '--port must be an integer from 0 to 65535, got "-1"')
-    expectOneLine(envPort, '--port must be an integer from 0 to 65535, got "eighty"')
+    expectOneLine(envPort, 'PORT must be an integer from 0 to 65535, got "eighty"')
     expectOneLine(alg, '--alg must be one of ES256, ES384, RS256, PS256, got "HS256"')
     expectOneLine(issuer, '--issuer must be an https URL (http only on localhost) without query or fragment')
     expectOneLine(redis, '--redis must be a redis:// or rediss:// URL')
+    expectOneLine(mysql, 'DATABASE_URL must be a postgres:// URL')
+  })
+
+  it('a refused value set by its env variable is named by that variable, and by its flag when both are set', async () => {
+    const db = join(dir, 'env-names.db')
+    // a server that took the value would run until killed: the kill (code null) fails the test sooner
+    const timeout = 20_000
+    const [issuer, redis, trustProxy, both, mysql] = await Promise.all([
+      cli(['start', '--port', '0', '--db', db], {
+        env: { TOKENFLOW_ISSUER: 'ftp://auth.example.com' },
+        timeout,
+      }),
+      cli(['start', '--port', '0', '--db', db], {
+        env: { TOKENFLOW_REDIS_URL: 'http://127.0.0.1:6379' },
+        timeout,
+      }),
+      cli(['start', '--port', '0', '--db', db], { env: { TOKENFLOW_TRUST_PROXY: '2' }, timeout }),
+      cli(['start', '--port', '0', '--issuer', 'ftp://flag.example.com', '--db', db], {
+        env: { TOKENFLOW_ISSUER: 'https://auth.example.com' },
+        timeout,
+      }),
+      cli(['user', 'list', '--postgres', 'mysql://root@127.0.0.1/app'], { timeout }),
+    ])
+    const https = 'must be an https URL (http only on localhost) without query or fragment'
+    expectOneLine(issuer, `TOKENFLOW_ISSUER ${https}`)
+    expectOneLine(redis, 'TOKENFLOW_REDIS_URL must be a redis:// or rediss:// URL')
+    expectOneLine(
+      trustProxy,
+      'TOKENFLOW_TRUST_PROXY takes the proxies\' addresses or CIDRs (e.g. 10.0.0.0/8), not a hop count: got "2"',
+    )
+    expectOneLine(both, `--issuer ${https}`)
     expectOneLine(mysql, '--postgres must be a postgres:// URL')
   })
 
@@ -413,7 +444,7 @@ describe('tokenflow-server start --trust-proxy', { timeout: 60_000 }, () => {
     const hopCount = (value: string) =>
       `--trust-proxy takes the proxies' addresses or CIDRs (e.g. 10.0.0.0/8), not a hop count: got "${value}"`
     expectOneLine(hops, hopCount('1'))
-    expectOneLine(envHops, hopCount('2'))
+    expectOneLine(envHops, hopCount('2').replace('--trust-proxy', 'TOKENFLOW_TRUST_PROXY'))
     expectOneLine(name, '--trust-proxy: invalid IP address: proxy.internal')
     expectOneLine(range, '--trust-proxy: invalid range on address: 10.0.0.0/33')
     expectOneLine(empty, '--trust-proxy needs the addresses or CIDRs of the proxies, comma-separated')
