@@ -313,7 +313,7 @@ export function createPostgresStore({
       const rows = await query(
         `INSERT INTO ${keys} (kid, alg, private_jwk, public_jwk, created_at, retired_at)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (kid) DO NOTHING RETURNING kid`,
-        [key.kid, key.alg, key.privateJwk, key.publicJwk, key.createdAt, key.retiredAt],
+        keyColumns(key),
       )
       if (rows.length === 0) throw new AuthError('ERR_CONFIG', `signing key "${key.kid}" already exists`)
     },
@@ -329,7 +329,7 @@ export function createPostgresStore({
            SELECT $1, $2, $3, $4, $5::bigint, $6::bigint
            WHERE NOT EXISTS (SELECT 1 FROM ${keys} WHERE retired_at IS NULL)
            ON CONFLICT (kid) DO NOTHING RETURNING kid`,
-          [key.kid, key.alg, key.privateJwk, key.publicJwk, key.createdAt, key.retiredAt],
+          keyColumns(key),
         )
         inserted = rows.length === 1
       })
@@ -345,6 +345,16 @@ export function createPostgresStore({
     },
   }
 }
+
+/** A key's values in the order of the signing_keys columns (kid, alg, private_jwk, public_jwk, created_at, retired_at). */
+const keyColumns = (key: KeyRecord) => [
+  key.kid,
+  key.alg,
+  key.privateJwk,
+  key.publicJwk,
+  key.createdAt,
+  key.retiredAt,
+]
 
 type PooledConnection = PostgresClient & { release(error?: Error | boolean): void }
 

@@ -612,31 +612,13 @@ export function createSqliteStore({
       return (await retryOnBusy(() => statements().listKeys.all() as KeyRow[], { read: true })).map(toKey)
     },
     async insertKey(key) {
-      const { changes } = await retryOnBusy(() =>
-        statements().insertKey.run(
-          key.kid,
-          key.alg,
-          key.privateJwk,
-          key.publicJwk,
-          key.createdAt,
-          key.retiredAt,
-        ),
-      )
+      const { changes } = await retryOnBusy(() => statements().insertKey.run(...keyColumns(key)))
       if (changes === 0) throw new AuthError('ERR_CONFIG', `signing key "${key.kid}" already exists`)
     },
     async insertFirstKey(key) {
       // one statement, so one write transaction: SQLite lets one connection write at a time, and the
       // check runs inside it
-      const { changes } = await retryOnBusy(() =>
-        statements().insertFirstKey.run(
-          key.kid,
-          key.alg,
-          key.privateJwk,
-          key.publicJwk,
-          key.createdAt,
-          key.retiredAt,
-        ),
-      )
+      const { changes } = await retryOnBusy(() => statements().insertFirstKey.run(...keyColumns(key)))
       return changes === 1
     },
     async retireKey(kid, retiredAt) {
@@ -646,6 +628,10 @@ export function createSqliteStore({
     },
   }
 }
+
+/** A key's values in the order of the signing_keys columns (kid, alg, private_jwk, public_jwk, created_at, retired_at). */
+const keyColumns = (key: KeyRecord) =>
+  [key.kid, key.alg, key.privateJwk, key.publicJwk, key.createdAt, key.retiredAt] as const
 
 function prepare(db: Database.Database) {
   return {
