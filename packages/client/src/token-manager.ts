@@ -48,7 +48,7 @@ export interface TokenManagerOptions {
   storage?: TokenStorage | undefined
   /** ms before `exp` at which `getAccessToken()` refreshes first; capped at half the token's lifetime @default 30_000 */
   leeway?: number | undefined
-  /** ms one refresh attempt may take before it fails with kind 'timeout' @default 10_000 */
+  /** ms one refresh attempt, or one storage write, may take before it fails (kind 'timeout', or ERR_STORAGE) @default 10_000 */
   refreshTimeout?: number | undefined
   /** retries of transient failures, or `false` for none @default { attempts: 2, baseDelay: 300, maxDelay: 5_000 } */
   retry?: RetryOptions | false | undefined
@@ -281,6 +281,30 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     return error
   }
 
+  /**
+   * A storage write. One that has not answered within `refreshTimeout` fails as if the storage had thrown, so a
+   * storage that hangs holds no refresh, login or logout for longer; `late` runs if it answers after that.
+   */
+  function bounded<T>(call: () => T | Promise<T>, late?: (ok: boolean) => void): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      let over = false
+      const settle = (ok: boolean, value: unknown) => {
+        if (over) return late?.(ok)
+        over = true
+        clearTimeout(timer)
+        ok ? resolve(value as T) : reject(value)
+      }
+      const timer = setTimeout(
+        () => settle(false, new Error(`the storage did not answer within ${refreshTimeout} ms`)),
+        refreshTimeout,
+      )
+      new Promise<T>((answer) => answer(call())).then(
+        (value) => settle(true, value),
+        (error) => settle(false, error),
+      )
+    })
+  }
+
   /** The stored tokens; `undefined` when storage could not be read or is not trusted (then nothing is assumed). */
   async function read(): Promise<TokenSet | null | undefined> {
     // our own writes land first, so what we read is never older than what we wrote
@@ -292,11 +316,19 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     }
   }
 
+  /** calls of write(), to tell whether a write that answered late was overtaken by a later one */
+  let queued = 0
   /** Queues a write; it answers the storage's error when it failed (the tokens stay in memory either way). */
   function write(value: TokenSet | null): Promise<TokenflowError | undefined> {
+    const mine = ++queued
     const done = writes.then(async () => {
       try {
-        await (value ? storage.set(value) : storage.clear())
+        // a write that answers after its time was up is in sync only if no write was queued after it: one
+        // that was may have landed first, and storage now holds the older value
+        await bounded(
+          () => (value ? storage.set(value) : storage.clear()),
+          (ok) => (inSync = ok && mine === queued),
+        )
         inSync = true
       } catch (cause) {
         inSync = false

@@ -1266,6 +1266,106 @@ describe('storage failures lose nothing', () => {
     expect(types()).toEqual(['loggedOut', 'storageError'])
   })
 
+  /** A storage whose writes (set, clear) never answer while `hang` is on; `land()` lets the held ones land late. */
+  function hangingWriteStorage(initial: TokenSet | null = null) {
+    let held = initial
+    const late: Array<() => void> = []
+    const state = {
+      hang: true,
+      get held() {
+        return held
+      },
+      land: () => {
+        for (const fn of late.splice(0)) fn()
+      },
+    }
+    const writeOf = async (value: TokenSet | null) => {
+      if (state.hang) await new Promise<void>((resolve) => late.push(resolve))
+      held = value
+    }
+    const storage: TokenStorage = { get: () => held, set: writeOf, clear: () => writeOf(null) }
+    return { storage, state }
+  }
+
+  it('a storage write that never answers holds a refresh, a login and a logout for refreshTimeout at most', async () => {
+    vi.useFakeTimers({ now: T0 })
+    const { storage, state } = hangingWriteStorage(tokenSet(T0, MIN, 0))
+    const { manager, calls, events, types } = setup({ storage, refreshTimeout: 1_000 })
+    // a refresh whose new tokens cannot be saved: its waiters get them once the write's time is up
+    const waiters = [manager.refresh(), manager.getAccessToken(), manager.refresh()]
+    await vi.advanceTimersByTimeAsync(0)
+    const next = tokenSet(T0, MIN, 1)
+    calls[0]!.resolve(next)
+    await vi.advanceTimersByTimeAsync(999)
+    expect(manager.status).toBe('refreshing')
+    await vi.advanceTimersByTimeAsync(1)
+    expect(await Promise.all(waiters)).toEqual([next.accessToken, next.accessToken, next.accessToken])
+    expect(manager.status).toBe('authenticated')
+    const timedOut = {
+      type: 'storageError',
+      error: expect.objectContaining({
+        code: 'ERR_STORAGE',
+        cause: expect.objectContaining({ message: 'the storage did not answer within 1000 ms' }),
+      }),
+    }
+    expect(events.filter((event) => event.type === 'storageError')).toEqual([timedOut])
+    // the next refresh sends the rotated token from memory, not the one storage still holds
+    const again = manager.refresh()
+    await vi.advanceTimersByTimeAsync(0)
+    expect(calls[1]!.context.refreshToken).toBe(next.refreshToken)
+    calls[1]!.resolve(tokenSet(T0, MIN, 2))
+    await vi.advanceTimersByTimeAsync(1_000)
+    expect(await again).toBe(tokenSet(T0, MIN, 2).accessToken)
+    // a login whose write hangs: setTokens resolves after the time is up, and the session works
+    const login = manager.setTokens(tokenSet(T0, MIN, 7))
+    await vi.advanceTimersByTimeAsync(1_000)
+    await login
+    expect(await manager.getAccessToken()).toBe(tokenSet(T0, MIN, 7).accessToken)
+    // a logout whose removal hangs: clear() rejects with the storage error after the time is up
+    const logout = manager.clear().catch((error: unknown) => error)
+    await vi.advanceTimersByTimeAsync(1_000)
+    expect(await logout).toMatchObject({
+      code: 'ERR_STORAGE',
+      cause: { message: 'the storage did not answer within 1000 ms' },
+    })
+    expect(await manager.getAccessToken()).toBeNull()
+    expect(types().filter((type) => type === 'loggedOut')).toHaveLength(1)
+    expect(state.held).toEqual(tokenSet(T0, MIN, 0))
+  })
+
+  it('a removal that lands late, after a login was saved, does not make the next refresh read a logout', async () => {
+    vi.useFakeTimers({ now: T0 })
+    const { storage, state } = hangingWriteStorage()
+    const { manager, calls, types } = setup({ storage, refreshTimeout: 1_000 })
+    const first = tokenSet(T0, MIN, 0)
+    // the first login's write hangs, times out; the logout's removal hangs too, times out
+    const login = manager.setTokens(first)
+    await vi.advanceTimersByTimeAsync(1_000)
+    await login
+    const logout = manager.clear().catch(() => {})
+    await vi.advanceTimersByTimeAsync(1_000)
+    await logout
+    // the storage recovers: the next login is saved at once
+    state.hang = false
+    const second = tokenSet(T0, MIN, 1)
+    await manager.setTokens(second)
+    expect(state.held).toEqual(second)
+    // and then the two held writes land, the removal last: storage is empty again
+    state.land()
+    await vi.advanceTimersByTimeAsync(0)
+    expect(state.held).toBeNull()
+    // the refresh must not take that empty storage for a logout in another tab
+    const refreshed = manager.refresh()
+    await vi.advanceTimersByTimeAsync(0)
+    expect(calls[0]!.context.refreshToken).toBe(second.refreshToken)
+    const third = tokenSet(T0, MIN, 2)
+    calls[0]!.resolve(third)
+    expect(await refreshed).toBe(third.accessToken)
+    expect(types().filter((type) => type === 'loggedOut')).toHaveLength(1)
+    // and its write puts storage back in step
+    expect(state.held).toEqual(third)
+  })
+
   it('does not read the storage again once a session started after a failed read', async () => {
     let reads = 0
     const storage: TokenStorage = {

@@ -117,6 +117,7 @@ export type Milestone =
   | 'session changed during a refresh'
   | 'adopted tokens from the other manager'
   | 'storage failed'
+  | 'storage write outlasted refreshTimeout'
   | 'broadcast delivered'
   | 'saw a rotation signal'
   | 'lock wait timed out'
@@ -402,6 +403,11 @@ async function run(
   const states: ManagerState[] = []
   /** every error a storageError event carried: a clear() the storage did not keep rejects with one of them */
   const storageErrors = new Set<unknown>()
+  /**
+   * a storage write outlasted refreshTimeout: the manager went on without it, so the other manager may not see
+   * a rotation in storage, as after a storage that threw
+   */
+  let writeTimedOut = false
   /** refresh tokens whose rotation (an ok answer) reached the manager that sent them, and that manager */
   const spent = new Map<string, number>()
   const makeRefresh =
@@ -419,6 +425,7 @@ async function run(
         schedule.storage !== 'own' &&
         spent.has(refreshToken) &&
         !schedule.storageFailures.includes(true) &&
+        !writeTimedOut &&
         schedule.lockTimeout === LOCK_TIMEOUT
       )
         violate(
@@ -608,14 +615,21 @@ async function run(
         reached.add('storage failed')
         const { error } = event
         storageErrors.add(error)
+        if (/^the storage did not answer/.test(String((error.cause as Error)?.message))) {
+          writeTimedOut = true
+          reached.add('storage write outlasted refreshTimeout')
+        }
         if (
           !isTokenflowError(error) ||
           error.code !== 'ERR_STORAGE' ||
-          !/^storage failure #/.test(String((error.cause as Error)?.message))
+          // the storage's own error, or the manager's for a write that outlasted refreshTimeout
+          !/^(storage failure #|the storage did not answer within \d+ ms$)/.test(
+            String((error.cause as Error)?.message),
+          )
         )
           violate(
             'error-identity',
-            `manager ${index}: storageError carried ${show(error)}, not ERR_STORAGE with the storage's error as cause`,
+            `manager ${index}: storageError carried ${show(error)}, not ERR_STORAGE with the storage's error (or its timeout) as cause`,
           )
       }
     })
