@@ -183,6 +183,8 @@ async function main(argv: string[]): Promise<number> {
         stopping = true
         // a client that stalls mid-request must not hold the stop forever (Fastify waits for open requests)
         setTimeout(() => {
+          // the exit code alone would not say why
+          app.log.warn('stop: requests still open after 10 s were cut; exiting with code 1')
           app.server.closeAllConnections()
           process.exit(1)
         }, 10_000).unref()

@@ -409,6 +409,12 @@ describe('POST /oauth/token (RFC 6749 section 6)', () => {
         'invalid_client',
       ],
       [{ grant_type: 'refresh_token', refresh_token: 'garbage', client_id: 'web' }, 400, 'invalid_grant'],
+      // RFC 6749 section 6: no scope beyond the one granted, and none is
+      [
+        { grant_type: 'refresh_token', refresh_token: refreshToken, client_id: 'web', scope: 'admin root' },
+        400,
+        'invalid_scope',
+      ],
     ]
     for (const [params, status, error] of cases) {
       const response = await token(params)

@@ -262,6 +262,20 @@ describe('createPostgresStore on PGlite', () => {
     expect((error as Error).message).toBe('schema "tf_missing_schema" does not exist: create it first')
   })
 
+  it('bug: without a schema option, a search_path that names no schema was reported as schema "undefined"', async () => {
+    const db = new PGlite()
+    try {
+      await db.query('SET search_path TO tf_nowhere')
+      const error = await rejection(createPostgresStore({ client: db }).migrate())
+      expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_CONFIG' })
+      expect((error as Error).message).toBe(
+        'the connection\'s search_path names no schema that exists: create one, or pass "schema"',
+      )
+    } finally {
+      await db.close()
+    }
+  })
+
   it('refuses a database migrated by a newer version', async () => {
     const db = sharedPglite()
     await db.query('CREATE SCHEMA tf_newer')

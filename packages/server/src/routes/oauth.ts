@@ -123,6 +123,15 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
         code: 'ERR_INVALID_REQUEST',
       })
     }
+    // RFC 6749 section 6: a refresh may ask for no scope beyond the one first granted, and this server grants
+    // none. Refused before the token is used, so the client keeps it
+    if (body.scope !== undefined && body.scope !== '') {
+      return sendError(reply, 400, {
+        error: 'invalid_scope',
+        error_description: 'this server grants no scope',
+        code: 'ERR_INVALID_REQUEST',
+      })
+    }
     try {
       const tokens = await issuer.refresh(body.refresh_token, { clientId })
       // RFC 6749 section 5.1, with expires_in in seconds

@@ -436,7 +436,12 @@ function translate(error: unknown, schema: string | undefined): unknown {
     })
   }
   if (code === '3F000') {
-    return new AuthError('ERR_CONFIG', `schema "${schema}" does not exist: create it first`, { cause: error })
+    // without a schema option the tables go where the connection's search_path says, which names none that exists
+    const message =
+      schema === undefined
+        ? 'the connection\'s search_path names no schema that exists: create one, or pass "schema"'
+        : `schema "${schema}" does not exist: create it first`
+    return new AuthError('ERR_CONFIG', message, { cause: error })
   }
   return error
 }
