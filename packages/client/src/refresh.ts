@@ -1,4 +1,5 @@
 import { invalidOption, kindOfStatus, RefreshError, type RefreshErrorKind } from './errors.js'
+import { isTokenSet } from './storage.js'
 import type { RefreshContext, RefreshFunction, TokenSet } from './types.js'
 
 type RefreshErrorOptions = ConstructorParameters<typeof RefreshError>[2]
@@ -96,9 +97,10 @@ async function send(
   // camelCase as the recipe's POST /refresh/token answers; snake_case as RFC 6749 section 5.1 does
   const accessToken = fields.accessToken ?? fields.access_token
   const refreshToken = fields.refreshToken ?? fields.refresh_token
+  // isTokenSet's check, here too, so that the error carries the status it came with
   if (
-    !accessToken ||
     typeof accessToken !== 'string' ||
+    !isTokenSet({ accessToken }) ||
     (refreshToken != null && (!refreshToken || typeof refreshToken !== 'string'))
   )
     throw fail('invalid-response', `answered ${status} without a valid token`, { cause, status })

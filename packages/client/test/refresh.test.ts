@@ -378,6 +378,9 @@ describe.each(factories)('%s failure classification', (_, path, make) => {
     [{ error: 'server_error' }],
     [{ accessToken: 'access-2', refreshToken: 5 }],
     [{ access_token: 'access-2', refresh_token: '' }],
+    // it goes in an Authorization header: a space or a line break would make every request throw
+    [{ accessToken: 'access 2' }],
+    [{ access_token: 'access-2\n' }],
   ])('a 200 with %j is "invalid-response"', async (body) => {
     answer(200, body)
     const error = await failure(refresh())
