@@ -633,12 +633,16 @@ function loggerOptions(logger: boolean | LoggerOptions): boolean | LoggerOptions
     ...base,
     redact: { paths: [...REDACT_PATHS, ...theirs], censor: '[redacted]' },
     serializers: {
-      // the query string is dropped: a client may put a token there, and it would be logged
-      req: (request) => ({
-        method: request.method,
-        url: request.url.replace(/\?.*$/s, ''),
-        remoteAddress: request.ip,
-      }),
+      // the query string is dropped: a client may put a token there, and it would be logged. So may a client
+      // that builds a wrong path: a path no route took keeps only its segments shorter than any token
+      req: (request) => {
+        const path = request.url.replace(/\?.*$/s, '')
+        return {
+          method: request.method,
+          url: request.routeOptions?.url === undefined ? path.replace(/[^/]{33,}/g, '[redacted]') : path,
+          remoteAddress: request.ip,
+        }
+      },
       ...base.serializers,
     },
   }

@@ -594,6 +594,9 @@ describe('the logs', () => {
     await send(`${origin}/auth/sessions`, { headers: { authorization: `Bearer ${live.accessToken}x` } })
     await send(`${origin}/auth/sessions/${'0'.repeat(32)}?${query}`, { method: 'DELETE', headers: bearer })
     await send(`${origin}/no/such/route?${query}`, { headers: bearer })
+    // a token put in the path of a route that does not exist (a client that built its URL wrongly)
+    await send(`${origin}/${live.accessToken}`, { headers: bearer })
+    await send(`${origin}/refresh/${live.refreshToken}/token`, { method: 'POST' })
 
     // cookie mode: the refresh token is in Set-Cookie and Cookie headers
     const cookieLogin = await postJson(cookieOrigin, '/auth/login', { username: 'ada', password: PASSWORD })
