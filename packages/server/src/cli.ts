@@ -121,7 +121,7 @@ async function main(argv: string[]): Promise<number> {
         // address. On loopback the default is this server's own address, with the port it will really bind
         if (!isLoopbackHost(host)) {
           throw new CliError(
-            `--host ${host} needs --issuer: the https URL clients and verifiers reach this server at`,
+            `${named('host', 'TOKENFLOW_HOST')} ${host} needs --issuer: the https URL clients and verifiers reach this server at`,
           )
         }
         if (port === 0) port = await freePort(host)

@@ -174,7 +174,7 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
     const db = join(dir, 'env-names.db')
     // a server that took the value would run until killed: the kill (code null) fails the test sooner
     const timeout = 20_000
-    const [issuer, redis, trustProxy, both, mysql] = await Promise.all([
+    const [issuer, redis, trustProxy, both, mysql, host] = await Promise.all([
       cli(['start', '--port', '0', '--db', db], {
         env: { TOKENFLOW_ISSUER: 'ftp://auth.example.com' },
         timeout,
@@ -189,6 +189,7 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
         timeout,
       }),
       cli(['user', 'list', '--postgres', 'mysql://root@127.0.0.1/app'], { timeout }),
+      cli(['start', '--port', '0', '--db', db], { env: { TOKENFLOW_HOST: '0.0.0.0' }, timeout }),
     ])
     const https = 'must be an https URL (http only on localhost) without query or fragment'
     expectOneLine(issuer, `TOKENFLOW_ISSUER ${https}`)
@@ -199,6 +200,10 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
     )
     expectOneLine(both, `--issuer ${https}`)
     expectOneLine(mysql, '--postgres must be a postgres:// URL')
+    expectOneLine(
+      host,
+      'TOKENFLOW_HOST 0.0.0.0 needs --issuer: the https URL clients and verifiers reach this server at',
+    )
   })
 
   it('bug: a bad TOKENFLOW_KEY_ALG also failed the `user` commands, which make no key; `start` and `keys` name the variable', async () => {
