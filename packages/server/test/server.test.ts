@@ -500,6 +500,10 @@ describe('session routes', () => {
       [{}, 'ERR_TOKEN_MISSING'],
       [{ authorization: 'Bearer not.a.jwt' }, 'ERR_JWS_INVALID'],
       [{ authorization: 'Basic YWRhOnB3' }, 'ERR_TOKEN_MISSING'],
+      [{ authorization: 'Bearer' }, 'ERR_TOKEN_MISSING'],
+      // bug: a Bearer token that is not one b64token was "missing" here and "malformed" at the verifier
+      [{ authorization: 'Bearer a.b.c extra' }, 'ERR_JWS_INVALID'],
+      [{ authorization: 'Bearer a.b.c"' }, 'ERR_JWS_INVALID'],
     ]
     for (const [headers, code] of cases) {
       const response = await app.inject({ method: 'GET', url: '/auth/sessions', headers })

@@ -152,12 +152,24 @@ export async function authenticateRequest(
 ): Promise<AccessTokenClaims | undefined> {
   const token = bearerToken(request)
   if (token === undefined) {
-    // the code "@tokenflow/server/verify" gives a request without a token
-    sendError(reply, 401, {
-      error: 'invalid_token',
-      error_description: 'the access token is missing',
-      code: 'ERR_TOKEN_MISSING',
-    })
+    // the codes "@tokenflow/server/verify" gives: no Bearer token, or one that is not a b64token (a space, a
+    // second part, a character outside RFC 6750 section 2.1)
+    const malformed = /^bearer +\S/i.test(String(request.headers.authorization))
+    sendError(
+      reply,
+      401,
+      malformed
+        ? {
+            error: 'invalid_token',
+            error_description: 'the access token is malformed',
+            code: 'ERR_JWS_INVALID',
+          }
+        : {
+            error: 'invalid_token',
+            error_description: 'the access token is missing',
+            code: 'ERR_TOKEN_MISSING',
+          },
+    )
     return undefined
   }
   try {
