@@ -657,12 +657,14 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         if (session === started) {
           await write(refreshed)
           // told under the lock too, so the message is on its way before the next tab can take the lock: a tab
-          // whose storage is its own (cookie mode) learns of this refresh only from it
-          crossTab?.post(
-            refreshed.refreshToken === base.refreshToken
-              ? { type: 'refreshed', tokens: refreshed }
-              : { type: 'refreshed', tokens: refreshed, spent: base.refreshToken! },
-          )
+          // whose storage is its own (cookie mode) learns of this refresh only from it. Not when a logout or a
+          // login came while the write ran: the message would take the other tabs back to this session
+          if (session === started)
+            crossTab?.post(
+              refreshed.refreshToken === base.refreshToken
+                ? { type: 'refreshed', tokens: refreshed }
+                : { type: 'refreshed', tokens: refreshed, spent: base.refreshToken! },
+            )
         }
         if (refreshed.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!, !!copied)
         else crossTab?.replaced(base.accessToken)

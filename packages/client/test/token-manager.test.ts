@@ -889,6 +889,83 @@ describe('rule 7: managers sharing storage and a lock', () => {
   })
 })
 
+describe('a refresh whose write outlasts a logout or a login in its own tab', () => {
+  // a code review: the refresh told the other tabs of its tokens after its write, even when the session had
+  // been ended or replaced meanwhile, and the other tab went back to the old session
+  for (const write of ['slow', 'hung'] as const)
+    for (const change of ['clear', 'setTokens'] as const)
+      it(`${write} write, ${change}() meanwhile: the other tab ends where this one does`, async () => {
+        vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+        const lock = createTestLock()
+        let held: TokenSet | null = tokenSet(T0, MIN, 'A')
+        let holdWrites = false
+        const storageOf = (tab: number): TokenStorage => ({
+          shared: true,
+          get: () => held,
+          set: (tokens) => {
+            if (tab !== 0 || !holdWrites) {
+              held = tokens
+              return
+            }
+            // slow: lands after half the timeout; hung: never answers
+            return write === 'hung'
+              ? new Promise<void>(() => {})
+              : new Promise<void>((landed) =>
+                  setTimeout(() => {
+                    held = tokens
+                    landed()
+                  }, 500),
+                )
+          },
+          clear: () => {
+            held = null
+          },
+        })
+        const options = {
+          lock,
+          channel: `tokenflow-test-write-${write}-${change}`,
+          retry: false as const,
+          refreshTimeout: 1_000,
+          now: () => Date.now(),
+        }
+        const tabs = [0, 1].map((tab) => setupManager({ ...options, storage: storageOf(tab) }, T0))
+        const [first, second] = tabs as [(typeof tabs)[0], (typeof tabs)[0]]
+        const settle = async () => {
+          for (let i = 0; i < 5; i++) {
+            await vi.advanceTimersByTimeAsync(0)
+            await flush()
+          }
+        }
+        for (const tab of tabs)
+          expect(await tab.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
+        holdWrites = true
+        const refreshed = first.manager.refresh().catch((error: unknown) => error)
+        await settle()
+        first.calls[0]!.resolve(tokenSet(T0, MIN, 'A2'))
+        await settle()
+        const changed =
+          change === 'clear'
+            ? first.manager.clear().catch((error: unknown) => error)
+            : first.manager.setTokens(tokenSet(T0, MIN, 'B'))
+        await settle()
+        await vi.advanceTimersByTimeAsync(3_000)
+        await settle()
+        await refreshed
+        await changed
+        const expected = change === 'clear' ? null : tokenSet(T0, MIN, 'B').accessToken
+        expect(await first.manager.getAccessToken()).toBe(expected)
+        expect(await second.manager.getAccessToken()).toBe(expected)
+        // it never took the old session's refreshed tokens, not even for a while
+        const old = tokenSet(T0, MIN, 'A2').accessToken
+        expect(second.events).not.toContainEqual(
+          expect.objectContaining({
+            type: 'refreshed',
+            tokens: expect.objectContaining({ accessToken: old }),
+          }),
+        )
+      })
+})
+
 describe('rule 8: no module state', () => {
   it('leaves navigator.locks alone outside a page or a worker: users on one server never wait for each other', async () => {
     const requested: string[] = []
