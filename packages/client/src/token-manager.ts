@@ -318,16 +318,32 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
   /** calls of write(), to tell whether a write that answered late was overtaken by a later one */
   let queued = 0
+  /** what the latest write() was given */
+  let latest: TokenSet | null = null
+  /**
+   * A write answered after its time was up. Storage now holds `value`, unless it failed. What it should hold:
+   * shared storage what this tab holds now (another tab's logout or refresh it obeyed since was written there
+   * by that tab, and this late write undid it), storage of this tab's own what this tab wrote last. Any other
+   * value is written again, and storage is not trusted until that write succeeds.
+   */
+  function landedLate(ok: boolean, mine: number, value: TokenSet | null): void {
+    if (!ok) return
+    const should = storage.shared === false ? latest : tokens
+    if (should?.accessToken === value?.accessToken) inSync ||= mine === queued
+    else {
+      inSync = false
+      write(should)
+    }
+  }
   /** Queues a write; it answers the storage's error when it failed (the tokens stay in memory either way). */
   function write(value: TokenSet | null): Promise<TokenflowError | undefined> {
     const mine = ++queued
+    latest = value
     const done = writes.then(async () => {
       try {
-        // a write that answers after its time was up is in sync only if no write was queued after it: one
-        // that was may have landed first, and storage now holds the older value
         await bounded(
           () => (value ? storage.set(value) : storage.clear()),
-          (ok) => (inSync = ok && mine === queued),
+          (ok) => landedLate(ok, mine, value),
         )
         inSync = true
       } catch (cause) {

@@ -1349,6 +1349,8 @@ describe('storage failures lose nothing', () => {
     const late: Array<() => void> = []
     const state = {
       hang: true,
+      /** writes made (each set or clear call) */
+      writes: 0,
       get held() {
         return held
       },
@@ -1357,6 +1359,7 @@ describe('storage failures lose nothing', () => {
       },
     }
     const writeOf = async (value: TokenSet | null) => {
+      state.writes++
       if (state.hang) await new Promise<void>((resolve) => late.push(resolve))
       held = value
     }
@@ -1410,7 +1413,7 @@ describe('storage failures lose nothing', () => {
     expect(state.held).toEqual(tokenSet(T0, MIN, 0))
   })
 
-  it('a removal that lands late, after a login was saved, does not make the next refresh read a logout', async () => {
+  it('a removal that lands late, after a login was saved, is undone: storage holds the login again', async () => {
     vi.useFakeTimers({ now: T0 })
     const { storage, state } = hangingWriteStorage()
     const { manager, calls, types } = setup({ storage, refreshTimeout: 1_000 })
@@ -1427,11 +1430,13 @@ describe('storage failures lose nothing', () => {
     const second = tokenSet(T0, MIN, 1)
     await manager.setTokens(second)
     expect(state.held).toEqual(second)
-    // and then the two held writes land, the removal last: storage is empty again
+    // and then the two held writes land, the removal last: each is put right by writing the session again
+    const writes = state.writes
     state.land()
     await vi.advanceTimersByTimeAsync(0)
-    expect(state.held).toBeNull()
-    // the refresh must not take that empty storage for a logout in another tab
+    expect(state.held).toEqual(second)
+    expect(state.writes - writes).toBe(2)
+    // the refresh does not take storage for a logout in another tab
     const refreshed = manager.refresh()
     await vi.advanceTimersByTimeAsync(0)
     expect(calls[0]!.context.refreshToken).toBe(second.refreshToken)
@@ -1441,6 +1446,91 @@ describe('storage failures lose nothing', () => {
     expect(types().filter((type) => type === 'loggedOut')).toHaveLength(1)
     // and its write puts storage back in step
     expect(state.held).toEqual(third)
+  })
+
+  it('a write overtaken by a later one and landing after it is undone: storage never keeps a spent refresh token', async () => {
+    vi.useFakeTimers({ now: T0 })
+    for (const shared of [undefined, false] as const) {
+      const { storage, state } = hangingWriteStorage()
+      const { manager, calls } = setup({ storage: { ...storage, shared }, refreshTimeout: 1_000 })
+      // the login's write hangs and times out
+      const login = manager.setTokens(tokenSet(T0, MIN, 0))
+      await vi.advanceTimersByTimeAsync(1_000)
+      await login
+      // a refresh rotates rt-0 to rt-1, and its write is saved at once
+      state.hang = false
+      const refreshed = manager.refresh()
+      await vi.advanceTimersByTimeAsync(0)
+      expect(calls[0]!.context.refreshToken).toBe('rt-0')
+      calls[0]!.resolve(tokenSet(T0, MIN, 1))
+      await refreshed
+      expect(state.held?.refreshToken).toBe('rt-1')
+      // the login's write lands now, putting the spent rt-0 back: the manager writes rt-1 again
+      state.land()
+      await vi.advanceTimersByTimeAsync(0)
+      expect(state.held?.refreshToken).toBe('rt-1')
+      // so the next start refreshes with rt-1
+      const next = setup({ storage, refreshTimeout: 1_000 })
+      const again = next.manager.refresh()
+      await vi.advanceTimersByTimeAsync(0)
+      expect(next.calls[0]!.context.refreshToken).toBe('rt-1')
+      next.calls[0]!.resolve(tokenSet(T0, MIN, 2))
+      await again
+    }
+  })
+
+  it('a login write that lands after another tab logged out is undone: the next start is logged out', async () => {
+    vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+    const { storage, state } = hangingWriteStorage()
+    const tabOf = (own: TokenStorage) =>
+      setupManager(
+        {
+          storage: { ...own, shared: true },
+          channel: 'tokenflow-test-late-login',
+          refreshTimeout: 1_000,
+          now: () => Date.now(),
+        },
+        T0,
+      )
+    const first = tabOf(storage)
+    // the second tab's writes are saved at once
+    const atOnce = (write: () => void | Promise<void>) => {
+      const hang = state.hang
+      state.hang = false
+      const done = write()
+      state.hang = hang
+      return done
+    }
+    const second = tabOf({
+      get: storage.get,
+      set: (tokens) => atOnce(() => storage.set(tokens)),
+      clear: () => atOnce(() => storage.clear()),
+    })
+    const settle = async () => {
+      for (let i = 0; i < 5; i++) {
+        await vi.advanceTimersByTimeAsync(0)
+        await flush()
+      }
+    }
+    expect(await second.manager.getAccessToken()).toBeNull()
+    // a login in the first tab whose write hangs, times out
+    const login = first.manager.setTokens(tokenSet(T0, MIN, 'X'))
+    await vi.advanceTimersByTimeAsync(1_000)
+    await login
+    await settle()
+    expect(await second.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'X').accessToken)
+    // the user logs out in the second tab, whose removal is saved; the first tab hears of it
+    await second.manager.clear()
+    await settle()
+    expect(await first.manager.getAccessToken()).toBeNull()
+    expect(state.held).toBeNull()
+    // the storage recovers, and the first tab's login write lands now: the first tab removes it again
+    state.hang = false
+    state.land()
+    await settle()
+    expect(state.held).toBeNull()
+    const next = setupManager({ storage, channel: false }, T0)
+    expect(await next.manager.getAccessToken()).toBeNull()
   })
 
   it('does not read the storage again once a session started after a failed read', async () => {
