@@ -77,8 +77,11 @@ async function main(argv: string[]): Promise<number> {
   try {
     parsed = parse(argv)
   } catch (error) {
-    // parseArgs's first sentence says it ("Unknown option '--nope'"); the rest is advice about "--"
-    throw new CliError(`${messageOf(error).split('. ')[0]} (see --help)`)
+    // parseArgs's first sentence says it ("Unknown option '--nope'"); the rest is advice about "--", except
+    // for a value that starts with a dash (`--port -1`), where its last line says how to give one
+    const message = messageOf(error)
+    const dash = /specify an option argument starting with a dash use '[^']*'/.exec(message)?.[0]
+    throw new CliError(`${message.split(/\.\s/)[0]}${dash ? `: to ${dash}` : ''} (see --help)`)
   }
   const { values, positionals } = parsed
   if (values.help || positionals.length === 0) {

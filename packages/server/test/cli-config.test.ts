@@ -101,12 +101,18 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
   // cli.test.ts covers `start --nope`, `launch`, `--port 99999`, --db with --postgres and a missing directory
   it('a bad flag or an unknown subcommand of `user` and `keys`', async () => {
     const db = join(dir, 'commands.db')
-    const [flag, user, keys] = await Promise.all([
+    const [flag, user, keys, dash] = await Promise.all([
       cli(['user', 'list', '--verbose', '--db', db]),
       cli(['user', 'frobnicate', '--db', db]),
       cli(['keys', 'list', '--db', db]),
+      cli(['start', '--port', '-1', '--db', db]),
     ])
     expectOneLine(flag, "Unknown option '--verbose' (see --help)")
+    // bug: this said only "Option '--port' argument is ambiguous"
+    expectOneLine(
+      dash,
+      "Option '--port' argument is ambiguous: to specify an option argument starting with a dash use '--port=-XYZ' (see --help)",
+    )
     expectOneLine(user, 'unknown command "user frobnicate" (see --help)')
     expectOneLine(keys, 'usage: tokenflow-server keys rotate')
   })
