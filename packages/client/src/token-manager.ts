@@ -318,27 +318,30 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
   /** calls of write(), to tell whether a write that answered late was overtaken by a later one */
   let queued = 0
-  /** what the latest write() was given */
-  let latest: TokenSet | null = null
   /**
-   * A write answered after its time was up. Storage now holds `value`, unless it failed. What it should hold:
-   * shared storage what this tab holds now (another tab's logout or refresh it obeyed since was written there
-   * by that tab, and this late write undid it), storage of this tab's own what this tab wrote last. Any other
-   * value is written again, and storage is not trusted until that write succeeds.
+   * What storage should hold, as far as this tab knows: what it last gave write(), or, in shared storage, what
+   * another tab wrote since (the logout, login or refresh it told of, which this tab followed)
+   */
+  let expected: TokenSet | null = null
+  const expectStored = (value: TokenSet | null) => {
+    if (storage.shared !== false) expected = value
+  }
+  /**
+   * A write answered after its time was up. Storage now holds `value`, unless it failed; any other value than
+   * the expected one is written again, and storage is not trusted until that write succeeds.
    */
   function landedLate(ok: boolean, mine: number, value: TokenSet | null): void {
     if (!ok) return
-    const should = storage.shared === false ? latest : tokens
-    if (should?.accessToken === value?.accessToken) inSync ||= mine === queued
+    if (expected?.accessToken === value?.accessToken) inSync ||= mine === queued
     else {
       inSync = false
-      write(should)
+      write(expected)
     }
   }
   /** Queues a write; it answers the storage's error when it failed (the tokens stay in memory either way). */
   function write(value: TokenSet | null): Promise<TokenflowError | undefined> {
     const mine = ++queued
-    latest = value
+    expected = value
     const done = writes.then(async () => {
       try {
         await bounded(
@@ -468,7 +471,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   /** A message from another tab (`broadcast`), or what it left in storage: take its tokens, or end the session with it. */
   function adopt(message: CrossTabMessage, broadcast?: boolean, stale?: boolean): void {
     if (message?.type === 'loggedOut') {
-      if (!stale) void endSession('otherTab')
+      if (!stale) {
+        expectStored(null)
+        void endSession('otherTab')
+      }
       return
     }
     const next = message?.type === 'refreshed' && toTokenSet(message.tokens)
@@ -476,6 +482,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     if (stale || !next || next.accessToken === tokens?.accessToken || isSpent(next)) return
     // a login in another tab starts a session here, and a refresh of the old one is called off (its result
     // must not come back over the login); a refresh there hands over its tokens
+    expectStored(next)
     if (tokens && !message.login) use(next)
     else switchSession(next)
     // tokens from storage are in storage: only a broadcast's may be in this tab's memory alone
@@ -681,6 +688,9 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
                 ? { type: 'refreshed', tokens: refreshed }
                 : { type: 'refreshed', tokens: refreshed, spent: base.refreshToken! },
             )
+          // a login or logout came while it wrote: one of this tab's is written after it anyway, but another
+          // tab's may have been written before it landed, so storage is given what it should hold again
+          else if (expected !== refreshed) write(expected)
         }
         if (refreshed.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!, !!copied)
         else crossTab?.replaced(base.accessToken)

@@ -966,6 +966,125 @@ describe('a refresh whose write outlasts a logout or a login in its own tab', ()
       })
 })
 
+describe('a refresh whose write outlasts a logout or a login in another tab', () => {
+  // a code review: the other tab's choice was written while this write ran; this one landed after it, and
+  // storage (and so the other tab's next refresh, and the next start) went back to the old session
+  for (const write of ['slow', 'hung'] as const)
+    for (const change of ['setTokens', 'clear'] as const)
+      it(`${write} write, ${change}() in the other tab meanwhile: storage ends on the other tab's choice`, async () => {
+        vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+        let held: TokenSet | null = tokenSet(T0, MIN, 'A')
+        let holdWrites = false
+        const storageOf = (tab: number): TokenStorage => ({
+          shared: true,
+          get: () => held,
+          set: (tokens) => {
+            if (tab !== 0 || !holdWrites) {
+              held = tokens
+              return
+            }
+            // slow: lands within refreshTimeout; hung: lands after it
+            return new Promise<void>((landed) =>
+              setTimeout(
+                () => {
+                  held = tokens
+                  landed()
+                },
+                write === 'slow' ? 500 : 1_500,
+              ),
+            )
+          },
+          clear: () => {
+            held = null
+          },
+        })
+        const options = {
+          lock: createTestLock(),
+          channel: `tokenflow-test-other-${write}-${change}`,
+          retry: false as const,
+          refreshTimeout: 1_000,
+          now: () => Date.now(),
+        }
+        const tabs = [0, 1].map((tab) => setupManager({ ...options, storage: storageOf(tab) }, T0))
+        const [first, second] = tabs as [(typeof tabs)[0], (typeof tabs)[0]]
+        const settle = async () => {
+          for (let i = 0; i < 5; i++) {
+            await vi.advanceTimersByTimeAsync(0)
+            await flush()
+          }
+        }
+        for (const tab of tabs)
+          expect(await tab.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
+        holdWrites = true
+        const refreshed = first.manager.refresh().catch((error: unknown) => error)
+        await settle()
+        first.calls[0]!.resolve(tokenSet(T0, MIN, 'A2'))
+        await settle()
+        if (change === 'setTokens') await second.manager.setTokens(tokenSet(T0, MIN, 'B'))
+        else await second.manager.clear()
+        await settle()
+        await vi.advanceTimersByTimeAsync(3_000)
+        await settle()
+        await refreshed
+        const expected = change === 'clear' ? null : tokenSet(T0, MIN, 'B')
+        for (const tab of tabs) expect(await tab.manager.getAccessToken()).toBe(expected?.accessToken ?? null)
+        expect(held).toEqual(expected)
+        if (change === 'setTokens') {
+          // the second tab's next refresh stays in session B
+          const again = second.manager.refresh()
+          await settle()
+          expect(second.calls[0]!.context.refreshToken).toBe('rt-B')
+          second.calls[0]!.resolve(tokenSet(T0, MIN, 'B2'))
+          expect(await again).toBe(tokenSet(T0, MIN, 'B2').accessToken)
+        }
+      })
+
+  it('writes that land late, in order, behind a refresh write: storage ends on the rotated token', async () => {
+    // a code review: comparing a late landing with the tokens in memory, which a refresh takes only after its
+    // write, wrote the spent login back after the refresh's write
+    vi.useFakeTimers({ now: T0 })
+    for (const shared of [undefined, true, false] as const) {
+      // like AsyncStorage: one operation at a time, in order; `stall()` holds them until `release()`
+      let held: TokenSet | null = tokenSet(T0, MIN, 'old')
+      let chain: Promise<unknown> = Promise.resolve()
+      let gate: Promise<void> = Promise.resolve()
+      let release = () => {}
+      const operation = (value: TokenSet | null) => {
+        const open = gate
+        chain = chain
+          .then(() => open)
+          .then(() => {
+            held = value
+          })
+        return chain as Promise<void>
+      }
+      const storage: TokenStorage = { shared, get: () => held, set: operation, clear: () => operation(null) }
+      const { manager, calls } = setupManager({ storage, refreshTimeout: 1_000 }, T0)
+      expect(await manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'old').accessToken)
+      gate = new Promise<void>((resolve) => {
+        release = resolve
+      })
+      const logout = manager.clear().catch((error: unknown) => error)
+      await vi.advanceTimersByTimeAsync(1_000)
+      expect(await logout).toMatchObject({ code: 'ERR_STORAGE' })
+      const login = manager.setTokens(tokenSet(T0, MIN, 'L'))
+      await vi.advanceTimersByTimeAsync(1_000)
+      await login
+      const refreshed = manager.refresh()
+      await vi.advanceTimersByTimeAsync(0)
+      expect(calls[0]!.context.refreshToken).toBe('rt-L')
+      calls[0]!.resolve(tokenSet(T0, MIN, 'R1'))
+      await vi.advanceTimersByTimeAsync(0)
+      // the storage recovers within the refresh write's time: null, L and R1 land in that order
+      release()
+      await vi.advanceTimersByTimeAsync(0)
+      expect(await refreshed).toBe(tokenSet(T0, MIN, 'R1').accessToken)
+      await vi.advanceTimersByTimeAsync(5_000)
+      expect(held?.refreshToken).toBe('rt-R1')
+    }
+  })
+})
+
 describe('rule 8: no module state', () => {
   it('leaves navigator.locks alone outside a page or a worker: users on one server never wait for each other', async () => {
     const requested: string[] = []
