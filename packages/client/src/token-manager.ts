@@ -455,6 +455,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     if (had) ended = error && { accessToken: had.accessToken, error }
     switchSession(null, undefined, !fromRefresh)
     // another tab cleared the storage already
+    if (reason === 'otherTab') expectStored(null)
     const cleared = reason === 'otherTab' ? writes.then(() => undefined) : write(null)
     // loggedOut fires once per session: the session is gone now, so a second call finds none
     if (had) loggedOut(reason, error)
@@ -471,10 +472,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   /** A message from another tab (`broadcast`), or what it left in storage: take its tokens, or end the session with it. */
   function adopt(message: CrossTabMessage, broadcast?: boolean, stale?: boolean): void {
     if (message?.type === 'loggedOut') {
-      if (!stale) {
-        expectStored(null)
-        void endSession('otherTab')
-      }
+      if (!stale) void endSession('otherTab')
       return
     }
     const next = message?.type === 'refreshed' && toTokenSet(message.tokens)
@@ -689,8 +687,9 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
                 : { type: 'refreshed', tokens: refreshed, spent: base.refreshToken! },
             )
           // a login or logout came while it wrote: one of this tab's is written after it anyway, but another
-          // tab's may have been written before it landed, so storage is given what it should hold again
-          else if (expected !== refreshed) write(expected)
+          // tab's may have been written before it landed, so storage is given what it should hold again, under
+          // the lock: the next tab to take it reads that
+          else if (expected !== refreshed) await write(expected)
         }
         if (refreshed.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!, !!copied)
         else crossTab?.replaced(base.accessToken)

@@ -1039,6 +1039,141 @@ describe('a refresh whose write outlasts a logout or a login in another tab', ()
         }
       })
 
+  // code reviews of the repair: it was written after the lock went free, and a logout found in storage did
+  // not count as what storage should hold
+  it('slow write, setTokens() and at once refresh() in the other tab: its refresh stays in its login (the repair is written under the lock)', async () => {
+    vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+    const settle = async () => {
+      for (let i = 0; i < 5; i++) {
+        await vi.advanceTimersByTimeAsync(0)
+        await flush()
+      }
+    }
+    let held: TokenSet | null = tokenSet(T0, MIN, 'A')
+    let holdWrites = false
+    const storageOf = (tab: number): TokenStorage => ({
+      shared: true,
+      get: () => held,
+      set: (tokens) => {
+        if (tab !== 0 || !holdWrites) {
+          held = tokens
+          return
+        }
+        return new Promise<void>((landed) =>
+          setTimeout(() => {
+            held = tokens
+            landed()
+          }, 500),
+        )
+      },
+      clear: () => {
+        held = null
+      },
+    })
+    const options = {
+      lock: createTestLock(),
+      channel: 'tokenflow-test-slow-login-refresh',
+      retry: false as const,
+      refreshTimeout: 1_000,
+      now: () => Date.now(),
+    }
+    const tabs = [0, 1].map((tab) => setupManager({ ...options, storage: storageOf(tab) }, T0))
+    const [first, second] = tabs as [(typeof tabs)[0], (typeof tabs)[0]]
+    for (const tab of tabs)
+      expect(await tab.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
+    holdWrites = true
+    const r1 = first.manager.refresh().catch((e: unknown) => e)
+    await settle()
+    first.calls[0]!.resolve(tokenSet(T0, MIN, 'A2'))
+    await settle()
+    await second.manager.setTokens(tokenSet(T0, MIN, 'B'))
+    // e.g. a 401 right after login: its refresh waits for the lock the first tab holds
+    const r2 = second.manager.refresh().catch((e: unknown) => e)
+    await settle()
+    await vi.advanceTimersByTimeAsync(500)
+    await settle()
+    await vi.advanceTimersByTimeAsync(500)
+    await settle()
+    // if the second tab called its refresh function, answer it within session B
+    if (second.calls[0]) second.calls[0].resolve(tokenSet(T0, MIN, 'B2'))
+    await settle()
+    await vi.advanceTimersByTimeAsync(3_000)
+    await settle()
+    await r1
+    const got = await r2
+    // the second tab logged in as B: its refresh must not hand out the old session's token
+    expect(got).not.toBe(tokenSet(T0, MIN, 'A2').accessToken)
+    expect([tokenSet(T0, MIN, 'B').accessToken, tokenSet(T0, MIN, 'B2').accessToken]).toContain(
+      await second.manager.getAccessToken(),
+    )
+  })
+
+  it('a login write landing late after a logout the tab found in storage (no channel) does not bring the session back', async () => {
+    vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+    const settle = async () => {
+      for (let i = 0; i < 5; i++) {
+        await vi.advanceTimersByTimeAsync(0)
+        await flush()
+      }
+    }
+    let held = null as TokenSet | null
+    let hangNext = false
+    const storageOf = (tab: number): TokenStorage => ({
+      shared: true,
+      get: () => held,
+      set: (tokens) => {
+        if (tab === 0 && hangNext) {
+          hangNext = false
+          return new Promise<void>((landed) =>
+            setTimeout(() => {
+              held = tokens
+              landed()
+            }, 5_000),
+          )
+        }
+        held = tokens
+      },
+      clear: () => {
+        held = null
+      },
+    })
+    // no messages between the tabs (channel: false), one lock: the logout is found in storage
+    const options = {
+      lock: createTestLock(),
+      channel: false as const,
+      retry: false as const,
+      refreshTimeout: 1_000,
+      now: () => Date.now(),
+    }
+    const first = setupManager({ ...options, storage: storageOf(0) }, T0)
+    const second = setupManager({ ...options, storage: storageOf(1) }, T0)
+    hangNext = true
+    const login = first.manager.setTokens(tokenSet(T0, MIN, 'L')).catch((e: unknown) => e)
+    await vi.advanceTimersByTimeAsync(1_000)
+    await login
+    expect(first.types()).toContain('storageError')
+    // a refresh of L: its write succeeds, storage is trusted again
+    const r = first.manager.refresh()
+    await settle()
+    first.calls[0]!.resolve(tokenSet(T0, MIN, 'R'))
+    expect(await r).toBe(tokenSet(T0, MIN, 'R').accessToken)
+    expect(held?.refreshToken).toBe('rt-R')
+    // the other tab starts, reads R and logs out
+    expect(await second.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'R').accessToken)
+    await second.manager.clear()
+    expect(held).toBeNull()
+    // the first tab's next refresh finds the logout in storage
+    const again = first.manager.refresh().catch((e: unknown) => e)
+    await settle()
+    expect(await again).toMatchObject({ kind: 'rejected' })
+    expect(first.manager.status).toBe('unauthenticated')
+    // the hung login lands now
+    await vi.advanceTimersByTimeAsync(5_000)
+    await settle()
+    // the user logged out: the next start must not come back logged in
+    expect(held).toBeNull()
+  })
+
   it('writes that land late, in order, behind a refresh write: storage ends on the rotated token', async () => {
     // a code review: comparing a late landing with the tokens in memory, which a refresh takes only after its
     // write, wrote the spent login back after the refresh's write
