@@ -889,56 +889,66 @@ describe('rule 7: managers sharing storage and a lock', () => {
   })
 })
 
+/** Lets fake timers and the promises, messages and locks they release run their course. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) {
+    await vi.advanceTimersByTimeAsync(0)
+    await flush()
+  }
+}
+
+/**
+ * Two tabs (managers with one lock and one channel) over one shared storage that holds session A, on fake
+ * timers. While `state.slow` is on, the first tab's writes land `delay` ms late (never, for Infinity); the
+ * second tab's land at once.
+ */
+function twoTabsOverSlowStorage(name: string, delay: number) {
+  vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+  const state = { held: tokenSet(T0, MIN, 'A') as TokenSet | null, slow: false }
+  const storageOf = (tab: number): TokenStorage => ({
+    shared: true,
+    get: () => state.held,
+    set: (tokens) => {
+      if (tab !== 0 || !state.slow) {
+        state.held = tokens
+        return
+      }
+      return new Promise<void>((landed) => {
+        if (delay === Number.POSITIVE_INFINITY) return
+        setTimeout(() => {
+          state.held = tokens
+          landed()
+        }, delay)
+      })
+    },
+    clear: () => {
+      state.held = null
+    },
+  })
+  const options = {
+    lock: createTestLock(),
+    channel: `tokenflow-test-${name}`,
+    retry: false as const,
+    refreshTimeout: 1_000,
+    now: () => Date.now(),
+  }
+  const tabs = [0, 1].map((tab) => setupManager({ ...options, storage: storageOf(tab) }, T0))
+  return { state, tabs, first: tabs[0]!, second: tabs[1]! }
+}
+
 describe('a refresh whose write outlasts a logout or a login in its own tab', () => {
   // a code review: the refresh told the other tabs of its tokens after its write, even when the session had
   // been ended or replaced meanwhile, and the other tab went back to the old session
   for (const write of ['slow', 'hung'] as const)
     for (const change of ['clear', 'setTokens'] as const)
       it(`${write} write, ${change}() meanwhile: the other tab ends where this one does`, async () => {
-        vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
-        const lock = createTestLock()
-        let held: TokenSet | null = tokenSet(T0, MIN, 'A')
-        let holdWrites = false
-        const storageOf = (tab: number): TokenStorage => ({
-          shared: true,
-          get: () => held,
-          set: (tokens) => {
-            if (tab !== 0 || !holdWrites) {
-              held = tokens
-              return
-            }
-            // slow: lands after half the timeout; hung: never answers
-            return write === 'hung'
-              ? new Promise<void>(() => {})
-              : new Promise<void>((landed) =>
-                  setTimeout(() => {
-                    held = tokens
-                    landed()
-                  }, 500),
-                )
-          },
-          clear: () => {
-            held = null
-          },
-        })
-        const options = {
-          lock,
-          channel: `tokenflow-test-write-${write}-${change}`,
-          retry: false as const,
-          refreshTimeout: 1_000,
-          now: () => Date.now(),
-        }
-        const tabs = [0, 1].map((tab) => setupManager({ ...options, storage: storageOf(tab) }, T0))
-        const [first, second] = tabs as [(typeof tabs)[0], (typeof tabs)[0]]
-        const settle = async () => {
-          for (let i = 0; i < 5; i++) {
-            await vi.advanceTimersByTimeAsync(0)
-            await flush()
-          }
-        }
+        const { state, tabs, first, second } = twoTabsOverSlowStorage(
+          `own-${write}-${change}`,
+          write === 'slow' ? 500 : Number.POSITIVE_INFINITY,
+        )
         for (const tab of tabs)
           expect(await tab.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
-        holdWrites = true
+        state.slow = true
         const refreshed = first.manager.refresh().catch((error: unknown) => error)
         await settle()
         first.calls[0]!.resolve(tokenSet(T0, MIN, 'A2'))
@@ -972,50 +982,14 @@ describe('a refresh whose write outlasts a logout or a login in another tab', ()
   for (const write of ['slow', 'hung'] as const)
     for (const change of ['setTokens', 'clear'] as const)
       it(`${write} write, ${change}() in the other tab meanwhile: storage ends on the other tab's choice`, async () => {
-        vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
-        let held: TokenSet | null = tokenSet(T0, MIN, 'A')
-        let holdWrites = false
-        const storageOf = (tab: number): TokenStorage => ({
-          shared: true,
-          get: () => held,
-          set: (tokens) => {
-            if (tab !== 0 || !holdWrites) {
-              held = tokens
-              return
-            }
-            // slow: lands within refreshTimeout; hung: lands after it
-            return new Promise<void>((landed) =>
-              setTimeout(
-                () => {
-                  held = tokens
-                  landed()
-                },
-                write === 'slow' ? 500 : 1_500,
-              ),
-            )
-          },
-          clear: () => {
-            held = null
-          },
-        })
-        const options = {
-          lock: createTestLock(),
-          channel: `tokenflow-test-other-${write}-${change}`,
-          retry: false as const,
-          refreshTimeout: 1_000,
-          now: () => Date.now(),
-        }
-        const tabs = [0, 1].map((tab) => setupManager({ ...options, storage: storageOf(tab) }, T0))
-        const [first, second] = tabs as [(typeof tabs)[0], (typeof tabs)[0]]
-        const settle = async () => {
-          for (let i = 0; i < 5; i++) {
-            await vi.advanceTimersByTimeAsync(0)
-            await flush()
-          }
-        }
+        // slow: lands within refreshTimeout; hung: lands after it
+        const { state, tabs, first, second } = twoTabsOverSlowStorage(
+          `other-${write}-${change}`,
+          write === 'slow' ? 500 : 1_500,
+        )
         for (const tab of tabs)
           expect(await tab.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
-        holdWrites = true
+        state.slow = true
         const refreshed = first.manager.refresh().catch((error: unknown) => error)
         await settle()
         first.calls[0]!.resolve(tokenSet(T0, MIN, 'A2'))
@@ -1028,7 +1002,7 @@ describe('a refresh whose write outlasts a logout or a login in another tab', ()
         await refreshed
         const expected = change === 'clear' ? null : tokenSet(T0, MIN, 'B')
         for (const tab of tabs) expect(await tab.manager.getAccessToken()).toBe(expected?.accessToken ?? null)
-        expect(held).toEqual(expected)
+        expect(state.held).toEqual(expected)
         if (change === 'setTokens') {
           // the second tab's next refresh stays in session B
           const again = second.manager.refresh()
@@ -1042,46 +1016,10 @@ describe('a refresh whose write outlasts a logout or a login in another tab', ()
   // code reviews of the repair: it was written after the lock went free, and a logout found in storage did
   // not count as what storage should hold
   it('slow write, setTokens() and at once refresh() in the other tab: its refresh stays in its login (the repair is written under the lock)', async () => {
-    vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
-    const settle = async () => {
-      for (let i = 0; i < 5; i++) {
-        await vi.advanceTimersByTimeAsync(0)
-        await flush()
-      }
-    }
-    let held: TokenSet | null = tokenSet(T0, MIN, 'A')
-    let holdWrites = false
-    const storageOf = (tab: number): TokenStorage => ({
-      shared: true,
-      get: () => held,
-      set: (tokens) => {
-        if (tab !== 0 || !holdWrites) {
-          held = tokens
-          return
-        }
-        return new Promise<void>((landed) =>
-          setTimeout(() => {
-            held = tokens
-            landed()
-          }, 500),
-        )
-      },
-      clear: () => {
-        held = null
-      },
-    })
-    const options = {
-      lock: createTestLock(),
-      channel: 'tokenflow-test-slow-login-refresh',
-      retry: false as const,
-      refreshTimeout: 1_000,
-      now: () => Date.now(),
-    }
-    const tabs = [0, 1].map((tab) => setupManager({ ...options, storage: storageOf(tab) }, T0))
-    const [first, second] = tabs as [(typeof tabs)[0], (typeof tabs)[0]]
+    const { state, tabs, first, second } = twoTabsOverSlowStorage('slow-login-refresh', 500)
     for (const tab of tabs)
       expect(await tab.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
-    holdWrites = true
+    state.slow = true
     const r1 = first.manager.refresh().catch((e: unknown) => e)
     await settle()
     first.calls[0]!.resolve(tokenSet(T0, MIN, 'A2'))
@@ -1110,12 +1048,6 @@ describe('a refresh whose write outlasts a logout or a login in another tab', ()
 
   it('a login write landing late after a logout the tab found in storage (no channel) does not bring the session back', async () => {
     vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
-    const settle = async () => {
-      for (let i = 0; i < 5; i++) {
-        await vi.advanceTimersByTimeAsync(0)
-        await flush()
-      }
-    }
     let held = null as TokenSet | null
     let hangNext = false
     const storageOf = (tab: number): TokenStorage => ({
@@ -1760,12 +1692,6 @@ describe('storage failures lose nothing', () => {
       set: (tokens) => atOnce(() => storage.set(tokens)),
       clear: () => atOnce(() => storage.clear()),
     })
-    const settle = async () => {
-      for (let i = 0; i < 5; i++) {
-        await vi.advanceTimersByTimeAsync(0)
-        await flush()
-      }
-    }
     expect(await second.manager.getAccessToken()).toBeNull()
     // a login in the first tab whose write hangs, times out
     const login = first.manager.setTokens(tokenSet(T0, MIN, 'X'))
