@@ -48,7 +48,7 @@ export interface TokenManagerOptions {
   storage?: TokenStorage | undefined
   /** ms before `exp` at which `getAccessToken()` refreshes first; capped at half the token's lifetime @default 30_000 */
   leeway?: number | undefined
-  /** ms one refresh attempt, or one storage write, may take before it fails (kind 'timeout', or ERR_STORAGE) @default 10_000 */
+  /** ms one refresh attempt, or one storage call but the first read, may take before it fails (kind 'timeout', or ERR_STORAGE) @default 10_000 */
   refreshTimeout?: number | undefined
   /** retries of transient failures, or `false` for none @default { attempts: 2, baseDelay: 300, maxDelay: 5_000 } */
   retry?: RetryOptions | false | undefined
@@ -282,7 +282,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   }
 
   /**
-   * A storage write. One that has not answered within `refreshTimeout` fails as if the storage had thrown, so a
+   * A storage call. One that has not answered within `refreshTimeout` fails as if the storage had thrown, so a
    * storage that hangs holds no refresh, login or logout for longer; `late` runs if it answers after that.
    */
   function bounded<T>(call: () => T | Promise<T>, late?: (ok: boolean) => void): Promise<T> {
@@ -305,12 +305,16 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     })
   }
 
-  /** The stored tokens; `undefined` when storage could not be read or is not trusted (then nothing is assumed). */
-  async function read(): Promise<TokenSet | null | undefined> {
+  /**
+   * The stored tokens; `undefined` when storage could not be read or is not trusted (then nothing is assumed).
+   * Bounded as writes are, but for the `first` read: an AsyncStorage can be slow at app start, and a caller
+   * can pass a signal
+   */
+  async function read(first?: boolean): Promise<TokenSet | null | undefined> {
     // our own writes land first, so what we read is never older than what we wrote
     await writes
     try {
-      return inSync ? toTokenSet(await storage.get()) : undefined
+      return inSync ? toTokenSet(await (first ? storage.get() : bounded(() => storage.get()))) : undefined
     } catch (cause) {
       failed(cause)
     }
@@ -323,8 +327,13 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
    * another tab wrote since (the logout, login or refresh it told of, which this tab followed)
    */
   let expected: TokenSet | null = null
+  /** `expected` came from another tab since this tab's last write */
+  let told = false
   const expectStored = (value: TokenSet | null) => {
-    if (storage.shared !== false) expected = value
+    if (storage.shared !== false) {
+      expected = value
+      told = true
+    }
   }
   /**
    * A write answered after its time was up. Storage now holds `value`, unless it failed; any other value than
@@ -342,6 +351,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   function write(value: TokenSet | null): Promise<TokenflowError | undefined> {
     const mine = ++queued
     expected = value
+    told = false
     const done = writes.then(async () => {
       try {
         await bounded(
@@ -403,7 +413,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     (loaded ??= new Promise<void>((resolve) => {
       loadDone = resolve
       readFrom = session
-      read().then((stored) => {
+      read(true).then((stored) => {
         readFrom = undefined
         // a session started while we read wins over what was stored
         if (!session) {
@@ -454,9 +464,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     // a clear() after the logout (no session left) keeps what the refused refresh ended
     if (had) ended = error && { accessToken: had.accessToken, error }
     switchSession(null, undefined, !fromRefresh)
-    // another tab cleared the storage already
-    if (reason === 'otherTab') expectStored(null)
-    const cleared = reason === 'otherTab' ? writes.then(() => undefined) : write(null)
+    // another tab cleared shared storage already; storage of this tab's own still holds the session
+    const elsewhere = reason === 'otherTab' && storage.shared !== false
+    if (elsewhere) expectStored(null)
+    const cleared = elsewhere ? writes.then(() => undefined) : write(null)
     // loggedOut fires once per session: the session is gone now, so a second call finds none
     if (had) loggedOut(reason, error)
     return cleared
@@ -686,10 +697,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
                 ? { type: 'refreshed', tokens: refreshed }
                 : { type: 'refreshed', tokens: refreshed, spent: base.refreshToken! },
             )
-          // a login or logout came while it wrote: one of this tab's is written after it anyway, but another
+          // a login or logout came while it wrote. One of this tab's is written after it anyway; another
           // tab's may have been written before it landed, so storage is given what it should hold again, under
           // the lock: the next tab to take it reads that
-          else if (expected !== refreshed) await write(expected)
+          else if (told) await write(expected)
         }
         if (refreshed.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!, !!copied)
         else crossTab?.replaced(base.accessToken)

@@ -81,7 +81,7 @@ const everyRun: Milestone[] = [
   'aborted while waiting',
   'session changed during a refresh',
   'storage failed',
-  'storage write outlasted refreshTimeout',
+  'storage call outlasted refreshTimeout',
 ]
 
 /** Runs the property and then checks that the generated schedules got into every situation worth testing. */

@@ -1713,6 +1713,111 @@ describe('storage failures lose nothing', () => {
     expect(await next.manager.getAccessToken()).toBeNull()
   })
 
+  it('a read that never answers, after the start, holds a refresh for refreshTimeout at most', async () => {
+    // a code review: AsyncStorage's queue stalls reads and writes together, and the refresh's read of storage
+    // under the lock held it, and every request waiting for it, for good
+    vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+    let held: TokenSet | null = tokenSet(T0, MIN, 'A')
+    let stalled = false
+    const stall = <T>(answer: () => T): T | Promise<T> => (stalled ? new Promise<T>(() => {}) : answer())
+    const storage: TokenStorage = {
+      get: () => stall(() => held),
+      set: (tokens) =>
+        stall(() => {
+          held = tokens
+        }),
+      clear: () =>
+        stall(() => {
+          held = null
+        }),
+    }
+    const { manager, calls, events } = setupManager(
+      { storage, refreshTimeout: 1_000, retry: false, now: () => Date.now() },
+      T0,
+    )
+    expect(await manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
+    stalled = true
+    const refreshed = manager.refresh().catch((error: unknown) => error)
+    // the read gives up after 1 s and the refresh goes on with the tokens in memory
+    await vi.advanceTimersByTimeAsync(1_000)
+    expect(calls[0]!.context.refreshToken).toBe('rt-A')
+    calls[0]!.resolve(tokenSet(T0, MIN, 'A2'))
+    // its write gives up after 1 s too, and the refresh answers
+    await vi.advanceTimersByTimeAsync(1_000)
+    expect(await refreshed).toBe(tokenSet(T0, MIN, 'A2').accessToken)
+    expect(events.filter((event) => event.type === 'storageError')).toEqual([
+      expect.objectContaining({
+        error: expect.objectContaining({
+          code: 'ERR_STORAGE',
+          cause: expect.objectContaining({ message: 'the storage did not answer within 1000 ms' }),
+        }),
+      }),
+      expect.objectContaining({ error: expect.objectContaining({ code: 'ERR_STORAGE' }) }),
+    ])
+  })
+
+  it('a login or logout in the same tab during a refresh write makes no extra write (healthy storage)', async () => {
+    // a code review: the repair of a refresh whose session changed while it wrote fired for this tab's own
+    // login or logout too, whose write follows anyway: a third write, and the lock held for it
+    vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+    for (const change of ['setTokens', 'clear'] as const) {
+      let held: TokenSet | null = tokenSet(T0, MIN, 'A')
+      const writes: string[] = []
+      const slowly = (name: string, value: TokenSet | null) =>
+        new Promise<void>((landed) => {
+          writes.push(name)
+          setTimeout(() => {
+            held = value
+            landed()
+          }, 5)
+        })
+      const storage: TokenStorage = {
+        shared: true,
+        get: () => held,
+        set: (tokens) => slowly(`set ${tokens.refreshToken}`, tokens),
+        clear: () => slowly('clear', null),
+      }
+      const tab = setupManager(
+        {
+          storage,
+          lock: createTestLock(),
+          channel: `tokenflow-test-own-change-${change}`,
+          now: () => Date.now(),
+        },
+        T0,
+      )
+      expect(await tab.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
+      const refreshed = tab.manager.refresh().catch((error: unknown) => error)
+      await settle()
+      tab.calls[0]!.resolve(tokenSet(T0, MIN, 'A2'))
+      await vi.advanceTimersByTimeAsync(0)
+      // the refresh's write is under way
+      const changed =
+        change === 'setTokens' ? tab.manager.setTokens(tokenSet(T0, MIN, 'B')) : tab.manager.clear()
+      await vi.advanceTimersByTimeAsync(100)
+      await settle()
+      await changed
+      await refreshed
+      expect(writes).toEqual(change === 'setTokens' ? ['set rt-A2', 'set rt-B'] : ['set rt-A2', 'clear'])
+    }
+  })
+
+  it("a logout in another tab clears this tab's own storage (shared: false) too", async () => {
+    // a code review: only shared storage had been cleared by the tab that logged out; a reload of this tab came
+    // back logged in
+    const stores = [0, 1].map(() => memoryStorage())
+    const [a, b] = stores.map((storage) =>
+      setupManager({ storage, channel: 'tokenflow-test-own-logout', now: () => Date.now() }, T0),
+    ) as [ReturnType<typeof setupManager>, ReturnType<typeof setupManager>]
+    const login = tokenSet(Date.now(), MIN, 'L')
+    await a.manager.setTokens(login)
+    await vi.waitFor(async () => expect(await b.manager.getAccessToken()).toBe(login.accessToken))
+    await b.manager.clear()
+    await vi.waitFor(() => expect(a.types()).toContain('loggedOut'))
+    expect(await a.manager.getAccessToken()).toBeNull()
+    await vi.waitFor(async () => expect(await stores[0]!.get()).toBeNull())
+  })
+
   it('does not read the storage again once a session started after a failed read', async () => {
     let reads = 0
     const storage: TokenStorage = {

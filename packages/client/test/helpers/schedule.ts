@@ -117,7 +117,7 @@ export type Milestone =
   | 'session changed during a refresh'
   | 'adopted tokens from the other manager'
   | 'storage failed'
-  | 'storage write outlasted refreshTimeout'
+  | 'storage call outlasted refreshTimeout'
   | 'broadcast delivered'
   | 'saw a rotation signal'
   | 'lock wait timed out'
@@ -404,10 +404,10 @@ async function run(
   /** every error a storageError event carried: a clear() the storage did not keep rejects with one of them */
   const storageErrors = new Set<unknown>()
   /**
-   * a storage write outlasted refreshTimeout: the manager went on without it, so the other manager may not see
-   * a rotation in storage, as after a storage that threw
+   * a storage call outlasted refreshTimeout: the manager went on without it (a write not made, a read not
+   * answered), so a manager may not see the other's rotation in storage, as after a storage that threw
    */
-  let writeTimedOut = false
+  let storageTimedOut = false
   /** refresh tokens whose rotation (an ok answer) reached the manager that sent them, and that manager */
   const spent = new Map<string, number>()
   const makeRefresh =
@@ -425,7 +425,7 @@ async function run(
         schedule.storage !== 'own' &&
         spent.has(refreshToken) &&
         !schedule.storageFailures.includes(true) &&
-        !writeTimedOut &&
+        !storageTimedOut &&
         schedule.lockTimeout === LOCK_TIMEOUT
       )
         violate(
@@ -616,13 +616,13 @@ async function run(
         const { error } = event
         storageErrors.add(error)
         if (/^the storage did not answer/.test(String((error.cause as Error)?.message))) {
-          writeTimedOut = true
-          reached.add('storage write outlasted refreshTimeout')
+          storageTimedOut = true
+          reached.add('storage call outlasted refreshTimeout')
         }
         if (
           !isTokenflowError(error) ||
           error.code !== 'ERR_STORAGE' ||
-          // the storage's own error, or the manager's for a write that outlasted refreshTimeout
+          // the storage's own error, or the manager's for a call that outlasted refreshTimeout
           !/^(storage failure #|the storage did not answer within \d+ ms$)/.test(
             String((error.cause as Error)?.message),
           )
