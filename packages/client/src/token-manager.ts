@@ -48,7 +48,7 @@ export interface TokenManagerOptions {
   storage?: TokenStorage | undefined
   /** ms before `exp` at which `getAccessToken()` refreshes first; capped at half the token's lifetime @default 30_000 */
   leeway?: number | undefined
-  /** ms one refresh attempt, or one storage call but the first read, may take before it fails (kind 'timeout', or ERR_STORAGE) @default 10_000 */
+  /** ms one refresh attempt, one storage write, or a refresh's read of storage may take before it fails (kind 'timeout', or ERR_STORAGE) @default 10_000 */
   refreshTimeout?: number | undefined
   /** retries of transient failures, or `false` for none @default { attempts: 2, baseDelay: 300, maxDelay: 5_000 } */
   retry?: RetryOptions | false | undefined
@@ -307,16 +307,30 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
   /**
    * The stored tokens; `undefined` when storage could not be read or is not trusted (then nothing is assumed).
-   * Bounded as writes are, but for the `first` read: an AsyncStorage can be slow at app start, and a caller
-   * can pass a signal
+   * `refreshing`: the read a refresh makes under the lock, bounded as writes are. One that has not answered in
+   * time fails the refresh attempt (kind 'timeout', the session is kept): what other tabs did is not known, and
+   * the tokens in memory may have been rotated there. Other reads wait: the first one at start (a caller can
+   * pass a signal), the one after a refused refresh (it decides on a logout)
    */
-  async function read(first?: boolean): Promise<TokenSet | null | undefined> {
+  async function read(refreshing?: boolean): Promise<TokenSet | null | undefined> {
     // our own writes land first, so what we read is never older than what we wrote
     await writes
+    let late = false
     try {
-      return inSync ? toTokenSet(await (first ? storage.get() : bounded(() => storage.get()))) : undefined
+      return inSync
+        ? toTokenSet(
+            await (refreshing
+              ? bounded(() => storage.get()).catch((error) => {
+                  // bounded's own error, not one the storage threw (that one is read as "not known")
+                  late = /^the storage did not answer/.test((error as Error)?.message)
+                  throw error
+                })
+              : storage.get()),
+          )
+        : undefined
     } catch (cause) {
       failed(cause)
+      if (late) throw new RefreshError('timeout', 'refresh failed: the storage did not answer in time')
     }
   }
 
@@ -413,7 +427,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     (loaded ??= new Promise<void>((resolve) => {
       loadDone = resolve
       readFrom = session
-      read(true).then((stored) => {
+      read().then((stored) => {
         readFrom = undefined
         // a session started while we read wins over what was stored
         if (!session) {
@@ -616,7 +630,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         // rule 7: another tab may have refreshed while we waited for the lock; a broadcast may have
         // brought newer tokens than this tab's copy of storage shows yet
         const fresher = async () => {
-          const stored = await read()
+          const stored = await read(true)
           // storage is the truth, unless it is known to be behind what a broadcast brought: it holds a spent
           // refresh token, or a broadcast brought a new access token while the refresh token, in storage and
           // in memory, is still the one this refresh started from (cookie mode: each tab's memory is its own
@@ -645,7 +659,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           if (locks.some((other) => other.name === `${held}:fallback`))
             await withLock(async () => {}, `${held}:fallback`)
         }
-        const stored = await (crossTab ? crossTab.settle(fresher, copied) : read())
+        const stored = await (crossTab ? crossTab.settle(fresher, copied) : read(true))
         // a replaced session's result is dropped anyway: make no call for it
         if (session !== started) return start
         if (stored === null) {
@@ -668,7 +682,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         const turn = <T>(attempt: number, signal: AbortSignal, fn: () => Promise<T>) =>
           attempt && held && !held.endsWith(':fallback') ? withLock(fn, `${held}:fallback`, signal) : fn()
         const recheck = async (current: TokenSet) => {
-          const latest = await (crossTab ? crossTab.settle(fresher, copied) : read())
+          const latest = await (crossTab ? crossTab.settle(fresher, copied) : read(true))
           if (latest?.refreshToken && latest.refreshToken !== current.refreshToken && !isSpent(latest))
             return latest
         }
