@@ -285,6 +285,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
    * A storage call. One that has not answered within `refreshTimeout` fails as if the storage had thrown, so a
    * storage that hangs holds no refresh, login or logout for longer; `late` runs if it answers after that.
    */
+  /** the error of the latest storage call that did not answer in time (a storage's own error is never it) */
+  let timedOut: Error | undefined
   function bounded<T>(call: () => T | Promise<T>, late?: (ok: boolean) => void): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       let over = false
@@ -294,10 +296,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         clearTimeout(timer)
         ok ? resolve(value as T) : reject(value)
       }
-      const timer = setTimeout(
-        () => settle(false, new Error(`the storage did not answer within ${refreshTimeout} ms`)),
-        refreshTimeout,
-      )
+      const timer = setTimeout(() => {
+        timedOut = new Error(`the storage did not answer within ${refreshTimeout} ms`)
+        settle(false, timedOut)
+      }, refreshTimeout)
       new Promise<T>((answer) => answer(call())).then(
         (value) => settle(true, value),
         (error) => settle(false, error),
@@ -322,7 +324,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
             await (refreshing
               ? bounded(() => storage.get()).catch((error) => {
                   // bounded's own error, not one the storage threw (that one is read as "not known")
-                  late = /^the storage did not answer/.test((error as Error)?.message)
+                  late = error === timedOut
                   throw error
                 })
               : storage.get()),

@@ -1757,6 +1757,30 @@ describe('storage failures lose nothing', () => {
     expect(await again).toBe(tokenSet(T0, MIN, 'A2').accessToken)
   })
 
+  it("a storage's own error on the refresh's read, whatever its message, is read as not known, not as a timeout", async () => {
+    // a code review: the timeout was recognised by its message, so a storage error that began the same way
+    // failed the refresh instead
+    let failing = false
+    const initial = tokenSet(T0, MIN, 'A')
+    const storage: TokenStorage = {
+      get: () => {
+        if (failing) throw new Error('the storage did not answer within 5 ms')
+        return initial
+      },
+      set() {},
+      clear() {},
+    }
+    const { manager, calls } = setup({ storage, retry: false })
+    expect(await manager.getAccessToken()).toBe(initial.accessToken)
+    failing = true
+    const refreshed = manager.refresh()
+    await flush()
+    // not known: the refresh goes on with the tokens in memory, as after any storage that throws
+    expect(calls[0]!.context.refreshToken).toBe('rt-A')
+    calls[0]!.resolve(tokenSet(T0, MIN, 'A2'))
+    expect(await refreshed).toBe(tokenSet(T0, MIN, 'A2').accessToken)
+  })
+
   it('a read under the lock that answers after refreshTimeout never sends a refresh token another tab rotated', async () => {
     // a code review: when such a read answered "not known", the refresh sent the tokens in memory (spent)
     vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
