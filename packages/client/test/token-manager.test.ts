@@ -933,7 +933,22 @@ function twoTabsOverSlowStorage(name: string, delay: number) {
     now: () => Date.now(),
   }
   const tabs = [0, 1].map((tab) => setupManager({ ...options, storage: storageOf(tab) }, T0))
-  return { state, tabs, first: tabs[0]!, second: tabs[1]! }
+  const first = tabs[0]!
+  /**
+   * Both tabs hold A; then, with writes slow, the first refreshes A to A2 and its write is under way. Resolves
+   * with `refreshed`, that refresh's outcome (its token or its error) still to come.
+   */
+  const refreshWhileSlow = async () => {
+    for (const tab of tabs)
+      expect(await tab.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
+    state.slow = true
+    const refreshed = first.manager.refresh().catch((error: unknown) => error)
+    await settle()
+    first.calls[0]!.resolve(tokenSet(T0, MIN, 'A2'))
+    await settle()
+    return { refreshed }
+  }
+  return { state, tabs, first, second: tabs[1]!, refreshWhileSlow }
 }
 
 describe('a refresh whose write outlasts a logout or a login in its own tab', () => {
@@ -942,17 +957,11 @@ describe('a refresh whose write outlasts a logout or a login in its own tab', ()
   for (const write of ['slow', 'hung'] as const)
     for (const change of ['clear', 'setTokens'] as const)
       it(`${write} write, ${change}() meanwhile: the other tab ends where this one does`, async () => {
-        const { state, tabs, first, second } = twoTabsOverSlowStorage(
+        const { first, second, refreshWhileSlow } = twoTabsOverSlowStorage(
           `own-${write}-${change}`,
           write === 'slow' ? 500 : Number.POSITIVE_INFINITY,
         )
-        for (const tab of tabs)
-          expect(await tab.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
-        state.slow = true
-        const refreshed = first.manager.refresh().catch((error: unknown) => error)
-        await settle()
-        first.calls[0]!.resolve(tokenSet(T0, MIN, 'A2'))
-        await settle()
+        const { refreshed } = await refreshWhileSlow()
         const changed =
           change === 'clear'
             ? first.manager.clear().catch((error: unknown) => error)
@@ -983,17 +992,11 @@ describe('a refresh whose write outlasts a logout or a login in another tab', ()
     for (const change of ['setTokens', 'clear'] as const)
       it(`${write} write, ${change}() in the other tab meanwhile: storage ends on the other tab's choice`, async () => {
         // slow: lands within refreshTimeout; hung: lands after it
-        const { state, tabs, first, second } = twoTabsOverSlowStorage(
+        const { tabs, second, state, refreshWhileSlow } = twoTabsOverSlowStorage(
           `other-${write}-${change}`,
           write === 'slow' ? 500 : 1_500,
         )
-        for (const tab of tabs)
-          expect(await tab.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
-        state.slow = true
-        const refreshed = first.manager.refresh().catch((error: unknown) => error)
-        await settle()
-        first.calls[0]!.resolve(tokenSet(T0, MIN, 'A2'))
-        await settle()
+        const { refreshed } = await refreshWhileSlow()
         if (change === 'setTokens') await second.manager.setTokens(tokenSet(T0, MIN, 'B'))
         else await second.manager.clear()
         await settle()
@@ -1016,14 +1019,8 @@ describe('a refresh whose write outlasts a logout or a login in another tab', ()
   // code reviews of the repair: it was written after the lock went free, and a logout found in storage did
   // not count as what storage should hold
   it('slow write, setTokens() and at once refresh() in the other tab: its refresh stays in its login (the repair is written under the lock)', async () => {
-    const { state, tabs, first, second } = twoTabsOverSlowStorage('slow-login-refresh', 500)
-    for (const tab of tabs)
-      expect(await tab.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
-    state.slow = true
-    const r1 = first.manager.refresh().catch((e: unknown) => e)
-    await settle()
-    first.calls[0]!.resolve(tokenSet(T0, MIN, 'A2'))
-    await settle()
+    const { second, refreshWhileSlow } = twoTabsOverSlowStorage('slow-login-refresh', 500)
+    const { refreshed: r1 } = await refreshWhileSlow()
     await second.manager.setTokens(tokenSet(T0, MIN, 'B'))
     // e.g. a 401 right after login: its refresh waits for the lock the first tab holds
     const r2 = second.manager.refresh().catch((e: unknown) => e)
@@ -1278,6 +1275,29 @@ describe('sessions', () => {
     expect(await manager.getAccessToken()).toBeNull()
   })
 })
+
+/**
+ * Shared storage on fake timers whose reads answer `state.delay` ms late (at once while it is 0), with what
+ * it held when asked; writes land at once.
+ */
+function slowReadStorageOf(initial: TokenSet) {
+  vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+  const state = { held: initial as TokenSet | null, delay: 0 }
+  const storage: TokenStorage = {
+    shared: true,
+    get: () => {
+      const value = state.held
+      return state.delay ? new Promise((answer) => setTimeout(() => answer(value), state.delay)) : value
+    },
+    set: (tokens) => {
+      state.held = tokens
+    },
+    clear: () => {
+      state.held = null
+    },
+  }
+  return { storage, state }
+}
 
 describe('storage failures lose nothing', () => {
   it('keeps the refreshed tokens in memory when saving them throws', async () => {
@@ -1783,22 +1803,7 @@ describe('storage failures lose nothing', () => {
 
   it('a read under the lock that answers after refreshTimeout never sends a refresh token another tab rotated', async () => {
     // a code review: when such a read answered "not known", the refresh sent the tokens in memory (spent)
-    vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
-    let held: TokenSet | null = tokenSet(T0, MIN, 'A')
-    let delay = 0
-    const storage: TokenStorage = {
-      shared: true,
-      get: () => {
-        const value = held
-        return delay ? new Promise((answer) => setTimeout(() => answer(value), delay)) : value
-      },
-      set: (tokens) => {
-        held = tokens
-      },
-      clear: () => {
-        held = null
-      },
-    }
+    const { storage, state } = slowReadStorageOf(tokenSet(T0, MIN, 'A'))
     const { manager, calls } = setupManager(
       { storage, refreshTimeout: 1_000, retry: false, now: () => Date.now() },
       T0,
@@ -1806,37 +1811,22 @@ describe('storage failures lose nothing', () => {
     expect(await manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
     // another tab (no channel) rotated A to B, and stored B
     const rotated = tokenSet(T0 + MIN, 10 * MIN, 'B')
-    held = rotated
+    state.held = rotated
     await vi.advanceTimersByTimeAsync(MIN)
-    delay = 1_500
+    state.delay = 1_500
     const slow = manager.getAccessToken().catch((error: unknown) => error)
     await vi.advanceTimersByTimeAsync(1_600)
     expect(await slow).toMatchObject({ kind: 'timeout' })
     expect(calls).toHaveLength(0)
     // once reads answer in time, B is taken from storage, still without a call
-    delay = 0
+    state.delay = 0
     expect(await manager.getAccessToken()).toBe(rotated.accessToken)
     expect(calls).toHaveLength(0)
   })
 
   it("a read after a refused refresh waits for a slow storage, and takes another tab's rotation", async () => {
     // a code review: bounded, that read answered "not known" and the refusal logged the user out
-    vi.useFakeTimers({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'Date'] })
-    let held: TokenSet | null = tokenSet(T0, MIN, 'A')
-    let delay = 0
-    const storage: TokenStorage = {
-      shared: true,
-      get: () => {
-        const value = held
-        return delay ? new Promise((answer) => setTimeout(() => answer(value), delay)) : value
-      },
-      set: (tokens) => {
-        held = tokens
-      },
-      clear: () => {
-        held = null
-      },
-    }
+    const { storage, state } = slowReadStorageOf(tokenSet(T0, MIN, 'A'))
     const { manager, calls, types } = setupManager(
       { storage, refreshTimeout: 1_000, retry: false, now: () => Date.now() },
       T0,
@@ -1848,8 +1838,8 @@ describe('storage failures lose nothing', () => {
     expect(calls).toHaveLength(1)
     // meanwhile another tab rotated A to B, and the server refuses rt-A
     const rotated = tokenSet(T0 + MIN, 10 * MIN, 'B')
-    held = rotated
-    delay = 1_500
+    state.held = rotated
+    state.delay = 1_500
     calls[0]!.reject(
       new RefreshError('rejected', 'refresh failed: answered 400 (invalid_grant)', { status: 400 }),
     )
