@@ -281,12 +281,12 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     return error
   }
 
+  /** the error of the latest storage call that did not answer in time (a storage's own error is never it) */
+  let timedOut: Error | undefined
   /**
    * A storage call. One that has not answered within `refreshTimeout` fails as if the storage had thrown, so a
    * storage that hangs holds no refresh, login or logout for longer; `late` runs if it answers after that.
    */
-  /** the error of the latest storage call that did not answer in time (a storage's own error is never it) */
-  let timedOut: Error | undefined
   function bounded<T>(call: () => T | Promise<T>, late?: (ok: boolean) => void): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       let over = false
@@ -317,22 +317,15 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   async function read(refreshing?: boolean): Promise<TokenSet | null | undefined> {
     // our own writes land first, so what we read is never older than what we wrote
     await writes
-    let late = false
     try {
       return inSync
-        ? toTokenSet(
-            await (refreshing
-              ? bounded(() => storage.get()).catch((error) => {
-                  // bounded's own error, not one the storage threw (that one is read as "not known")
-                  late = error === timedOut
-                  throw error
-                })
-              : storage.get()),
-          )
+        ? toTokenSet(await (refreshing ? bounded(() => storage.get()) : storage.get()))
         : undefined
     } catch (cause) {
       failed(cause)
-      if (late) throw new RefreshError('timeout', 'refresh failed: the storage did not answer in time')
+      // bounded's own error; one the storage threw is read as "not known"
+      if (cause === timedOut)
+        throw new RefreshError('timeout', 'refresh failed: the storage did not answer in time')
     }
   }
 
