@@ -3,7 +3,7 @@
  * Match on `code` (or on `kind` for a `RefreshError`), never on the message.
  */
 export type TokenflowErrorCode =
-  /** an option passed to a factory is missing or of the wrong type */
+  /** an option passed to a factory, or an argument (`setTokens`, `subscribe`), is missing or of the wrong type */
   | 'ERR_INVALID_OPTION'
   /** the token refresh failed; see `RefreshError.kind` */
   | 'ERR_REFRESH_FAILED'
@@ -14,7 +14,7 @@ export type TokenflowErrorCode =
    * or in another tab) replaced it with an access token that has already expired (a next read refreshes it)
    */
   | 'ERR_SESSION_CLEARED'
-  /** the token storage threw (a stored value that is not a token set reads as no session) */
+  /** the token storage threw, or did not answer a write or a refresh's read within `refreshTimeout` (a stored value that is not a token set reads as no session) */
   | 'ERR_STORAGE'
 
 /** Why a refresh failed. `rejected` ends the session; the others are transient and keep it. */

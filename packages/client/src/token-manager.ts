@@ -17,7 +17,7 @@ export type TokenEvent =
   | { type: 'refreshed'; tokens: TokenSet; source: 'local' | 'otherTab' }
   | { type: 'refreshFailed'; error: RefreshError; willLogout: boolean }
   | { type: 'loggedOut'; reason: 'refreshRejected' | 'cleared' | 'otherTab'; error?: RefreshError }
-  /** the storage threw; the tokens are still held in memory, so no request is lost */
+  /** the storage threw, or did not answer within `refreshTimeout`; the tokens are still held in memory, so no request is lost */
   | { type: 'storageError'; error: TokenflowError }
 
 /**
@@ -309,10 +309,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
   /**
    * The stored tokens; `undefined` when storage could not be read or is not trusted (then nothing is assumed).
-   * `refreshing`: the read a refresh makes under the lock, bounded as writes are. One that has not answered in
-   * time fails the refresh attempt (kind 'timeout', the session is kept): what other tabs did is not known, and
-   * the tokens in memory may have been rotated there. Other reads wait: the first one at start (a caller can
-   * pass a signal), the one after a refused refresh (it decides on a logout)
+   * `refreshing`: a read a refresh makes (under the lock, and after a refusal), bounded as writes are. One that
+   * has not answered in time fails the refresh (kind 'timeout', the session is kept): what other tabs did is not
+   * known, and the tokens in memory may have been rotated there. Other reads wait: the first one at start (a
+   * caller can pass a signal), the storage event's
    */
   async function read(refreshing?: boolean): Promise<TokenSet | null | undefined> {
     // our own writes land first, so what we read is never older than what we wrote
@@ -718,12 +718,23 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     } catch (cause) {
       // not a failed refresh (ERR_SESSION_CLEARED): nothing to report or recover
       if (isTokenflowError(cause) && !isRefreshError(cause)) throw cause
-      const error = toRefreshError(cause)
+      let error = toRefreshError(cause)
       // a replaced session's refresh was called off: its waiters were settled already, nothing to report
       if (session !== started) throw error
       if (error.kind === 'rejected' && !endedElsewhere) {
-        // a rotated token refused because another tab rotated it first is not a logout (rule 7)
-        const stored = await read()
+        // a rotated token refused because another tab rotated it first is not a logout (rule 7). A read that
+        // does not answer in time cannot tell: the refresh fails as a timeout, and the session is kept for the
+        // next refresh to read again (a storage that threw reads as "not known": the refusal stands)
+        let stored: TokenSet | null | undefined
+        try {
+          stored = await read(true)
+        } catch {
+          error = new RefreshError(
+            'timeout',
+            'refresh failed: refused, and the storage did not answer in time (another tab may have rotated the token)',
+            { cause: error },
+          )
+        }
         if (
           stored?.refreshToken &&
           stored.refreshToken !== base.refreshToken &&

@@ -10,7 +10,7 @@ export interface TokenSet {
 /** What a `RefreshFunction` receives. */
 export interface RefreshContext {
   refreshToken: string
-  /** aborts when `refreshTimeout` passes */
+  /** aborts when `refreshTimeout` passes, or when a login or logout replaces the session */
   signal: AbortSignal
   /** the manager's clock (epoch ms), for turning `expires_in` into `expiresAt` */
   now: () => number

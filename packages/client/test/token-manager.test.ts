@@ -1824,27 +1824,49 @@ describe('storage failures lose nothing', () => {
     expect(calls).toHaveLength(0)
   })
 
-  it("a read after a refused refresh waits for a slow storage, and takes another tab's rotation", async () => {
-    // a code review: bounded, that read answered "not known" and the refusal logged the user out
+  /** A refresh of A that the server refuses after another tab rotated A to B; the storage read after it takes `delay` ms. */
+  async function refusedWhileAnotherTabRotated(delay: number) {
     const { storage, state } = slowReadStorageOf(tokenSet(T0, MIN, 'A'))
-    const { manager, calls, types } = setupManager(
-      { storage, refreshTimeout: 1_000, retry: false, now: () => Date.now() },
-      T0,
-    )
-    expect(await manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
+    const setup = setupManager({ storage, refreshTimeout: 1_000, retry: false, now: () => Date.now() }, T0)
+    expect(await setup.manager.getAccessToken()).toBe(tokenSet(T0, MIN, 'A').accessToken)
     await vi.advanceTimersByTimeAsync(MIN)
-    const waiting = manager.getAccessToken().catch((error: unknown) => error)
+    const waiting = setup.manager.getAccessToken().catch((error: unknown) => error)
     await settle()
-    expect(calls).toHaveLength(1)
-    // meanwhile another tab rotated A to B, and the server refuses rt-A
+    expect(setup.calls).toHaveLength(1)
     const rotated = tokenSet(T0 + MIN, 10 * MIN, 'B')
     state.held = rotated
-    state.delay = 1_500
-    calls[0]!.reject(
+    state.delay = delay
+    setup.calls[0]!.reject(
       new RefreshError('rejected', 'refresh failed: answered 400 (invalid_grant)', { status: 400 }),
     )
-    await vi.advanceTimersByTimeAsync(1_600)
+    return { ...setup, state, rotated, waiting }
+  }
+
+  it("a read after a refused refresh waits for a slow storage within refreshTimeout, and takes another tab's rotation", async () => {
+    // a code review: bounded with no error, that read answered "not known" and the refusal logged the user out
+    const { waiting, rotated, types } = await refusedWhileAnotherTabRotated(900)
+    await vi.advanceTimersByTimeAsync(1_000)
     expect(await waiting).toBe(rotated.accessToken)
+    expect(types()).not.toContain('loggedOut')
+  })
+
+  it('a read after a refused refresh that never answers fails that refresh as a timeout, and keeps the session', async () => {
+    // a docs audit: unbounded, that read held the refresh for good (status 'refreshing', its requests pending)
+    const { manager, calls, events, types, state, rotated, waiting } = await refusedWhileAnotherTabRotated(
+      60 * MIN,
+    )
+    await vi.advanceTimersByTimeAsync(1_000)
+    const error = await waiting
+    expect(error).toMatchObject({ code: 'ERR_REFRESH_FAILED', kind: 'timeout' })
+    expect((error as RefreshError).cause).toMatchObject({ kind: 'rejected', status: 400 })
+    expect(manager.status).toBe('authenticated')
+    expect(events).toContainEqual({ type: 'refreshFailed', error, willLogout: false })
+    expect(types()).toContain('storageError')
+    expect(types()).not.toContain('loggedOut')
+    // once the storage answers again, the next read takes the other tab's rotation without a call
+    state.delay = 0
+    expect(await manager.getAccessToken()).toBe(rotated.accessToken)
+    expect(calls).toHaveLength(1)
     expect(types()).not.toContain('loggedOut')
   })
 
