@@ -226,6 +226,9 @@ const REDACT_PATHS = [
   ...SECRET_FIELDS.flatMap((field) => [field, `*.${field}`, `*.*.${field}`]),
 ]
 
+/** ms in which a whole request (headers and body) must arrive; a slower one is answered 408 */
+const REQUEST_TIMEOUT = 10_000
+
 /**
  * Creates the token server: a Fastify 5 instance with the tokenflow routes. Start it with
  * `listen()`; the store is migrated and the signing key loaded while it gets ready, so call the
@@ -236,9 +239,6 @@ const REDACT_PATHS = [
  * await app.tokenflow.issuer.addUser('ada', 'correct horse battery staple')
  * await app.listen({ port: 3000 })
  */
-/** ms in which a whole request (headers and body) must arrive; a slower one is answered 408 */
-const REQUEST_TIMEOUT = 10_000
-
 export function createAuthServer(options: AuthServerOptions): AuthServer {
   if (options === null || typeof options !== 'object') {
     throw new AuthError('ERR_CONFIG', 'createAuthServer needs an options object')
