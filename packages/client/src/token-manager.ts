@@ -752,7 +752,12 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       const willLogout = error.kind === 'rejected' && session === started
       done()
       emit({ type: 'refreshFailed', error, willLogout })
-      if (willLogout) await endSession(endedElsewhere ? 'otherTab' : 'refreshRejected', error, true)
+      if (willLogout) {
+        // the waiters get this error before loggedOut: a clear() that a listener calls then must not end their
+        // wait with its own ERR_SESSION_CLEARED
+        settlePending?.(error)
+        await endSession(endedElsewhere ? 'otherTab' : 'refreshRejected', error, true)
+      }
       throw error
     }
     // the waiters of a replaced session were settled when it was replaced

@@ -181,6 +181,28 @@ describe('rule 1: one refresh at a time', () => {
     expect(manager.status).toBe('authenticated')
   })
 
+  it('rejects every waiter with the refusal even when a loggedOut listener calls clear()', async () => {
+    // a front-end review: the app's usual `if (event.type === 'loggedOut') manager.clear()` ended the waits with
+    // ERR_SESSION_CLEARED, so a check for kind 'rejected' never saw the refusal
+    const { manager, calls, clock, types } = setup({ retry: false })
+    await manager.setTokens(tokenSet(clock.now(), 15 * MIN))
+    manager.subscribe((event) => {
+      if (event.type === 'loggedOut') void manager.clear()
+    })
+    const waiters = [
+      ...Array.from({ length: 3 }, () => manager.refresh().catch((e: unknown) => e)),
+      ...Array.from({ length: 2 }, () => manager.getAccessToken().catch((e: unknown) => e)),
+    ]
+    await flush()
+    clock.advance(15 * MIN)
+    const error = new RefreshError('rejected', 'refresh failed: answered 400', { status: 400 })
+    calls[0]!.reject(error)
+    const results = await Promise.all(waiters)
+    for (const result of results) expect(result).toBe(error)
+    expect(types().filter((type) => type === 'loggedOut')).toHaveLength(1)
+    expect(manager.status).toBe('unauthenticated')
+  })
+
   it('keeps the current refresh token when the server does not rotate', async () => {
     const { manager, calls, clock } = setup()
     await manager.setTokens(tokenSet(clock.now(), 15 * MIN, 0))
