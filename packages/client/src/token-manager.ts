@@ -231,6 +231,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     if (spent.size > 16) spent.delete(spent.values().next().value!)
   }
   const isSpent = (set: TokenSet | null | undefined) => !!set?.refreshToken && spent.has(set.refreshToken)
+  /** the access tokens of this session so far: a 401 for any other one came from a session that has ended */
+  let sent: string[] = []
 
   // by default only a page whose storage other tabs share talks to them: in Node (SSR) every BroadcastChannel
   // of a process hears every other, and managers of different users must never share tokens (rule 8)
@@ -406,6 +408,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   /** `receivedAt`: when tokens arrived from a login or a refresh; `fresh`: from a refresh (measures clock skew) */
   function use(next: TokenSet | null, receivedAt?: number, fresh?: boolean): void {
     tokens = next
+    if (next) {
+      sent.push(next.accessToken)
+      // bounded: a request in flight across more than 16 refreshes is not expected
+      if (sent.length > 16) sent.shift()
+    }
     ;[expiresAt, lifetime] = next ? expiryOf(next, receivedAt, fresh) : []
   }
 
@@ -456,11 +463,12 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     loadDone?.()
     abortAttempt?.()
     refreshing = undefined
-    // a new session: a late 401 of the old one is a stale token, and the old error is let go
+    // a new session: the old error is let go
     if (next) ended = clearedUnread = undefined
+    sent = []
     use(next, receivedAt)
-    // an expired token is never handed out: a login broadcast long ago may reach a tab that just thawed
-    if (settle) settlePending?.(next && !isExpired() ? next.accessToken : sessionCleared())
+    // the old session's requests are never sent with another session's token (another user's, maybe)
+    if (settle) settlePending?.(sessionCleared())
   }
 
   /** `fromRefresh`: the failing refresh rejects its own waiters, with its own error. */
@@ -731,7 +739,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         } catch {
           error = new RefreshError(
             'timeout',
-            'refresh failed: refused, and the storage did not answer in time (another tab may have rotated the token)',
+            'refresh failed: refused, and the storage did not answer in time',
             { cause: error },
           )
         }
@@ -817,10 +825,12 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     async refresh({ rejectedToken, signal } = {}) {
       await loadedFor(signal)
       const current = tokens
+      const stale = current && rejectedToken && rejectedToken !== current.accessToken
+      // a 401 for a token of a session that has ended (a logout, a login since): not sent again as this one
+      if (stale && !sent.includes(rejectedToken)) throw sessionCleared()
       if (!pending) {
         // rule 2: a 401 for a token that is no longer current is retried with the current one, unless
         // that one is about to expire too
-        const stale = current && rejectedToken && rejectedToken !== current.accessToken
         if (stale && (!needsRefresh() || (!current.refreshToken && !isExpired()))) return current.accessToken
         // a late 401 of the session a refused refresh ended: the error every other request of it got
         if (!current && rejectedToken && rejectedToken === ended?.accessToken) throw ended.error

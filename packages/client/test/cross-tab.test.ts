@@ -180,7 +180,8 @@ describe('BroadcastChannel', () => {
     await a.manager.setTokens(login)
     // the login calls b's refresh off as soon as it arrives, not when the refresh times out
     await eventually(() => b.calls[0]!.context.signal.aborted, 500)
-    expect(await fromB).toBe(login.accessToken)
+    // and what waited for it is not sent with the new session's token: that may be another user's
+    await expect(fromB).rejects.toMatchObject({ code: 'ERR_SESSION_CLEARED' })
     b.calls[0]!.resolve(tokenSet(T0, MIN, 'old-refreshed'))
     await flush()
     for (const t of [a, b]) expect(await t.manager.getAccessToken()).toBe(login.accessToken)

@@ -586,11 +586,12 @@ describe('createAuthFetch: refresh and retry', () => {
     expect(events.filter((event) => event.type === 'loggedOut')).toHaveLength(1)
     expect(server.counters.refreshAttempts).toBe(1)
 
-    // once a new session started, a 401 for the old token is retried with the new one, as any stale 401 is
+    // once a new session started, a 401 for the old session's token is not sent again as the new one (that
+    // may be another user): it rejects with ERR_SESSION_CLEARED (was: retried as the new session)
     await manager.setTokens(server.login('alice'))
     server.release('stale')
-    expect((await stale).status).toBe(200)
-    expect(tries('stale').map(({ status }) => status)).toEqual([401, 200])
+    await expect(stale).rejects.toMatchObject({ code: 'ERR_SESSION_CLEARED' })
+    expect(tries('stale').map(({ status }) => status)).toEqual([401])
     expect(server.counters.refreshAttempts).toBe(1)
   })
 

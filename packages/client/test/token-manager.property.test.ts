@@ -34,7 +34,9 @@ import {
  *   event (code ERR_REFRESH_FAILED); a rejected one logged out exactly once with that error, a transient
  *   one did not log out; the manager's errors wrap the refresh function's (kind network keeps the cause)
  * - own-session: a rejected refresh logs out the session it was made for, never a login that replaced it
- * - stale-401 (rule 2): a 401 for a token that is no longer current gets the current token, no refresh
+ * - stale-401 (rule 2): a 401 for a token that is no longer current gets the current token, no refresh; one
+ *   for a token of a session that has ended (a login or a logout since) rejects with ERR_SESSION_CLEARED
+ * - one-session: a request made in one session is never handed the token of a login that replaced it
  * - bounded-retries (rule 5): one refresh makes at most `retry.attempts + 1` calls
  * - no-reuse (rule 7): a refresh token whose rotation reached a manager is never sent again, by either
  *   manager (unless the storage threw: then the other manager may not know)
@@ -84,6 +86,12 @@ const everyRun: Milestone[] = [
   'storage call outlasted refreshTimeout',
 ]
 
+/**
+ * Reached in about 2 % of the runs (18 to 26 of 1,000 in eight runs on 2026-11-27): a floor of 1 % failed one run
+ * in ten, with 9. The floor for these is 0.4 %.
+ */
+const rare = new Set<Milestone>(['refreshed what a broadcast brought, over storage of its own'])
+
 /** Runs the property and then checks that the generated schedules got into every situation worth testing. */
 async function check(managers: 1 | 2, milestones: Milestone[]) {
   const reached = new Map<Milestone, number>()
@@ -96,16 +104,18 @@ async function check(managers: 1 | 2, milestones: Milestone[]) {
     { numRuns: RUNS, ...replay },
   )
   if (replay.seed !== undefined) return
-  // each is reached in 3 % or more of the runs; below 1 % the generators have drifted and the property tests little
+  // each is reached in 3 % or more of the runs (the rare ones in 2 %); below 1 % (0.4 %) the generators have drifted
   for (const milestone of milestones)
-    expect(reached.get(milestone) ?? 0, milestone).toBeGreaterThanOrEqual(RUNS / 100)
+    expect(reached.get(milestone) ?? 0, milestone).toBeGreaterThanOrEqual(
+      RUNS / (rare.has(milestone) ? 250 : 100),
+    )
 }
 
 describe(`token manager properties (fast-check, ${RUNS} random schedules each)`, () => {
   it(
     'one manager: every request settles once, one refresh at a time, no expired token, loggedOut once per session',
     async () => {
-      await check(1, everyRun)
+      await check(1, [...everyRun, '401 for a token of an ended session'])
     },
     TIMEOUT,
   )
@@ -205,7 +215,8 @@ describe('counterexamples found by the properties', () => {
     expect(calls).toHaveLength(1)
     const login = tokenSet(clock.now(), MIN, 'login')
     await manager.setTokens(login)
-    expect(await waiter).toBe(login.accessToken)
+    // the old session's waiter is not handed the login's token (it may be another user's)
+    await expect(waiter).rejects.toMatchObject({ code: 'ERR_SESSION_CLEARED' })
     const next = manager.refresh()
     await flush()
     expect(calls).toHaveLength(2)
@@ -262,7 +273,7 @@ describe('counterexamples found by the properties', () => {
     await flush()
     const login = tokenSet(clock.now(), MIN, 'login')
     await manager.setTokens(login)
-    expect(await waiter).toBe(login.accessToken)
+    expect(await waiter).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
     slowRead.resolve()
     await flush()
     expect(types()).not.toContain('loggedOut')
@@ -428,7 +439,7 @@ describe('counterexamples found by the properties', () => {
     // in the backoff: a login replaces the session, and its own refresh starts
     const second = tokenSet(T0, MIN, 1)
     await manager.setTokens(second)
-    expect(await first).toBe(second.accessToken)
+    expect(await first).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
     const waiting = manager.refresh().catch((e: unknown) => e)
     await flush()
     expect(calls.map((call) => call.context.refreshToken)).toEqual(['rt-0', 'rt-1'])
@@ -437,7 +448,7 @@ describe('counterexamples found by the properties', () => {
     // another login: the refresh of the session it replaces is called off
     await manager.setTokens(tokenSet(T0, MIN, 2))
     expect(calls[1]!.context.signal.aborted).toBe(true)
-    expect(await waiting).toBe(tokenSet(T0, MIN, 2).accessToken)
+    expect(await waiting).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
     const third = manager.refresh()
     await flush()
     expect(calls).toHaveLength(3)

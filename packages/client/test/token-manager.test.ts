@@ -233,15 +233,20 @@ describe('rule 2: stale tokens', () => {
     expect(calls).toHaveLength(1)
   })
 
-  it('joins a running refresh whatever token the 401 was for', async () => {
+  it('joins a running refresh whatever earlier token of the session the 401 was for', async () => {
     const { manager, calls, clock } = setup()
-    await manager.setTokens(tokenSet(clock.now(), 15 * MIN, 0))
-    const forced = manager.refresh()
-    const stale = manager.refresh({ rejectedToken: 'some-older-token' })
+    const older = tokenSet(clock.now(), 15 * MIN, 0)
+    await manager.setTokens(older)
+    const first = manager.refresh()
     await flush()
     calls[0]!.resolve(tokenSet(clock.now(), 15 * MIN, 1))
+    await first
+    const forced = manager.refresh()
+    const stale = manager.refresh({ rejectedToken: older.accessToken })
+    await flush()
+    calls[1]!.resolve(tokenSet(clock.now(), 15 * MIN, 2))
     expect(await stale).toBe(await forced)
-    expect(calls).toHaveLength(1)
+    expect(calls).toHaveLength(2)
   })
 })
 
@@ -1258,17 +1263,50 @@ describe('sessions', () => {
     expect(types()).not.toContain('refreshed')
   })
 
-  it('hands the new login to the waiters of a refresh that was running', async () => {
+  it('never hands the new login to the waiters of the old session: they reject with ERR_SESSION_CLEARED', async () => {
+    // a front-end review: those waiters went out with the login's token, which may be another user's
     const { manager, calls } = setup()
     await manager.setTokens(tokenSet(T0, MIN, 0))
-    const waiter = manager.refresh()
+    const waiters = [manager.refresh(), manager.getAccessToken()]
     await flush()
     const login = tokenSet(T0, MIN, 'login')
     await manager.setTokens(login)
-    expect(await waiter).toBe(login.accessToken)
+    for (const waiter of waiters) await expect(waiter).rejects.toMatchObject({ code: 'ERR_SESSION_CLEARED' })
     calls[0]!.resolve(tokenSet(T0, MIN, 'late'))
     await flush()
     expect(await manager.getAccessToken()).toBe(login.accessToken)
+  })
+
+  it('rejects a 401 for a token of an ended session with ERR_SESSION_CLEARED instead of retrying it as the new one', async () => {
+    // a front-end review: a request sent as A, whose 401 came back after a logout and a login as B, went out again as B
+    const { manager, calls } = setup()
+    const first = tokenSet(T0, 15 * MIN, 'A')
+    await manager.setTokens(first)
+    const refreshed = manager.refresh()
+    await flush()
+    calls[0]!.resolve(tokenSet(T0, 15 * MIN, 'A2'))
+    await refreshed
+    for (const replace of [() => manager.setTokens(tokenSet(T0, 15 * MIN, 'B')), () => manager.clear()]) {
+      await replace()
+      await manager.setTokens(tokenSet(T0, 15 * MIN, 'C'))
+      for (const old of [first, tokenSet(T0, 15 * MIN, 'A2'), tokenSet(T0, 15 * MIN, 'B')])
+        await expect(manager.refresh({ rejectedToken: old.accessToken })).rejects.toMatchObject({
+          code: 'ERR_SESSION_CLEARED',
+        })
+    }
+    // while a refresh of the new session runs too
+    const running = manager.refresh()
+    await expect(manager.refresh({ rejectedToken: first.accessToken })).rejects.toMatchObject({
+      code: 'ERR_SESSION_CLEARED',
+    })
+    calls.at(-1)!.resolve(tokenSet(T0, 15 * MIN, 'C2'))
+    expect(await running).toBe(tokenSet(T0, 15 * MIN, 'C2').accessToken)
+    // a token of this session's is still stale, not foreign: answered with the current one (rule 2)
+    const c = tokenSet(T0, 15 * MIN, 'C')
+    expect(await manager.refresh({ rejectedToken: c.accessToken })).toBe(
+      tokenSet(T0, 15 * MIN, 'C2').accessToken,
+    )
+    expect(calls).toHaveLength(2)
   })
 
   it('fires loggedOut once per session', async () => {
@@ -1409,7 +1447,6 @@ describe('storage failures lose nothing', () => {
     // the request that waited for the stored tokens goes on with the new session, and so does every later one
     expect(await before).toBe(login.accessToken)
     expect(await manager.getAccessToken()).toBe(login.accessToken)
-    expect(await manager.refresh({ rejectedToken: 'an-older-token' })).toBe(login.accessToken)
     expect(writes).toEqual([login])
   })
 

@@ -98,6 +98,7 @@ export type Invariant =
   | 'own-session'
   | 'no-reuse'
   | 'no-phantom-rejection'
+  | 'one-session'
 
 export interface Violation {
   invariant: Invariant
@@ -110,6 +111,7 @@ export type Milestone =
   | 'joined a running refresh'
   | 'retried after a 401'
   | 'stale 401 answered without a refresh'
+  | '401 for a token of an ended session'
   | 'transient failure retried'
   | `refresh failed: ${'rejected' | 'server' | 'network' | 'timeout'}`
   | `loggedOut: ${'refreshRejected' | 'cleared' | 'otherTab'}`
@@ -288,6 +290,8 @@ interface ManagerState {
   current: string | null | undefined
   /** a read has settled, so the manager has loaded storage and answers without waiting for it */
   loaded: boolean
+  /** every access token the manager was given or handed out: a request can only have been sent with one */
+  held: Set<string>
   /** the tokens it holds came from the other manager (its last `refreshed` event says 'otherTab') */
   fromOther: boolean
 }
@@ -380,8 +384,19 @@ async function run(
   const iat = new Map<string, number>()
   const issued: string[] = []
   const revoked = new Set<string>()
-  const issue = (lifetime: number, at = Date.now(), refreshToken = true): TokenSet => {
+  /**
+   * The session (login) each access token belongs to: a login starts one, a refresh stays in the one of the
+   * refresh token it sent. Unknown in cookie mode, where every refresh sends the same placeholder.
+   */
+  const family = new Map<string, number>()
+  const familyOfRefresh = new Map<string, number>()
+  const issue = (lifetime: number, at = Date.now(), refreshToken = true, from?: string): TokenSet => {
     const made = tokenSet(at, lifetime, ++serial)
+    const session = from === undefined ? serial : familyOfRefresh.get(from)
+    if (session !== undefined && schedule.storage !== 'own') {
+      family.set(made.accessToken, session)
+      familyOfRefresh.set(made.refreshToken!, session)
+    }
     // cookie mode: the page holds the placeholder, the cookie the real refresh token
     const set = schedule.storage === 'own' ? { ...made, refreshToken: 'cookie' } : made
     const exp = Math.floor((at + lifetime) / 1000) * 1000
@@ -468,7 +483,7 @@ async function run(
           case 'ok':
             // an answer after the manager gave up on the call (timeout, session replaced) never reaches it
             if (!signal.aborted) spent.set(refreshToken, index)
-            return issue(next.ttl)
+            return issue(next.ttl, undefined, undefined, refreshToken)
           case 'rejected':
             error = new RefreshError('rejected', 'refresh failed: invalid_grant', { status: next.status })
             break
@@ -590,6 +605,7 @@ async function run(
       attempts: 0,
       starts: 0,
       loaded: false,
+      held: new Set(initial ? [initial.accessToken] : []),
       fromOther: false,
       // with two managers, each loads whatever the other wrote by the time it first reads storage
       current: schedule.managers === 1 ? (initial?.accessToken ?? null) : undefined,
@@ -604,6 +620,7 @@ async function run(
         state.starts++
       }
       if (event.type === 'refreshed') state.current = event.tokens.accessToken
+      if (event.type === 'refreshed') state.held.add(event.tokens.accessToken)
       if (event.type === 'refreshed') state.fromOther = event.source === 'otherTab'
       if (event.type === 'loggedOut') state.fromOther = false
       if (event.type === 'loggedOut') state.current = null
@@ -687,22 +704,53 @@ async function run(
 
   /**
    * Rule 2: a 401 for a token that is no longer current resolves with the current token and starts no
-   * refresh, as long as the current token itself needs none. Call before `refresh()`; returns the check.
+   * refresh, as long as the current token itself needs none; a 401 for a token of another session (a login
+   * since) rejects with ERR_SESSION_CLEARED, refreshing nothing. With two managers a login can reach the other
+   * one through storage alone, which tells no login from a refresh: there only the first rule is checked, and
+   * ERR_SESSION_CLEARED is taken for it too (see below).
+   * Call before `refresh()`; returns the check.
    */
   function staleRule(index: number, rejectedToken: string | undefined, signal: AbortSignal | undefined) {
     const state = states[index]!
     const current = state.current
     const starts = state.starts
-    const applies =
+    const known =
       state.loaded &&
       !readFailed &&
       typeof current === 'string' &&
       rejectedToken !== undefined &&
       rejectedToken !== current &&
+      state.held.has(rejectedToken) &&
+      family.has(rejectedToken) &&
+      family.has(current)
+    const foreign =
+      known && schedule.managers === 1 && family.get(rejectedToken!) !== family.get(current as string)
+    const applies =
+      known &&
+      family.get(rejectedToken!) === family.get(current as string) &&
       state.manager.status !== 'refreshing' &&
-      fresh(current)
+      fresh(current as string)
     return (result: { ok: true; token: string } | { ok: false; error: unknown }) => {
+      if (foreign) {
+        reached.add('401 for a token of an ended session')
+        const cleared = !result.ok && (result.error as { code?: unknown })?.code === 'ERR_SESSION_CLEARED'
+        if (
+          state.starts !== starts ||
+          !(cleared || (signal?.aborted && !result.ok && result.error === signal.reason))
+        )
+          violate(
+            'stale-401',
+            `manager ${index}: a 401 for ${label(rejectedToken!)} of an ended session got ${
+              result.ok ? label(result.token) : show(result.error)
+            }${state.starts !== starts ? ' and started a refresh' : ''}, not ERR_SESSION_CLEARED`,
+          )
+      }
       if (!applies) return
+      // two tabs that log in at once can each take the other's login, and a tab then takes a refresh of its
+      // own old session from the other's message as its current one: it may count a token of that session as
+      // another session's. Failing the request then is safe; sending it with another session's token is not
+      const ended = !result.ok && (result.error as { code?: unknown })?.code === 'ERR_SESSION_CLEARED'
+      if (ended && schedule.managers === 2) return
       if (state.starts !== starts)
         violate(
           'stale-401',
@@ -722,6 +770,7 @@ async function run(
   function handOut(token: string | null, api: string, manager: number, calledAt: number): void {
     if (token === null) return
     handedOut.push(token)
+    states[manager]!.held.add(token)
     const exp = expiry.get(token)
     const received = issuedAt.get(token)
     if (exp === undefined || received === undefined)
@@ -746,8 +795,23 @@ async function run(
     const { manager: index, signal } = record
     const manager = states[index]!.manager
     let calledAt = checkpoint(index)
+    // (before the first read of storage has answered, no session is known yet: a login then is the first one)
+    const before = states[index]!.loaded && !readFailed ? states[index]!.current : undefined
     const token = await track('getAccessToken', index, signal, manager.getAccessToken({ signal }))
     handOut(token, 'getAccessToken', index, calledAt)
+    // one manager knows every session change: a request made in one session never gets another's token
+    if (
+      schedule.managers === 1 &&
+      typeof before === 'string' &&
+      token !== null &&
+      family.has(before) &&
+      family.has(token) &&
+      family.get(before) !== family.get(token)
+    )
+      violate(
+        'one-session',
+        `manager ${index}: a request made with ${label(before)} current was handed ${label(token)} of another session`,
+      )
     // logged out: the request goes without a token and its 401 reaches the app unchanged
     if (token === null) return 401
     if ((issuedAt.get(token) ?? 0) > calledAt) reached.add('proactive refresh')
@@ -865,6 +929,7 @@ async function run(
         state.session++
         const login = issue(step.ttl, Date.now(), step.refreshToken)
         state.current = login.accessToken
+        state.held.add(login.accessToken)
         state.fromOther = false
         track('setTokens', step.manager, undefined, state.manager.setTokens(login))
         break
