@@ -634,15 +634,17 @@ function loggerOptions(logger: boolean | LoggerOptions): boolean | LoggerOptions
     redact: { paths: [...REDACT_PATHS, ...theirs], censor: '[redacted]' },
     serializers: {
       // the query string is dropped: a client may put a token there, and it would be logged. So may a client
-      // that builds a wrong path: a path no route took keeps only its segments shorter than any token
-      req: (request) => {
-        const path = request.url.replace(/\?.*$/s, '')
-        return {
-          method: request.method,
-          url: request.routeOptions?.url === undefined ? path.replace(/[^/]{33,}/g, '[redacted]') : path,
-          remoteAddress: request.ip,
-        }
-      },
+      // that builds a wrong path, or puts a token where a route takes a parameter (a session id is 32
+      // characters): a path keeps only its segments shorter than any token. A request target in absolute form
+      // (`GET http://user:password@host/…`) loses its credentials
+      req: (request) => ({
+        method: request.method,
+        url: request.url
+          .replace(/\?.*$/s, '')
+          .replace(/^([a-z][a-z\d+.-]*:\/\/)[^/]*@/i, '$1[redacted]@')
+          .replace(/[^/]{33,}/g, '[redacted]'),
+        remoteAddress: request.ip,
+      }),
       ...base.serializers,
     },
   }

@@ -597,6 +597,24 @@ describe('the logs', () => {
     // a token put in the path of a route that does not exist (a client that built its URL wrongly)
     await send(`${origin}/${live.accessToken}`, { headers: bearer })
     await send(`${origin}/refresh/${live.refreshToken}/token`, { method: 'POST' })
+    // a back-end review: a route that takes a path parameter logged its whole path, a refresh token in it too
+    await send(`${origin}/auth/sessions/${live.refreshToken}`, { method: 'DELETE' })
+    await send(`${origin}/auth/sessions/${live.accessToken}`, { method: 'DELETE', headers: bearer })
+    // and a request target in absolute form (RFC 9112 section 3.2.2) logged the credentials of its URL
+    const userinfo = 'ada:correct-horse-battery'
+    keep(userinfo)
+    await new Promise<void>((resolve, reject) => {
+      const { port } = new URL(origin)
+      const socket = connect(Number(port), '127.0.0.1', () =>
+        socket.write(
+          `GET http://${userinfo}@127.0.0.1:${port}/.well-known/jwks.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`,
+        ),
+      )
+      socket
+        .on('data', () => {})
+        .on('end', resolve)
+        .on('error', reject)
+    })
 
     // cookie mode: the refresh token is in Set-Cookie and Cookie headers
     const cookieLogin = await postJson(cookieOrigin, '/auth/login', { username: 'ada', password: PASSWORD })
