@@ -446,6 +446,37 @@ describe('POST /oauth/token (RFC 6749 section 6)', () => {
     })
     expect(json.statusCode).toBe(415)
   })
+
+  it('ignores a parameter it does not use, repeated or not (RFC 6749 section 3.2; resource, RFC 8707)', async () => {
+    // a back-end review: resource=a&resource=b, which RFC 8707 allows, was refused as a repeated parameter
+    const { refreshToken } = await login()
+    const refreshed = await app.inject({
+      method: 'POST',
+      url: '/oauth/token',
+      payload: `${form({ grant_type: 'refresh_token', refresh_token: refreshToken, client_id: 'web' })}&resource=https%3A%2F%2Fa.example&resource=https%3A%2F%2Fb.example&foo=1&foo=2`,
+      headers: FORM,
+    })
+    expect(refreshed.statusCode).toBe(200)
+    expect(refreshed.json()).toMatchObject({ token_type: 'Bearer' })
+    const revoked = await app.inject({
+      method: 'POST',
+      url: '/oauth/revoke',
+      payload: 'token=x&client_id=web&resource=a&resource=b',
+      headers: FORM,
+    })
+    expect(revoked.statusCode).toBe(200)
+    // the parameters it uses still may not repeat
+    for (const name of ['refresh_token', 'client_id', 'scope']) {
+      const repeated = await app.inject({
+        method: 'POST',
+        url: '/oauth/token',
+        payload: `grant_type=refresh_token&refresh_token=x&client_id=web&scope=a&${name}=again`,
+        headers: FORM,
+      })
+      expect(repeated.statusCode, name).toBe(400)
+      expect(repeated.json()).toMatchObject({ code: 'ERR_INVALID_REQUEST' })
+    }
+  })
 })
 
 describe('POST /oauth/revoke (RFC 7009)', () => {

@@ -33,6 +33,9 @@ const revokeSchema = {
   },
 }
 
+/** The form parameters the two routes read; any other one is ignored. */
+const USED = new Set(['grant_type', 'refresh_token', 'client_id', 'scope', 'token', 'token_type_hint'])
+
 /**
  * Registers `/oauth/token` and `/oauth/revoke` with their own form-encoded body parser.
  * @example
@@ -47,7 +50,10 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
     (_request, body, done) => {
       const params: Record<string, string> = Object.create(null)
       for (const [name, value] of new URLSearchParams(body as string)) {
-        // RFC 6749 section 3.2: "Request and response parameters MUST NOT be included more than once"
+        // RFC 6749 section 3.2: "Request and response parameters MUST NOT be included more than once", and the
+        // server "MUST ignore unrecognized request parameters": one it does not use may repeat (RFC 8707 sends
+        // `resource` once per resource)
+        if (!USED.has(name)) continue
         if (name in params) {
           done(
             new AuthError('ERR_INVALID_REQUEST', `parameter "${name.slice(0, 64)}" is repeated`),
