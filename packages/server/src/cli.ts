@@ -95,6 +95,14 @@ async function main(argv: string[]): Promise<number> {
     (values as Record<string, unknown>)[flag] === undefined && env[variable] !== undefined
       ? variable
       : `--${flag}`
+  /** The server names an option; the CLI user knows it as the flag (or its env variable). */
+  const asFlag = (error: unknown): unknown => {
+    const option =
+      isAuthError(error) && /^"(issuer|audience|clientId|redisUrl|trustProxy)"/.exec(error.message)
+    if (!option) return error
+    const [flag, variable] = OPTION_SOURCES[option[1]!]!
+    return new CliError(`${named(flag, variable)}${(error as Error).message.slice(option[0].length)}`)
+  }
   const flags = command === undefined ? undefined : COMMAND_FLAGS[command]
   const ignored =
     flags &&
@@ -162,14 +170,7 @@ async function main(argv: string[]): Promise<number> {
           ...(trustProxy === undefined ? {} : { trustProxy }),
         })
       } catch (error) {
-        // the server names the option; the CLI user knows it as the flag (or its env variable)
-        const option =
-          isAuthError(error) && /^"(issuer|audience|clientId|redisUrl|trustProxy)"/.exec(error.message)
-        if (option) {
-          const [flag, variable] = OPTION_SOURCES[option[1]!]!
-          throw new CliError(`${named(flag, variable)}${error.message.slice(option[0].length)}`)
-        }
-        throw error
+        throw asFlag(error)
       }
       database = await openDatabase(values)
       let stopping = false
@@ -177,7 +178,8 @@ async function main(argv: string[]): Promise<number> {
         await app.listen({ port, host })
       } catch (error) {
         await database.close().catch(() => undefined)
-        throw error
+        // (the Redis client, and so "redisUrl" needing ioredis, comes while the server gets ready)
+        throw asFlag(error)
       }
       const stop = async () => {
         // one stop: a second signal (SIGTERM then SIGINT, or the same one again) neither closes the
@@ -312,7 +314,9 @@ async function openDatabase(values: {
     const name = 'pg'
     pg = ((await import(name)) as { default: typeof pg }).default
   } catch (error) {
-    throw new CliError(`--postgres needs the "pg" package: ${messageOf(error)}`)
+    throw new CliError(
+      `${values.postgres === undefined ? 'DATABASE_URL' : '--postgres'} needs the "pg" package: ${messageOf(error)}`,
+    )
   }
   // bounded waits, as the README's own pool: a held lock or a stuck statement answers 503 with Retry-After
   // after 5 s instead of holding the request (and a pool connection) for as long as the lock is held

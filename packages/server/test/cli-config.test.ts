@@ -276,6 +276,43 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
     }
   })
 
+  it('bug: a missing peer named the flag even when its env variable set the value', async () => {
+    // a back-end review: DATABASE_URL without pg said "--postgres needs …", TOKENFLOW_REDIS_URL without
+    // ioredis said '"redisUrl" needs …'. The peers are hidden by a resolve hook
+    const hook = `export async function resolve(specifier, context, next) {
+      if (specifier === 'pg' || specifier === 'ioredis')
+        throw Object.assign(new Error('Cannot find package ' + specifier), { code: 'ERR_MODULE_NOT_FOUND' })
+      return next(specifier, context)
+    }`
+    const hide = `import { register } from 'node:module'; register(${JSON.stringify(`data:text/javascript,${encodeURIComponent(hook)}`)})`
+    const withoutPeers = (args: string[], env: Record<string, string>) =>
+      runProcess(
+        process.execPath,
+        ['--import', `data:text/javascript,${encodeURIComponent(hide)}`, CLI, ...args],
+        {
+          input: '',
+          env: { ...baseEnv, ...env },
+          children,
+        },
+      )
+    const url = 'postgres://postgres@127.0.0.1:1/tokenflow'
+    const [fromEnv, fromFlag, redisFromEnv, redisFromFlag] = await Promise.all([
+      withoutPeers(['user', 'list'], { DATABASE_URL: url }),
+      withoutPeers(['user', 'list', '--postgres', url], {}),
+      withoutPeers(['start', '--port', '0', '--db', join(dir, 'peers.db')], {
+        TOKENFLOW_REDIS_URL: 'redis://127.0.0.1:1',
+      }),
+      withoutPeers(
+        ['start', '--port', '0', '--db', join(dir, 'peers.db'), '--redis', 'redis://127.0.0.1:1'],
+        {},
+      ),
+    ])
+    expectOneLine(fromEnv, /^tokenflow-server: DATABASE_URL needs the "pg" package: /)
+    expectOneLine(fromFlag, /^tokenflow-server: --postgres needs the "pg" package: /)
+    expectOneLine(redisFromEnv, 'TOKENFLOW_REDIS_URL needs the optional peer dependency "ioredis"')
+    expectOneLine(redisFromFlag, '--redis needs the optional peer dependency "ioredis"')
+  })
+
   it('a --db path that cannot be written or is not a database', async () => {
     const file = join(dir, 'a-file')
     writeFileSync(file, '')
