@@ -1,0 +1,88 @@
+/**
+ * The README's Hono middleware over `verify()` and `verifyErrorResponse()`: it must answer as the Fastify and
+ * Express middlewares do. The code between the readme markers is the README's block after its imports, line for
+ * line (checked below), so the sample cannot drift from what this file runs.
+ */
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { Hono } from 'hono'
+import { createMiddleware } from 'hono/factory'
+import { exportJWK, generateKeyPair, SignJWT } from 'jose'
+import { describe, expect, it } from 'vitest'
+// the README imports these from '@tokenflow/server/verify'
+import {
+  type AccessTokenClaims,
+  createVerifier,
+  isVerifyError,
+  VerifyError,
+  verifyErrorResponse,
+} from '../src/verify.js'
+
+const ISSUER = 'https://auth.example.test'
+const AUDIENCE = 'https://api.example.test'
+const NOW = 1_750_000_000_000
+
+const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true })
+const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }
+const verifier = createVerifier({ jwks: { keys: [jwk] }, issuer: ISSUER, audience: AUDIENCE, now: () => NOW })
+
+const sign = (exp = NOW / 1000 + 900) =>
+  new SignJWT({ client_id: 'web', sid: 's1' })
+    .setProtectedHeader({ alg: 'ES256', kid: 'k1', typ: 'at+jwt' })
+    .setIssuer(ISSUER)
+    .setAudience(AUDIENCE)
+    .setSubject('user-1')
+    .setJti('jti-1')
+    .setIssuedAt(NOW / 1000 - 10)
+    .setExpirationTime(exp)
+    .sign(privateKey)
+
+// readme:start
+const auth = createMiddleware<{ Variables: { auth: AccessTokenClaims } }>(async (c, next) => {
+  const token = /^bearer +(\S+)$/i.exec(c.req.header('authorization') ?? '')?.[1]
+  try {
+    if (!token) throw new VerifyError('ERR_TOKEN_MISSING', 'the access token is missing')
+    c.set('auth', await verifier.verify(token))
+  } catch (error) {
+    if (!isVerifyError(error)) throw error
+    const { status, headers, body } = verifyErrorResponse(error)
+    return c.json(body, status, headers)
+  }
+  await next()
+})
+export const api = new Hono().get('/me', auth, (c) => c.json({ user: c.get('auth').sub }))
+// readme:end
+
+const me = (authorization?: string) =>
+  api.request('/me', authorization === undefined ? {} : { headers: { authorization } })
+
+describe("the README's Hono middleware", () => {
+  it('is the block the README shows, line for line', () => {
+    const own = readFileSync(import.meta.filename, 'utf8')
+    const code = own.slice(own.indexOf('// readme:start\n') + 16, own.indexOf('// readme:end'))
+    const readme = readFileSync(join(import.meta.dirname, '../../../README.md'), 'utf8')
+    expect(readme).toContain(code)
+  })
+
+  it('hands the claims to the route for a valid token', async () => {
+    const response = await me(`Bearer ${await sign()}`)
+    expect(response.status).toBe(200)
+    expect(await response.json()).toEqual({ user: 'user-1' })
+  })
+
+  it('answers a missing, malformed or expired token as the other middlewares do', async () => {
+    const cases: Array<[string | undefined, string]> = [
+      [undefined, 'ERR_TOKEN_MISSING'],
+      ['Basic abc', 'ERR_TOKEN_MISSING'],
+      ['Bearer not-a-jwt', 'ERR_JWS_INVALID'],
+      [`Bearer ${await sign(NOW / 1000 - 3600)}`, 'ERR_JWT_EXPIRED'],
+    ]
+    for (const [authorization, code] of cases) {
+      const response = await me(authorization)
+      expect(response.status, code).toBe(401)
+      expect(response.headers.get('www-authenticate')).toMatch(/^Bearer error="invalid_token"/)
+      expect(response.headers.get('cache-control')).toBe('no-store')
+      expect(await response.json()).toMatchObject({ error: 'invalid_token', code })
+    }
+  })
+})
