@@ -41,6 +41,8 @@ interface InternalFlags extends TokenflowRequestOptions {
    * A function, because axios deep-copies plain objects of a config but keeps functions as they are.
    */
   retried?: (ok: boolean, value: unknown) => boolean
+  /** the token the retry is for: one of the session its first try went out in */
+  chosen?: string | null
   /**
    * The body as the request interceptors left it, before transformRequest: in Node axios serialises a plain
    * object sent as `multipart/form-data` (`postForm`) into a stream, which the retry cannot send again
@@ -155,7 +157,12 @@ export function attachTokenRefresh(
     // the manager only needs the parts of an AbortSignal that axios's GenericAbortSignal has too
     const [signal, done] = watch(config)
     try {
-      const token = await manager.getAccessToken({ signal })
+      let token = await manager.getAccessToken({ signal })
+      // a retry is not sent as another session (a login while the app's interceptors ran): the manager answers
+      // the current token for an earlier one of its session, ERR_SESSION_CLEARED for another session's
+      const { chosen } = config.tokenflow as InternalFlags
+      if (chosen && token !== null && token !== chosen)
+        token = await manager.refresh({ rejectedToken: chosen, signal })
       // logged out: the request goes without a token, and a 401 then reaches the app unchanged
       if (token !== null) {
         // another interceptor may have put a plain object in place of the AxiosHeaders, or nothing at all
@@ -214,7 +221,7 @@ export function attachTokenRefresh(
                 : transforms.reduce((next, fn) => fn.call(this, next, headers), data)
             },
           ],
-          tokenflow: { ...flags, retried } as InternalFlags,
+          tokenflow: { ...flags, retried, chosen: token } as InternalFlags,
         })
         // an interceptor before this one did not hand the retry on with its config: take the end result
         .then(

@@ -10,8 +10,8 @@ export type TokenflowErrorCode =
   /** a refresh was needed but there is no refresh token (nobody is logged in) */
   | 'ERR_NO_REFRESH_TOKEN'
   /**
-   * the session was cleared (`clear()`, or a logout in another tab) while the request waited, or a login (here
-   * or in another tab) replaced it with an access token that has already expired (a next read refreshes it)
+   * the session the request belongs to ended (`clear()`, a logout in another tab, or a login) while it waited,
+   * or before its 401 came back once a new session started: it is never sent, or sent again, as another session
    */
   | 'ERR_SESSION_CLEARED'
   /** the token storage threw, or did not answer a write or a refresh's read within `refreshTimeout` (a stored value that is not a token set reads as no session) */

@@ -79,8 +79,9 @@ export interface TokenManager {
   getAccessToken(options?: { signal?: AbortSignal | undefined }): Promise<string | null>
   /**
    * Refresh, or join the refresh that is running. With `rejectedToken` (the token a 401 came back for),
-   * a token that is no longer current resolves with the current one and does not refresh. A 401 for the
-   * token of a session that a refused refresh ended rejects with that refresh's `RefreshError`.
+   * an earlier token of this session resolves with the current one and does not refresh. A 401 for the
+   * token of a session that a refused refresh ended rejects with that refresh's `RefreshError`; one for the
+   * token of a session that a login or a logout ended, once a new session started, with `ERR_SESSION_CLEARED`.
    */
   refresh(options?: {
     rejectedToken?: string | null | undefined
@@ -454,7 +455,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   // the leeway is capped at half the lifetime, or a short-lived token would always be "about to expire"
   const needsRefresh = () => isExpired(expiresAt, Math.min(leeway, (lifetime ?? 1 / 0) / 2))
 
-  /** A new session (or none): the running refresh's waiters get its token (or an error); its result is dropped. */
+  /** A new session (or none): the running refresh's waiters get ERR_SESSION_CLEARED; its result is dropped. */
   function switchSession(next: TokenSet | null, receivedAt?: number, settle = true): void {
     session++
     // what storage held before this session does not matter any more: no (further) read for it, and no
@@ -505,6 +506,9 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     }
     const next = message?.type === 'refreshed' && toTokenSet(message.tokens)
     if (next && typeof message.spent === 'string') spend(message.spent)
+    // a login this tab took from storage first (as a refresh, under the lock): from its message on, a 401 for
+    // a token of the session before it is not retried as this one
+    if (!stale && next && message.login && next.accessToken === tokens?.accessToken) sent = [next.accessToken]
     if (stale || !next || next.accessToken === tokens?.accessToken || isSpent(next)) return
     // a login in another tab starts a session here, and a refresh of the old one is called off (its result
     // must not come back over the login); a refresh there hands over its tokens

@@ -12,10 +12,16 @@ import {
   type TokenManagerOptions,
 } from '@tokenflow/client'
 import { attachTokenRefresh } from '@tokenflow/client/axios'
-import axios, { type AxiosError, type AxiosInstance, type AxiosStatic } from 'axios'
+import axios, {
+  type AxiosError,
+  type AxiosInstance,
+  type AxiosStatic,
+  type InternalAxiosRequestConfig,
+} from 'axios'
 import axios16 from 'axios-1.6'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { createTestClock, startTestAuthServer, type TestAuthServer } from './helpers/auth-server.js'
+import { deferred, flush, setupManager, tokenSet } from './helpers/tokens.js'
 
 const TTL = 60_000
 
@@ -785,5 +791,98 @@ describe('attachTokenRefresh and the connection of a refused answer', () => {
     } finally {
       agent.destroy()
     }
+  })
+})
+
+describe('attachTokenRefresh and a change of session', () => {
+  it("never sends the retry of one session's request with another session's token", async () => {
+    // a code review: the retry passes the request interceptor again, which put in the current token; a login
+    // that landed while the app's own async interceptor ran (a CSRF token, a signature) made it B's
+    const T0 = 1_700_000_000_000
+    const MIN = 60_000
+    const { manager, calls } = setupManager({}, T0)
+    const [a1, a2, b] = ['A1', 'A2', 'B'].map((n) => tokenSet(T0, 15 * MIN, n)) as [
+      ReturnType<typeof tokenSet>,
+      ReturnType<typeof tokenSet>,
+      ReturnType<typeof tokenSet>,
+    ]
+    await manager.setTokens(a1)
+    const sentWith: string[] = []
+    const firstAnswer = deferred<void>()
+    const api = axios.create({
+      adapter: async (config: InternalAxiosRequestConfig) => {
+        const auth = String(config.headers.Authorization ?? '')
+        sentWith.push(auth)
+        if (sentWith.length === 1) await firstAnswer.promise
+        const status = auth === `Bearer ${a1.accessToken}` ? 401 : 200
+        const response = { data: { as: auth }, status, statusText: '', headers: {}, config }
+        if (status === 401) throw new axios.AxiosError('401', 'ERR_BAD_REQUEST', config, null, response)
+        return response
+      },
+    })
+    attachTokenRefresh(api, manager)
+    // the app's own async interceptor, registered later, so it runs first; on the retry, B logs in
+    let passes = 0
+    api.interceptors.request.use(async (config) => {
+      if (++passes === 2) await manager.setTokens(b)
+      return config
+    })
+    const request = api.get('/me').catch((error: unknown) => error)
+    await flush()
+    // the session refreshes to A2 before that request's 401 (for A1, now stale) comes back
+    const refreshed = manager.refresh()
+    await flush()
+    calls[0]!.resolve(a2)
+    await refreshed
+    firstAnswer.resolve()
+    expect(await request).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
+    expect(sentWith).toEqual([`Bearer ${a1.accessToken}`])
+  })
+
+  it('sends the retry with the newest token of the same session', async () => {
+    const T0 = 1_700_000_000_000
+    const MIN = 60_000
+    const { manager, calls } = setupManager({}, T0)
+    const [a1, a2, a3] = ['A1', 'A2', 'A3'].map((n) => tokenSet(T0, 15 * MIN, n)) as [
+      ReturnType<typeof tokenSet>,
+      ReturnType<typeof tokenSet>,
+      ReturnType<typeof tokenSet>,
+    ]
+    await manager.setTokens(a1)
+    const sentWith: string[] = []
+    const firstAnswer = deferred<void>()
+    const api = axios.create({
+      adapter: async (config: InternalAxiosRequestConfig) => {
+        const auth = String(config.headers.Authorization ?? '')
+        sentWith.push(auth)
+        if (sentWith.length === 1) await firstAnswer.promise
+        const status = auth === `Bearer ${a1.accessToken}` ? 401 : 200
+        const response = { data: { as: auth }, status, statusText: '', headers: {}, config }
+        if (status === 401) throw new axios.AxiosError('401', 'ERR_BAD_REQUEST', config, null, response)
+        return response
+      },
+    })
+    attachTokenRefresh(api, manager)
+    // on the retry, the session refreshes once more (A2 to A3) while the app's interceptor runs
+    let passes = 0
+    api.interceptors.request.use(async (config) => {
+      if (++passes === 2) {
+        const again = manager.refresh()
+        await flush()
+        calls[1]!.resolve(a3)
+        await again
+      }
+      return config
+    })
+    const request = api.get('/me')
+    await flush()
+    const refreshed = manager.refresh()
+    await flush()
+    calls[0]!.resolve(a2)
+    await refreshed
+    firstAnswer.resolve()
+    expect((await request).data).toEqual({ as: `Bearer ${a3.accessToken}` })
+    expect(sentWith).toEqual([`Bearer ${a1.accessToken}`, `Bearer ${a3.accessToken}`])
+    expect(calls).toHaveLength(2)
   })
 })

@@ -188,6 +188,44 @@ describe('BroadcastChannel', () => {
     expect(await storage.get()).toMatchObject({ accessToken: login.accessToken })
   })
 
+  it("a login another tab's refresh found in storage before its message: from the message on, a 401 of the old session is not retried as the new one", async () => {
+    // a code review: taken from storage under the lock, the login counted as a refresh of the old session, and
+    // its message, whose token was current already, was dropped: a 401 for the old session's token went out
+    // again as the new login
+    const map = new Map<string, string>()
+    const storage = webStorage({
+      getItem: (key) => map.get(key) ?? null,
+      setItem: (key, value) => void map.set(key, value),
+      removeItem: (key) => void map.delete(key),
+    })
+    const channel = freshChannel()
+    const lock = createTestLock()
+    const a = tab({ storage, channel, lock })
+    const b = tab({ storage, channel, lock })
+    const old = tokenSet(T0, 15 * MIN, 'old-user-1')
+    await a.manager.setTokens(old)
+    await eventually(() => b.events.some((event) => event.type === 'refreshed'))
+    // a refresh of b's waits for the lock, which another tab holds for a moment
+    let free!: () => void
+    void lock.request(`${channel}:refresh`, {}, () => new Promise<void>((resolve) => (free = resolve)))
+    const fromB = b.manager.refresh({ rejectedToken: old.accessToken })
+    await flush()
+    // another user logs in in a: storage holds the login at once, its message is on its way
+    const login = tokenSet(T0, 15 * MIN, 'user-2')
+    await a.manager.setTokens(login)
+    free()
+    // the limit the README names: what waited for that refresh takes the login, found in storage
+    expect(await fromB).toBe(login.accessToken)
+    await eventually(() =>
+      b.events.some((event) => 'tokens' in event && event.tokens.accessToken === login.accessToken),
+    )
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    await expect(b.manager.refresh({ rejectedToken: old.accessToken })).rejects.toMatchObject({
+      code: 'ERR_SESSION_CLEARED',
+    })
+    expect(b.calls).toHaveLength(0)
+  })
+
   it('a logout in one tab logs out every tab', async () => {
     const storage = memoryStorage()
     const channel = freshChannel()

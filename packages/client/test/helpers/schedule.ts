@@ -290,8 +290,13 @@ interface ManagerState {
   current: string | null | undefined
   /** a read has settled, so the manager has loaded storage and answers without waiting for it */
   loaded: boolean
-  /** every access token the manager was given or handed out: a request can only have been sent with one */
-  held: Set<string>
+  /**
+   * every access token the manager was given or handed out (a request can only have been sent with one), and
+   * the `epoch` at which it first held it
+   */
+  held: Map<string, number>
+  /** bumps when the manager logs out or takes a login (its own, or another's it hears of) */
+  epoch: number
   /** the tokens it holds came from the other manager (its last `refreshed` event says 'otherTab') */
   fromOther: boolean
 }
@@ -386,14 +391,18 @@ async function run(
   const revoked = new Set<string>()
   /**
    * The session (login) each access token belongs to: a login starts one, a refresh stays in the one of the
-   * refresh token it sent. Unknown in cookie mode, where every refresh sends the same placeholder.
+   * refresh token it sent. In cookie mode every refresh sends the same placeholder, and the browser sends the
+   * cookie of the latest login, in any tab: a refresh stays in that one.
    */
   const family = new Map<string, number>()
   const familyOfRefresh = new Map<string, number>()
+  let cookieFamily: number | undefined
   const issue = (lifetime: number, at = Date.now(), refreshToken = true, from?: string): TokenSet => {
     const made = tokenSet(at, lifetime, ++serial)
-    const session = from === undefined ? serial : familyOfRefresh.get(from)
-    if (session !== undefined && schedule.storage !== 'own') {
+    const session =
+      from === undefined ? serial : schedule.storage === 'own' ? cookieFamily : familyOfRefresh.get(from)
+    if (from === undefined) cookieFamily = serial
+    if (session !== undefined) {
       family.set(made.accessToken, session)
       familyOfRefresh.set(made.refreshToken!, session)
     }
@@ -408,6 +417,11 @@ async function run(
     return refreshToken ? set : { ...set, refreshToken: null }
   }
   const label = (token: string) => `token#${issued.indexOf(token) + 1}`
+  /** the access tokens of logins (setTokens) */
+  const logins = new Set<string>()
+  const hold = (state: ManagerState, token: string) => {
+    if (!state.held.has(token)) state.held.set(token, state.epoch)
+  }
 
   // --- the scripted refresh endpoint
   const outcomes = [...schedule.outcomes]
@@ -605,7 +619,8 @@ async function run(
       attempts: 0,
       starts: 0,
       loaded: false,
-      held: new Set(initial ? [initial.accessToken] : []),
+      held: new Map(initial ? [[initial.accessToken, 0]] : []),
+      epoch: 0,
       fromOther: false,
       // with two managers, each loads whatever the other wrote by the time it first reads storage
       current: schedule.managers === 1 ? (initial?.accessToken ?? null) : undefined,
@@ -620,7 +635,10 @@ async function run(
         state.starts++
       }
       if (event.type === 'refreshed') state.current = event.tokens.accessToken
-      if (event.type === 'refreshed') state.held.add(event.tokens.accessToken)
+      // a login the other manager made (its first token) is a new session here too
+      if (event.type === 'loggedOut' || (event.type === 'refreshed' && logins.has(event.tokens.accessToken)))
+        state.epoch++
+      if (event.type === 'refreshed') hold(state, event.tokens.accessToken)
       if (event.type === 'refreshed') state.fromOther = event.source === 'otherTab'
       if (event.type === 'loggedOut') state.fromOther = false
       if (event.type === 'loggedOut') state.current = null
@@ -714,6 +732,7 @@ async function run(
     const state = states[index]!
     const current = state.current
     const starts = state.starts
+    const heldSince = rejectedToken === undefined ? 0 : (state.held.get(rejectedToken) ?? 0)
     const known =
       state.loaded &&
       !readFailed &&
@@ -746,11 +765,16 @@ async function run(
           )
       }
       if (!applies) return
-      // two tabs that log in at once can each take the other's login, and a tab then takes a refresh of its
-      // own old session from the other's message as its current one: it may count a token of that session as
-      // another session's. Failing the request then is safe; sending it with another session's token is not
+      // with two managers a session can leave a manager and come back: it logs out (a refused refresh, the
+      // other's logout) and then takes the other's refresh of that session, or it takes the other's login and
+      // then a refresh of its own old session from the other. A manager that logged out or took a login since
+      // it held the token may count it as another session's: failing the request then is safe
       const ended = !result.ok && (result.error as { code?: unknown })?.code === 'ERR_SESSION_CLEARED'
-      if (ended && schedule.managers === 2) return
+      if (ended && schedule.managers === 2 && state.epoch > heldSince) {
+        if (state.starts !== starts)
+          violate('stale-401', `manager ${index}: a 401 for ${label(rejectedToken!)} started a refresh`)
+        return
+      }
       if (state.starts !== starts)
         violate(
           'stale-401',
@@ -770,7 +794,7 @@ async function run(
   function handOut(token: string | null, api: string, manager: number, calledAt: number): void {
     if (token === null) return
     handedOut.push(token)
-    states[manager]!.held.add(token)
+    hold(states[manager]!, token)
     const exp = expiry.get(token)
     const received = issuedAt.get(token)
     if (exp === undefined || received === undefined)
@@ -929,7 +953,9 @@ async function run(
         state.session++
         const login = issue(step.ttl, Date.now(), step.refreshToken)
         state.current = login.accessToken
-        state.held.add(login.accessToken)
+        logins.add(login.accessToken)
+        state.epoch++
+        hold(state, login.accessToken)
         state.fromOther = false
         track('setTokens', step.manager, undefined, state.manager.setTokens(login))
         break
