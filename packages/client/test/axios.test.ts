@@ -795,18 +795,18 @@ describe('attachTokenRefresh and the connection of a refused answer', () => {
 })
 
 describe('attachTokenRefresh and a change of session', () => {
-  it("never sends the retry of one session's request with another session's token", async () => {
-    // a code review: the retry passes the request interceptor again, which put in the current token; a login
-    // that landed while the app's own async interceptor ran (a CSRF token, a signature) made it B's
-    const T0 = 1_700_000_000_000
-    const MIN = 60_000
-    const { manager, calls } = setupManager({}, T0)
-    const [a1, a2, b] = ['A1', 'A2', 'B'].map((n) => tokenSet(T0, 15 * MIN, n)) as [
-      ReturnType<typeof tokenSet>,
-      ReturnType<typeof tokenSet>,
-      ReturnType<typeof tokenSet>,
-    ]
-    await manager.setTokens(a1)
+  const T0 = 1_700_000_000_000
+  const MIN = 60_000
+  const token = (n: string) => tokenSet(T0, 15 * MIN, n)
+
+  /**
+   * A request sent with A1, whose 401 (A1 is stale by then: the session refreshed to A2) comes back only after
+   * that refresh; `onRetry` runs in the app's own async request interceptor while the retry passes it.
+   */
+  async function retryAfterStale401(onRetry: (control: ReturnType<typeof setupManager>) => Promise<void>) {
+    const control = setupManager({}, T0)
+    const { manager, calls } = control
+    await manager.setTokens(token('A1'))
     const sentWith: string[] = []
     const firstAnswer = deferred<void>()
     const api = axios.create({
@@ -814,75 +814,47 @@ describe('attachTokenRefresh and a change of session', () => {
         const auth = String(config.headers.Authorization ?? '')
         sentWith.push(auth)
         if (sentWith.length === 1) await firstAnswer.promise
-        const status = auth === `Bearer ${a1.accessToken}` ? 401 : 200
+        const status = auth === `Bearer ${token('A1').accessToken}` ? 401 : 200
         const response = { data: { as: auth }, status, statusText: '', headers: {}, config }
         if (status === 401) throw new axios.AxiosError('401', 'ERR_BAD_REQUEST', config, null, response)
         return response
       },
     })
     attachTokenRefresh(api, manager)
-    // the app's own async interceptor, registered later, so it runs first; on the retry, B logs in
+    // the app's own interceptor, registered later, so it runs first
     let passes = 0
     api.interceptors.request.use(async (config) => {
-      if (++passes === 2) await manager.setTokens(b)
+      if (++passes === 2) await onRetry(control)
       return config
     })
     const request = api.get('/me').catch((error: unknown) => error)
     await flush()
-    // the session refreshes to A2 before that request's 401 (for A1, now stale) comes back
     const refreshed = manager.refresh()
     await flush()
-    calls[0]!.resolve(a2)
+    calls[0]!.resolve(token('A2'))
     await refreshed
     firstAnswer.resolve()
-    expect(await request).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
-    expect(sentWith).toEqual([`Bearer ${a1.accessToken}`])
+    return { outcome: await request, sentWith, calls }
+  }
+
+  it("never sends the retry of one session's request with another session's token", async () => {
+    // a code review: the retry passes the request interceptor again, which put in the current token; a login
+    // that landed while the app's own async interceptor ran (a CSRF token, a signature) made it B's
+    const { outcome, sentWith } = await retryAfterStale401(({ manager }) => manager.setTokens(token('B')))
+    expect(outcome).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
+    expect(sentWith).toEqual([`Bearer ${token('A1').accessToken}`])
   })
 
   it('sends the retry with the newest token of the same session', async () => {
-    const T0 = 1_700_000_000_000
-    const MIN = 60_000
-    const { manager, calls } = setupManager({}, T0)
-    const [a1, a2, a3] = ['A1', 'A2', 'A3'].map((n) => tokenSet(T0, 15 * MIN, n)) as [
-      ReturnType<typeof tokenSet>,
-      ReturnType<typeof tokenSet>,
-      ReturnType<typeof tokenSet>,
-    ]
-    await manager.setTokens(a1)
-    const sentWith: string[] = []
-    const firstAnswer = deferred<void>()
-    const api = axios.create({
-      adapter: async (config: InternalAxiosRequestConfig) => {
-        const auth = String(config.headers.Authorization ?? '')
-        sentWith.push(auth)
-        if (sentWith.length === 1) await firstAnswer.promise
-        const status = auth === `Bearer ${a1.accessToken}` ? 401 : 200
-        const response = { data: { as: auth }, status, statusText: '', headers: {}, config }
-        if (status === 401) throw new axios.AxiosError('401', 'ERR_BAD_REQUEST', config, null, response)
-        return response
-      },
-    })
-    attachTokenRefresh(api, manager)
     // on the retry, the session refreshes once more (A2 to A3) while the app's interceptor runs
-    let passes = 0
-    api.interceptors.request.use(async (config) => {
-      if (++passes === 2) {
-        const again = manager.refresh()
-        await flush()
-        calls[1]!.resolve(a3)
-        await again
-      }
-      return config
+    const { outcome, sentWith, calls } = await retryAfterStale401(async ({ manager, calls }) => {
+      const again = manager.refresh()
+      await flush()
+      calls[1]!.resolve(token('A3'))
+      await again
     })
-    const request = api.get('/me')
-    await flush()
-    const refreshed = manager.refresh()
-    await flush()
-    calls[0]!.resolve(a2)
-    await refreshed
-    firstAnswer.resolve()
-    expect((await request).data).toEqual({ as: `Bearer ${a3.accessToken}` })
-    expect(sentWith).toEqual([`Bearer ${a1.accessToken}`, `Bearer ${a3.accessToken}`])
+    expect(outcome).toMatchObject({ data: { as: `Bearer ${token('A3').accessToken}` } })
+    expect(sentWith).toEqual([`Bearer ${token('A1').accessToken}`, `Bearer ${token('A3').accessToken}`])
     expect(calls).toHaveLength(2)
   })
 })
