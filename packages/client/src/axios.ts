@@ -1,6 +1,6 @@
 // Types only: axios is an optional peer dependency and the client has no runtime dependencies.
 import type { AxiosError, AxiosInstance, AxiosResponse, InternalAxiosRequestConfig } from 'axios'
-import { invalidOption, type TokenflowError } from './errors.js'
+import { invalidOption, TokenflowError } from './errors.js'
 import type { TokenManager } from './token-manager.js'
 
 /** Per-request options of the axios adapter, under the `tokenflow` key of an axios request config. */
@@ -153,22 +153,25 @@ export function attachTokenRefresh(
   const requestId = instance.interceptors.request.use(async (config) => {
     if (config.tokenflow?.skip) return config
     const given = config.data
-    config.tokenflow = { ...config.tokenflow, given: () => given } as InternalFlags
+    // `chosen` counts for this pass only: an app that sends error.config again later is a new request
+    const { chosen } = (config.tokenflow ?? {}) as InternalFlags
+    config.tokenflow = { ...config.tokenflow, given: () => given, chosen: null } as InternalFlags
     // the manager only needs the parts of an AbortSignal that axios's GenericAbortSignal has too
     const [signal, done] = watch(config)
     try {
       let token = await manager.getAccessToken({ signal })
       // a retry is not sent as another session (a login while the app's interceptors ran): the manager answers
       // the current token for an earlier one of its session, ERR_SESSION_CLEARED for another session's
-      const { chosen } = config.tokenflow as InternalFlags
       if (chosen && token !== null && token !== chosen)
         token = await manager.refresh({ rejectedToken: chosen, signal })
-      // logged out: the request goes without a token, and a 401 then reaches the app unchanged
+      // logged out: the request goes without a token, and a 401 then reaches the app unchanged. Another
+      // interceptor may have put a plain object in place of the AxiosHeaders, or nothing at all
       if (token !== null) {
-        // another interceptor may have put a plain object in place of the AxiosHeaders, or nothing at all
         config.headers ??= {} as never
         setBearer(config.headers as unknown as Record<string, unknown>, token)
       }
+      // a retry whose session ended (a logout while the app's interceptors ran) is not sent again
+      else if (chosen) throw new TokenflowError('ERR_SESSION_CLEARED', 'the session was cleared')
     } catch (error) {
       // aborted (or its CancelToken canceled) while it waited for a refresh: axios rejects it with its own
       // CanceledError before sending

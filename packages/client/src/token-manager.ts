@@ -224,12 +224,13 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
    * Refresh tokens known to be rotated already, by this manager or by a tab that said so: tokens that carry
    * one are behind (a late broadcast, a lagging copy of storage) and are never taken or refreshed with.
    */
-  const spent = new Set<string>()
-  const spend = (refreshToken: string | null | undefined) => {
+  const spent = new Map<string, string | undefined>()
+  /** `next`: the access token the rotation gave, when this tab made it */
+  const spend = (refreshToken: string | null | undefined, next?: string) => {
     if (!refreshToken) return
-    spent.add(refreshToken)
+    spent.set(refreshToken, next)
     // bounded: a message or a storage copy more than 16 rotations behind is not expected (README, "Several tabs")
-    if (spent.size > 16) spent.delete(spent.values().next().value!)
+    if (spent.size > 16) spent.delete(spent.keys().next().value!)
   }
   const isSpent = (set: TokenSet | null | undefined) => !!set?.refreshToken && spent.has(set.refreshToken)
   /** the access tokens of this session so far: a 401 for any other one came from a session that has ended */
@@ -506,9 +507,14 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     }
     const next = message?.type === 'refreshed' && toTokenSet(message.tokens)
     if (next && typeof message.spent === 'string') spend(message.spent)
-    // a login this tab took from storage first (as a refresh, under the lock): from its message on, a 401 for
-    // a token of the session before it is not retried as this one
-    if (!stale && next && message.login && next.accessToken === tokens?.accessToken) sent = [next.accessToken]
+    // a login this tab took from storage first (as a refresh, under the lock, and maybe refreshed since): from
+    // its message on, a 401 for a token of the session before it is not retried as this one
+    if (next && message.login && !stale) {
+      const at = sent.indexOf(next.accessToken)
+      // or the token this tab's refresh of that login gave
+      const from = at < 0 ? sent.indexOf(spent.get(next.refreshToken!)!) : at
+      if (from >= 0) sent = sent.slice(from)
+    }
     if (stale || !next || next.accessToken === tokens?.accessToken || isSpent(next)) return
     // a login in another tab starts a session here, and a refresh of the old one is called off (its result
     // must not come back over the login); a refresh there hands over its tokens
@@ -705,7 +711,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         // another tab refreshed meanwhile: its tokens are taken below, nothing is written or announced
         if (!fresh) return refreshed
         receivedAt = now()
-        if (refreshed.refreshToken !== base.refreshToken) spend(base.refreshToken)
+        if (refreshed.refreshToken !== base.refreshToken) spend(base.refreshToken, refreshed.accessToken)
         // saved under the lock, so the next tab to take it reads the rotated refresh token
         if (session === started) {
           await write(refreshed)
