@@ -634,15 +634,16 @@ function loggerOptions(logger: boolean | LoggerOptions): boolean | LoggerOptions
     redact: { paths: [...REDACT_PATHS, ...theirs], censor: '[redacted]' },
     serializers: {
       // the query string is dropped: a client may put a token there, and it would be logged. So may a client
-      // that builds a wrong path, or puts a token where a route takes a parameter (a session id is 32
-      // characters): a path keeps only its segments shorter than any token. A request target in absolute form
-      // (`GET http://user:password@host/…`) loses its credentials
+      // that builds a wrong path, or puts a token where a route takes a parameter: a segment as long as a
+      // token (a session id is 32 characters) is redacted, unless it is hex (a UUID, a digest: an id of an
+      // app's own route), which neither kind of token is. A request target in absolute form
+      // (`GET http://user:password@host/…`) loses its credentials first, whatever they hold
       req: (request) => ({
         method: request.method,
         url: request.url
-          .replace(/\?.*$/s, '')
           .replace(/^([a-z][a-z\d+.-]*:\/\/)[^/]*@/i, '$1[redacted]@')
-          .replace(/[^/]{33,}/g, '[redacted]'),
+          .replace(/\?.*$/s, '')
+          .replace(/[^/]{33,}/g, (segment) => (/^[\da-f-]+$/i.test(segment) ? segment : '[redacted]')),
         remoteAddress: request.ip,
       }),
       ...base.serializers,

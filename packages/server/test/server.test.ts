@@ -465,6 +465,14 @@ describe('POST /oauth/token (RFC 6749 section 6)', () => {
       headers: FORM,
     })
     expect(revoked.statusCode).toBe(200)
+    // each route ignores what only the other one reads (a code review: one list for both refused these)
+    const revokeWithScopes = await app.inject({
+      method: 'POST',
+      url: '/oauth/revoke',
+      payload: 'token=x&client_id=web&scope=a&scope=b&grant_type=x&grant_type=y',
+      headers: FORM,
+    })
+    expect(revokeWithScopes.statusCode).toBe(200)
     // the parameters it uses still may not repeat
     for (const name of ['refresh_token', 'client_id', 'scope']) {
       const repeated = await app.inject({
@@ -476,6 +484,42 @@ describe('POST /oauth/token (RFC 6749 section 6)', () => {
       expect(repeated.statusCode, name).toBe(400)
       expect(repeated.json()).toMatchObject({ code: 'ERR_INVALID_REQUEST' })
     }
+  })
+})
+
+describe('a client secret in the form body', () => {
+  it('fails as one in Basic does: this public client has none (RFC 6749 sections 2.3.1 and 5.2)', async () => {
+    // a code review: Basic web:secret got 401 invalid_client, the same secret as client_secret was taken
+    const { refreshToken } = await login()
+    for (const url of ['/oauth/token', '/oauth/revoke']) {
+      const response = await app.inject({
+        method: 'POST',
+        url,
+        payload: form({
+          grant_type: 'refresh_token',
+          refresh_token: refreshToken,
+          token: refreshToken,
+          client_id: 'web',
+          client_secret: 's3cret',
+        }),
+        headers: FORM,
+      })
+      expect(response.statusCode, url).toBe(400)
+      expect(response.json()).toMatchObject({ error: 'invalid_client', code: 'ERR_INVALID_CLIENT' })
+    }
+    // an empty one is no secret (some libraries send it so); the refresh token was not spent above
+    const ok = await app.inject({
+      method: 'POST',
+      url: '/oauth/token',
+      payload: form({
+        grant_type: 'refresh_token',
+        refresh_token: refreshToken,
+        client_id: 'web',
+        client_secret: '',
+      }),
+      headers: FORM,
+    })
+    expect(ok.statusCode).toBe(200)
   })
 })
 

@@ -21,7 +21,13 @@ const param = { type: 'string', maxLength: MAX_FIELD_LENGTH } as const
 const tokenSchema = {
   body: {
     type: 'object',
-    properties: { grant_type: param, refresh_token: param, client_id: param, scope: param },
+    properties: {
+      grant_type: param,
+      refresh_token: param,
+      client_id: param,
+      client_secret: param,
+      scope: param,
+    },
   },
 }
 
@@ -29,12 +35,15 @@ const tokenSchema = {
 const revokeSchema = {
   body: {
     type: 'object',
-    properties: { token: { type: 'string' }, token_type_hint: param, client_id: param },
+    properties: { token: { type: 'string' }, token_type_hint: param, client_id: param, client_secret: param },
   },
 }
 
-/** The form parameters the two routes read; any other one is ignored. */
-const USED = new Set(['grant_type', 'refresh_token', 'client_id', 'scope', 'token', 'token_type_hint'])
+/** The form parameters each route reads; any other one is ignored, repeated or not. */
+const USED: Record<string, ReadonlySet<string>> = {
+  '/oauth/token': new Set(['grant_type', 'refresh_token', 'client_id', 'client_secret', 'scope']),
+  '/oauth/revoke': new Set(['token', 'token_type_hint', 'client_id', 'client_secret']),
+}
 
 /**
  * Registers `/oauth/token` and `/oauth/revoke` with their own form-encoded body parser.
@@ -47,13 +56,14 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
   app.addContentTypeParser(
     'application/x-www-form-urlencoded',
     { parseAs: 'string', bodyLimit },
-    (_request, body, done) => {
+    (request, body, done) => {
+      const used = USED[request.routeOptions.url ?? ''] ?? new Set()
       const params: Record<string, string> = Object.create(null)
       for (const [name, value] of new URLSearchParams(body as string)) {
         // RFC 6749 section 3.2: "Request and response parameters MUST NOT be included more than once", and the
         // server "MUST ignore unrecognized request parameters": one it does not use may repeat (RFC 8707 sends
         // `resource` once per resource)
-        if (!USED.has(name)) continue
+        if (!used.has(name)) continue
         if (name in params) {
           done(
             new AuthError('ERR_INVALID_REQUEST', `parameter "${name.slice(0, 64)}" is repeated`),
@@ -67,7 +77,11 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
     },
   )
 
-  const checkClient = (request: FastifyRequest, reply: FastifyReply, fromBody: string | undefined) => {
+  const checkClient = (
+    request: FastifyRequest,
+    reply: FastifyReply,
+    { client_id: fromBody, client_secret: secret }: Record<string, string | undefined>,
+  ) => {
     const basic = basicClientId(request.headers.authorization)
     // RFC 6749 section 2.3.1: a client may name itself in HTTP Basic instead of the body. This public client has
     // no secret, so only an empty one fits; any other Basic credentials, or a body naming another client, is a
@@ -93,11 +107,12 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
       })
       return false
     }
-    if (presented !== clientId) {
+    // a secret in the body (section 2.3.1) fails as one in Basic does: this public client has none
+    if (presented !== clientId || (secret !== undefined && secret !== '')) {
       // 400 rather than 401: a 401 must carry a challenge, and this public client sent no credentials
       sendError(reply, 400, {
         error: 'invalid_client',
-        error_description: 'unknown client',
+        error_description: presented === clientId ? 'this client has no secret' : 'unknown client',
         code: 'ERR_INVALID_CLIENT',
       })
       return false
@@ -107,7 +122,7 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
 
   app.post('/oauth/token', { schema: tokenSchema }, async (request, reply) => {
     const body = request.body as Record<string, string | undefined>
-    if (!checkClient(request, reply, body.client_id)) return reply
+    if (!checkClient(request, reply, body)) return reply
     if (body.grant_type === undefined || body.grant_type === '') {
       return sendError(reply, 400, {
         error: 'invalid_request',
@@ -154,7 +169,7 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
 
   app.post('/oauth/revoke', { schema: revokeSchema }, async (request, reply) => {
     const body = request.body as Record<string, string | undefined>
-    if (!checkClient(request, reply, body.client_id)) return reply
+    if (!checkClient(request, reply, body)) return reply
     if (body.token === undefined || body.token === '') {
       return sendError(reply, 400, {
         error: 'invalid_request',
