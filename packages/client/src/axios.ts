@@ -41,8 +41,11 @@ interface InternalFlags extends TokenflowRequestOptions {
    * A function, because axios deep-copies plain objects of a config but keeps functions as they are.
    */
   retried?: (ok: boolean, value: unknown) => boolean
-  /** the token the retry is for: one of the session its first try went out in */
-  chosen?: string | null
+  /**
+   * The token the retry is for, one of the session its first try went out in, while that retry is under way
+   * (null after: an app that sends error.config again makes a new request). A function, as `retried` is
+   */
+  chosen?: () => string | null
   /**
    * The body as the request interceptors left it, before transformRequest: in Node axios serialises a plain
    * object sent as `multipart/form-data` (`postForm`) into a stream, which the retry cannot send again
@@ -153,9 +156,8 @@ export function attachTokenRefresh(
   const requestId = instance.interceptors.request.use(async (config) => {
     if (config.tokenflow?.skip) return config
     const given = config.data
-    // `chosen` counts for this pass only: an app that sends error.config again later is a new request
-    const { chosen } = (config.tokenflow ?? {}) as InternalFlags
-    config.tokenflow = { ...config.tokenflow, given: () => given, chosen: null } as InternalFlags
+    const chosen = (config.tokenflow as InternalFlags | undefined)?.chosen?.()
+    config.tokenflow = { ...config.tokenflow, given: () => given } as InternalFlags
     // the manager only needs the parts of an AbortSignal that axios's GenericAbortSignal has too
     const [signal, done] = watch(config)
     try {
@@ -224,7 +226,7 @@ export function attachTokenRefresh(
                 : transforms.reduce((next, fn) => fn.call(this, next, headers), data)
             },
           ],
-          tokenflow: { ...flags, retried, chosen: token } as InternalFlags,
+          tokenflow: { ...flags, retried, chosen: () => (done ? null : token) } as InternalFlags,
         })
         // an interceptor before this one did not hand the retry on with its config: take the end result
         .then(
@@ -237,18 +239,18 @@ export function attachTokenRefresh(
   /** A refused token (a 401, or what `shouldRefresh` says): refresh, then retry once, else `passOn()`. */
   async function recover(error: AxiosError, passOn: () => unknown): Promise<unknown> {
     const config = error.config!
-    const [signal, done] = watch(config)
     // the token this request really went out with, read back from its own headers: axios hands the response
     // side a flattened copy of the config and other interceptors may spread it, but the header survives both
     const [sent] = headerKeys(config.headers, 'authorization').map((name) => String(config.headers[name]))
     const rejectedToken = /^bearer\s+(\S+)/i.exec(sent ?? '')?.[1]
+    // sent without a token (nobody was logged in): the 401 is the answer, even when a session started since,
+    // which may be another user's
+    if (!rejectedToken) return passOn()
+    const [signal, done] = watch(config)
     let token: string | null = null
     try {
-      token = rejectedToken
-        ? // rule 2: the manager refreshes only when the refused token is still the current one
-          await manager.refresh({ rejectedToken, signal })
-        : // sent without a token: retry only when a session started meanwhile, and never refresh for it
-          await manager.getAccessToken({ signal })
+      // rule 2: the manager refreshes only when the refused token is still the current one
+      token = await manager.refresh({ rejectedToken, signal })
     } catch (reason) {
       // nobody is logged in: the 401 is the answer; otherwise the same RefreshError for every waiter, not wrapped
       if (!canceled(config)) {

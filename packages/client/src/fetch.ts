@@ -81,12 +81,13 @@ export function createAuthFetch(
     try {
       const response = await send(0, sent)
       if (!shouldRefresh(response)) return response
-      let token: string | null
+      // sent without a token (nobody was logged in): the 401 is the answer, even when a session started since,
+      // which may be another user's
+      if (!sent) return response
+      let token: string
       try {
         // rule 2: a 401 for a token that is no longer current retries with the current one, without a refresh
-        token = sent
-          ? await manager.refresh({ rejectedToken: sent, signal })
-          : await manager.getAccessToken({ signal })
+        token = await manager.refresh({ rejectedToken: sent, signal })
       } catch (error) {
         if (isTokenflowError(error) && error.code === 'ERR_NO_REFRESH_TOKEN') return response
         // the caller gets the error (a RefreshError, its signal's reason), not this answer: release its connection
@@ -94,7 +95,7 @@ export function createAuthFetch(
         throw error
       }
       // a body that cannot be replayed is not retried; the refresh above still lets the caller's own retry succeed
-      if (!token || !bodies) return response
+      if (!bodies) return response
       // the first answer is not read: release its connection before the retry
       await response.body?.cancel().catch(() => {})
       retrying = true

@@ -769,13 +769,13 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       // read again after the storage read: a rejection only ends the session it was made for
       const willLogout = error.kind === 'rejected' && session === started
       done()
+      // the waiters get this error before the events: a clear() or a login that a listener makes then must not
+      // end their wait with ERR_SESSION_CLEARED
+      if (willLogout) settlePending?.(error)
       emit({ type: 'refreshFailed', error, willLogout })
-      if (willLogout) {
-        // the waiters get this error before loggedOut: a clear() that a listener calls then must not end their
-        // wait with its own ERR_SESSION_CLEARED
-        settlePending?.(error)
+      // a login that a refreshFailed listener made has replaced the session: the refusal does not end it
+      if (willLogout && session === started)
         await endSession(endedElsewhere ? 'otherTab' : 'refreshRejected', error, true)
-      }
       throw error
     }
     // the waiters of a replaced session were settled when it was replaced

@@ -1,3 +1,4 @@
+import type { TokenSet } from '@tokenflow/client'
 import { attachTokenRefresh } from '@tokenflow/client/axios'
 import axios, { type AxiosStatic, type InternalAxiosRequestConfig } from 'axios'
 import axios16 from 'axios-1.6'
@@ -50,6 +51,36 @@ describe('attachTokenRefresh: a retry stays in its session', () => {
     // after clear(), nothing may go out as the logged-out session
     expect(sentWith).toEqual([`Bearer ${a1.accessToken}`])
     expect(outcome).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
+  })
+
+  it('attached twice to one instance (a doubled effect, a hot reload), a retry still stays in its session', async () => {
+    // a front-end review: the first of the two request interceptors used up the marker of the retry's session
+    const { manager, calls } = setupManager({}, T0)
+    const [a1, a2, b] = ['A1', 'A2', 'B'].map((n) => tokenSet(T0, 15 * MIN, n)) as [
+      TokenSet,
+      TokenSet,
+      TokenSet,
+    ]
+    await manager.setTokens(a1)
+    const first = deferred<void>()
+    const { api, sentWith } = instance(axios, new Set([a1.accessToken]), first.promise)
+    attachTokenRefresh(api, manager)
+    let passes = 0
+    api.interceptors.request.use(async (config) => {
+      if (++passes === 2) await manager.setTokens(b)
+      return config
+    })
+    attachTokenRefresh(api, manager)
+    const request = api.get('/me').catch((e: unknown) => e)
+    await flush()
+    // the session refreshes to A2 before the first try's 401 (for A1) comes back
+    const refreshed = manager.refresh()
+    await flush()
+    calls[0]!.resolve(a2)
+    await refreshed
+    first.resolve()
+    expect(await request).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
+    expect(sentWith).toEqual([`Bearer ${a1.accessToken}`])
   })
 
   it("an app that replays a retry's error.config after logging in again sends it as the new session (20070c3 refused it)", async () => {

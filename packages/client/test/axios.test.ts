@@ -205,18 +205,18 @@ describe('attachTokenRefresh', () => {
     expect(shouldRefresh).toHaveBeenCalledTimes(2) // once per first try: never for the retry's own error
   })
 
-  it('retries a request sent without a token once a session started meanwhile, without refreshing', async () => {
+  it('hands back the 401 of a request sent without a token, even when a session started meanwhile', async () => {
+    // a front-end review: sent without a token right after a clear(), it was retried as the next login, which
+    // may be another user's (was: retried with the new session's token)
     const manager = makeManager()
     const api = axios.create({ baseURL: server.url })
     attachTokenRefresh(api, manager)
-    const pending = api.get<Echo>('/api/me?hold=login', withId('a'))
+    const pending = rejection(api.get<Echo>('/api/me?hold=login', withId('a')))
     await vi.waitFor(() => expect(server.held('login')).toBe(1))
-    const tokens = server.login()
-    await manager.setTokens(tokens)
+    await manager.setTokens(server.login())
     server.release('login')
-    const { data } = await pending
-    expect(data.tokenNumber).toBe(tokenNumber(tokens.accessToken))
-    expect(server.hits('a')).toBe(2)
+    expect((await pending).response?.status).toBe(401)
+    expect(server.hits('a')).toBe(1)
     expect(server.counters.refreshAttempts).toBe(0)
   })
 

@@ -177,20 +177,16 @@ describe('createAuthFetch: requests and headers', () => {
     expect(server.counters.refreshAttempts).toBe(0)
   })
 
-  it('retries a request sent without a token once a session started meanwhile, without refreshing', async () => {
+  it('hands back the 401 of a request sent without a token, even when a session started meanwhile', async () => {
+    // a front-end review: such a request was retried as the next login, which may be another user's
     const manager = makeManager()
     const authFetch = createAuthFetch(manager)
     const sent = authFetch(url('/api/data?hold=login'), { headers: { 'x-req-id': 'early' } })
     await vi.waitFor(() => expect(server.held('login')).toBe(1))
-    const tokens = server.login('alice')
-    await manager.setTokens(tokens)
+    await manager.setTokens(server.login('alice'))
     server.release('login')
-    const response = await sent
-    expect(response.status).toBe(200)
-    expect(tries('early')).toEqual([
-      { status: 401, tokenNumber: undefined },
-      { status: 200, tokenNumber: tokenNumber(tokens.accessToken) },
-    ])
+    expect((await sent).status).toBe(401)
+    expect(tries('early')).toEqual([{ status: 401, tokenNumber: undefined }])
     expect(server.counters.refreshAttempts).toBe(0)
   })
 })

@@ -203,6 +203,28 @@ describe('rule 1: one refresh at a time', () => {
     expect(manager.status).toBe('unauthenticated')
   })
 
+  it('keeps a login that a refreshFailed listener makes: the refusal ends only the session it was made for', async () => {
+    // a front-end review: the refused refresh logged out the login its listener had just made, and wrote null
+    // over it in storage
+    const storage = memoryStorage()
+    const { manager, calls, clock, types } = setup({ retry: false, storage })
+    await manager.setTokens(tokenSet(clock.now(), 15 * MIN, 'A'))
+    const login = tokenSet(clock.now(), 15 * MIN, 'B')
+    manager.subscribe((event) => {
+      if (event.type === 'refreshFailed') void manager.setTokens(login)
+    })
+    const waiter = manager.refresh().catch((e: unknown) => e)
+    await flush()
+    const error = new RefreshError('rejected', 'refresh failed: answered 400', { status: 400 })
+    calls[0]!.reject(error)
+    expect(await waiter).toBe(error)
+    await flush()
+    expect(types()).not.toContain('loggedOut')
+    expect(manager.status).toBe('authenticated')
+    expect(await manager.getAccessToken()).toBe(login.accessToken)
+    expect(await storage.get()).toEqual(login)
+  })
+
   it('keeps the current refresh token when the server does not rotate', async () => {
     const { manager, calls, clock } = setup()
     await manager.setTokens(tokenSet(clock.now(), 15 * MIN, 0))

@@ -619,7 +619,8 @@ async function run(
       attempts: 0,
       starts: 0,
       loaded: false,
-      held: new Map(initial ? [[initial.accessToken, 0]] : []),
+      // with two managers, a manager holds the stored tokens only if it read them before the other replaced them
+      held: new Map(initial && schedule.managers === 1 ? [[initial.accessToken, 0]] : []),
       epoch: 0,
       fromOther: false,
       // with two managers, each loads whatever the other wrote by the time it first reads storage
