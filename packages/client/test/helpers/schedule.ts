@@ -627,6 +627,7 @@ async function run(
       current: schedule.managers === 1 ? (initial?.accessToken ?? null) : undefined,
     }
     manager.subscribe((event) => {
+      const before = state.current
       // logged out, a manager takes a login broadcast by the other one as a session of its own
       if (event.type === 'refreshed' && event.source === 'otherTab' && state.current === null) state.session++
       state.events.push({ event, session: state.session })
@@ -636,9 +637,17 @@ async function run(
         state.starts++
       }
       if (event.type === 'refreshed') state.current = event.tokens.accessToken
-      // a login the other manager made (its first token) is a new session here too
-      if (event.type === 'loggedOut' || (event.type === 'refreshed' && logins.has(event.tokens.accessToken)))
-        state.epoch++
+      // a login the other manager made (its first token) is a new session here too, and so are tokens of
+      // another login than the ones before (a login found in storage and refreshed: the README's window)
+      const token = event.type === 'refreshed' ? event.tokens.accessToken : undefined
+      const switched =
+        token !== undefined &&
+        (logins.has(token) ||
+          (typeof before === 'string' &&
+            family.has(before) &&
+            family.has(token) &&
+            family.get(before) !== family.get(token)))
+      if (event.type === 'loggedOut' || switched) state.epoch++
       if (event.type === 'refreshed') hold(state, event.tokens.accessToken)
       if (event.type === 'refreshed') state.fromOther = event.source === 'otherTab'
       if (event.type === 'loggedOut') state.fromOther = false
