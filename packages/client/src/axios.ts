@@ -51,6 +51,8 @@ interface InternalFlags extends TokenflowRequestOptions {
    * object sent as `multipart/form-data` (`postForm`) into a stream, which the retry cannot send again
    */
   given?: () => unknown
+  /** the token a pass of the request interceptor set: a config sent again while logged out drops it */
+  applied?: () => string
 }
 
 /**
@@ -156,7 +158,9 @@ export function attachTokenRefresh(
   const requestId = instance.interceptors.request.use(async (config) => {
     if (config.tokenflow?.skip) return config
     const given = config.data
-    const chosen = (config.tokenflow as InternalFlags | undefined)?.chosen?.()
+    const flags = config.tokenflow as InternalFlags | undefined
+    const chosen = flags?.chosen?.()
+    const previous = flags?.applied?.()
     config.tokenflow = { ...config.tokenflow, given: () => given } as InternalFlags
     // the manager only needs the parts of an AbortSignal that axios's GenericAbortSignal has too
     const [signal, done] = watch(config)
@@ -171,9 +175,14 @@ export function attachTokenRefresh(
       if (token !== null) {
         config.headers ??= {} as never
         setBearer(config.headers as unknown as Record<string, unknown>, token)
+        ;(config.tokenflow as InternalFlags).applied = () => token as string
       }
       // a retry whose session ended (a logout while the app's interceptors ran) is not sent again
       else if (chosen) throw new TokenflowError('ERR_SESSION_CLEARED', 'the session was cleared')
+      // a config sent again (response.config, error.config) while logged out: not as the session that ended
+      else if (previous)
+        for (const name of headerKeys(config.headers, 'authorization'))
+          if (String(config.headers[name]) === `Bearer ${previous}`) delete config.headers[name]
     } catch (error) {
       // aborted (or its CancelToken canceled) while it waited for a refresh: axios rejects it with its own
       // CanceledError before sending

@@ -15,6 +15,7 @@ import type { LockManagerLike, RefreshFunction, TokenSet, TokenStorage } from '.
 export type TokenEvent =
   | { type: 'refreshStarted' }
   | { type: 'refreshed'; tokens: TokenSet; source: 'local' | 'otherTab' }
+  /** `willLogout`: the session ends next, unless a listener of this event starts another one (`setTokens`) */
   | { type: 'refreshFailed'; error: RefreshError; willLogout: boolean }
   | { type: 'loggedOut'; reason: 'refreshRejected' | 'cleared' | 'otherTab'; error?: RefreshError }
   /** the storage threw, or did not answer within `refreshTimeout`; the tokens are still held in memory, so no request is lost */

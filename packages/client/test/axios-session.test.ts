@@ -159,4 +159,24 @@ describe('attachTokenRefresh: a retry stays in its session', () => {
     expect(sentWith).toEqual([`Bearer ${a1.accessToken}`, `Bearer ${a3.accessToken}`])
     expect(calls).toHaveLength(2)
   })
+
+  it("sends a config again after clear() without the logged-out session's token", async () => {
+    // a code review: response.config or error.config sent again (an offline queue) kept the Authorization header
+    // this adapter had set, and went out as the session that ended
+    for (const retried of [false, true]) {
+      const { manager, calls } = setupManager({}, T0)
+      const [a1, a2] = ['A1', 'A2'].map((n) => tokenSet(T0, 15 * MIN, n)) as [TokenSet, TokenSet]
+      await manager.setTokens(a1)
+      const { api, sentWith } = instance(axios, new Set(retried ? [a1.accessToken] : []))
+      attachTokenRefresh(api, manager)
+      const request = api.get('/me')
+      await flush()
+      if (retried) calls[0]!.resolve(a2)
+      const ok = await request
+      await manager.clear()
+      const again = await api.request(ok.config).catch((e: { response?: { status: number } }) => e.response)
+      expect(again?.status, `retried: ${retried}`).toBe(200)
+      expect(sentWith.at(-1), `retried: ${retried}`).toBe('')
+    }
+  })
 })
