@@ -13,6 +13,16 @@ import { controlledRefresh, createTestLock, flush, placeholderStorage, tokenSet 
 let channelCount = 0
 const freshChannel = () => `tokenflow-test-${process.pid}-${++channelCount}`
 
+/** A BroadcastChannel whose messages a test can hold back while `held` is set, as a busy tab's event loop can. */
+const Real = globalThis.BroadcastChannel
+let held: Array<() => void> | undefined
+class Holdable extends Real {
+  override postMessage(message: unknown) {
+    if (held) held.push(() => super.postMessage(message))
+    else super.postMessage(message)
+  }
+}
+
 const T0 = 1_700_000_000_000
 const MIN = 60_000
 /**
@@ -50,6 +60,7 @@ async function eventually(check: () => boolean, ms = 1_000) {
 }
 
 afterEach(() => {
+  held = undefined
   vi.unstubAllGlobals()
 })
 
@@ -188,10 +199,12 @@ describe('BroadcastChannel', () => {
     expect(await storage.get()).toMatchObject({ accessToken: login.accessToken })
   })
 
-  it("a login another tab's refresh found in storage before its message: from the message on, a 401 of the old session is not retried as the new one", async () => {
-    // a code review: taken from storage under the lock, the login counted as a refresh of the old session, and
-    // its message, whose token was current already, was dropped: a 401 for the old session's token went out
-    // again as the new login
+  /**
+   * Tab b refreshes behind a lock another tab holds for a moment; meanwhile another user logs in in tab a with
+   * `login`: storage holds it at once, and its message is held back (a busy tab's event loop) until `deliver()`.
+   */
+  async function loginFoundInStorage(login: ReturnType<typeof tokenSet>) {
+    vi.stubGlobal('BroadcastChannel', Holdable)
     const map = new Map<string, string>()
     const storage = webStorage({
       getItem: (key) => map.get(key) ?? null,
@@ -205,25 +218,51 @@ describe('BroadcastChannel', () => {
     const old = tokenSet(T0, 15 * MIN, 'old-user-1')
     await a.manager.setTokens(old)
     await eventually(() => b.events.some((event) => event.type === 'refreshed'))
-    // a refresh of b's waits for the lock, which another tab holds for a moment
     let free!: () => void
     void lock.request(`${channel}:refresh`, {}, () => new Promise<void>((resolve) => (free = resolve)))
     const fromB = b.manager.refresh({ rejectedToken: old.accessToken })
     await flush()
-    // another user logs in in a: storage holds the login at once, its message is on its way
-    const login = tokenSet(T0, 15 * MIN, 'user-2')
+    held = []
     await a.manager.setTokens(login)
     free()
-    // the limit the README names: what waited for that refresh takes the login, found in storage
-    expect(await fromB).toBe(login.accessToken)
-    await eventually(() =>
-      b.events.some((event) => 'tokens' in event && event.tokens.accessToken === login.accessToken),
-    )
-    await new Promise((resolve) => setTimeout(resolve, 20))
-    await expect(b.manager.refresh({ rejectedToken: old.accessToken })).rejects.toMatchObject({
-      code: 'ERR_SESSION_CLEARED',
+    const deliver = async () => {
+      const messages = held!
+      held = undefined
+      for (const message of messages) message()
+      await new Promise((resolve) => setTimeout(resolve, 30))
+    }
+    return { b, old, fromB, deliver }
+  }
+
+  describe("a login another tab's refresh found in storage before its message (code reviews)", () => {
+    it('from the message on, a 401 of the old session is not retried as the new one', async () => {
+      // taken from storage under the lock, the login counted as a refresh of the old session, and its message,
+      // whose token was current already, was dropped: a 401 for the old session's token went out as the login
+      const login = tokenSet(T0, 15 * MIN, 'user-2')
+      const { b, old, fromB, deliver } = await loginFoundInStorage(login)
+      // the limit the README names: what waited for that refresh takes the login, found in storage
+      expect(await fromB).toBe(login.accessToken)
+      await deliver()
+      await expect(b.manager.refresh({ rejectedToken: old.accessToken })).rejects.toMatchObject({
+        code: 'ERR_SESSION_CLEARED',
+      })
+      expect(b.calls).toHaveLength(0)
     })
-    expect(b.calls).toHaveLength(0)
+
+    it('also when that tab found the login expired and refreshed it before the message came', async () => {
+      // tokens restored with an access token that has expired already (or a skewed clock)
+      const { b, old, fromB, deliver } = await loginFoundInStorage(
+        tokenSet(T0 - 30 * MIN, 15 * MIN, 'user-2'),
+      )
+      await eventually(() => b.calls.length === 1)
+      const refreshed = tokenSet(T0, 15 * MIN, 'user-2b')
+      b.calls[0]!.resolve(refreshed)
+      expect(await fromB).toBe(refreshed.accessToken)
+      await deliver()
+      await expect(b.manager.refresh({ rejectedToken: old.accessToken })).rejects.toMatchObject({
+        code: 'ERR_SESSION_CLEARED',
+      })
+    })
   })
 
   it('a logout in one tab logs out every tab', async () => {
