@@ -173,9 +173,10 @@ export function attachTokenRefresh(
       // logged out: the request goes without a token, and a 401 then reaches the app unchanged. Another
       // interceptor may have put a plain object in place of the AxiosHeaders, or nothing at all
       if (token !== null) {
+        const set = token
         config.headers ??= {} as never
-        setBearer(config.headers as unknown as Record<string, unknown>, token)
-        ;(config.tokenflow as InternalFlags).applied = () => token as string
+        setBearer(config.headers as unknown as Record<string, unknown>, set)
+        ;(config.tokenflow as InternalFlags).applied = () => set
       }
       // a retry whose session ended (a logout while the app's interceptors ran) is not sent again
       else if (chosen) throw new TokenflowError('ERR_SESSION_CLEARED', 'the session was cleared')

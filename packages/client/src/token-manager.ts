@@ -512,8 +512,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     // its message on, a 401 for a token of the session before it is not retried as this one
     if (next && message.login && !stale) {
       const at = sent.indexOf(next.accessToken)
-      // or the token this tab's refresh of that login gave
-      const from = at < 0 ? sent.indexOf(spent.get(next.refreshToken!)!) : at
+      // or the token this tab's refresh of that login gave ('' is no token)
+      const from = at < 0 ? sent.indexOf(spent.get(next.refreshToken ?? '') ?? '') : at
       if (from >= 0) sent = sent.slice(from)
     }
     if (stale || !next || next.accessToken === tokens?.accessToken || isSpent(next)) return
