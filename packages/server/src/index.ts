@@ -416,6 +416,10 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
     reply.raw.once('finish', () => {
       if (closing) setImmediate(() => app.server.closeIdleConnections())
     })
+    // nor its completion line: without it the log shows this request arriving and never answered
+    reply.raw.once('finish', () =>
+      reply.log.info({ res: reply, responseTime: reply.elapsedTime }, 'request completed'),
+    )
     if (closing) return shuttingDown(reply.header('connection', 'close'))
     // DELETE /auth/sessions/:id checks its token before anything else in the request, a malformed id included
     if (request.method === 'DELETE' && request.url.startsWith('/auth/sessions/')) {

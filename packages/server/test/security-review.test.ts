@@ -354,6 +354,35 @@ describe("bug: a malformed URL got Fastify's own error body, which echoes the pa
       expect(reply.headers.get('www-authenticate')).toMatch(/^Bearer error="invalid_token"/)
     }
   })
+
+  it('logs its completion line like every other request: Fastify runs no hooks for it, and the log showed it arriving and never answered', async () => {
+    const lines: { msg: string; reqId?: string; res?: { statusCode: number }; responseTime?: number }[] = []
+    const { origin } = await start({
+      logger: { level: 'info', stream: { write: (line: string) => void lines.push(JSON.parse(line)) } },
+    })
+    const statuses: number[] = []
+    for (const [method, path] of [
+      ['GET', '/%ff'],
+      ['DELETE', '/auth/sessions/%ff'],
+      ['GET', '/nowhere'],
+    ] as const) {
+      statuses.push((await send(`${origin}${path}`, { method })).status)
+    }
+    expect(statuses).toEqual([400, 401, 404])
+    // the line is written when the answer has been sent, which the client may see first
+    for (let i = 0; i < 100 && lines.filter((line) => line.msg === 'request completed').length < 3; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+    const incoming = lines.filter((line) => line.msg === 'incoming request').map((line) => line.reqId)
+    const completed = lines.filter((line) => line.msg === 'request completed')
+    expect(incoming).toHaveLength(3)
+    expect(completed.map((line) => [line.reqId, line.res?.statusCode])).toEqual([
+      [incoming[0], 400],
+      [incoming[1], 401],
+      [incoming[2], 404],
+    ])
+    expect(completed.every((line) => typeof line.responseTime === 'number')).toBe(true)
+  })
 })
 
 /* ------------------------------------------------------------------------------------ guarantees */
