@@ -387,6 +387,13 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
   app.removeContentTypeParser('text/plain')
 
   app.setErrorHandler((error, request, reply) => {
+    const answered = parserAnswers.get(request.raw.socket)
+    if (answered !== undefined) {
+      // the body did not arrive in time: Node's parser answered 408 and closed the socket, and Fastify sees
+      // the body fail (ECONNRESET). Log what the client got, not a 400 that was never sent.
+      reply.log.info({ res: { statusCode: answered }, responseTime: reply.elapsedTime }, 'request completed')
+      return reply.code(answered).send() // to a closed socket: nothing more is written
+    }
     if (isAuthError(error)) return sendAuthError(request, reply, error)
     const status = (error as { statusCode?: unknown }).statusCode
     if (typeof status === 'number' && status >= 400 && status < 500) {
@@ -698,6 +705,9 @@ export type { SqliteStoreOptions } from './stores/sqlite.js'
 export { createSqliteStore } from './stores/sqlite.js'
 export type { KeyRecord, SessionRecord, TokenStore, UserRecord } from './stores/store.js'
 
+/** The status {@link answerClientError} sent on a socket: a request Fastify was reading when it was sent is logged with it. */
+const parserAnswers = new WeakMap<Duplex, number>()
+
 /**
  * Node's HTTP parser refused the request before Fastify saw it: malformed HTTP, headers over the limit
  * (431), or a request that did not arrive within `requestTimeout` (408). The answer has the shape of every
@@ -713,6 +723,7 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
       : error.code === 'HPE_HEADER_OVERFLOW'
         ? [431, 'the request headers are too large']
         : [400, 'malformed HTTP request']
+  parserAnswers.set(socket, status)
   const body = JSON.stringify({
     error: 'invalid_request',
     error_description: description,
