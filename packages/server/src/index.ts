@@ -465,9 +465,6 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
     arrivalCheck.unref()
     done()
   })
-  const arrived = async (request: FastifyRequest) => void arriving.delete(request.raw)
-  app.addHook('onResponse', arrived)
-  app.addHook('onRequestAbort', arrived)
   // A connection busy when the stop begins goes idle once answered, and the keep-alive timeout (72 s) would
   // keep it, and so `close()`, open. During a stop every answer says `Connection: close`, and a connection
   // whose answer was already on its way is closed as soon as it has been sent.
@@ -491,7 +488,14 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
     )
   app.addHook('onRequest', (request, reply, done) => {
     if (closing) return shuttingDown(reply)
-    if (!request.raw.complete) arriving.set(request.raw, Date.now())
+    const { raw } = request
+    if (!raw.complete) {
+      arriving.set(raw, Date.now())
+      // 'close' comes once the answer is sent or the connection is gone. A client that hangs up after sending
+      // its whole request, before the answer, gets neither onResponse nor onRequestAbort: the entry (and
+      // with it the request and its socket) stayed for the life of the server
+      reply.raw.once('close', () => arriving.delete(raw))
+    }
     done()
   })
 

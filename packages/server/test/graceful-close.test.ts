@@ -4,6 +4,8 @@
  */
 import { Agent, request } from 'node:http'
 import { connect } from 'node:net'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import {
   type AuthServerOptions,
   createAuthServer,
@@ -166,5 +168,54 @@ describe('app.close() and a client that stalls mid-body', () => {
     expect(received).toMatch(/^HTTP\/1\.1 408 /)
     expect(received.toLowerCase()).toContain('connection: close')
     expect(received).toContain('"code":"ERR_INVALID_REQUEST"')
+  })
+})
+
+describe('requests the server tracks for a stop', () => {
+  it('bug: a request whose client hung up after sending it, before its answer, was kept for the life of the server', async () => {
+    // the stop's bound on stalled bodies tracks every request still arriving at onRequest; the entry was
+    // removed only in onResponse or onRequestAbort, and neither runs for a complete request whose client left
+    setFlagsFromString('--expose-gc')
+    const gc = runInNewContext('gc') as () => void
+    let alive = 0
+    const finalized = new FinalizationRegistry<undefined>(() => {
+      alive--
+    })
+    let answered = 0
+    const app = server({
+      authenticate: async () => {
+        await new Promise((resolve) => setTimeout(resolve, 50))
+        answered++
+        return null
+      },
+    })
+    app.addHook('onRequest', async (request) => {
+      alive++
+      finalized.register(request.raw, undefined)
+    })
+    const { port } = new URL(await app.listen({ port: 0, host: '127.0.0.1' }))
+    const body = JSON.stringify({ username: 'ada', password: 'wrong' })
+    const abandon = () =>
+      new Promise<void>((resolve, reject) => {
+        const socket = connect(Number(port), '127.0.0.1', () => {
+          // the body in a packet of its own, as a client on a slow link sends it: not complete at onRequest
+          socket.write(
+            `POST /auth/login HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n`,
+          )
+          setTimeout(() => socket.write(body, () => setTimeout(() => socket.destroy(), 10)), 5)
+        })
+        socket.on('close', () => resolve())
+        socket.on('error', reject)
+      })
+    await Promise.all(Array.from({ length: 40 }, abandon))
+    await vi.waitFor(() => expect(answered).toBe(40), { timeout: 5_000 })
+    for (let round = 0; round < 10 && alive > 0; round++) {
+      await new Promise((resolve) => setTimeout(resolve, 20))
+      gc()
+    }
+    // counted while the server runs: a stop sweeps what it tracks
+    const kept = alive
+    await app.close()
+    expect(kept).toBe(0)
   })
 })
