@@ -66,7 +66,8 @@ export interface TokenManagerOptions {
   lockTimeout?: number | undefined
   /**
    * BroadcastChannel name for cross-tab events, or `false`. Unless you set it, the manager talks to other
-   * tabs only when its storage is shared (`webStorage()` over localStorage) in a page.
+   * tabs only when its storage is shared (`webStorage()` over localStorage) in a page. A manager with a
+   * channel listens to it for the life of the page: create one per page, not one per render.
    * @default 'tokenflow'
    */
   channel?: string | false | undefined
