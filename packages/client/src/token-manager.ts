@@ -222,6 +222,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   let writes: Promise<unknown> = Promise.resolve()
   /** false after a write failed: until one succeeds, storage is older than memory and is not trusted */
   let inSync = true
+  /** the storage threw on the latest write: the next call writes it again */
+  let rewrite = false
   /**
    * Refresh tokens known to be rotated already, by this manager or by a tab that said so: tokens that carry
    * one are behind (a late broadcast, a lagging copy of storage) and are never taken or refreshed with.
@@ -374,8 +376,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           (ok) => landedLate(ok, mine, value),
         )
         inSync = true
+        rewrite = false
       } catch (cause) {
         inSync = false
+        // not after a timeout: a storage that hangs would hold the reads queued behind each new try
+        rewrite = cause !== timedOut
         return failed(cause)
       }
     })
@@ -452,6 +457,12 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     const before = clears
     await wait(ready(), signal)
     if (clears !== before) throw sessionCleared()
+    // a write the storage refused is made again at the next call, or a start after it would read what
+    // storage held before: the previous user, a rotated refresh token (the server sees reuse)
+    if (rewrite) {
+      rewrite = false
+      write(expected)
+    }
   }
 
   const isExpired = (at = expiresAt, margin = 0) => at !== undefined && at - margin <= now()

@@ -1622,7 +1622,7 @@ describe('storage failures lose nothing', () => {
     })
     expect(events.find((event) => event.type === 'storageError')).toEqual({ type: 'storageError', error })
     // the session is over in memory all the same, with one loggedOut
-    expect(await manager.getAccessToken()).toBeNull()
+    expect(manager.status).toBe('unauthenticated')
     expect(types()).toEqual(['loggedOut', 'storageError'])
     expect(held).not.toBeNull()
     // calling it again once the storage works removes them, with no second loggedOut
@@ -1630,6 +1630,108 @@ describe('storage failures lose nothing', () => {
     await manager.clear()
     expect(held).toBeNull()
     expect(types()).toEqual(['loggedOut', 'storageError'])
+  })
+
+  /** A storage that refuses its writes (set, clear) while `refuse` is on. */
+  function refusingStorage(initial: TokenSet | null) {
+    const state = { held: initial, refuse: false, writes: 0 }
+    const storage: TokenStorage = {
+      get: () => state.held,
+      set(tokens) {
+        state.writes++
+        if (state.refuse) throw new Error('disk I/O error')
+        state.held = tokens
+      },
+      clear() {
+        state.writes++
+        if (state.refuse) throw new Error('disk I/O error')
+        state.held = null
+      },
+    }
+    return { storage, state }
+  }
+
+  it.each([
+    ['a login (setTokens) over an earlier one', 'login'],
+    ['a refresh', 'refresh'],
+    ['a logout (clear)', 'logout'],
+  ] as const)(
+    'bug: a write the storage refused was never made again, so the next start read what it held before: %s',
+    async (_name, change) => {
+      // the storage of a React Native app that refused one write, then works: before, nothing wrote again
+      // until the next refresh, login or logout (up to a token's lifetime), and an app start meanwhile took the
+      // previous user, or a rotated refresh token (the server sees reuse and ends the session)
+      const before = tokenSet(T0, MIN, 0)
+      const { storage, state } = refusingStorage(before)
+      const { manager, calls, types } = setup({ storage })
+      expect(await manager.getAccessToken()).toBe(before.accessToken)
+      state.refuse = true
+      const after =
+        change === 'login'
+          ? { accessToken: `${tokenSet(T0, MIN, 7).accessToken}`, refreshToken: 'rt-of-another-user' }
+          : change === 'refresh'
+            ? tokenSet(T0, MIN, 1)
+            : null
+      if (change === 'login') await manager.setTokens(after!)
+      else if (change === 'refresh') {
+        const refreshed = manager.refresh()
+        await flush()
+        calls[0]!.resolve(after!)
+        expect(await refreshed).toBe(after!.accessToken)
+      } else await expect(manager.clear()).rejects.toMatchObject({ code: 'ERR_STORAGE' })
+      expect(state.held).toEqual(before)
+      expect(types().filter((type) => type === 'storageError')).toHaveLength(1)
+      // still refusing: the next call tries again, and says so
+      expect(await manager.getAccessToken()).toBe(after?.accessToken ?? null)
+      await flush()
+      expect(types().filter((type) => type === 'storageError')).toHaveLength(2)
+      expect(state.held).toEqual(before)
+      // the storage works again: the next call writes what memory holds, once
+      state.refuse = false
+      expect(await manager.getAccessToken()).toBe(after?.accessToken ?? null)
+      await flush()
+      expect(state.held).toEqual(after)
+      const writes = state.writes
+      expect(await manager.getAccessToken()).toBe(after?.accessToken ?? null)
+      await flush()
+      expect(state.writes).toBe(writes)
+      expect(types().filter((type) => type === 'storageError')).toHaveLength(2)
+      // and a start reads it
+      const restarted = setup({ storage })
+      expect(await restarted.manager.getAccessToken()).toBe(after?.accessToken ?? null)
+    },
+  )
+
+  it('a write that did not answer in time is not made again at each call: one that hangs would hold the reads behind it', async () => {
+    vi.useFakeTimers({ now: T0 })
+    const before = tokenSet(T0, MIN, 0)
+    let sets = 0
+    let hang = false
+    let held: TokenSet | null = before
+    const storage: TokenStorage = {
+      get: () => held,
+      set(tokens) {
+        sets++
+        if (hang) return new Promise<never>(() => {})
+        held = tokens
+      },
+      clear() {
+        held = null
+      },
+    }
+    const { manager, types } = setup({ storage, refreshTimeout: 1_000, now: () => Date.now() })
+    expect(await manager.getAccessToken()).toBe(before.accessToken)
+    hang = true
+    const login = tokenSet(T0, MIN, 3)
+    const done = manager.setTokens(login)
+    await vi.advanceTimersByTimeAsync(1_000)
+    await done
+    expect(types()).toEqual(['storageError'])
+    expect(sets).toBe(1)
+    expect(await manager.getAccessToken()).toBe(login.accessToken)
+    await vi.advanceTimersByTimeAsync(1_000)
+    expect(sets).toBe(1)
+    expect(types()).toEqual(['storageError'])
   })
 
   /** A storage whose writes (set, clear) never answer while `hang` is on; `land()` lets the held ones land late. */
