@@ -878,16 +878,13 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
     async clear() {
       clears++
-      const before = session
       const calledAt = now()
-      const load = ready()
+      ready()
       // a first read that has not answered, with no session since it began (an AsyncStorage stuck at app
       // start), does not hold a logout: the session ends now, and one that read brings later has its loggedOut
-      // then. After a session started, the read no longer matters and nothing waits for it
+      // then. After a session started, the read no longer matters and nothing waits for it. So the session
+      // ends at the call: a login right after it (not awaited) comes after its loggedOut, not instead of it
       const unread = readFrom === session
-      if (!unread) await load
-      // a login while this waited for the stored tokens replaced what it was to clear
-      if (session !== before) return
       // the tokens are gone from memory either way; a storage that kept them would log the user in again
       // at the next start, so the caller hears of it
       const done = endSession('cleared')

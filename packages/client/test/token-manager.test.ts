@@ -1245,6 +1245,23 @@ describe('rule 8: no module state', () => {
 })
 
 describe('sessions', () => {
+  it('bug: clear() and then setTokens() in one go (not awaited) ended the old session without its loggedOut', async () => {
+    // a 'switch account' button: clear() waited a microtask, and the login that came meanwhile counted as one
+    // made while it waited for the stored tokens, so the app's loggedOut listener (clearing user A's caches)
+    // never ran
+    const storage = memoryStorage()
+    const { manager, events } = setup({ storage })
+    const a = tokenSet(T0, MIN, 0)
+    const b = { ...tokenSet(T0, MIN, 5), refreshToken: 'rt-of-user-b' }
+    await manager.setTokens(a)
+    const cleared = manager.clear()
+    const loggedIn = manager.setTokens(b)
+    await Promise.all([cleared, loggedIn])
+    expect(events).toEqual([{ type: 'loggedOut', reason: 'cleared' }])
+    expect(await manager.getAccessToken()).toBe(b.accessToken)
+    expect(await storage.get()).toEqual(b)
+  })
+
   it('rejects the reads still waiting for the stored tokens when clear() runs: none gets the logged-out token', async () => {
     // a slow first read, as AsyncStorage can be at app start
     const stored = tokenSet(T0, 15 * MIN, 0)
