@@ -42,11 +42,14 @@ options of start (--alg also of keys rotate):
   --trust-proxy ADDRS   the reverse proxies in front, comma-separated addresses or CIDRs (env
                         TOKENFLOW_TRUST_PROXY; e.g. 10.0.0.0/8): the client their X-Forwarded-For names
                         gets its own per-IP login budget (default: no proxy trusted)
+  --reuse-grace MS      how long the previous refresh token still gets the current one back, in ms
+                        (env TOKENFLOW_REUSE_GRACE; default 10000; with @tokenflow/client's default
+                        timeout and retries, 30000: a retry after a lost answer is not then a reuse)
 `
 
 /** The flags each command reads besides --db, --postgres and --help: any other is refused, never ignored. */
 const COMMAND_FLAGS: Record<string, readonly string[]> = {
-  start: ['port', 'host', 'issuer', 'audience', 'client-id', 'redis', 'alg', 'trust-proxy'],
+  start: ['port', 'host', 'issuer', 'audience', 'client-id', 'redis', 'alg', 'trust-proxy', 'reuse-grace'],
   user: [],
   keys: ['alg'],
 }
@@ -70,6 +73,7 @@ const OPTION_SOURCES: Record<string, [flag: string, variable: string]> = {
   clientId: ['client-id', 'TOKENFLOW_CLIENT_ID'],
   redisUrl: ['redis', 'TOKENFLOW_REDIS_URL'],
   trustProxy: ['trust-proxy', 'TOKENFLOW_TRUST_PROXY'],
+  reuseGrace: ['reuse-grace', 'TOKENFLOW_REUSE_GRACE'],
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -98,7 +102,7 @@ async function main(argv: string[]): Promise<number> {
   /** The server names an option; the CLI user knows it as the flag (or its env variable). */
   const asFlag = (error: unknown): unknown => {
     const option =
-      isAuthError(error) && /^"(issuer|audience|clientId|redisUrl|trustProxy)"/.exec(error.message)
+      isAuthError(error) && /^"(issuer|audience|clientId|redisUrl|trustProxy|reuseGrace)"/.exec(error.message)
     if (!option) return error
     const [flag, variable] = OPTION_SOURCES[option[1]!]!
     return new CliError(`${named(flag, variable)}${(error as Error).message.slice(option[0].length)}`)
@@ -143,6 +147,10 @@ async function main(argv: string[]): Promise<number> {
         values['trust-proxy'] ?? env.TOKENFLOW_TRUST_PROXY,
         named('trust-proxy', 'TOKENFLOW_TRUST_PROXY'),
       )
+      const grace = values['reuse-grace'] ?? env.TOKENFLOW_REUSE_GRACE
+      // digits only: Number() would take '', '1e4' or '0x10'; the server checks the range
+      const reuseGrace =
+        grace === undefined ? undefined : /^\d{1,15}$/.test(grace) ? Number(grace) : Number.NaN
       // Fastify loads only for `start`: the user and key commands answer faster without it
       const { createAuthServer } = await import('./index.js')
       // the server checks its options when it is created, and uses its store only once it starts: created
@@ -168,6 +176,7 @@ async function main(argv: string[]): Promise<number> {
           logger: true,
           ...(redisUrl === undefined ? {} : { redisUrl }),
           ...(trustProxy === undefined ? {} : { trustProxy }),
+          ...(reuseGrace === undefined ? {} : { reuseGrace }),
         })
       } catch (error) {
         throw asFlag(error)
@@ -284,6 +293,7 @@ function parse(argv: string[]) {
       redis: { type: 'string' },
       alg: { type: 'string' },
       'trust-proxy': { type: 'string' },
+      'reuse-grace': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   })

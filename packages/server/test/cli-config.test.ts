@@ -505,6 +505,57 @@ describe('tokenflow-server start --trust-proxy', { timeout: 60_000 }, () => {
   })
 })
 
+describe('tokenflow-server start --reuse-grace', { timeout: 60_000 }, () => {
+  it('sets the grace of the previous refresh token, from the flag or TOKENFLOW_REUSE_GRACE; the flag beats it', async () => {
+    const password = 'reuse-grace-password-5c1e'
+    const db = join(dir, 'reuse-grace.db')
+    expect(await cli(['user', 'add', 'ada', '--db', db], { input: `${password}\n` })).toMatchObject({
+      code: 0,
+      stderr: '',
+    })
+    /** the status of the previous refresh token sent again right after its rotation */
+    const replayStatus = async (args: string[], env: Record<string, string> = {}) => {
+      const server = await startCli(['--db', db, ...args], env)
+      const login = await postJson(server.origin, '/auth/login', { username: 'ada', password })
+      expect(login.status).toBe(200)
+      const { refreshToken } = login.json() as { refreshToken: string }
+      expect((await refresh(server.origin, refreshToken)).status).toBe(200)
+      const replay = await refresh(server.origin, refreshToken)
+      expect(await server.stop()).toBe(0)
+      return replay.status
+    }
+    // one at a time: the servers share a database file. Within the default grace a replay gets the current
+    // token; with a grace of 0 it is reuse
+    expect(await replayStatus([])).toBe(200)
+    expect(await replayStatus(['--reuse-grace', '0'])).toBe(400)
+    expect(await replayStatus([], { TOKENFLOW_REUSE_GRACE: '0' })).toBe(400)
+    expect(await replayStatus(['--reuse-grace', '30000'], { TOKENFLOW_REUSE_GRACE: '0' })).toBe(200)
+  })
+
+  it('a value that is not a whole number of ms is refused in one line, before any database is made; only `start` takes it', async () => {
+    const db = join(dir, 'reuse-grace-refused.db')
+    const timeout = 20_000
+    const [word, exponent, fraction, fromEnv, user, help] = await Promise.all([
+      cli(['start', '--port', '0', '--reuse-grace', 'ten', '--db', db], { timeout }),
+      cli(['start', '--port', '0', '--reuse-grace', '1e4', '--db', db], { timeout }),
+      cli(['start', '--port', '0', '--reuse-grace', '1.5', '--db', db], { timeout }),
+      cli(['start', '--port', '0', '--db', db], { env: { TOKENFLOW_REUSE_GRACE: '-1' }, timeout }),
+      cli(['user', 'list', '--reuse-grace', '1', '--db', db]),
+      cli(['--help']),
+    ])
+    const refused = 'must be an integer of at least 0 (ms)'
+    expectOneLine(word, `--reuse-grace ${refused}`)
+    expectOneLine(exponent, `--reuse-grace ${refused}`)
+    expectOneLine(fraction, `--reuse-grace ${refused}`)
+    expectOneLine(fromEnv, `TOKENFLOW_REUSE_GRACE ${refused}`)
+    expectOneLine(user, '--reuse-grace is not an option of "user" (see --help)')
+    expect(existsSync(db)).toBe(false)
+    expect(help.stdout).toMatch(
+      /\n {2}--reuse-grace MS +how long the previous refresh token[\s\S]*TOKENFLOW_REUSE_GRACE/,
+    )
+  })
+})
+
 describe('tokenflow-server start on PostgreSQL', () => {
   const url = _db
   it.runIf(process.env.CI === 'true')('has DATABASE_URL set', () => {
