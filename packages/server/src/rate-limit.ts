@@ -308,6 +308,9 @@ export function ipLimitKey(forwarded: string): string {
  * const redis = await connectRedis('redis://127.0.0.1:6379')
  * const limiter = createRateLimiter({ limit: 10, redis })
  */
+/** ms a Redis command may take before the login it serves fails closed (503) */
+const REDIS_COMMAND_TIMEOUT = 2000
+
 export async function connectRedis(url: string): Promise<RedisLike> {
   let Redis: new (url: string, options: object) => RedisLike
   try {
@@ -320,8 +323,15 @@ export async function connectRedis(url: string): Promise<RedisLike> {
       cause: error,
     })
   }
-  // fail a command after one reconnect attempt instead of queueing logins forever while Redis is down
-  const client = new Redis(url, { maxRetriesPerRequest: 1, connectTimeout: 5000, enableAutoPipelining: true })
+  // fail a command after one reconnect attempt instead of queueing logins forever while Redis is down, and
+  // one that Redis does not answer in 2 s (a frozen server, a network that drops packets and keeps the
+  // connection): without it each login waited as long as the stall lasted
+  const client = new Redis(url, {
+    maxRetriesPerRequest: 1,
+    connectTimeout: 5000,
+    commandTimeout: REDIS_COMMAND_TIMEOUT,
+    enableAutoPipelining: true,
+  })
   const events = client as unknown as {
     on(event: string, listener: (error?: Error) => void): void
     off(event: string, listener: (error?: Error) => void): void
