@@ -157,9 +157,10 @@ export interface AuthServerOptions {
   logger?: boolean | LoggerOptions | undefined
   /**
    * Fastify's `trustProxy`: behind a reverse proxy, set it so rate limits see the client's IP. Name the
-   * proxy's addresses (`'10.0.0.0/8'`, `['127.0.0.1', '::1']`) or pass a function; a hop count (a number)
-   * is refused with `ERR_CONFIG`: Fastify 5 trusts no hop for it, so every client would share the proxy's
-   * per-IP login budget. An address or range that is not one is refused with `ERR_CONFIG` too.
+   * proxy's addresses (`'10.0.0.0/8'`, `['127.0.0.1', '::1']`) or pass a function; a hop count (a number,
+   * or a string of digits) is refused with `ERR_CONFIG`: Fastify 5 trusts no hop for it, so every client would
+   * share the proxy's per-IP login budget. `true` is refused too: a client writes the first X-Forwarded-For
+   * entry, and would choose its own budget. An address or range that is not one is refused with `ERR_CONFIG`.
    * @default false
    */
   trustProxy?: FastifyServerOptions['trustProxy'] | undefined
@@ -270,10 +271,21 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
     throw new AuthError('ERR_CONFIG', '"pruneInterval" must be a non-negative integer (ms), below 2^31')
   }
   const refreshCookie = resolveCookie(cookie)
-  if (typeof trustProxy === 'number') {
+  // a string of digits ('1', from an env variable) is a hop count too: proxy-addr reads it as the address 0.0.0.1
+  const hops = ([trustProxy] as unknown[])
+    .flat()
+    .flatMap((entry) => (typeof entry === 'string' ? entry.split(',') : [entry]))
+    .find((entry) => typeof entry === 'number' || /^\s*\d+\s*$/.test(`${entry}`))
+  if (hops !== undefined) {
     throw new AuthError(
       'ERR_CONFIG',
-      "\"trustProxy\" cannot be a hop count: Fastify 5 trusts no hop for a number, so every client would share the proxy's per-IP login limit; name the proxy's addresses instead (e.g. '10.0.0.0/8')",
+      `"trustProxy" cannot be a hop count (got ${JSON.stringify(hops)}): Fastify 5 trusts no hop for it, so every client would share the proxy's per-IP login limit; name the proxy's addresses instead (e.g. '10.0.0.0/8')`,
+    )
+  }
+  if (trustProxy === true) {
+    throw new AuthError(
+      'ERR_CONFIG',
+      "\"trustProxy\" cannot be true: it trusts every X-Forwarded-For entry, and a client writes the first one, so it would choose its own per-IP login limit; name the proxy's addresses instead (e.g. '10.0.0.0/8'), or pass a function",
     )
   }
   if (redisUrl !== undefined && (typeof redisUrl !== 'string' || !/^rediss?:\/\//.test(redisUrl))) {

@@ -230,7 +230,7 @@ describe('login', () => {
     // behind a proxy that sets X-Forwarded-For: every attempt comes from another address
     const guarded = await start({
       now: () => clock.now,
-      trustProxy: true,
+      trustProxy: '127.0.0.1',
       rateLimit: { perAccount: 3, perIp: 100, window: 60_000 },
     })
     const attempt = (username: string, password: string, ip: string) =>
@@ -259,7 +259,7 @@ describe('login', () => {
     const clock = { now: Date.UTC(2030, 0, 1) }
     const guarded = await start({
       now: () => clock.now,
-      trustProxy: true,
+      trustProxy: '127.0.0.1',
       rateLimit: { perAccount: 100, perIp: 4, window: 60_000 },
     })
     const attempt = (username: string, password: string, ip: string) =>

@@ -404,15 +404,60 @@ describe('X-Forwarded-For and the per-IP login limit', () => {
   }
 
   it('a hop count as trustProxy is refused with ERR_CONFIG: Fastify 5 trusts no hop for a number, so every client would share the proxy budget', () => {
-    // Fastify's types leave a number out; JavaScript can pass one
+    // Fastify's types leave a number out; JavaScript can pass one. A string of digits (process.env.X) was
+    // taken: proxy-addr reads '1' as the address 0.0.0.1, and every client behind the proxy shared its budget
+    for (const [trustProxy, got] of [
+      [1, '1'],
+      ['1', '"1"'],
+      [' 2 ', '" 2 "'],
+      [['127.0.0.1', '1'], '"1"'],
+      ['10.0.0.0/8, 3', '" 3"'],
+    ] as const) {
+      expect(() =>
+        createAuthServer({
+          issuer: ISSUER,
+          audience: AUDIENCE,
+          store: sqlite,
+          trustProxy: trustProxy as never,
+        }),
+      ).toThrow(
+        expect.objectContaining({
+          code: 'ERR_CONFIG',
+          message: expect.stringContaining(`"trustProxy" cannot be a hop count (got ${got})`),
+        }),
+      )
+    }
+  })
+
+  it('bug: trustProxy true was taken, and a client then chose its own per-IP login budget with X-Forwarded-For', async () => {
     expect(() =>
-      createAuthServer({ issuer: ISSUER, audience: AUDIENCE, store: sqlite, trustProxy: 1 as never }),
+      createAuthServer({ issuer: ISSUER, audience: AUDIENCE, store: sqlite, trustProxy: true }),
     ).toThrow(
       expect.objectContaining({
         code: 'ERR_CONFIG',
-        message: expect.stringContaining('"trustProxy" cannot be a hop count'),
+        message: expect.stringContaining('"trustProxy" cannot be true'),
       }),
     )
+    // the way out it names: a function, for a proxy that writes the header itself
+    const { origin } = await start({
+      authenticate: nobody.authenticate,
+      rateLimit: { perIp: 2 },
+      trustProxy: () => true,
+    })
+    const statuses: number[] = []
+    for (const address of ['198.51.100.1', '198.51.100.1', '198.51.100.1', '198.51.100.2']) {
+      statuses.push(
+        (
+          await postJson(
+            origin,
+            '/auth/login',
+            { username: 'x', password: 'y' },
+            { 'x-forwarded-for': address },
+          )
+        ).status,
+      )
+    }
+    expect(statuses).toEqual([400, 400, 429, 400])
   })
 
   it('a trustProxy address or range that is not one is refused with ERR_CONFIG, naming the option and the value', () => {
