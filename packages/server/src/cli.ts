@@ -329,22 +329,25 @@ async function openDatabase(values: {
     )
   }
   // bounded waits, as the README's own pool: a held lock or a stuck statement answers 503 with Retry-After
-  // after 5 s instead of holding the request (and a pool connection) for as long as the lock is held
-  const pool = new pg.Pool({
-    connectionString: postgres,
-    connectionTimeoutMillis: 5000,
-    statement_timeout: 5000,
-    max: 10,
-  })
+  // after 5 s instead of holding the request (and a pool connection) for as long as the lock is held. The
+  // server enforces statement_timeout; query_timeout is the client's own bound, for a database that stopped
+  // answering (frozen, or a network dropping packets) and so cannot cancel anything
+  const settings = { connectionString: postgres, connectionTimeoutMillis: 5000, statement_timeout: 5000 }
+  // migrations wait for another instance's (README), which query_timeout would cut: they get a connection of
+  // their own without it
+  const migrating = new pg.Pool({ ...settings, max: 1 })
   // an idle client's error (server restart) must not crash the process with an unhandled "error" event
+  migrating.on('error', () => undefined)
+  try {
+    await createPostgresStore({ client: migrating }).migrate()
+  } catch (error) {
+    throw new CliError(`cannot use the PostgreSQL database: ${messageOf(error)}`)
+  } finally {
+    await migrating.end().catch(() => undefined)
+  }
+  const pool = new pg.Pool({ ...settings, query_timeout: 8000, max: 10 })
   pool.on('error', () => undefined)
   const store = createPostgresStore({ client: pool })
-  try {
-    await store.migrate()
-  } catch (error) {
-    await pool.end().catch(() => undefined)
-    throw new CliError(`cannot use the PostgreSQL database: ${messageOf(error)}`)
-  }
   return {
     store,
     async close() {

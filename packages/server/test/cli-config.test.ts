@@ -16,6 +16,7 @@ import { createSqliteStore } from '../src/stores/sqlite.js'
 import { bundle } from './helpers/bundle.js'
 import { INVALID_GRANT_BODY, postForm, postJson, refresh, send } from './helpers/http.js'
 import { type Run, runProcess } from './helpers/process.js'
+import { stallProxy } from './helpers/stall-proxy.js'
 
 let CLI = ''
 let removeBundle = () => {}
@@ -615,6 +616,68 @@ describe('tokenflow-server start on PostgreSQL', () => {
       } finally {
         await locker.end().catch(() => undefined)
         await server?.stop()
+        await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
+        await admin.end()
+      }
+    },
+    60_000,
+  )
+
+  it.skipIf(!url)(
+    'bug: a PostgreSQL that stopped answering (the connection kept open) held each refresh for as long as it lasted; now 503 after the pool query_timeout (8 s)',
+    async () => {
+      const password = 'pg-stall-password-0a9d'
+      const admin = new pg.Client({ connectionString: url })
+      await admin.connect()
+      const database = `tf_cli_stall_${randomBytes(6).toString('hex')}`
+      await admin.query(`CREATE DATABASE ${database}`)
+      const target = new URL(url!)
+      // a frozen database, or a network dropping packets: no reset, no answer, so statement_timeout (which
+      // the database enforces) cannot help
+      const proxy = await stallProxy(target.hostname, Number(target.port || 5432))
+      const proxied = new URL(target.href)
+      proxied.host = `127.0.0.1:${proxy.port}`
+      proxied.pathname = `/${database}`
+      let server: Awaited<ReturnType<typeof startCli>> | undefined
+      try {
+        expect(
+          await cli(['user', 'add', 'ada', '--postgres', proxied.href], { input: `${password}\n` }),
+        ).toMatchObject({ code: 0, stderr: '' })
+        server = await startCli(['--postgres', proxied.href])
+        const login = await postJson(server.origin, '/auth/login', { username: 'ada', password })
+        expect(login.status).toBe(200)
+        const { refreshToken } = login.json()
+
+        proxy.stall()
+        const started = Date.now()
+        let stalled: Awaited<ReturnType<typeof send>>
+        try {
+          stalled = await send(`${server.origin}/refresh/token`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify({ refreshToken }),
+            signal: AbortSignal.timeout(40_000),
+          })
+        } finally {
+          proxy.resume()
+        }
+        const waited = Date.now() - started
+        expect({ status: stalled.status, body: stalled.json() }).toMatchObject({
+          status: 503,
+          body: { error: 'temporarily_unavailable', code: 'ERR_UNAVAILABLE' },
+        })
+        expect(waited).toBeGreaterThanOrEqual(7_500)
+        expect(waited).toBeLessThan(20_000)
+
+        // the stall is over: the same token refreshes (the rotation, if it committed, is answered by the grace)
+        const after = await refresh(server.origin, refreshToken)
+        expect(after.status).toBe(200)
+        expect((await refresh(server.origin, after.json().refreshToken)).status).toBe(200)
+        expect(await server.stop()).toBe(0)
+        server = undefined
+      } finally {
+        await server?.stop()
+        await proxy.close()
         await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
         await admin.end()
       }

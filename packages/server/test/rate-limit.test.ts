@@ -1,10 +1,4 @@
 import { randomUUID } from 'node:crypto'
-import {
-  type AddressInfo,
-  createServer as createNetServer,
-  connect as netConnect,
-  type Socket,
-} from 'node:net'
 import { createAuthServer, createSqliteStore } from '@tokenflow/server'
 import { describe, expect, it } from 'vitest'
 import {
@@ -15,6 +9,7 @@ import {
   type RedisLike,
   type RedisMultiLike,
 } from '../src/rate-limit.js'
+import { stallProxy } from './helpers/stall-proxy.js'
 
 describe('createRateLimiter (memory)', () => {
   it('allows `limit` attempts per window, then answers Retry-After seconds until the window resets', async () => {
@@ -174,29 +169,14 @@ describe.skipIf(!process.env.REDIS_URL)('createRateLimiter (redis)', () => {
   })
 
   it('bug: a Redis that stopped answering (the connection kept open) held each login for as long as it lasted; now ERR_UNAVAILABLE after 2 s', async () => {
-    // a proxy that can stall both ways without closing anything: a frozen Redis, or a network dropping packets
+    // a frozen Redis, or a network dropping packets: no reset, no answer
     const target = new URL(redisUrl)
-    let stalled = false
-    const held: Array<() => void> = []
-    const sockets = new Set<Socket>()
-    const proxy = createNetServer((client) => {
-      const upstream = netConnect(Number(target.port || 6379), target.hostname)
-      for (const socket of [client, upstream]) {
-        sockets.add(socket)
-        socket.on('error', () => {})
-      }
-      const pipe = (from: Socket, to: Socket) =>
-        from.on('data', (chunk) => (stalled ? held.push(() => to.write(chunk)) : to.write(chunk)))
-      pipe(client, upstream)
-      pipe(upstream, client)
-    })
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
-    const { port } = proxy.address() as AddressInfo
-    const redis = await connectRedis(`redis://127.0.0.1:${port}${target.pathname}`)
+    const proxy = await stallProxy(target.hostname, Number(target.port || 6379))
+    const redis = await connectRedis(`redis://127.0.0.1:${proxy.port}${target.pathname}`)
     const limiter = createRateLimiter({ limit: 5, redis, prefix: `tokenflow:test:${randomUUID()}:` })
     try {
       expect(await limiter.consume('ada')).toEqual({ ok: true, retryAfter: 0 })
-      stalled = true
+      proxy.stall()
       const started = Date.now()
       const error = await limiter.consume('ada').catch((e: unknown) => e)
       const waited = Date.now() - started
@@ -205,15 +185,13 @@ describe.skipIf(!process.env.REDIS_URL)('createRateLimiter (redis)', () => {
       expect(waited).toBeGreaterThanOrEqual(1900)
       expect(waited).toBeLessThan(10_000)
       // the stall ends: what it held goes through, and the limiter counts again
-      stalled = false
-      for (const send of held.splice(0)) send()
+      proxy.resume()
       const after = await limiter.consume('ada')
       expect(after.ok).toBe(true)
     } finally {
       await limiter.close()
       await redis.quit().catch(() => {})
-      for (const socket of sockets) socket.destroy()
-      await new Promise((resolve) => proxy.close(resolve))
+      await proxy.close()
     }
   })
 
