@@ -7,7 +7,7 @@ export type AuthErrorCode =
   | 'ERR_INVALID_GRANT'
   /** username or password is wrong (the same answer for an unknown user) */
   | 'ERR_INVALID_CREDENTIALS'
-  /** a request body or parameter is missing or malformed */
+  /** a request body or parameter is missing or malformed, or the path does not take the method (405) */
   | 'ERR_INVALID_REQUEST'
   /** too many attempts; see `retryAfter` */
   | 'ERR_RATE_LIMITED'
@@ -16,7 +16,7 @@ export type AuthErrorCode =
    * the codes of "@tokenflow/server/verify" (`VerifyErrorCode`: `ERR_TOKEN_MISSING`, `ERR_JWT_EXPIRED`, …)
    */
   | 'ERR_INVALID_TOKEN'
-  /** a session id that does not exist or belongs to someone else */
+  /** a session id that does not exist or belongs to someone else, or a path no route takes */
   | 'ERR_NOT_FOUND'
   /** a username that is already taken */
   | 'ERR_USER_EXISTS'

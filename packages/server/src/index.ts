@@ -421,13 +421,33 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
     return sendAuthError(request, reply, error)
   })
 
-  app.setNotFoundHandler((request, reply) =>
-    sendError(reply, 404, {
+  // the methods of each route, so that a path served with other methods gets 405 and Allow (RFC 9110 section
+  // 15.5.6), not 404: a GET to the token endpoint is a client's mistake to name, not a missing route
+  const routes: Array<{ path: RegExp; methods: string[] }> = []
+  app.addHook('onRoute', ({ url, method }) => {
+    const segments = url
+      .split('/')
+      .map((segment) => (segment.startsWith(':') ? '[^/]+' : segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')))
+    routes.push({ path: new RegExp(`^${segments.join('/')}$`), methods: [method].flat() })
+  })
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0] ?? ''
+    const allowed = [
+      ...new Set(routes.filter((route) => route.path.test(path)).flatMap((route) => route.methods)),
+    ].sort()
+    if (allowed.length > 0) {
+      return sendError(reply.header('allow', allowed.join(', ')), 405, {
+        error: 'invalid_request',
+        error_description: `${request.method} is not allowed here: ${allowed.join(', ')}`,
+        code: 'ERR_INVALID_REQUEST',
+      })
+    }
+    return sendError(reply, 404, {
       error: 'not_found',
-      error_description: `no route ${request.method} ${request.url.split('?')[0]?.slice(0, 128)}`,
+      error_description: `no route ${request.method} ${path.slice(0, 128)}`,
       code: 'ERR_NOT_FOUND',
-    }),
-  )
+    })
+  })
 
   async function malformedUrl(request: FastifyRequest, reply: FastifyReply) {
     // Fastify runs no hooks for this answer: the stop's own are repeated here, or a connection answered during a

@@ -792,6 +792,58 @@ describe('discovery', () => {
       code: 'ERR_NOT_FOUND',
     })
   })
+
+  it('bug: a route asked with a method it does not take was answered 404 "no route"; now 405 with Allow (RFC 9110)', async () => {
+    // an OAuth client sending GET to the token endpoint was told the endpoint does not exist
+    for (const [method, url, allow] of [
+      ['GET', '/oauth/token?grant_type=refresh_token', 'POST'],
+      ['PUT', '/auth/sessions/0123456789abcdef0123456789abcdef', 'DELETE'],
+      ['PATCH', '/auth/sessions', 'GET, HEAD'],
+      ['POST', '/.well-known/jwks.json', 'GET, HEAD'],
+    ] as const) {
+      const response = await app.inject({ method, url })
+      expect({
+        url,
+        status: response.statusCode,
+        allow: response.headers.allow,
+        body: response.json(),
+      }).toEqual({
+        url,
+        status: 405,
+        allow,
+        body: {
+          error: 'invalid_request',
+          error_description: `${method} is not allowed here: ${allow}`,
+          code: 'ERR_INVALID_REQUEST',
+        },
+      })
+      expect(response.headers['cache-control']).toBe('no-store')
+    }
+    // a path no route takes, with any method, is still 404; so is a longer path under a parametric route
+    for (const url of ['/nope', '/auth/sessions/abc/more']) {
+      expect((await app.inject({ method: 'DELETE', url })).statusCode).toBe(404)
+    }
+  })
+
+  it('the routes of an app that embeds the server get 405 the same way', async () => {
+    const embedding = createAuthServer({
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      store,
+      rateLimit: false,
+      pruneInterval: 0,
+    })
+    embedding.get('/api/items/:id', async () => ({ ok: true }))
+    try {
+      const response = await embedding.inject({ method: 'DELETE', url: '/api/items/7' })
+      expect({ status: response.statusCode, allow: response.headers.allow }).toEqual({
+        status: 405,
+        allow: 'GET, HEAD',
+      })
+    } finally {
+      await embedding.close()
+    }
+  })
 })
 
 describe('signing keys', () => {
