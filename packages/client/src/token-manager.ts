@@ -140,6 +140,8 @@ function toRefreshError(cause: unknown): RefreshError {
 }
 
 const sessionCleared = () => new TokenflowError('ERR_SESSION_CLEARED', 'the session was cleared')
+/** ms after a write the storage refused before a call writes it again */
+const REWRITE_DELAY = 1000
 
 /**
  * Creates a token manager: one refresh at a time, every waiter settles, `loggedOut` once.
@@ -222,8 +224,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   let writes: Promise<unknown> = Promise.resolve()
   /** false after a write failed: until one succeeds, storage is older than memory and is not trusted */
   let inSync = true
-  /** the storage threw on the latest write: the next call writes it again */
-  let rewrite = false
+  /** the storage threw on the latest write: a call from this time on (epoch ms) writes it again; 0 for none */
+  let rewriteAt = 0
   /**
    * Refresh tokens known to be rotated already, by this manager or by a tab that said so: tokens that carry
    * one are behind (a late broadcast, a lagging copy of storage) and are never taken or refreshed with.
@@ -376,11 +378,14 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           (ok) => landedLate(ok, mine, value),
         )
         inSync = true
-        rewrite = false
+        rewriteAt = 0
       } catch (cause) {
         inSync = false
-        // not after a timeout: a storage that hangs would hold the reads queued behind each new try
-        rewrite = cause !== timedOut
+        // Not after a timeout: a storage that hangs would hold the reads queued behind each new try. Not in
+        // storage other tabs write: outside the lock this tab's tokens may be older than theirs, or than their
+        // logout. A second later: a storageError listener that makes a request would otherwise write, fail
+        // and hear of it again without end
+        rewriteAt = cause !== timedOut && (!crossTab || storage.shared === false) ? now() + REWRITE_DELAY : 0
         return failed(cause)
       }
     })
@@ -457,10 +462,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     const before = clears
     await wait(ready(), signal)
     if (clears !== before) throw sessionCleared()
-    // a write the storage refused is made again at the next call, or a start after it would read what
+    // a write the storage refused is made again at a later call, or a start after it would read what
     // storage held before: the previous user, a rotated refresh token (the server sees reuse)
-    if (rewrite) {
-      rewrite = false
+    if (rewriteAt && now() >= rewriteAt) {
+      rewriteAt = 0
       write(expected)
     }
   }

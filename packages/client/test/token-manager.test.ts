@@ -1680,7 +1680,7 @@ describe('storage failures lose nothing', () => {
       // previous user, or a rotated refresh token (the server sees reuse and ends the session)
       const before = tokenSet(T0, MIN, 0)
       const { storage, state } = refusingStorage(before)
-      const { manager, calls, types } = setup({ storage })
+      const { manager, calls, types, clock } = setup({ storage })
       expect(await manager.getAccessToken()).toBe(before.accessToken)
       state.refuse = true
       const after =
@@ -1698,17 +1698,26 @@ describe('storage failures lose nothing', () => {
       } else await expect(manager.clear()).rejects.toMatchObject({ code: 'ERR_STORAGE' })
       expect(state.held).toEqual(before)
       expect(types().filter((type) => type === 'storageError')).toHaveLength(1)
-      // still refusing: the next call tries again, and says so
+      // a call within a second does not try again (a storageError listener that makes a request would loop)
+      const refused = state.writes
       expect(await manager.getAccessToken()).toBe(after?.accessToken ?? null)
       await flush()
+      expect(state.writes).toBe(refused)
+      // still refusing: a call a second later tries again, and says so
+      clock.advance(1_000)
+      expect(await manager.getAccessToken()).toBe(after?.accessToken ?? null)
+      await flush()
+      expect(state.writes).toBe(refused + 1)
       expect(types().filter((type) => type === 'storageError')).toHaveLength(2)
       expect(state.held).toEqual(before)
-      // the storage works again: the next call writes what memory holds, once
+      // the storage works again: a call a second later writes what memory holds, once
       state.refuse = false
+      clock.advance(1_000)
       expect(await manager.getAccessToken()).toBe(after?.accessToken ?? null)
       await flush()
       expect(state.held).toEqual(after)
       const writes = state.writes
+      clock.advance(1_000)
       expect(await manager.getAccessToken()).toBe(after?.accessToken ?? null)
       await flush()
       expect(state.writes).toBe(writes)
