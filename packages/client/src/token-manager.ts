@@ -455,6 +455,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       })
     }))
 
+  /** a refused refresh is telling its refreshFailed listeners; it ends the session next */
+  let refusing = false
   /** calls of clear(): one made while a request waited for the stored tokens ends that request's wait too */
   let clears = 0
   /** Waits for the stored tokens; rejects when clear() was called meanwhile (those tokens are being forgotten). */
@@ -790,7 +792,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       // the waiters get this error before the events: a clear() or a login that a listener makes then must not
       // end their wait with ERR_SESSION_CLEARED
       if (willLogout) settlePending?.(error)
+      // emit() never throws: a listener's error is reported, not thrown
+      refusing = willLogout
       emit({ type: 'refreshFailed', error, willLogout })
+      refusing = false
       // a login that a refreshFailed listener made has replaced the session: the refusal does not end it
       if (willLogout && session === started)
         await endSession(endedElsewhere ? 'otherTab' : 'refreshRejected', error, true)
@@ -883,6 +888,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
     async clear() {
       clears++
+      // a refreshFailed listener (willLogout): the refusal ends the session next, with its reason and error
+      if (refusing) return
       const calledAt = now()
       ready()
       // a first read that has not answered, with no session since it began (an AsyncStorage stuck at app

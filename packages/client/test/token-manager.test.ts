@@ -1245,6 +1245,27 @@ describe('rule 8: no module state', () => {
 })
 
 describe('sessions', () => {
+  it("clear() from a refreshFailed listener (willLogout) leaves the logout to the refusal: reason 'refreshRejected' with its error, and a late 401 gets that error", async () => {
+    // the common app pattern: `if (event.type === 'refreshFailed' && event.willLogout) manager.clear()`
+    const { manager, calls, clock, events } = setup({ retry: false })
+    const session = tokenSet(clock.now(), 15 * MIN, 'A')
+    await manager.setTokens(session)
+    manager.subscribe((event) => {
+      if (event.type === 'refreshFailed' && event.willLogout) void manager.clear().catch(() => {})
+    })
+    const waiter = manager.refresh().catch((e: unknown) => e)
+    await flush()
+    const error = new RefreshError('rejected', 'refresh failed: answered 400', { status: 400 })
+    calls[0]!.reject(error)
+    expect(await waiter).toBe(error)
+    await flush()
+    expect(events.filter((e) => e.type === 'loggedOut')).toEqual([
+      { type: 'loggedOut', reason: 'refreshRejected', error },
+    ])
+    // README/JSDoc of refresh(): a 401 for the token of a session a refused refresh ended rejects with that error
+    await expect(manager.refresh({ rejectedToken: session.accessToken })).rejects.toBe(error)
+  })
+
   it('bug: clear() and then setTokens() in one go (not awaited) ended the old session without its loggedOut', async () => {
     // a 'switch account' button: clear() waited a microtask, and the login that came meanwhile counted as one
     // made while it waited for the stored tokens, so the app's loggedOut listener (clearing user A's caches)
