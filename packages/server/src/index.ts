@@ -399,7 +399,9 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
   app.removeContentTypeParser('text/plain')
 
   app.setErrorHandler((error, request, reply) => {
-    const answered = parserAnswers.get(request.raw.socket)
+    // only for a request whose body was still arriving: another one on that socket (pipelined before the bad
+    // request the parser answered) failed on its own, and is logged and answered as any other
+    const answered = request.raw.complete ? undefined : parserAnswers.get(request.raw.socket)
     if (answered !== undefined) {
       // the body did not arrive in time: Node's parser answered 408 and closed the socket, and Fastify sees
       // the body fail (ECONNRESET). Log what the client got, not a 400 that was never sent.

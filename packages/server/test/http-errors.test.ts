@@ -356,6 +356,35 @@ describe("requests Node's HTTP parser refuses", () => {
       }),
     )
   })
+
+  it('bug: a server error of a request on a socket the parser answered later (a pipelined bad request) was logged as that answer, not as an error', async () => {
+    // the stalled-body line above is for the request whose body was arriving, not for every request of the socket
+    const lines: { level: number; msg: string; res?: { statusCode: number } }[] = []
+    const app = createAuthServer({
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      store,
+      rateLimit: false,
+      pruneInterval: 0,
+      logger: { level: 'info', stream: { write: (line: string) => void lines.push(JSON.parse(line)) } },
+    })
+    servers.push(app)
+    // an app's route whose handler fails after a slow await
+    app.get('/boom', async () => {
+      await new Promise((resolve) => setTimeout(resolve, 200))
+      throw new Error('the database went away')
+    })
+    const boomOrigin = await app.listen({ port: 0, host: '127.0.0.1' })
+    await rawExchange('GET /boom HTTP/1.1\r\nHost: x\r\n\r\nNOT HTTP AT ALL\r\n\r\n', boomOrigin)
+    for (let i = 0; i < 100 && !lines.some((line) => line.msg === 'request failed'); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+    const failed = lines.filter((line) => line.msg === 'request failed')
+    expect(failed.map((line) => line.level)).toEqual([50])
+    expect(lines.filter((line) => line.msg === 'request completed' && line.res?.statusCode === 400)).toEqual(
+      [],
+    )
+  })
 })
 
 describe('bad bodies', () => {
