@@ -140,8 +140,6 @@ function toRefreshError(cause: unknown): RefreshError {
 }
 
 const sessionCleared = () => new TokenflowError('ERR_SESSION_CLEARED', 'the session was cleared')
-/** ms after a write the storage refused before a call writes it again */
-const REWRITE_DELAY = 1000
 
 /**
  * Creates a token manager: one refresh at a time, every waiter settles, `loggedOut` once.
@@ -385,7 +383,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         // storage other tabs write: outside the lock this tab's tokens may be older than theirs, or than their
         // logout. A second later: a storageError listener that makes a request would otherwise write, fail
         // and hear of it again without end
-        rewriteAt = cause !== timedOut && (!crossTab || storage.shared === false) ? now() + REWRITE_DELAY : 0
+        rewriteAt = cause !== timedOut && (!crossTab || storage.shared === false) ? now() + 1000 : 0
         return failed(cause)
       }
     })
@@ -455,8 +453,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       })
     }))
 
-  /** a refused refresh is telling its refreshFailed listeners; it ends the session next */
-  let refusing = false
+  /** while a refused refresh tells its refreshFailed listeners: ends the refused session (if still current) */
+  let refusing: (() => Promise<TokenflowError | undefined> | undefined) | undefined
   /** calls of clear(): one made while a request waited for the stored tokens ends that request's wait too */
   let clears = 0
   /** Waits for the stored tokens; rejects when clear() was called meanwhile (those tokens are being forgotten). */
@@ -792,13 +790,17 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       // the waiters get this error before the events: a clear() or a login that a listener makes then must not
       // end their wait with ERR_SESSION_CLEARED
       if (willLogout) settlePending?.(error)
+      // ends the refused session, as long as it is the current one: a login that a refreshFailed listener
+      // made has replaced it, and the refusal does not end that
+      const refusal = () =>
+        session === started
+          ? endSession(endedElsewhere ? 'otherTab' : 'refreshRejected', error, true)
+          : undefined
       // emit() never throws: a listener's error is reported, not thrown
-      refusing = willLogout
+      if (willLogout) refusing = refusal
       emit({ type: 'refreshFailed', error, willLogout })
-      refusing = false
-      // a login that a refreshFailed listener made has replaced the session: the refusal does not end it
-      if (willLogout && session === started)
-        await endSession(endedElsewhere ? 'otherTab' : 'refreshRejected', error, true)
+      refusing = undefined
+      if (willLogout) await refusal()
       throw error
     }
     // the waiters of a replaced session were settled when it was replaced
@@ -888,8 +890,6 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
     async clear() {
       clears++
-      // a refreshFailed listener (willLogout): the refusal ends the session next, with its reason and error
-      if (refusing) return
       const calledAt = now()
       ready()
       // a first read that has not answered, with no session since it began (an AsyncStorage stuck at app
@@ -898,8 +898,9 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       // ends at the call: a login right after it (not awaited) comes after its loggedOut, not instead of it
       const unread = readFrom === session
       // the tokens are gone from memory either way; a storage that kept them would log the user in again
-      // at the next start, so the caller hears of it
-      const done = endSession('cleared')
+      // at the next start, so the caller hears of it. From a refreshFailed listener (willLogout) with the
+      // refused session still current, the session ends as the refusal ends it, with its reason and error
+      const done = refusing?.() || endSession('cleared')
       if (unread) clearedUnread = calledAt
       const error = await done
       if (error) throw error

@@ -24,7 +24,9 @@ class Holdable extends Real {
 const T0 = 1_700_000_000_000
 const MIN = 60_000
 const loadedAt = performance.now()
-const clock = () => T0 + (performance.now() - loadedAt)
+/** moved on past the retry's delay, so that only the shared-storage rule keeps a tab from writing again */
+let skipped = 0
+const clock = () => T0 + (performance.now() - loadedAt) + skipped
 
 /** one localStorage, seen by two tabs; tab a's view refuses writes while `refuseA` (a full quota, say) */
 function sharedStore() {
@@ -100,6 +102,7 @@ describe('a write refused in storage other tabs share is not made again outside 
     await b.manager.clear()
     expect(store.state.held).toBeNull()
     // a request in a in that moment
+    skipped += 1_100
     await a.manager.getAccessToken()
     await flush()
     for (const send of held.splice(0)) send()
@@ -121,6 +124,7 @@ describe('a write refused in storage other tabs share is not made again outside 
     b.calls[0]!.resolve(t2)
     await refreshed
     expect(store.state.held).toEqual(t2)
+    skipped += 1_100
     await a.manager.getAccessToken()
     await flush()
     for (const send of held.splice(0)) send()
@@ -166,6 +170,7 @@ describe('the same without BroadcastChannel (the storage event)', () => {
     listeners[0]!()
     await flush()
     // a request in a
+    skipped += 1_100
     await a.manager.getAccessToken()
     await flush()
     listeners[1]!()

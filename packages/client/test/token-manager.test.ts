@@ -1266,6 +1266,88 @@ describe('sessions', () => {
     await expect(manager.refresh({ rejectedToken: session.accessToken })).rejects.toBe(error)
   })
 
+  describe('clear() from a refreshFailed listener (willLogout), with other calls', () => {
+    /** A refresh refused (400) while a refreshFailed listener (willLogout) runs `listener` once. */
+    async function refusedRefresh(
+      listener: (manager: ReturnType<typeof setup>['manager']) => void,
+      storage?: TokenStorage,
+    ) {
+      const managed = setup({ retry: false, ...(storage ? { storage } : {}) })
+      const { manager, calls, clock } = managed
+      const a = tokenSet(clock.now(), 15 * MIN, 'A')
+      await manager.setTokens(a)
+      let fired = false
+      manager.subscribe((event) => {
+        if (event.type === 'refreshFailed' && event.willLogout && !fired) {
+          fired = true
+          listener(manager)
+        }
+      })
+      const waiter = manager.refresh().catch((e: unknown) => e)
+      await flush()
+      calls[0]!.reject(new RefreshError('rejected', 'refresh failed: answered 400', { status: 400 }))
+      await waiter
+      await flush()
+      return { ...managed, a }
+    }
+
+    it('bug: a refreshFailed listener that logged in (setTokens B) and then called clear(): the clear() was ignored and B stayed', async () => {
+      const b = tokenSet(T0, 15 * MIN, 'B')
+      const { manager, events } = await refusedRefresh((m) => {
+        void m.setTokens(b)
+        void m.clear()
+      })
+      // clear() was called last: the app expects to be logged out, storage empty, loggedOut 'cleared'
+      expect({
+        status: manager.status,
+        token: await manager.getAccessToken(),
+        loggedOut: events
+          .filter((e) => e.type === 'loggedOut')
+          .map((e) => e.type === 'loggedOut' && e.reason),
+      }).toEqual({ status: 'unauthenticated', token: null, loggedOut: ['cleared'] })
+    })
+
+    it('bug: a refreshFailed listener that called clear() and then setTokens(B) (switch account): the old session had no loggedOut', async () => {
+      const b = tokenSet(T0, 15 * MIN, 'B')
+      const { manager, events } = await refusedRefresh((m) => {
+        void m.clear()
+        void m.setTokens(b)
+      })
+      expect(await manager.getAccessToken()).toBe(b.accessToken)
+      // the refusal's logout, with its reason and error: the app's loggedOut listener runs for user A
+      expect(events.filter((e) => e.type === 'loggedOut')).toMatchObject([
+        { reason: 'refreshRejected', error: { kind: 'rejected' } },
+      ])
+    })
+
+    it('bug: clear() from a refreshFailed listener resolved when the storage kept the tokens; it rejects with ERR_STORAGE as anywhere', async () => {
+      let refuse = false
+      let held: unknown = null
+      const storage: TokenStorage = {
+        get: () => held as never,
+        set(t) {
+          held = t
+        },
+        clear() {
+          if (refuse) throw new Error('disk full')
+          held = null
+        },
+      }
+      let result: unknown = 'pending'
+      const { events } = await refusedRefresh((m) => {
+        refuse = true
+        m.clear().then(
+          () => (result = 'resolved'),
+          (e: { code?: string }) => (result = e.code),
+        )
+      }, storage)
+      await flush()
+      expect(events.some((e) => e.type === 'storageError')).toBe(true)
+      expect(held).not.toBeNull()
+      expect(result).toBe('ERR_STORAGE')
+    })
+  })
+
   it('bug: clear() and then setTokens() in one go (not awaited) ended the old session without its loggedOut', async () => {
     // a 'switch account' button: clear() waited a microtask, and the login that came meanwhile counted as one
     // made while it waited for the stored tokens, so the app's loggedOut listener (clearing user A's caches)
