@@ -424,20 +424,26 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
   })
 
   // the methods of each route, so that a path served with other methods gets 405 and Allow (RFC 9110 section
-  // 15.5.6), not 404: a GET to the token endpoint is a client's mistake to name, not a missing route
+  // 15.5.6), not 404: a GET to the token endpoint is a client's mistake to name, not a missing route. Only
+  // routes whose path says all: static segments and plain `:name` parameters, without constraints (a regex
+  // parameter, a wildcard or a host constraint would need Fastify's router to tell; those paths keep 404)
   const routes: Array<{ path: RegExp; methods: string[] }> = []
-  app.addHook('onRoute', ({ url, method }) => {
-    const segments = url
-      .split('/')
-      .map((segment) => (segment.startsWith(':') ? '[^/]+' : segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')))
-    routes.push({ path: new RegExp(`^${segments.join('/')}$`), methods: [method].flat() })
+  app.addHook('onRoute', ({ url, method, constraints }) => {
+    const segments = url.split('/')
+    if (constraints && Object.keys(constraints).length > 0) return
+    if (!segments.every((segment) => /^(:\w+|[^:*(]*)$/.test(segment))) return
+    const pattern = segments.map((segment) =>
+      segment.startsWith(':') ? '[^/]+' : segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'),
+    )
+    routes.push({ path: new RegExp(`^${pattern.join('/')}$`), methods: [method].flat() })
   })
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split('?')[0] ?? ''
     const allowed = [
       ...new Set(routes.filter((route) => route.path.test(path)).flatMap((route) => route.methods)),
     ].sort()
-    if (allowed.length > 0) {
+    // a route that takes this very method sent it here (reply.callNotFound(): an unknown id): 404 it is
+    if (allowed.length > 0 && !allowed.includes(request.method)) {
       return sendError(reply.header('allow', allowed.join(', ')), 405, {
         error: 'invalid_request',
         error_description: `${request.method} is not allowed here: ${allowed.join(', ')}`,

@@ -833,13 +833,40 @@ describe('discovery', () => {
       rateLimit: false,
       pruneInterval: 0,
     })
-    embedding.get('/api/items/:id', async () => ({ ok: true }))
+    embedding.get('/api/items/:id', async (request, reply) =>
+      (request.params as { id: string }).id === '7' ? { ok: true } : reply.callNotFound(),
+    )
+    embedding.get('/api/users/:id(^\\d+)', async () => ({ ok: true }))
+    embedding.get('/api/admin', { constraints: { host: 'admin.example.com' } }, async () => ({ ok: true }))
     try {
       const response = await embedding.inject({ method: 'DELETE', url: '/api/items/7' })
       expect({ status: response.statusCode, allow: response.headers.allow }).toEqual({
         status: 405,
         allow: 'GET, HEAD',
       })
+      // bug (a code review of the first version): these were answered 405 naming the very method asked. A route
+      // of that method sent the request to the not-found handler (reply.callNotFound() for an unknown id), or
+      // its path or host did not fit a pattern the matcher did not read (a regex parameter, a host constraint)
+      for (const [url, host] of [
+        ['/api/items/8', 'localhost'],
+        ['/api/users/abc', 'localhost'],
+        ['/api/admin', 'www.example.com'],
+      ] as const) {
+        const missing = await embedding.inject({ method: 'GET', url, headers: { host } })
+        expect({
+          url,
+          status: missing.statusCode,
+          allow: missing.headers.allow,
+          code: missing.json().code,
+        }).toEqual({
+          url,
+          status: 404,
+          allow: undefined,
+          code: 'ERR_NOT_FOUND',
+        })
+      }
+      // a route the matcher cannot read gives no 405 at all: 404, as before
+      expect((await embedding.inject({ method: 'DELETE', url: '/api/users/7' })).statusCode).toBe(404)
     } finally {
       await embedding.close()
     }
