@@ -331,7 +331,7 @@ async function openDatabase(values: {
   // bounded waits, as the README's own pool: a held lock or a stuck statement answers 503 with Retry-After
   // after 5 s instead of holding the request (and a pool connection) for as long as the lock is held. The
   // server enforces statement_timeout; query_timeout is the client's own bound, for a database that stopped
-  // answering (frozen, or a network dropping packets) and so cannot cancel anything
+  // answering (frozen, or a network dropping packets) and so cannot cancel anything: 3 s after it
   const settings = { connectionString: postgres, connectionTimeoutMillis: 5000, statement_timeout: 5000 }
   // migrations wait for another instance's (README), which query_timeout would cut: they get a connection of
   // their own without it
@@ -345,7 +345,7 @@ async function openDatabase(values: {
   } finally {
     await migrating.end().catch(() => undefined)
   }
-  const pool = new pg.Pool({ ...settings, query_timeout: 8000, max: 10 })
+  const pool = new pg.Pool({ ...settings, ...queryTimeout(postgres), max: 10 })
   pool.on('error', () => undefined)
   const store = createPostgresStore({ client: pool })
   return {
@@ -355,6 +355,20 @@ async function openDatabase(values: {
       await pool.end()
     },
   }
+}
+
+/**
+ * The pool's own bound on an answer: 3 s past the statement_timeout the database enforces (5 s, or what the
+ * URL's `?statement_timeout=` says, which pg then sends), so that it never cuts a statement the database
+ * still allows. None when the URL turns the database's bound off (0) or gives one this cannot read.
+ */
+function queryTimeout(url: string): { query_timeout?: number } {
+  const given = new URL(url).searchParams.get('statement_timeout')
+  // PostgreSQL takes ms, or a number with a unit
+  const match = /^\s*(\d+)\s*(ms|s|min|h)?\s*$/.exec(given ?? '5000')
+  const units: Record<string, number> = { ms: 1, s: 1000, min: 60_000, h: 3_600_000 }
+  const ms = match ? Number(match[1]) * units[match[2] ?? 'ms']! : 0
+  return ms > 0 && ms < 2 ** 31 - 3000 ? { query_timeout: ms + 3000 } : {}
 }
 
 interface PgPool {

@@ -624,7 +624,52 @@ describe('tokenflow-server start on PostgreSQL', () => {
   )
 
   it.skipIf(!url)(
-    'bug: a PostgreSQL that stopped answering (the connection kept open) held each refresh for as long as it lasted; now 503 after the pool query_timeout (8 s)',
+    "bug: the pool's query_timeout (8 s) cut a refresh that ?statement_timeout=20000 in the URL allows; it follows the URL's value now",
+    async () => {
+      const password = 'pg-override-password-7e3b'
+      const admin = new pg.Client({ connectionString: url })
+      await admin.connect()
+      const database = `tf_cli_override_${randomBytes(6).toString('hex')}`
+      await admin.query(`CREATE DATABASE ${database}`)
+      const target = new URL(url!)
+      target.pathname = `/${database}`
+      const locker = new pg.Client({ connectionString: target.href })
+      target.search = '?statement_timeout=20000'
+      let server: Awaited<ReturnType<typeof startCli>> | undefined
+      try {
+        expect(
+          await cli(['user', 'add', 'ada', '--postgres', target.href], { input: `${password}\n` }),
+        ).toMatchObject({ code: 0, stderr: '' })
+        server = await startCli(['--postgres', target.href])
+        const login = await postJson(server.origin, '/auth/login', { username: 'ada', password })
+        expect(login.status).toBe(200)
+        const { refreshToken } = login.json()
+        // a row lock held for 9 s: past the default bounds, within the URL's 20 s
+        await locker.connect()
+        await locker.query('BEGIN')
+        await locker.query('SELECT * FROM sessions FOR UPDATE')
+        const release = setTimeout(() => void locker.query('COMMIT'), 9_000)
+        const started = Date.now()
+        const answer = await refresh(server.origin, refreshToken)
+        clearTimeout(release)
+        expect({ status: answer.status, waited: Date.now() - started >= 8_500 }).toEqual({
+          status: 200,
+          waited: true,
+        })
+        expect(await server.stop()).toBe(0)
+        server = undefined
+      } finally {
+        await locker.end().catch(() => undefined)
+        await server?.stop()
+        await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
+        await admin.end()
+      }
+    },
+    60_000,
+  )
+
+  it.skipIf(!url)(
+    'bug: a PostgreSQL that stopped answering (the connection kept open) held each refresh for as long as it lasted; now 503 after the pool query_timeout (8 s: the statement_timeout and 3 s)',
     async () => {
       const password = 'pg-stall-password-0a9d'
       const admin = new pg.Client({ connectionString: url })
