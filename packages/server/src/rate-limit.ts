@@ -302,15 +302,15 @@ export function ipLimitKey(forwarded: string): string {
     .join(':')}::/64`
 }
 
+/** ms a Redis command may take before the login it serves fails closed (503) */
+const REDIS_COMMAND_TIMEOUT = 2000
+
 /**
  * Opens an ioredis connection (ioredis is imported only here, on demand).
  * @example
  * const redis = await connectRedis('redis://127.0.0.1:6379')
  * const limiter = createRateLimiter({ limit: 10, redis })
  */
-/** ms a Redis command may take before the login it serves fails closed (503) */
-const REDIS_COMMAND_TIMEOUT = 2000
-
 export async function connectRedis(url: string): Promise<RedisLike> {
   let Redis: new (url: string, options: object) => RedisLike
   try {
