@@ -363,7 +363,15 @@ async function openDatabase(values: {
  * still allows. None when the URL turns the database's bound off (0) or gives one this cannot read.
  */
 function queryTimeout(url: string): { query_timeout?: number } {
-  const given = new URL(url).searchParams.get('statement_timeout')
+  let given: string | null
+  try {
+    // pg takes a URL without a host (`postgres://user@/db?host=/var/run/postgresql`, the Unix socket), as
+    // it parses it: with a stand-in host
+    given = new URL(url.replace('@/', '@localhost/')).searchParams.get('statement_timeout')
+  } catch {
+    // another URL pg takes and URL does not: its statement_timeout is not known
+    return {}
+  }
   // PostgreSQL takes ms, or a number with a unit
   const match = /^\s*(\d+)\s*(ms|s|min|h)?\s*$/.exec(given ?? '5000')
   const units: Record<string, number> = { ms: 1, s: 1000, min: 60_000, h: 3_600_000 }

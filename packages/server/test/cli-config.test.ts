@@ -623,6 +623,31 @@ describe('tokenflow-server start on PostgreSQL', () => {
     60_000,
   )
 
+  it.skipIf(!url || !existsSync('/var/run/postgresql'))(
+    "a URL of the Unix socket with a user and no host (postgres://user@/db?host=/var/run/postgresql), which pg takes and WHATWG URL does not: the pool's query_timeout once refused it ('Invalid URL')",
+    async () => {
+      const admin = new pg.Client({ connectionString: url })
+      await admin.connect()
+      const database = `tf_cli_socket_${randomBytes(6).toString('hex')}`
+      await admin.query(`CREATE DATABASE ${database}`)
+      try {
+        const user = new URL(url!).username || 'postgres'
+        const socketUrl = `postgres://${user}@/${database}?host=/var/run/postgresql`
+        expect(
+          await cli(['user', 'add', 'ada', '--postgres', socketUrl], { input: 'pg-socket-password-2f8a\n' }),
+        ).toMatchObject({ code: 0, stderr: '' })
+        expect(await cli(['user', 'list', '--postgres', socketUrl])).toMatchObject({
+          code: 0,
+          stdout: expect.stringContaining('ada'),
+        })
+      } finally {
+        await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
+        await admin.end()
+      }
+    },
+    60_000,
+  )
+
   it.skipIf(!url)(
     "bug: the pool's query_timeout (8 s) cut a refresh that ?statement_timeout=20000 in the URL allows; it follows the URL's value now",
     async () => {
