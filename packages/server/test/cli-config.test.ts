@@ -300,11 +300,13 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
     const [fromEnv, fromFlag, redisFromEnv, redisFromFlag] = await Promise.all([
       withoutPeers(['user', 'list'], { DATABASE_URL: url }),
       withoutPeers(['user', 'list', '--postgres', url], {}),
-      withoutPeers(['start', '--port', '0', '--db', join(dir, 'peers.db')], {
+      // a file each: two processes that open one new SQLite file at the same moment can meet its WAL switch
+      // (SQLite answers one of them "database is locked" without waiting), which is not what this test is about
+      withoutPeers(['start', '--port', '0', '--db', join(dir, 'peers-env.db')], {
         TOKENFLOW_REDIS_URL: 'redis://127.0.0.1:1',
       }),
       withoutPeers(
-        ['start', '--port', '0', '--db', join(dir, 'peers.db'), '--redis', 'redis://127.0.0.1:1'],
+        ['start', '--port', '0', '--db', join(dir, 'peers-flag.db'), '--redis', 'redis://127.0.0.1:1'],
         {},
       ),
     ])
