@@ -1320,6 +1320,18 @@ describe('sessions', () => {
       ])
     })
 
+    it('a 401 of the refused session that reached refresh() in the same turn gets the refusal, not ERR_SESSION_CLEARED, when a listener calls clear()', async () => {
+      let late: Promise<unknown> | undefined
+      const { a, events } = await refusedRefresh((m) => {
+        // a request's 401, handed to refresh() by an earlier listener's work in the same turn
+        late = m.refresh({ rejectedToken: tokenSet(T0, 15 * MIN, 'A').accessToken }).catch((e: unknown) => e)
+        void m.clear()
+      })
+      expect(a.accessToken).toBe(tokenSet(T0, 15 * MIN, 'A').accessToken)
+      const refusal = events.find((e) => e.type === 'refreshFailed')
+      expect(await late).toBe(refusal?.type === 'refreshFailed' && refusal.error)
+    })
+
     it('bug: clear() from a refreshFailed listener resolved when the storage kept the tokens; it rejects with ERR_STORAGE as anywhere', async () => {
       let refuse = false
       let held: unknown = null
