@@ -429,13 +429,15 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
   // parameter, a wildcard or a host constraint would need Fastify's router to tell; those paths keep 404)
   const routes: Array<{ path: RegExp; methods: string[] }> = []
   app.addHook('onRoute', ({ url, method, constraints }) => {
-    const segments = url.split('/')
+    // a path and the same with a trailing slash are one: a plugin's '/' route under a prefix is registered as
+    // both, and only one of the two (with its HEAD on the other) reaches this hook
+    const segments = url.replace(/(.)\/$/, '$1').split('/')
     if (constraints && Object.keys(constraints).length > 0) return
     if (!segments.every((segment) => /^(:\w+|[^:*(]*)$/.test(segment))) return
     const pattern = segments.map((segment) =>
       segment.startsWith(':') ? '[^/]+' : segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'),
     )
-    routes.push({ path: new RegExp(`^${pattern.join('/')}$`), methods: [method].flat() })
+    routes.push({ path: new RegExp(`^${pattern.join('/')}/?$`), methods: [method].flat() })
   })
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split('?')[0] ?? ''

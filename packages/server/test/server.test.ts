@@ -838,6 +838,16 @@ describe('discovery', () => {
     )
     embedding.get('/api/users/:id(^\\d+)', async () => ({ ok: true }))
     embedding.get('/api/admin', { constraints: { host: 'admin.example.com' } }, async () => ({ ok: true }))
+    // a plugin's '/' route under a prefix is registered as '/v2' and '/v2/', and only one of them (with the
+    // HEAD of the other) reaches onRoute: '/v2/' looked like a HEAD-only path (a third code review)
+    embedding.register(
+      async (scope) => {
+        scope.get('/', async (request, reply) =>
+          (request.query as { ok?: string }).ok === '1' ? { ok: true } : reply.callNotFound(),
+        )
+      },
+      { prefix: '/v2' },
+    )
     try {
       const response = await embedding.inject({ method: 'DELETE', url: '/api/items/7' })
       expect({ status: response.statusCode, allow: response.headers.allow }).toEqual({
@@ -863,6 +873,16 @@ describe('discovery', () => {
           status: 404,
           allow: undefined,
           code: 'ERR_NOT_FOUND',
+        })
+      }
+      for (const url of ['/v2', '/v2/']) {
+        const asked = await embedding.inject({ method: 'GET', url })
+        const other = await embedding.inject({ method: 'DELETE', url })
+        expect({ url, get: asked.statusCode, delete: other.statusCode, allow: other.headers.allow }).toEqual({
+          url,
+          get: 404,
+          delete: 405,
+          allow: 'GET, HEAD',
         })
       }
       // a route the matcher cannot read gives no 405 at all: 404, as before
