@@ -363,19 +363,17 @@ async function openDatabase(values: {
  * still allows. None when the URL turns the database's bound off (0) or gives one this cannot read.
  */
 function queryTimeout(url: string): { query_timeout?: number } {
-  let given: string | null
+  let given: string | undefined
   try {
     // pg takes a URL without a host (`postgres://user@/db?host=/var/run/postgresql`, the Unix socket), as
-    // it parses it: with a stand-in host
-    given = new URL(url.replace('@/', '@localhost/')).searchParams.get('statement_timeout')
+    // it parses it: with a stand-in host. Of a repeated parameter the last one counts, as in pg
+    given = new URL(url.replace('@/', '@localhost/')).searchParams.getAll('statement_timeout').at(-1)
   } catch {
     // another URL pg takes and URL does not: its statement_timeout is not known
     return {}
   }
-  // PostgreSQL takes ms, or a number with a unit
-  const match = /^\s*(\d+)\s*(ms|s|min|h)?\s*$/.exec(given ?? '5000')
-  const units: Record<string, number> = { ms: 1, s: 1000, min: 60_000, h: 3_600_000 }
-  const ms = match ? Number(match[1]) * units[match[2] ?? 'ms']! : 0
+  // pg sends parseInt() of it: whole ms, and a unit ('2s') is dropped, so the database gets 2 ms
+  const ms = Number.parseInt(given ?? '5000', 10)
   return ms > 0 && ms < 2 ** 31 - 3000 ? { query_timeout: ms + 3000 } : {}
 }
 

@@ -651,7 +651,7 @@ describe('tokenflow-server start on PostgreSQL', () => {
   )
 
   it.skipIf(!url)(
-    "bug: the pool's query_timeout (8 s) cut a refresh that ?statement_timeout=20000 in the URL allows; it follows the URL's value now",
+    "bug: the pool's query_timeout (8 s) cut a refresh that the URL's statement_timeout allows; it follows the value pg sends now (of ?statement_timeout=1000&statement_timeout=20000, the last)",
     async () => {
       const password = 'pg-override-password-7e3b'
       const admin = new pg.Client({ connectionString: url })
@@ -661,7 +661,8 @@ describe('tokenflow-server start on PostgreSQL', () => {
       const target = new URL(url!)
       target.pathname = `/${database}`
       const locker = new pg.Client({ connectionString: target.href })
-      target.search = '?statement_timeout=20000'
+      // repeated: pg takes the last one (a first version read the first, and cut the refresh at 4 s)
+      target.search = '?statement_timeout=1000&statement_timeout=20000'
       let server: Awaited<ReturnType<typeof startCli>> | undefined
       try {
         expect(
