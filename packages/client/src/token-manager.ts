@@ -889,6 +889,9 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     },
 
     async clear() {
+      // every clear(), the refusal's included: a call that waits for the stored tokens meanwhile is of the
+      // session being ended, and must not go on with a login made after it (ERR_SESSION_CLEARED)
+      clears++
       const calledAt = now()
       ready()
       // a first read that has not answered, with no session since it began (an AsyncStorage stuck at app
@@ -898,13 +901,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       const unread = readFrom === session
       // the tokens are gone from memory either way; a storage that kept them would log the user in again
       // at the next start, so the caller hears of it. From a refreshFailed listener (willLogout) with the
-      // refused session still current, the session ends as the refusal ends it, with its reason and error (and
-      // a call still waiting for the stored tokens gets that error, not ERR_SESSION_CLEARED)
-      let done = refusing?.()
-      if (!done) {
-        clears++
-        done = endSession('cleared')
-      }
+      // refused session still current, the session ends as the refusal ends it, with its reason and error
+      const done = refusing?.() || endSession('cleared')
       if (unread) clearedUnread = calledAt
       const error = await done
       if (error) throw error
