@@ -428,16 +428,21 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
   // routes whose path says all: static segments and plain `:name` parameters, without constraints (a regex
   // parameter, a wildcard or a host constraint would need Fastify's router to tell; those paths keep 404)
   const routes: Array<{ path: RegExp; methods: string[] }> = []
-  app.addHook('onRoute', ({ url, method, constraints }) => {
-    // a path and the same with a trailing slash are one: a plugin's '/' route under a prefix is registered as
-    // both, and only one of the two (with its HEAD on the other) reaches this hook
-    const segments = url.replace(/(.)\/$/, '$1').split('/')
-    if (constraints && Object.keys(constraints).length > 0) return
+  const collect = (url: string, methods: string[]) => {
+    const segments = url.split('/')
     if (!segments.every((segment) => /^(:\w+|[^:*(]*)$/.test(segment))) return
     const pattern = segments.map((segment) =>
       segment.startsWith(':') ? '[^/]+' : segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'),
     )
-    routes.push({ path: new RegExp(`^${pattern.join('/')}/?$`), methods: [method].flat() })
+    routes.push({ path: new RegExp(`^${pattern.join('/')}$`), methods })
+  }
+  app.addHook('onRoute', ({ url, method, constraints, routePath, prefix, prefixTrailingSlash }) => {
+    if (constraints && Object.keys(constraints).length > 0) return
+    const methods = [method].flat()
+    collect(url, methods)
+    // a plugin's '/' route under a prefix is also served at the prefix with a slash, which Fastify registers
+    // without this hook (only its HEAD comes here)
+    if (routePath === '' && prefix && prefixTrailingSlash !== 'no-slash') collect(`${url}/`, methods)
   })
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split('?')[0] ?? ''

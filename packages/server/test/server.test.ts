@@ -840,6 +840,16 @@ describe('discovery', () => {
     embedding.get('/api/admin', { constraints: { host: 'admin.example.com' } }, async () => ({ ok: true }))
     // a plugin's '/' route under a prefix is registered as '/v2' and '/v2/', and only one of them (with the
     // HEAD of the other) reaches onRoute: '/v2/' looked like a HEAD-only path (a third code review)
+    // a fourth code review: a wildcard or parametric route Fastify serves at '/docs/' or '/y/' (empty id), next to
+    // a POST on the base path, and '/x' and '/x/' registered apart, must not make 405s of what they serve
+    embedding.get('/docs/*', async (_request, reply) => reply.callNotFound())
+    embedding.post('/docs', async () => ({ posted: true }))
+    embedding.get('/y/:id', async (request, reply) =>
+      (request.params as { id: string }).id ? { ok: true } : reply.callNotFound(),
+    )
+    embedding.post('/y', async () => ({ posted: true }))
+    embedding.get('/x', async () => ({ x: true }))
+    embedding.post('/x/', async () => ({ slash: true }))
     embedding.register(
       async (scope) => {
         scope.get('/', async (request, reply) =>
@@ -883,6 +893,38 @@ describe('discovery', () => {
           get: 404,
           delete: 405,
           allow: 'GET, HEAD',
+        })
+      }
+      for (const url of ['/docs/', '/y/']) {
+        expect({ url, status: (await embedding.inject({ method: 'GET', url })).statusCode }).toEqual({
+          url,
+          status: 404,
+        })
+      }
+      // a 405's Allow names only what that very path serves
+      for (const [url, allow] of [
+        ['/x', 'GET, HEAD'],
+        ['/x/', 'POST'],
+        ['/api/items/7', 'GET, HEAD'],
+      ] as const) {
+        const other = await embedding.inject({ method: 'DELETE', url })
+        expect({ url, status: other.statusCode, allow: other.headers.allow }).toEqual({
+          url,
+          status: 405,
+          allow,
+        })
+        for (const method of allow.split(', ')) {
+          expect({
+            url,
+            method,
+            status: (await embedding.inject({ method: method as 'GET', url })).statusCode,
+          }).not.toEqual({ url, method, status: 404 })
+        }
+      }
+      for (const url of ['/api/items/7/', '//']) {
+        expect({ url, status: (await embedding.inject({ method: 'DELETE', url })).statusCode }).toEqual({
+          url,
+          status: 404,
         })
       }
       // a route the matcher cannot read gives no 405 at all: 404, as before
