@@ -367,7 +367,12 @@ function queryTimeout(url: string): { query_timeout?: number } {
   try {
     // pg takes a URL without a host (`postgres://user@/db?host=/var/run/postgresql`, the Unix socket), as
     // it parses it: with a stand-in host. Of a repeated parameter the last one counts, as in pg
-    given = new URL(url.replace('@/', '@localhost/')).searchParams.getAll('statement_timeout').at(-1)
+    // a space or a stray % gets pg's encodeURI first, so an encoded name ('statement%5Ftimeout') stays unread
+    // here as there
+    const text = / |%[^a-f0-9]|%[a-f0-9][^a-f0-9]/i.test(url)
+      ? encodeURI(url).replace(/%25(\d\d)/g, '%$1')
+      : url
+    given = new URL(text.replace('@/', '@localhost/')).searchParams.getAll('statement_timeout').at(-1)
   } catch {
     // another URL pg takes and URL does not: its statement_timeout is not known
     return {}
