@@ -423,27 +423,18 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
     return sendAuthError(request, reply, error)
   })
 
-  // the methods of each route, so that a path served with other methods gets 405 and Allow (RFC 9110 section
-  // 15.5.6), not 404: a GET to the token endpoint is a client's mistake to name, not a missing route. Only
-  // routes whose path says all: static segments and plain `:name` parameters, without constraints (a regex
-  // parameter, a wildcard or a host constraint would need Fastify's router to tell; those paths keep 404)
+  // the methods of tokenflow's own routes (collected where they are registered, below), so that one of their
+  // paths asked with another method gets 405 and Allow (RFC 9110 section 15.5.6), not 404: a GET to the token
+  // endpoint is a client's mistake to name, not a missing route. Only these: an embedding app's routes may
+  // be wildcards, regex parameters, constrained or call callNotFound(), which only Fastify's router can tell
+  // apart, so their paths keep Fastify's 404
   const routes: Array<{ path: RegExp; methods: string[] }> = []
-  const collect = (url: string, methods: string[]) => {
-    const segments = url.split('/')
-    if (!segments.every((segment) => /^(:\w+|[^:*(]*)$/.test(segment))) return
-    const pattern = segments.map((segment) =>
-      segment.startsWith(':') ? '[^/]+' : segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'),
-    )
-    routes.push({ path: new RegExp(`^${pattern.join('/')}$`), methods })
+  const collect = ({ url, method }: { url: string; method: string | string[] }) => {
+    const pattern = url
+      .split('/')
+      .map((segment) => (segment.startsWith(':') ? '[^/]+' : segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')))
+    routes.push({ path: new RegExp(`^${pattern.join('/')}$`), methods: [method].flat() })
   }
-  app.addHook('onRoute', ({ url, method, constraints, routePath, prefix, prefixTrailingSlash }) => {
-    if (constraints && Object.keys(constraints).length > 0) return
-    const methods = [method].flat()
-    collect(url, methods)
-    // a plugin's '/' route under a prefix is also served at the prefix with a slash, which Fastify registers
-    // without this hook (only its HEAD comes here)
-    if (routePath === '' && prefix && prefixTrailingSlash !== 'no-slash') collect(`${url}/`, methods)
-  })
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split('?')[0] ?? ''
     const allowed = [
@@ -555,10 +546,14 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
     await keyring.activeKey()
   })
 
-  app.register(authRoutes, { issuer, cookie: refreshCookie, now })
-  app.register(oauthRoutes, { issuer, clientId, bodyLimit: BODY_LIMIT })
-  app.register(sessionRoutes, { issuer })
-  app.register(wellKnownRoutes, { keyring, issuer: issuerUrl })
+  // in a scope of their own, whose onRoute hook sees only them (see `routes`)
+  app.register(async (own) => {
+    own.addHook('onRoute', collect)
+    own.register(authRoutes, { issuer, cookie: refreshCookie, now })
+    own.register(oauthRoutes, { issuer, clientId, bodyLimit: BODY_LIMIT })
+    own.register(sessionRoutes, { issuer })
+    own.register(wellKnownRoutes, { keyring, issuer: issuerUrl })
+  })
 
   let pruneTimer: NodeJS.Timeout | undefined
   // the prune in progress: on a big table it takes several event-loop turns (seconds, in batches),

@@ -825,7 +825,11 @@ describe('discovery', () => {
     }
   })
 
-  it('the routes of an app that embeds the server get 405 the same way', async () => {
+  it("the routes of an app that embeds the server keep Fastify's 404; tokenflow's own still get 405", async () => {
+    // five code reviews of a matcher for the app's routes too found 405s for requests Fastify serves or sends
+    // to not-found itself: callNotFound() from a route of the same method, regex parameters, wildcards, host
+    // constraints, '' and '/' routes under a prefix, a prefix ending in '/'. Only Fastify's router can tell
+    // those apart, so the 405 is for tokenflow's routes, which have none of them
     const embedding = createAuthServer({
       issuer: ISSUER,
       audience: AUDIENCE,
@@ -836,99 +840,31 @@ describe('discovery', () => {
     embedding.get('/api/items/:id', async (request, reply) =>
       (request.params as { id: string }).id === '7' ? { ok: true } : reply.callNotFound(),
     )
-    embedding.get('/api/users/:id(^\\d+)', async () => ({ ok: true }))
-    embedding.get('/api/admin', { constraints: { host: 'admin.example.com' } }, async () => ({ ok: true }))
-    // a plugin's '/' route under a prefix is registered as '/v2' and '/v2/', and only one of them (with the
-    // HEAD of the other) reaches onRoute: '/v2/' looked like a HEAD-only path (a third code review)
-    // a fourth code review: a wildcard or parametric route Fastify serves at '/docs/' or '/y/' (empty id), next to
-    // a POST on the base path, and '/x' and '/x/' registered apart, must not make 405s of what they serve
-    embedding.get('/docs/*', async (_request, reply) => reply.callNotFound())
-    embedding.post('/docs', async () => ({ posted: true }))
-    embedding.get('/y/:id', async (request, reply) =>
-      (request.params as { id: string }).id ? { ok: true } : reply.callNotFound(),
-    )
-    embedding.post('/y', async () => ({ posted: true }))
-    embedding.get('/x', async () => ({ x: true }))
-    embedding.post('/x/', async () => ({ slash: true }))
-    embedding.register(
-      async (scope) => {
-        scope.get('/', async (request, reply) =>
-          (request.query as { ok?: string }).ok === '1' ? { ok: true } : reply.callNotFound(),
-        )
-      },
-      { prefix: '/v2' },
-    )
+    embedding.get('/api/users/:id(^\\d+)', async (_request, reply) => reply.callNotFound())
+    embedding.delete('/api/users/:id', async () => ({ deleted: true }))
+    embedding.get('/files/*', async (_request, reply) => reply.callNotFound())
+    embedding.put('/files/:name', async () => ({ put: true }))
+    embedding.register(async (scope) => void scope.get('', async () => ({ ok: true })), { prefix: '/v2' })
+    embedding.register(async (scope) => void scope.get('/', async () => ({ ok: true })), { prefix: '/v3/' })
     try {
-      const response = await embedding.inject({ method: 'DELETE', url: '/api/items/7' })
-      expect({ status: response.statusCode, allow: response.headers.allow }).toEqual({
-        status: 405,
-        allow: 'GET, HEAD',
-      })
-      // bug (a code review of the first version): these were answered 405 naming the very method asked. A route
-      // of that method sent the request to the not-found handler (reply.callNotFound() for an unknown id), or
-      // its path or host did not fit a pattern the matcher did not read (a regex parameter, a host constraint)
-      for (const [url, host] of [
-        ['/api/items/8', 'localhost'],
-        ['/api/users/abc', 'localhost'],
-        ['/api/admin', 'www.example.com'],
+      for (const [method, url] of [
+        ['DELETE', '/api/items/7'],
+        ['GET', '/api/items/8'],
+        ['GET', '/api/users/5'],
+        ['GET', '/files/readme'],
+        ['DELETE', '/v2/'],
+        ['DELETE', '/v3//'],
       ] as const) {
-        const missing = await embedding.inject({ method: 'GET', url, headers: { host } })
-        expect({
-          url,
-          status: missing.statusCode,
-          allow: missing.headers.allow,
-          code: missing.json().code,
-        }).toEqual({
+        const response = await embedding.inject({ method, url })
+        expect({ method, url, status: response.statusCode, allow: response.headers.allow }).toEqual({
+          method,
           url,
           status: 404,
           allow: undefined,
-          code: 'ERR_NOT_FOUND',
         })
       }
-      for (const url of ['/v2', '/v2/']) {
-        const asked = await embedding.inject({ method: 'GET', url })
-        const other = await embedding.inject({ method: 'DELETE', url })
-        expect({ url, get: asked.statusCode, delete: other.statusCode, allow: other.headers.allow }).toEqual({
-          url,
-          get: 404,
-          delete: 405,
-          allow: 'GET, HEAD',
-        })
-      }
-      for (const url of ['/docs/', '/y/']) {
-        expect({ url, status: (await embedding.inject({ method: 'GET', url })).statusCode }).toEqual({
-          url,
-          status: 404,
-        })
-      }
-      // a 405's Allow names only what that very path serves
-      for (const [url, allow] of [
-        ['/x', 'GET, HEAD'],
-        ['/x/', 'POST'],
-        ['/api/items/7', 'GET, HEAD'],
-      ] as const) {
-        const other = await embedding.inject({ method: 'DELETE', url })
-        expect({ url, status: other.statusCode, allow: other.headers.allow }).toEqual({
-          url,
-          status: 405,
-          allow,
-        })
-        for (const method of allow.split(', ')) {
-          expect({
-            url,
-            method,
-            status: (await embedding.inject({ method: method as 'GET', url })).statusCode,
-          }).not.toEqual({ url, method, status: 404 })
-        }
-      }
-      for (const url of ['/api/items/7/', '//']) {
-        expect({ url, status: (await embedding.inject({ method: 'DELETE', url })).statusCode }).toEqual({
-          url,
-          status: 404,
-        })
-      }
-      // a route the matcher cannot read gives no 405 at all: 404, as before
-      expect((await embedding.inject({ method: 'DELETE', url: '/api/users/7' })).statusCode).toBe(404)
+      const ours = await embedding.inject({ method: 'GET', url: '/oauth/token' })
+      expect({ status: ours.statusCode, allow: ours.headers.allow }).toEqual({ status: 405, allow: 'POST' })
     } finally {
       await embedding.close()
     }
