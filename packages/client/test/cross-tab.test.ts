@@ -1,66 +1,23 @@
-import {
-  createTokenManager,
-  memoryStorage,
-  type TokenEvent,
-  type TokenStorage,
-  webStorage,
-} from '@tokenflow/client'
+import { createTokenManager, memoryStorage, type TokenStorage, webStorage } from '@tokenflow/client'
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { controlledRefresh, createTestLock, flush, placeholderStorage, tokenSet } from './helpers/tokens.js'
-
-// Node has BroadcastChannel, so two managers in one process stand in for two tabs. Each test uses its own
-// channel name: channels of the same name in one process hear each other.
-let channelCount = 0
-const freshChannel = () => `tokenflow-test-${process.pid}-${++channelCount}`
-
-/** A BroadcastChannel whose messages a test can hold back while `held` is set, as a busy tab's event loop can. */
-const Real = globalThis.BroadcastChannel
-let held: Array<() => void> | undefined
-class Holdable extends Real {
-  override postMessage(message: unknown) {
-    if (held) held.push(() => super.postMessage(message))
-    else super.postMessage(message)
-  }
-}
+import {
+  eventually,
+  freshChannel,
+  Holdable,
+  holdMessages,
+  openTab,
+  releaseMessages,
+  tabClock,
+} from './helpers/tabs.js'
+import { createTestLock, flush, placeholderStorage, tokenSet } from './helpers/tokens.js'
 
 const T0 = 1_700_000_000_000
 const MIN = 60_000
-/**
- * The tabs' clock: T0, moving on in real time (sub-millisecond), as one browser's tabs share theirs. Messages are
- * dated by it: with a clock that stood still, a logout and a login one after the other would tie.
- */
-const loadedAt = performance.now()
-const clock = () => T0 + (performance.now() - loadedAt)
-
-function tab(options: {
-  storage: TokenStorage
-  channel: string
-  lock?: ReturnType<typeof createTestLock> | false
-}) {
-  const control = controlledRefresh()
-  const events: TokenEvent[] = []
-  const manager = createTokenManager({
-    refresh: control.refresh,
-    storage: options.storage,
-    channel: options.channel,
-    lock: options.lock ?? false,
-    now: clock,
-  })
-  manager.subscribe((event) => events.push(event))
-  return { manager, events, ...control }
-}
-
-/** Resolves once `events` has an event that matches, or rejects after `ms`. */
-async function eventually(check: () => boolean, ms = 1_000) {
-  const start = Date.now()
-  while (!check()) {
-    if (Date.now() - start > ms) throw new Error('condition not met in time')
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-}
+const clock = tabClock(T0).now
+const tab = (options: Parameters<typeof openTab>[0]) => openTab(options, clock)
 
 afterEach(() => {
-  held = undefined
+  releaseMessages(false)
   vi.unstubAllGlobals()
 })
 
@@ -222,13 +179,11 @@ describe('BroadcastChannel', () => {
     void lock.request(`${channel}:refresh`, {}, () => new Promise<void>((resolve) => (free = resolve)))
     const fromB = b.manager.refresh({ rejectedToken: old.accessToken })
     await flush()
-    held = []
+    holdMessages()
     await a.manager.setTokens(login)
     free()
     const deliver = async () => {
-      const messages = held!
-      held = undefined
-      for (const message of messages) message()
+      releaseMessages()
       await new Promise((resolve) => setTimeout(resolve, 30))
     }
     return { b, old, fromB, deliver }

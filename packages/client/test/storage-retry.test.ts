@@ -4,29 +4,23 @@
  * may be older than theirs, or than their logout. And never in a loop with a storageError listener that makes
  * a request. (A code review of the first version found all three.)
  */
-import { createTokenManager, type TokenEvent, type TokenSet, type TokenStorage } from '@tokenflow/client'
+import type { TokenSet, TokenStorage } from '@tokenflow/client'
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { controlledRefresh, flush, setupManager, tokenSet } from './helpers/tokens.js'
-
-let channelCount = 0
-const freshChannel = () => `storage-retry-${process.pid}-${++channelCount}`
-
-/** holds BroadcastChannel messages while `held` is set, as a busy tab's event loop can (as cross-tab.test.ts) */
-const Real = globalThis.BroadcastChannel
-let held: Array<() => void> | undefined
-class Holdable extends Real {
-  override postMessage(message: unknown) {
-    if (held) held.push(() => super.postMessage(message))
-    else super.postMessage(message)
-  }
-}
+import {
+  eventually,
+  freshChannel,
+  Holdable,
+  holdMessages,
+  openTab,
+  releaseMessages,
+  tabClock,
+} from './helpers/tabs.js'
+import { flush, setupManager, tokenSet } from './helpers/tokens.js'
 
 const T0 = 1_700_000_000_000
 const MIN = 60_000
-const loadedAt = performance.now()
-/** moved on past the retry's delay, so that only the shared-storage rule keeps a tab from writing again */
-let skipped = 0
-const clock = () => T0 + (performance.now() - loadedAt) + skipped
+/** moved on (`skip`) past the retry's delay, so that only the shared-storage rule keeps a tab from writing again */
+const clock = tabClock(T0)
 
 /** one localStorage, seen by two tabs; tab a's view refuses writes while `refuseA` (a full quota, say) */
 function sharedStore() {
@@ -46,24 +40,10 @@ function sharedStore() {
   return { state, a: view(() => state.refuseA), b: view(() => false) }
 }
 
-function tab(storage: TokenStorage, channel: string) {
-  const control = controlledRefresh()
-  const events: TokenEvent[] = []
-  const manager = createTokenManager({ refresh: control.refresh, storage, channel, lock: false, now: clock })
-  manager.subscribe((event) => events.push(event))
-  return { manager, events, ...control }
-}
-
-async function eventually(check: () => boolean, ms = 1_000) {
-  const start = Date.now()
-  while (!check()) {
-    if (Date.now() - start > ms) throw new Error('condition not met in time')
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-}
+const tab = (storage: TokenStorage, channel: string) => openTab({ storage, channel }, clock.now)
 
 afterEach(() => {
-  held = undefined
+  releaseMessages(false)
   vi.unstubAllGlobals()
 })
 
@@ -74,8 +54,8 @@ async function afterRefusedWrite() {
   const channel = freshChannel()
   const a = tab(store.a, channel)
   const b = tab(store.b, channel)
-  const t0 = tokenSet(clock(), 15 * MIN, 0)
-  const t1 = tokenSet(clock(), 15 * MIN, 1)
+  const t0 = tokenSet(clock.now(), 15 * MIN, 0)
+  const t1 = tokenSet(clock.now(), 15 * MIN, 1)
   await a.manager.setTokens(t0)
   await eventually(() => b.manager.status === 'authenticated')
   store.state.refuseA = true
@@ -98,15 +78,14 @@ describe('a write refused in storage other tabs share is not made again outside 
   it("bug: it overwrote another tab's logout, so the next start logged the user back in", async () => {
     const { store, a, b } = await afterRefusedWrite()
     // the user logs out in tab b; b's message reaches a a moment later (a busy event loop)
-    held = []
+    holdMessages()
     await b.manager.clear()
     expect(store.state.held).toBeNull()
     // a request in a in that moment
-    skipped += 1_100
+    clock.skip(1_100)
     await a.manager.getAccessToken()
     await flush()
-    for (const send of held.splice(0)) send()
-    held = undefined
+    releaseMessages()
     await eventually(() => a.events.some((e) => e.type === 'loggedOut'))
     await flush()
     // every tab is logged out; storage must say so, or the next start logs the user back in
@@ -116,19 +95,18 @@ describe('a write refused in storage other tabs share is not made again outside 
 
   it("bug: it overwrote another tab's newer rotation with a spent refresh token, which the next start sent (reuse)", async () => {
     const { store, a, b, t1 } = await afterRefusedWrite()
-    const t2 = tokenSet(clock(), 15 * MIN, 2)
-    held = []
+    const t2 = tokenSet(clock.now(), 15 * MIN, 2)
+    holdMessages()
     const refreshed = b.manager.refresh()
     await flush()
     expect(b.calls[0]!.context.refreshToken).toBe(t1.refreshToken)
     b.calls[0]!.resolve(t2)
     await refreshed
     expect(store.state.held).toEqual(t2)
-    skipped += 1_100
+    clock.skip(1_100)
     await a.manager.getAccessToken()
     await flush()
-    for (const send of held.splice(0)) send()
-    held = undefined
+    releaseMessages()
     await eventually(() => a.events.some((e) => e.type === 'refreshed' && e.source === 'otherTab'))
     await flush()
     // rt-1 was rotated by b: a tab opened now (or a reload) must not read it
@@ -139,7 +117,7 @@ describe('a write refused in storage other tabs share is not made again outside 
     await flush()
     await flush()
     expect(opened.calls[0]?.context.refreshToken).toBe(t2.refreshToken)
-    opened.calls[0]!.resolve(tokenSet(clock(), 15 * MIN, 3))
+    opened.calls[0]!.resolve(tokenSet(clock.now(), 15 * MIN, 3))
     await sending
   })
 })
@@ -155,13 +133,13 @@ describe('the same without BroadcastChannel (the storage event)', () => {
     const channel = freshChannel()
     const a = tab(store.a, channel)
     const b = tab(store.b, channel)
-    const t0 = tokenSet(clock(), 15 * MIN, 0)
+    const t0 = tokenSet(clock.now(), 15 * MIN, 0)
     await a.manager.setTokens(t0)
     listeners[1]!()
     await eventually(() => b.manager.status === 'authenticated')
     // a login in a (another account) that its storage refused
     store.state.refuseA = true
-    const t1 = { ...tokenSet(clock(), 15 * MIN, 1), refreshToken: 'rt-user-2' }
+    const t1 = { ...tokenSet(clock.now(), 15 * MIN, 1), refreshToken: 'rt-user-2' }
     await a.manager.setTokens(t1)
     store.state.refuseA = false
     // the user logs out in b; the browser fires `storage` in a
@@ -170,7 +148,7 @@ describe('the same without BroadcastChannel (the storage event)', () => {
     listeners[0]!()
     await flush()
     // a request in a
-    skipped += 1_100
+    clock.skip(1_100)
     await a.manager.getAccessToken()
     await flush()
     listeners[1]!()

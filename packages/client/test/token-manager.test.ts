@@ -18,6 +18,34 @@ const MIN = 60_000
 
 const setup = (options: Partial<TokenManagerOptions> = {}) => setupManager(options, T0)
 
+/**
+ * Session A, whose refresh is refused (400) while a refreshFailed listener (willLogout) runs `listener` once:
+ * the manager and its controls, A's tokens and the refusal.
+ */
+async function refusedRefresh(
+  listener: (manager: ReturnType<typeof setup>['manager']) => void,
+  storage?: TokenStorage,
+) {
+  const managed = setup({ retry: false, ...(storage ? { storage } : {}) })
+  const { manager, calls, clock } = managed
+  const a = tokenSet(clock.now(), 15 * MIN, 'A')
+  await manager.setTokens(a)
+  let fired = false
+  manager.subscribe((event) => {
+    if (event.type === 'refreshFailed' && event.willLogout && !fired) {
+      fired = true
+      listener(manager)
+    }
+  })
+  const waiter = manager.refresh().catch((e: unknown) => e)
+  await flush()
+  const error = new RefreshError('rejected', 'refresh failed: answered 400', { status: 400 })
+  calls[0]!.reject(error)
+  expect(await waiter).toBe(error)
+  await flush()
+  return { ...managed, a, error }
+}
+
 /** Puts a Map-backed localStorage on globalThis (undone by vi.unstubAllGlobals) and returns the Map. */
 function stubLocalStorage(): Map<string, string> {
   const shared = new Map<string, string>()
@@ -207,18 +235,8 @@ describe('rule 1: one refresh at a time', () => {
     // a front-end review: the refused refresh logged out the login its listener had just made, and wrote null
     // over it in storage
     const storage = memoryStorage()
-    const { manager, calls, clock, types } = setup({ retry: false, storage })
-    await manager.setTokens(tokenSet(clock.now(), 15 * MIN, 'A'))
-    const login = tokenSet(clock.now(), 15 * MIN, 'B')
-    manager.subscribe((event) => {
-      if (event.type === 'refreshFailed') void manager.setTokens(login)
-    })
-    const waiter = manager.refresh().catch((e: unknown) => e)
-    await flush()
-    const error = new RefreshError('rejected', 'refresh failed: answered 400', { status: 400 })
-    calls[0]!.reject(error)
-    expect(await waiter).toBe(error)
-    await flush()
+    const login = tokenSet(T0, 15 * MIN, 'B')
+    const { manager, types } = await refusedRefresh((m) => void m.setTokens(login), storage)
     expect(types()).not.toContain('loggedOut')
     expect(manager.status).toBe('authenticated')
     expect(await manager.getAccessToken()).toBe(login.accessToken)
@@ -1247,18 +1265,7 @@ describe('rule 8: no module state', () => {
 describe('sessions', () => {
   it("clear() from a refreshFailed listener (willLogout) leaves the logout to the refusal: reason 'refreshRejected' with its error, and a late 401 gets that error", async () => {
     // the common app pattern: `if (event.type === 'refreshFailed' && event.willLogout) manager.clear()`
-    const { manager, calls, clock, events } = setup({ retry: false })
-    const session = tokenSet(clock.now(), 15 * MIN, 'A')
-    await manager.setTokens(session)
-    manager.subscribe((event) => {
-      if (event.type === 'refreshFailed' && event.willLogout) void manager.clear().catch(() => {})
-    })
-    const waiter = manager.refresh().catch((e: unknown) => e)
-    await flush()
-    const error = new RefreshError('rejected', 'refresh failed: answered 400', { status: 400 })
-    calls[0]!.reject(error)
-    expect(await waiter).toBe(error)
-    await flush()
+    const { manager, events, a: session, error } = await refusedRefresh((m) => void m.clear().catch(() => {}))
     expect(events.filter((e) => e.type === 'loggedOut')).toEqual([
       { type: 'loggedOut', reason: 'refreshRejected', error },
     ])
@@ -1267,30 +1274,6 @@ describe('sessions', () => {
   })
 
   describe('clear() from a refreshFailed listener (willLogout), with other calls', () => {
-    /** A refresh refused (400) while a refreshFailed listener (willLogout) runs `listener` once. */
-    async function refusedRefresh(
-      listener: (manager: ReturnType<typeof setup>['manager']) => void,
-      storage?: TokenStorage,
-    ) {
-      const managed = setup({ retry: false, ...(storage ? { storage } : {}) })
-      const { manager, calls, clock } = managed
-      const a = tokenSet(clock.now(), 15 * MIN, 'A')
-      await manager.setTokens(a)
-      let fired = false
-      manager.subscribe((event) => {
-        if (event.type === 'refreshFailed' && event.willLogout && !fired) {
-          fired = true
-          listener(manager)
-        }
-      })
-      const waiter = manager.refresh().catch((e: unknown) => e)
-      await flush()
-      calls[0]!.reject(new RefreshError('rejected', 'refresh failed: answered 400', { status: 400 }))
-      await waiter
-      await flush()
-      return { ...managed, a }
-    }
-
     it('bug: a refreshFailed listener that logged in (setTokens B) and then called clear(): the clear() was ignored and B stayed', async () => {
       const b = tokenSet(T0, 15 * MIN, 'B')
       const { manager, events } = await refusedRefresh((m) => {
