@@ -565,76 +565,95 @@ describe('tokenflow-server start on PostgreSQL', () => {
     expect(url).toBeTruthy()
   })
 
-  it.skipIf(!url)(
-    'bug: a refresh behind a held table lock waited as long as the lock (the pool had no statement_timeout); now 503 ERR_UNAVAILABLE with Retry-After, and the same token refreshes once the lock is gone',
-    async () => {
-      const password = 'pg-lock-password-61c2'
-      const admin = new pg.Client({ connectionString: url })
-      await admin.connect()
-      // a database of its own: nothing else is locked, and it is dropped at the end
-      const database = `tf_cli_lock_${randomBytes(6).toString('hex')}`
-      await admin.query(`CREATE DATABASE ${database}`)
+  /**
+   * Runs `test` on a database of its own on the machine's PostgreSQL, given as its URL (nothing else is locked
+   * or stalled), and drops it after, whatever happened.
+   */
+  async function onOwnDatabase(name: string, test: (target: URL) => Promise<void>): Promise<void> {
+    const admin = new pg.Client({ connectionString: url })
+    await admin.connect()
+    const database = `tf_cli_${name}_${randomBytes(6).toString('hex')}`
+    await admin.query(`CREATE DATABASE ${database}`)
+    try {
       const target = new URL(url!)
       target.pathname = `/${database}`
-      const locker = new pg.Client({ connectionString: target.href })
-      let server: Awaited<ReturnType<typeof startCli>> | undefined
-      try {
-        expect(
-          await cli(['user', 'add', 'ada', '--postgres', target.href], { input: `${password}\n` }),
-        ).toMatchObject({ code: 0, stderr: '' })
-        server = await startCli(['--postgres', target.href])
-        const login = await postJson(server.origin, '/auth/login', { username: 'ada', password })
-        expect(login.status).toBe(200)
-        const { refreshToken } = login.json()
+      await test(target)
+    } finally {
+      await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
+      await admin.end()
+    }
+  }
 
-        await locker.connect()
-        await locker.query('BEGIN')
-        await locker.query('LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE')
-        let held: Awaited<ReturnType<typeof send>>
+  /** `user add ada` and `start` on `postgres`, and ada's login: the server (stopped by the caller) and her refresh token. */
+  async function loggedIn(postgres: string) {
+    const password = `pg-password-${randomBytes(4).toString('hex')}`
+    expect(
+      await cli(['user', 'add', 'ada', '--postgres', postgres], { input: `${password}\n` }),
+    ).toMatchObject({
+      code: 0,
+      stderr: '',
+    })
+    const server = await startCli(['--postgres', postgres])
+    const login = await postJson(server.origin, '/auth/login', { username: 'ada', password })
+    expect(login.status).toBe(200)
+    return { server, refreshToken: login.json().refreshToken as string }
+  }
+
+  /** A refresh bounded within the test's own timeout, so that what holds it is let go even when it never answers. */
+  const boundedRefresh = (origin: string, refreshToken: string) =>
+    send(`${origin}/refresh/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ refreshToken }),
+      signal: AbortSignal.timeout(40_000),
+    })
+
+  /** nothing was half done: the same token refreshes, and its successor too */
+  async function expectRefreshesAgain(origin: string, refreshToken: string) {
+    const after = await refresh(origin, refreshToken)
+    expect(after.status).toBe(200)
+    expect((await refresh(origin, after.json().refreshToken)).status).toBe(200)
+  }
+
+  const unavailable = (reply: Awaited<ReturnType<typeof send>>) =>
+    expect({ status: reply.status, body: reply.json() }).toMatchObject({
+      status: 503,
+      body: { error: 'temporarily_unavailable', code: 'ERR_UNAVAILABLE' },
+    })
+
+  it.skipIf(!url)(
+    'bug: a refresh behind a held table lock waited as long as the lock (the pool had no statement_timeout); now 503 ERR_UNAVAILABLE with Retry-After, and the same token refreshes once the lock is gone',
+    () =>
+      onOwnDatabase('lock', async (target) => {
+        const locker = new pg.Client({ connectionString: target.href })
+        const { server, refreshToken } = await loggedIn(target.href)
         try {
-          // bounded within the test's own timeout, so that the lock is released and the database dropped
-          // even when the refresh never answers
-          held = await send(`${server.origin}/refresh/token`, {
-            method: 'POST',
-            headers: { 'content-type': 'application/json' },
-            body: JSON.stringify({ refreshToken }),
-            signal: AbortSignal.timeout(40_000),
-          })
+          await locker.connect()
+          await locker.query('BEGIN')
+          await locker.query('LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE')
+          let held: Awaited<ReturnType<typeof send>>
+          try {
+            held = await boundedRefresh(server.origin, refreshToken)
+          } finally {
+            await locker.query('ROLLBACK')
+          }
+          unavailable(held)
+          expect(held.headers.get('retry-after')).toMatch(/^\d+$/)
+          await expectRefreshesAgain(server.origin, refreshToken)
         } finally {
-          await locker.query('ROLLBACK')
+          await locker.end().catch(() => undefined)
+          expect(await server.stop()).toBe(0)
         }
-        expect({ status: held.status, body: held.json() }).toMatchObject({
-          status: 503,
-          body: { error: 'temporarily_unavailable', code: 'ERR_UNAVAILABLE' },
-        })
-        expect(held.headers.get('retry-after')).toMatch(/^\d+$/)
-
-        // nothing was half done: the same token refreshes, and its successor too
-        const after = await refresh(server.origin, refreshToken)
-        expect(after.status).toBe(200)
-        expect((await refresh(server.origin, after.json().refreshToken)).status).toBe(200)
-        expect(await server.stop()).toBe(0)
-        server = undefined
-      } finally {
-        await locker.end().catch(() => undefined)
-        await server?.stop()
-        await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
-        await admin.end()
-      }
-    },
+      }),
     60_000,
   )
 
   it.skipIf(!url || !existsSync('/var/run/postgresql'))(
     "a URL of the Unix socket with a user and no host (postgres://user@/db?host=/var/run/postgresql), which pg takes and WHATWG URL does not: the pool's query_timeout once refused it ('Invalid URL')",
-    async () => {
-      const admin = new pg.Client({ connectionString: url })
-      await admin.connect()
-      const database = `tf_cli_socket_${randomBytes(6).toString('hex')}`
-      await admin.query(`CREATE DATABASE ${database}`)
-      try {
-        const user = new URL(url!).username || 'postgres'
-        const socketUrl = `postgres://${user}@/${database}?host=/var/run/postgresql`
+    () =>
+      onOwnDatabase('socket', async (target) => {
+        const user = target.username || 'postgres'
+        const socketUrl = `postgres://${user}@${target.pathname}?host=/var/run/postgresql`
         expect(
           await cli(['user', 'add', 'ada', '--postgres', socketUrl], { input: 'pg-socket-password-2f8a\n' }),
         ).toMatchObject({ code: 0, stderr: '' })
@@ -642,124 +661,74 @@ describe('tokenflow-server start on PostgreSQL', () => {
           code: 0,
           stdout: expect.stringContaining('ada'),
         })
-      } finally {
-        await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
-        await admin.end()
-      }
-    },
+      }),
     60_000,
   )
 
   it.skipIf(!url)(
     "bug: the pool's query_timeout (8 s) cut a refresh that the URL's statement_timeout allows; it follows the value pg sends now (of ?statement_timeout=1000&statement_timeout=20000, the last)",
-    async () => {
-      const password = 'pg-override-password-7e3b'
-      const admin = new pg.Client({ connectionString: url })
-      await admin.connect()
-      const database = `tf_cli_override_${randomBytes(6).toString('hex')}`
-      await admin.query(`CREATE DATABASE ${database}`)
-      const target = new URL(url!)
-      target.pathname = `/${database}`
-      const locker = new pg.Client({ connectionString: target.href })
-      // repeated: pg takes the last one (a first version read the first, and cut the refresh at 4 s). The
-      // encoded name in a URL with a space is not read by pg (it encodes such a URL again), nor now by the CLI
-      // (a raw space, which URL's own setters would encode)
-      const given = `${target.href}?statement_timeout=1000&statement_timeout=20000&application_name=a b&statement%5Ftimeout=1000`
-      let server: Awaited<ReturnType<typeof startCli>> | undefined
-      try {
-        expect(
-          await cli(['user', 'add', 'ada', '--postgres', given], { input: `${password}\n` }),
-        ).toMatchObject({
-          code: 0,
-          stderr: '',
-        })
-        server = await startCli(['--postgres', given])
-        const login = await postJson(server.origin, '/auth/login', { username: 'ada', password })
-        expect(login.status).toBe(200)
-        const { refreshToken } = login.json()
-        // a row lock held for 9 s: past the default bounds, within the URL's 20 s
-        await locker.connect()
-        await locker.query('BEGIN')
-        await locker.query('SELECT * FROM sessions FOR UPDATE')
-        const release = setTimeout(() => void locker.query('COMMIT'), 9_000)
-        const started = Date.now()
-        const answer = await refresh(server.origin, refreshToken)
-        clearTimeout(release)
-        expect({ status: answer.status, waited: Date.now() - started >= 8_500 }).toEqual({
-          status: 200,
-          waited: true,
-        })
-        expect(await server.stop()).toBe(0)
-        server = undefined
-      } finally {
-        await locker.end().catch(() => undefined)
-        await server?.stop()
-        await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
-        await admin.end()
-      }
-    },
+    () =>
+      onOwnDatabase('override', async (target) => {
+        const locker = new pg.Client({ connectionString: target.href })
+        // repeated: pg takes the last one (a first version read the first, and cut the refresh at 4 s). The
+        // encoded name in a URL with a space is not read by pg (it encodes such a URL again), nor now by the
+        // CLI (a raw space, which URL's own setters would encode)
+        const given = `${target.href}?statement_timeout=1000&statement_timeout=20000&application_name=a b&statement%5Ftimeout=1000`
+        const { server, refreshToken } = await loggedIn(given)
+        try {
+          // a row lock held for 9 s: past the default bounds, within the URL's 20 s
+          await locker.connect()
+          await locker.query('BEGIN')
+          await locker.query('SELECT * FROM sessions FOR UPDATE')
+          const release = setTimeout(() => void locker.query('COMMIT'), 9_000)
+          const started = Date.now()
+          const answer = await refresh(server.origin, refreshToken)
+          clearTimeout(release)
+          expect({ status: answer.status, waited: Date.now() - started >= 8_500 }).toEqual({
+            status: 200,
+            waited: true,
+          })
+        } finally {
+          await locker.end().catch(() => undefined)
+          expect(await server.stop()).toBe(0)
+        }
+      }),
     60_000,
   )
 
   it.skipIf(!url)(
     'bug: a PostgreSQL that stopped answering (the connection kept open) held each refresh for as long as it lasted; now 503 after the pool query_timeout (8 s: the statement_timeout and 3 s)',
-    async () => {
-      const password = 'pg-stall-password-0a9d'
-      const admin = new pg.Client({ connectionString: url })
-      await admin.connect()
-      const database = `tf_cli_stall_${randomBytes(6).toString('hex')}`
-      await admin.query(`CREATE DATABASE ${database}`)
-      const target = new URL(url!)
-      // a frozen database, or a network dropping packets: no reset, no answer, so statement_timeout (which
-      // the database enforces) cannot help
-      const proxy = await stallProxy(target.hostname, Number(target.port || 5432))
-      const proxied = new URL(target.href)
-      proxied.host = `127.0.0.1:${proxy.port}`
-      proxied.pathname = `/${database}`
-      let server: Awaited<ReturnType<typeof startCli>> | undefined
-      try {
-        expect(
-          await cli(['user', 'add', 'ada', '--postgres', proxied.href], { input: `${password}\n` }),
-        ).toMatchObject({ code: 0, stderr: '' })
-        server = await startCli(['--postgres', proxied.href])
-        const login = await postJson(server.origin, '/auth/login', { username: 'ada', password })
-        expect(login.status).toBe(200)
-        const { refreshToken } = login.json()
-
-        proxy.stall()
-        const started = Date.now()
-        let stalled: Awaited<ReturnType<typeof send>>
+    () =>
+      onOwnDatabase('stall', async (target) => {
+        // a frozen database, or a network dropping packets: no reset, no answer, so statement_timeout (which
+        // the database enforces) cannot help
+        const proxy = await stallProxy(target.hostname, Number(target.port || 5432))
+        const proxied = new URL(target.href)
+        proxied.host = `127.0.0.1:${proxy.port}`
         try {
-          stalled = await send(`${server.origin}/refresh/token`, {
-            method: 'POST',
-            headers: { 'content-type': 'application/json' },
-            body: JSON.stringify({ refreshToken }),
-            signal: AbortSignal.timeout(40_000),
-          })
+          const { server, refreshToken } = await loggedIn(proxied.href)
+          try {
+            proxy.stall()
+            const started = Date.now()
+            let stalled: Awaited<ReturnType<typeof send>>
+            try {
+              stalled = await boundedRefresh(server.origin, refreshToken)
+            } finally {
+              proxy.resume()
+            }
+            const waited = Date.now() - started
+            unavailable(stalled)
+            expect(waited).toBeGreaterThanOrEqual(7_500)
+            expect(waited).toBeLessThan(20_000)
+            // the stall is over: the rotation, if it committed, is answered by the grace
+            await expectRefreshesAgain(server.origin, refreshToken)
+          } finally {
+            expect(await server.stop()).toBe(0)
+          }
         } finally {
-          proxy.resume()
+          await proxy.close()
         }
-        const waited = Date.now() - started
-        expect({ status: stalled.status, body: stalled.json() }).toMatchObject({
-          status: 503,
-          body: { error: 'temporarily_unavailable', code: 'ERR_UNAVAILABLE' },
-        })
-        expect(waited).toBeGreaterThanOrEqual(7_500)
-        expect(waited).toBeLessThan(20_000)
-
-        // the stall is over: the same token refreshes (the rotation, if it committed, is answered by the grace)
-        const after = await refresh(server.origin, refreshToken)
-        expect(after.status).toBe(200)
-        expect((await refresh(server.origin, after.json().refreshToken)).status).toBe(200)
-        expect(await server.stop()).toBe(0)
-        server = undefined
-      } finally {
-        await server?.stop()
-        await proxy.close()
-        await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
-        await admin.end()
-      }
-    },
+      }),
     60_000,
   )
 })
