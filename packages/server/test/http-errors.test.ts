@@ -13,7 +13,7 @@ import {
   createSqliteStore,
   type TokenStore,
 } from '@tokenflow/server'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { encodeRefreshToken, newSessionId, newSessionKey, parseRefreshToken } from '../src/refresh-token.js'
 import {
   AUDIENCE,
@@ -36,7 +36,11 @@ let app: AuthServer
 let origin: string
 const servers: AuthServer[] = []
 
-async function start(options: Partial<AuthServerOptions> = {}): Promise<{ app: AuthServer; origin: string }> {
+/** A server on the shared store, without rate limits or prunes, plus `options`; `routes` adds an app's own before it listens. */
+async function start(
+  options: Partial<AuthServerOptions> = {},
+  routes?: (app: AuthServer) => void,
+): Promise<{ app: AuthServer; origin: string }> {
   const created = createAuthServer({
     issuer: ISSUER,
     audience: AUDIENCE,
@@ -47,6 +51,7 @@ async function start(options: Partial<AuthServerOptions> = {}): Promise<{ app: A
     ...options,
   })
   servers.push(created)
+  routes?.(created)
   return { app: created, origin: await created.listen({ port: 0, host: '127.0.0.1' }) }
 }
 
@@ -337,9 +342,9 @@ describe("requests Node's HTTP parser refuses", () => {
       logged.origin,
     )
     // Fastify sees the body fail when the socket closes, which the client may see first
-    for (let i = 0; i < 100 && !lines.some((line) => line.msg !== 'incoming request' && line.reqId); i++) {
-      await new Promise((resolve) => setTimeout(resolve, 10))
-    }
+    await vi.waitFor(() =>
+      expect(lines.some((line) => line.msg !== 'incoming request' && line.reqId)).toBe(true),
+    )
     const requestLines = lines.filter((line) => line.reqId !== undefined)
     expect(requestLines.map(({ msg, res, status }) => ({ msg, status: res?.statusCode ?? status }))).toEqual([
       { msg: 'incoming request', status: undefined },
@@ -360,25 +365,17 @@ describe("requests Node's HTTP parser refuses", () => {
   it('bug: a server error of a request on a socket the parser answered later (a pipelined bad request) was logged as that answer, not as an error', async () => {
     // the stalled-body line above is for the request whose body was arriving, not for every request of the socket
     const lines: { level: number; msg: string; res?: { statusCode: number } }[] = []
-    const app = createAuthServer({
-      issuer: ISSUER,
-      audience: AUDIENCE,
-      store,
-      rateLimit: false,
-      pruneInterval: 0,
-      logger: { level: 'info', stream: { write: (line: string) => void lines.push(JSON.parse(line)) } },
-    })
-    servers.push(app)
-    // an app's route whose handler fails after a slow await
-    app.get('/boom', async () => {
-      await new Promise((resolve) => setTimeout(resolve, 200))
-      throw new Error('the database went away')
-    })
-    const boomOrigin = await app.listen({ port: 0, host: '127.0.0.1' })
+    const { origin: boomOrigin } = await start(
+      { logger: { level: 'info', stream: { write: (line: string) => void lines.push(JSON.parse(line)) } } },
+      // an app's route whose handler fails after a slow await
+      (app) =>
+        app.get('/boom', async () => {
+          await new Promise((resolve) => setTimeout(resolve, 200))
+          throw new Error('the database went away')
+        }),
+    )
     await rawExchange('GET /boom HTTP/1.1\r\nHost: x\r\n\r\nNOT HTTP AT ALL\r\n\r\n', boomOrigin)
-    for (let i = 0; i < 100 && !lines.some((line) => line.msg === 'request failed'); i++) {
-      await new Promise((resolve) => setTimeout(resolve, 10))
-    }
+    await vi.waitFor(() => expect(lines.some((line) => line.msg === 'request failed')).toBe(true))
     const failed = lines.filter((line) => line.msg === 'request failed')
     expect(failed.map((line) => line.level)).toEqual([50])
     expect(lines.filter((line) => line.msg === 'request completed' && line.res?.statusCode === 400)).toEqual(

@@ -15,7 +15,7 @@ import {
 } from '@tokenflow/server'
 import { createPostgresStore } from '@tokenflow/server/postgres'
 import pg from 'pg'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { ipLimitKey } from '../src/rate-limit.js'
 import { encodeRefreshToken, newSessionId, newSessionKey, parseRefreshToken } from '../src/refresh-token.js'
 import {
@@ -370,9 +370,7 @@ describe("bug: a malformed URL got Fastify's own error body, which echoes the pa
     }
     expect(statuses).toEqual([400, 401, 404])
     // the line is written when the answer has been sent, which the client may see first
-    for (let i = 0; i < 100 && lines.filter((line) => line.msg === 'request completed').length < 3; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 10))
-    }
+    await vi.waitFor(() => expect(lines.filter((line) => line.msg === 'request completed')).toHaveLength(3))
     const incoming = lines.filter((line) => line.msg === 'incoming request').map((line) => line.reqId)
     const completed = lines.filter((line) => line.msg === 'request completed')
     expect(incoming).toHaveLength(3)

@@ -379,6 +379,9 @@ describe('POST /auth/logout', () => {
 describe('POST /oauth/token (RFC 6749 section 6)', () => {
   const token = (params: Record<string, string>, headers: Record<string, string> = FORM) =>
     app.inject({ method: 'POST', url: '/oauth/token', payload: form(params), headers })
+  /** a form body written out, for parameters URLSearchParams would not repeat */
+  const rawForm = (url: string, payload: string) =>
+    app.inject({ method: 'POST', url, payload, headers: FORM })
 
   it('answers the refresh_token grant in RFC spelling with no-store', async () => {
     const { refreshToken } = await login()
@@ -431,12 +434,10 @@ describe('POST /oauth/token (RFC 6749 section 6)', () => {
   })
 
   it('refuses a repeated parameter and a JSON body', async () => {
-    const repeated = await app.inject({
-      method: 'POST',
-      url: '/oauth/token',
-      payload: 'grant_type=refresh_token&grant_type=refresh_token&client_id=web&refresh_token=x',
-      headers: FORM,
-    })
+    const repeated = await rawForm(
+      '/oauth/token',
+      'grant_type=refresh_token&grant_type=refresh_token&client_id=web&refresh_token=x',
+    )
     expect(repeated.statusCode).toBe(400)
     expect(repeated.json()).toMatchObject({ error: 'invalid_request', code: 'ERR_INVALID_REQUEST' })
     const json = await app.inject({
@@ -450,37 +451,26 @@ describe('POST /oauth/token (RFC 6749 section 6)', () => {
   it('ignores a parameter it does not use, repeated or not (RFC 6749 section 3.2; resource, RFC 8707)', async () => {
     // a back-end review: resource=a&resource=b, which RFC 8707 allows, was refused as a repeated parameter
     const { refreshToken } = await login()
-    const refreshed = await app.inject({
-      method: 'POST',
-      url: '/oauth/token',
-      payload: `${form({ grant_type: 'refresh_token', refresh_token: refreshToken, client_id: 'web' })}&resource=https%3A%2F%2Fa.example&resource=https%3A%2F%2Fb.example&foo=1&foo=2`,
-      headers: FORM,
-    })
+    const refreshed = await rawForm(
+      '/oauth/token',
+      `${form({ grant_type: 'refresh_token', refresh_token: refreshToken, client_id: 'web' })}&resource=https%3A%2F%2Fa.example&resource=https%3A%2F%2Fb.example&foo=1&foo=2`,
+    )
     expect(refreshed.statusCode).toBe(200)
     expect(refreshed.json()).toMatchObject({ token_type: 'Bearer' })
-    const revoked = await app.inject({
-      method: 'POST',
-      url: '/oauth/revoke',
-      payload: 'token=x&client_id=web&resource=a&resource=b',
-      headers: FORM,
-    })
+    const revoked = await rawForm('/oauth/revoke', 'token=x&client_id=web&resource=a&resource=b')
     expect(revoked.statusCode).toBe(200)
     // each route ignores what only the other one reads (a code review: one list for both refused these)
-    const revokeWithScopes = await app.inject({
-      method: 'POST',
-      url: '/oauth/revoke',
-      payload: 'token=x&client_id=web&scope=a&scope=b&grant_type=x&grant_type=y',
-      headers: FORM,
-    })
+    const revokeWithScopes = await rawForm(
+      '/oauth/revoke',
+      'token=x&client_id=web&scope=a&scope=b&grant_type=x&grant_type=y',
+    )
     expect(revokeWithScopes.statusCode).toBe(200)
     // the parameters it uses still may not repeat
     for (const name of ['refresh_token', 'client_id', 'scope']) {
-      const repeated = await app.inject({
-        method: 'POST',
-        url: '/oauth/token',
-        payload: `grant_type=refresh_token&refresh_token=x&client_id=web&scope=a&${name}=again`,
-        headers: FORM,
-      })
+      const repeated = await rawForm(
+        '/oauth/token',
+        `grant_type=refresh_token&refresh_token=x&client_id=web&scope=a&${name}=again`,
+      )
       expect(repeated.statusCode, name).toBe(400)
       expect(repeated.json()).toMatchObject({ code: 'ERR_INVALID_REQUEST' })
     }
