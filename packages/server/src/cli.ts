@@ -365,10 +365,9 @@ async function openDatabase(values: {
 function queryTimeout(url: string): { query_timeout?: number } {
   let given: string | undefined
   try {
-    // pg takes a URL without a host (`postgres://user@/db?host=/var/run/postgresql`, the Unix socket), as
-    // it parses it: with a stand-in host. Of a repeated parameter the last one counts, as in pg
-    // a space or a stray % gets pg's encodeURI first, so an encoded name ('statement%5Ftimeout') stays unread
-    // here as there
+    // read as pg-connection-string reads it: a URL with a space or a stray % is encoded first (so an encoded
+    // name, 'statement%5Ftimeout', is read by neither), one without a host (`postgres://user@/db?host=…`, the
+    // Unix socket) gets a stand-in host, and of a repeated parameter the last one counts
     const text = / |%[^a-f0-9]|%[a-f0-9][^a-f0-9]/i.test(url)
       ? encodeURI(url).replace(/%25(\d\d)/g, '%$1')
       : url

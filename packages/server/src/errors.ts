@@ -7,7 +7,7 @@ export type AuthErrorCode =
   | 'ERR_INVALID_GRANT'
   /** username or password is wrong (the same answer for an unknown user) */
   | 'ERR_INVALID_CREDENTIALS'
-  /** a request body or parameter is missing or malformed, or the path does not take the method (405) */
+  /** a request body or parameter is missing or malformed, or a tokenflow route does not take the method (405) */
   | 'ERR_INVALID_REQUEST'
   /** too many attempts; see `retryAfter` */
   | 'ERR_RATE_LIMITED'

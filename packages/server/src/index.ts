@@ -440,7 +440,7 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
     const allowed = [
       ...new Set(routes.filter((route) => route.path.test(path)).flatMap((route) => route.methods)),
     ].sort()
-    // a route that takes this very method sent it here (reply.callNotFound(): an unknown id): 404 it is
+    // a method the path takes is never answered 405 (a route of it sent the request here)
     if (allowed.length > 0 && !allowed.includes(request.method)) {
       return sendError(reply.header('allow', allowed.join(', ')), 405, {
         error: 'invalid_request',
@@ -457,14 +457,12 @@ export function createAuthServer(options: AuthServerOptions): AuthServer {
 
   async function malformedUrl(request: FastifyRequest, reply: FastifyReply) {
     // Fastify runs no hooks for this answer: the stop's own are repeated here, or a connection answered during a
-    // stop would be kept alive and hold `close()` until the keep-alive timeout
+    // stop would be kept alive and hold `close()` until the keep-alive timeout; and so is the completion log
+    // line, without which the log shows this request arriving and never answered
     reply.raw.once('finish', () => {
+      reply.log.info({ res: reply, responseTime: reply.elapsedTime }, 'request completed')
       if (closing) setImmediate(() => app.server.closeIdleConnections())
     })
-    // nor its completion line: without it the log shows this request arriving and never answered
-    reply.raw.once('finish', () =>
-      reply.log.info({ res: reply, responseTime: reply.elapsedTime }, 'request completed'),
-    )
     if (closing) return shuttingDown(reply.header('connection', 'close'))
     // DELETE /auth/sessions/:id checks its token before anything else in the request, a malformed id included
     if (request.method === 'DELETE' && request.url.startsWith('/auth/sessions/')) {
