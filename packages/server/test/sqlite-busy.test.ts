@@ -6,9 +6,11 @@
  * waits of every write before it. The driver used to wait inside its synchronous busy handler: 8 writes
  * behind a lock answered at 5, 10 … 40 s, and a JWKS request waited 20 s.
  */
+import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { type AuthServer, createAuthServer } from '@tokenflow/server'
 import Database from 'better-sqlite3'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
@@ -19,6 +21,8 @@ import { AUDIENCE, ISSUER, PASSWORD } from './helpers/http.js'
 import { sessionRecord } from './helpers/records.js'
 
 const NOW = 1_700_000_000_000
+/** packages/server, where `require('better-sqlite3')` resolves */
+const serverDir = join(dirname(fileURLToPath(import.meta.url)), '..')
 
 /** A promise's outcome as it comes, so a test can ask whether it is still pending. */
 interface Watched<T> {
@@ -504,3 +508,79 @@ describe('token server on SQLite behind another connection’s write lock', () =
     expect(answer.json().refreshToken).toEqual(expect.any(String))
   })
 })
+
+describe('opening a new file while another process writes it', () => {
+  // Another process that has begun writing a file still in rollback mode (a store opening the same new
+  // file at the same moment, the sqlite3 shell): switching to WAL then fails with SQLITE_BUSY at once,
+  // without the driver's busy handler. It happened to one of two servers started together on one file.
+  let dir: string
+  let filename: string
+  let holder: ChildProcess | undefined
+
+  /** Starts a process that holds `BEGIN IMMEDIATE` on the file for `ms`; resolves once it holds it. */
+  const holdWriteLock = (ms: number) =>
+    new Promise<void>((resolve, reject) => {
+      const script = `
+        const db = new (require('better-sqlite3'))(${JSON.stringify(filename)})
+        db.exec('BEGIN IMMEDIATE')
+        process.stdout.write('held\\n')
+        setTimeout(() => { db.exec('COMMIT'); db.close() }, ${ms})`
+      holder = spawn(process.execPath, ['-e', script], {
+        cwd: serverDir,
+        stdio: ['ignore', 'pipe', 'inherit'],
+      })
+      holder.once('error', reject)
+      holder.stdout!.once('data', () => resolve())
+    })
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'tokenflow-sqlite-open-'))
+    filename = join(dir, 'tokenflow.db')
+  })
+
+  afterEach(() => {
+    holder?.kill()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('waits for the lock within busyTimeout, and the store works', async () => {
+    await holdWriteLock(400)
+    const started = performance.now()
+    const store = createSqliteStore({ filename, busyTimeout: 5000 })
+    // it waited for the other process's commit (the constructor blocks, as the driver's busy handler does)
+    expect(performance.now() - started).toBeGreaterThanOrEqual(100)
+    await store.migrate()
+    await store.createUser({
+      id: 'u1',
+      username: 'ada',
+      passwordHash: 'x',
+      createdAt: NOW,
+      passwordChangedAt: NOW,
+    })
+    await store.createSession(session())
+    await store.close()
+    const check = new Database(filename, { readonly: true })
+    expect(check.pragma('journal_mode', { simple: true })).toBe('wal')
+    check.close()
+  })
+
+  it('fails with ERR_CONFIG and the SQLITE_BUSY as its cause once busyTimeout has passed', async () => {
+    await holdWriteLock(3000)
+    const started = performance.now()
+    const error = catchError(() => createSqliteStore({ filename, busyTimeout: 200 }))
+    const waited = performance.now() - started
+    expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_CONFIG', cause: { code: 'SQLITE_BUSY' } })
+    expect((error as Error).message).toMatch(/^cannot open sqlite database ".*": database is locked$/)
+    expect(waited).toBeGreaterThanOrEqual(190)
+    expect(waited).toBeLessThan(2500)
+  })
+})
+
+function catchError(run: () => unknown): unknown {
+  try {
+    run()
+  } catch (error) {
+    return error
+  }
+  throw new Error('expected it to throw')
+}

@@ -25,7 +25,8 @@ export interface SqliteStoreOptions {
    * counted from its own start. The wait does not block the event loop: the writes waiting for the
    * lock are tried again in the order they were asked for (rotations under group commit in a queue of
    * their own), the first one after short pauses (5-10 ms, doubling up to 50-100 ms) and the rest as soon
-   * as it ran, and other requests are served meanwhile. `0` fails at once.
+   * as it ran, and other requests are served meanwhile. `0` fails at once. It also bounds the wait at
+   * open for another process writing the file (that wait blocks, as it runs in the constructor).
    * @default 5000
    */
   busyTimeout?: number | undefined
@@ -176,7 +177,7 @@ export function createSqliteStore({
     // process may hold)
     db = new Database(filename, { timeout: busyTimeout })
     // a file that exists but is not a database, or cannot be written, fails on the first pragma
-    const mode = db.pragma('journal_mode = WAL', { simple: true })
+    const mode = switchToWal(db, busyTimeout)
     // the store relies on WAL: readers that never wait for writers, and commits that fail only on I/O
     // errors. A file system without the shared memory WAL needs keeps the old journal, and says so here
     if (mode !== 'wal' && mode !== 'memory') throw new Error(`journal_mode is "${mode}", not "wal"`)
@@ -706,6 +707,27 @@ function isBusy(error: unknown): boolean {
 function backoff(attempt: number): number {
   const ceiling = Math.min(100, 10 * 2 ** attempt)
   return ceiling / 2 + (Math.random() * ceiling) / 2
+}
+
+/**
+ * `PRAGMA journal_mode = WAL`, tried again while another connection holds the lock it needs, until
+ * `busyTimeout` ms have passed. SQLite does not always call the busy handler here: a connection that
+ * finds another one writing a file still in rollback mode gets SQLITE_BUSY at once (it would deadlock
+ * otherwise). Two processes opening one new file at the same moment met it about once in 900 opens.
+ * The pauses block, as the driver's busy handler does: this runs once, in a synchronous constructor.
+ */
+function switchToWal(db: Database.Database, busyTimeout: number): unknown {
+  const deadline = performance.now() + busyTimeout
+  const pause = new Int32Array(new SharedArrayBuffer(4))
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return db.pragma('journal_mode = WAL', { simple: true })
+    } catch (error) {
+      const left = deadline - performance.now()
+      if (!isBusy(error) || left <= 0) throw error
+      Atomics.wait(pause, 0, 0, Math.min(backoff(attempt), left))
+    }
+  }
 }
 
 function sleep(ms: number): Promise<void> {
