@@ -59,7 +59,9 @@ export function createAuthFetch(
     let inputs: [RequestInfo | URL, RequestInfo | URL] = [input, input]
     if (init?.body != null) bodies = replayable(init.body)
     else if (original?.bodyUsed) bodies = undefined
-    else if (original?.body) inputs = [original, original.clone()]
+    // every Request, not only one whose `body` shows: React Native's (whatwg-fetch) has no `body`, and its
+    // fetch marks the Request it was given used
+    else if (original) inputs = [original, original.clone()]
     // the unused copy of a tee'd stream or a cloned Request would otherwise buffer the whole body. It is
     // dropped, never waited for: a tee'd stream's cancel settles only once both copies are done, and a
     // server that answers before it has read the upload (a 413, an early 401) leaves the sent copy unread

@@ -3,6 +3,7 @@ import type { AsyncStorageStatic } from '@react-native-async-storage/async-stora
 import { asyncStorage, createTokenManager, jsonRefresh, memoryStorage, RefreshError } from '@tokenflow/client'
 import { createAuthFetch } from '@tokenflow/client/fetch'
 import { afterEach, describe, expect, it, vi } from 'vitest'
+import * as whatwg from 'whatwg-fetch'
 import { controlledRefresh, tokenSet } from './helpers/tokens.js'
 
 /**
@@ -170,5 +171,42 @@ describe('React Native (Hermes): only the globals it has', () => {
     expect(new Set(tokens)).toEqual(new Set([tokenSet(now, MIN, 1).accessToken]))
     // the expiry came from the JWT's exp, decoded without atob
     expect(await AsyncStorage.getItem('refreshToken')).toBe('rt-1')
+  })
+})
+
+describe('React Native: fetch, Request and Headers from whatwg-fetch', () => {
+  // React Native installs whatwg-fetch's Request, Headers, Response and fetch (Libraries/Core/setUpXHR.js).
+  // Its Request has no `body`, and its fetch starts with `new Request(input, init)`, which takes the body of a
+  // Request it is given and marks that one used: sending the same Request twice throws "Already read".
+  it('a Request with a body (what ky and openapi-fetch pass) whose first try gets 401 is sent again, body intact', async () => {
+    vi.stubGlobal('Request', whatwg.Request)
+    vi.stubGlobal('Headers', whatwg.Headers)
+    vi.stubGlobal('Response', whatwg.Response)
+    const sent: Array<{ authorization: string | null; body: string }> = []
+    // whatwg-fetch's fetch up to its XMLHttpRequest: the first try gets 401, the retry 200
+    const baseFetch = (async (input: RequestInfo | URL, init?: RequestInit) => {
+      const request = new whatwg.Request(input, init)
+      sent.push({ authorization: request.headers.get('authorization'), body: await request.text() })
+      return new whatwg.Response('{}', { status: sent.length === 1 ? 401 : 200 })
+    }) as typeof fetch
+    const manager = createTokenManager({
+      refresh: async () => tokenSet(T0, MIN, 1),
+      storage: memoryStorage(tokenSet(T0, MIN)),
+      now: () => T0,
+    })
+    const authFetch = createAuthFetch(manager, { fetch: baseFetch })
+
+    const request = new whatwg.Request('https://api.example.com/orders', {
+      method: 'POST',
+      body: '{"order":42}',
+      headers: { 'content-type': 'application/json' },
+    })
+    const response = await authFetch(request)
+
+    expect(response.status).toBe(200)
+    expect(sent).toEqual([
+      { authorization: `Bearer ${tokenSet(T0, MIN).accessToken}`, body: '{"order":42}' },
+      { authorization: `Bearer ${tokenSet(T0, MIN, 1).accessToken}`, body: '{"order":42}' },
+    ])
   })
 })
