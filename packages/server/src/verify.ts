@@ -20,6 +20,7 @@ import {
   type JWTPayload,
   jwtVerify,
 } from 'jose'
+import { authorizationOf } from './authorization.js'
 import { AuthError } from './errors.js'
 import { isLoopbackHost } from './loopback.js'
 
@@ -472,7 +473,7 @@ export function createVerifier({
     verify,
     fastify: async (request, reply) => {
       try {
-        request.auth = await authenticate(request.headers.authorization)
+        request.auth = await authenticate(authorizationOf(request.raw))
         return undefined
       } catch (error) {
         if (!isVerifyError(error)) throw error
@@ -482,7 +483,7 @@ export function createVerifier({
       }
     },
     express: (req, res, next) => {
-      authenticate(req.headers.authorization).then(
+      authenticate(authorizationOf(req)).then(
         (claims) => {
           req.auth = claims
           next()

@@ -5,6 +5,7 @@
  */
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import Fastify from 'fastify'
 import { Hono } from 'hono'
 import { createMiddleware } from 'hono/factory'
 import { exportJWK, generateKeyPair, SignJWT } from 'jose'
@@ -39,7 +40,7 @@ const sign = (exp = NOW / 1000 + 900) =>
 
 // readme:start
 const auth = createMiddleware<{ Variables: { auth: AccessTokenClaims } }>(async (c, next) => {
-  const token = /^bearer +(\S+)$/i.exec(c.req.header('authorization') ?? '')?.[1]
+  const token = /^bearer +([^ ].*)$/i.exec(c.req.header('authorization') ?? '')?.[1]
   try {
     if (!token) throw new VerifyError('ERR_TOKEN_MISSING', 'the access token is missing')
     c.set('auth', await verifier.verify(token))
@@ -83,6 +84,40 @@ describe("the README's Hono middleware", () => {
       expect(response.headers.get('www-authenticate')).toMatch(/^Bearer error="invalid_token"/)
       expect(response.headers.get('cache-control')).toBe('no-store')
       expect(await response.json()).toMatchObject({ error: 'invalid_token', code })
+    }
+  })
+
+  it('gives every shape of header the code the Fastify middleware gives it', async () => {
+    const fastify = Fastify()
+    fastify.get('/me', { preHandler: verifier.fastify }, async (request) => ({ user: request.auth?.sub }))
+    const token = await sign()
+    const headers = [
+      '',
+      'Bearer',
+      'Bearer ',
+      'Bearer   ',
+      'bearer\tabc',
+      'Basic abc',
+      `Bearer ${token}`,
+      `BEARER  ${token}`,
+      `Bearer ${token} extra`,
+      `Bearer ${token} ${token}`,
+      `Bearer ${token}, Bearer ${token}`,
+      `Bearer  ${token} `,
+      'Bearer a b',
+    ]
+    // over real HTTP, whose parser trims a value's surrounding spaces as Hono's Request does
+    const origin = await fastify.listen({ port: 0, host: '127.0.0.1' })
+    try {
+      for (const authorization of headers) {
+        const hono = await me(authorization)
+        const reference = await fetch(`${origin}/me`, { headers: { authorization } })
+        const label = JSON.stringify(authorization.replace(token, '<token>'))
+        expect(hono.status, label).toBe(reference.status)
+        expect(await hono.json(), label).toEqual(await reference.json())
+      }
+    } finally {
+      await fastify.close()
     }
   })
 })

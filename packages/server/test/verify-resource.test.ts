@@ -19,7 +19,7 @@ import { createVerifier, type Verifier, type VerifierOptions } from '@tokenflow/
 import Fastify, { type FastifyInstance } from 'fastify'
 import { decodeProtectedHeader } from 'jose'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
-import { type HttpReply, PASSWORD, postJson, send } from './helpers/http.js'
+import { type HttpReply, PASSWORD, postJson, send, sendLines } from './helpers/http.js'
 
 const ISSUER = 'http://127.0.0.1'
 const AUDIENCE = 'https://api.tokenflow.test'
@@ -32,6 +32,8 @@ type JwksMode = 'up' | 'error' | 'garbage' | 'redirect' | 'hang'
 
 interface World {
   auth: AuthServer
+  /** the auth server's origin */
+  origin: string
   /** the JWKS URL the verifier fetches: a relay to the auth server's JWKS */
   jwksUrl: string
   /** the protected API (Fastify, `verifier.fastify`) */
@@ -102,6 +104,7 @@ async function startWorld(
   const api = await app.listen({ port: 0, host: '127.0.0.1' })
   return {
     auth,
+    origin,
     jwksUrl,
     api,
     verifier,
@@ -403,6 +406,59 @@ describe('the middlewares', () => {
     } finally {
       await new Promise((resolve) => server.close(resolve))
     }
+  })
+})
+
+describe('two Authorization headers', () => {
+  // Node keeps the first and drops the other: a proxy in front that reads the last would judge another
+  // credential than the API. Joined as RFC 9110 section 5.3 combines them, no token parses
+  it('are refused as malformed by both middlewares, whichever comes first', async () => {
+    world = await startWorld()
+    const token = await world.login()
+    const express = await expressApi(world.verifier)
+    try {
+      for (const [api, path] of [
+        [world.api, '/me'],
+        [express.origin, '/'],
+      ] as const) {
+        const once = await sendLines(`${api}${path}`, { authorization: `Bearer ${token}` })
+        expect(once.status).toBe(200)
+        for (const lines of [
+          [`Bearer ${token}`, 'Bearer junk'],
+          ['Bearer junk', `Bearer ${token}`],
+          [`Bearer ${token}`, `Bearer ${token}`],
+        ]) {
+          const reply = await sendLines(`${api}${path}`, { authorization: lines })
+          expect(reply.status).toBe(401)
+          expect(reply.json()).toMatchObject({ error: 'invalid_token', code: 'ERR_JWS_INVALID' })
+          expect(reply.headers.get('www-authenticate')).toMatch(/^Bearer error="invalid_token"/)
+        }
+      }
+    } finally {
+      await express.close()
+    }
+  })
+
+  it("are refused by the auth server's own Bearer routes and its token endpoint", async () => {
+    world = await startWorld()
+    const token = await world.login()
+    expect(
+      (await sendLines(`${world.origin}/auth/sessions`, { authorization: `Bearer ${token}` })).status,
+    ).toBe(200)
+    const twice = await sendLines(`${world.origin}/auth/sessions`, {
+      authorization: [`Bearer ${token}`, 'Bearer junk'],
+    })
+    expect(twice.status).toBe(401)
+    expect(twice.json()).toMatchObject({ error: 'invalid_token', code: 'ERR_JWS_INVALID' })
+    // HTTP Basic naming the client, twice: a failed client authentication (RFC 6749 section 5.2)
+    const basic = `Basic ${Buffer.from('web:').toString('base64')}`
+    const token2 = await sendLines(
+      `${world.origin}/oauth/token?grant_type=refresh_token`,
+      { authorization: [basic, basic], 'content-type': 'application/x-www-form-urlencoded' },
+      'POST',
+    )
+    expect(token2.status).toBe(401)
+    expect(token2.json()).toMatchObject({ error: 'invalid_client', code: 'ERR_INVALID_CLIENT' })
   })
 })
 

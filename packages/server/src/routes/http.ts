@@ -3,6 +3,7 @@
  * responses, and the Bearer check of the protected routes.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { authorizationOf } from '../authorization.js'
 import { AuthError, isAuthError, isStoreUnavailable } from '../errors.js'
 import type { AccessTokenClaims, Issuer } from '../issuer.js'
 import { isVerifyError, verifyErrorResponse } from '../verify.js'
@@ -133,7 +134,7 @@ export function noStore(reply: FastifyReply): FastifyReply {
  * const token = bearerToken(request)
  */
 export function bearerToken(request: FastifyRequest): string | undefined {
-  const header = request.headers.authorization
+  const header = authorizationOf(request.raw)
   if (typeof header !== 'string') return undefined
   const match = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i.exec(header)
   return match?.[1]
@@ -154,7 +155,7 @@ export async function authenticateRequest(
   if (token === undefined) {
     // the codes "@tokenflow/server/verify" gives: no Bearer token, or one that is not a b64token (a space, a
     // second part, a character outside RFC 6750 section 2.1)
-    const malformed = /^bearer +\S/i.test(String(request.headers.authorization))
+    const malformed = /^bearer +\S/i.test(String(authorizationOf(request.raw)))
     sendError(
       reply,
       401,

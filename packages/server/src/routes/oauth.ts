@@ -3,6 +3,7 @@
  * section 6) and `POST /oauth/revoke` (RFC 7009). Bodies are form-encoded, as the RFCs require.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { authorizationOf } from '../authorization.js'
 import { AuthError } from '../errors.js'
 import type { Issuer } from '../issuer.js'
 import { MAX_FIELD_LENGTH, noStore, sendAuthError, sendError } from './http.js'
@@ -82,7 +83,7 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
     reply: FastifyReply,
     { client_id: fromBody, client_secret: secret }: Record<string, string | undefined>,
   ) => {
-    const basic = basicClientId(request.headers.authorization)
+    const basic = basicClientId(authorizationOf(request.raw))
     // RFC 6749 section 2.3.1: a client may name itself in HTTP Basic instead of the body. This public client has
     // no secret, so only an empty one fits; any other Basic credentials, or a body naming another client, is a
     // failed client authentication, which section 5.2 requires to answer 401 with the scheme's challenge

@@ -1,3 +1,5 @@
+import { type OutgoingHttpHeaders, request } from 'node:http'
+
 /**
  * Real HTTP to a listening server on 127.0.0.1, with the raw body kept, so tests can compare answers
  * byte for byte instead of through a JSON parse that would hide a field order or an extra space.
@@ -90,4 +92,34 @@ export async function login(origin: string, username = 'ada', password = PASSWOR
  */
 export function refresh(origin: string, refreshToken: string): Promise<HttpReply> {
   return postJson(origin, '/refresh/token', { refreshToken })
+}
+
+/**
+ * Sends one request through node:http, whose headers may repeat a field (an array value is sent as one
+ * field line per element), which fetch cannot do: it joins them into one.
+ * @example
+ * const reply = await sendLines(`${api}/me`, { authorization: ['Bearer a', 'Bearer b'] })
+ */
+export function sendLines(
+  url: string,
+  headers: Record<string, string | string[]>,
+  method = 'GET',
+): Promise<HttpReply> {
+  return new Promise((resolve, reject) => {
+    // node's types allow one value for authorization; node:http sends an array as one line per value
+    request(url, { method, headers: headers as OutgoingHttpHeaders }, (response) => {
+      const chunks: Buffer[] = []
+      response.on('data', (chunk: Buffer) => chunks.push(chunk))
+      response.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8')
+        const answer = new Headers()
+        for (const [name, value] of Object.entries(response.headers))
+          if (value !== undefined) answer.set(name, Array.isArray(value) ? value.join(', ') : value)
+        resolve({ status: response.statusCode!, headers: answer, text, json: () => JSON.parse(text) })
+      })
+      response.on('error', reject)
+    })
+      .on('error', reject)
+      .end()
+  })
 }
