@@ -203,7 +203,8 @@ export interface VerifierOptions {
   audience: string | readonly string[]
   /**
    * Allowed `alg` values, asymmetric only. With a JWKS object it is narrowed to what its keys
-   * declare; every key is only used with its own `alg`.
+   * declare; a key is only used with its own `alg`, and one without `alg` with each allowed algorithm
+   * its type fits (an RSA key: RS256 and PS256 by default).
    * @default ['ES256', 'ES384', 'RS256', 'PS256'] (every algorithm @tokenflow/server signs with)
    */
   algorithms?: readonly VerifyAlgorithm[] | undefined
@@ -218,7 +219,7 @@ export interface VerifierOptions {
    */
   typ?: string | undefined
   /**
-   * Remote JWKS only: how long a fetch may take, in ms. A request that starts a fetch waits for it
+   * Remote JWKS only: how long a fetch may take, in ms (at least 1). A request that starts a fetch waits for it
    * (and so does every request that arrives while it runs): with no usable keys and a hanging JWKS
    * endpoint, that is the first request after each backoff (see `cooldownDuration`); the requests
    * during a backoff get 503 at once.
@@ -423,8 +424,10 @@ export function createVerifier({
     throw configError(`"clockTolerance" must be an integer from 0 to ${MAX_CLOCK_TOLERANCE} (ms)`)
   }
   if (typeof typ !== 'string' || typ === '') throw configError('"typ" must be a non-empty string')
+  // 0 would abort every fetch at once: the API would answer 503 for good
+  if (!Number.isSafeInteger(timeoutDuration) || timeoutDuration < 1)
+    throw configError('"timeoutDuration" must be a positive integer (ms)')
   for (const [name, value] of Object.entries({
-    timeoutDuration,
     cooldownDuration,
     cacheMaxAge,
     staleIfError,

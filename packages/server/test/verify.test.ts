@@ -201,8 +201,10 @@ describe('createVerifier options', () => {
     [
       'a negative timeoutDuration',
       { timeoutDuration: -1 },
-      '"timeoutDuration" must be a non-negative integer (ms)',
+      '"timeoutDuration" must be a positive integer (ms)',
     ],
+    // every fetch would be aborted at once, and every token answered 503 for good
+    ['a timeoutDuration of 0', { timeoutDuration: 0 }, '"timeoutDuration" must be a positive integer (ms)'],
     [
       'a fractional cooldownDuration',
       { cooldownDuration: 1.5 },
