@@ -476,7 +476,9 @@ export function createVerifier({
     verify,
     fastify: async (request, reply) => {
       try {
-        request.auth = await authenticate(authorizationOf(request.raw))
+        request.auth = await authenticate(
+          authorizationOf(request.headers.authorization, request.raw.rawHeaders),
+        )
         return undefined
       } catch (error) {
         if (!isVerifyError(error)) throw error
@@ -486,7 +488,7 @@ export function createVerifier({
       }
     },
     express: (req, res, next) => {
-      authenticate(authorizationOf(req)).then(
+      authenticate(authorizationOf(req.headers.authorization, req.rawHeaders)).then(
         (claims) => {
           req.auth = claims
           next()

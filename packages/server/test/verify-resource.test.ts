@@ -439,7 +439,7 @@ describe('two Authorization headers', () => {
     }
   })
 
-  it("are refused by the auth server's own Bearer routes and its token endpoint", async () => {
+  it("are refused by the auth server's own Bearer routes and by its token endpoint", async () => {
     world = await startWorld()
     const token = await world.login()
     expect(
@@ -450,15 +450,27 @@ describe('two Authorization headers', () => {
     })
     expect(twice.status).toBe(401)
     expect(twice.json()).toMatchObject({ error: 'invalid_token', code: 'ERR_JWS_INVALID' })
-    // HTTP Basic naming the client, twice: a failed client authentication (RFC 6749 section 5.2)
-    const basic = `Basic ${Buffer.from('web:').toString('base64')}`
-    const token2 = await sendLines(
-      `${world.origin}/oauth/token?grant_type=refresh_token`,
-      { authorization: [basic, basic], 'content-type': 'application/x-www-form-urlencoded' },
-      'POST',
-    )
-    expect(token2.status).toBe(401)
-    expect(token2.json()).toMatchObject({ error: 'invalid_client', code: 'ERR_INVALID_CLIENT' })
+    // the token endpoint: which line names the client would depend on who reads it. Refused whatever the
+    // order, as a repeated parameter is (RFC 6749 section 3.2)
+    const basic = (client: string) => `Basic ${Buffer.from(`${client}:`).toString('base64')}`
+    for (const lines of [
+      [basic('web'), basic('web')],
+      ['Bearer junk', basic('evil')],
+      [basic('evil'), 'Bearer junk'],
+    ]) {
+      const reply = await sendLines(
+        `${world.origin}/oauth/token`,
+        { authorization: lines, 'content-type': 'application/x-www-form-urlencoded' },
+        'POST',
+        'grant_type=refresh_token&refresh_token=x&client_id=web',
+      )
+      expect(reply.status).toBe(400)
+      expect(reply.json()).toEqual({
+        error: 'invalid_request',
+        error_description: 'the "authorization" header is repeated',
+        code: 'ERR_INVALID_REQUEST',
+      })
+    }
   })
 })
 

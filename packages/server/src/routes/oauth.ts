@@ -83,7 +83,18 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
     reply: FastifyReply,
     { client_id: fromBody, client_secret: secret }: Record<string, string | undefined>,
   ) => {
-    const basic = basicClientId(authorizationOf(request.raw))
+    const authorization = authorizationOf(request.headers.authorization, request.raw.rawHeaders)
+    // sent twice: which credential counts would depend on who reads it (Node keeps the first line, a proxy
+    // may read the last). RFC 6749 section 3.2 refuses a repeated parameter the same way
+    if (authorization !== request.headers.authorization) {
+      sendError(reply, 400, {
+        error: 'invalid_request',
+        error_description: 'the "authorization" header is repeated',
+        code: 'ERR_INVALID_REQUEST',
+      })
+      return false
+    }
+    const basic = basicClientId(authorization)
     // RFC 6749 section 2.3.1: a client may name itself in HTTP Basic instead of the body. This public client has
     // no secret, so only an empty one fits; any other Basic credentials, or a body naming another client, is a
     // failed client authentication, which section 5.2 requires to answer 401 with the scheme's challenge

@@ -104,6 +104,7 @@ export function sendLines(
   url: string,
   headers: Record<string, string | string[]>,
   method = 'GET',
+  body?: string,
 ): Promise<HttpReply> {
   return new Promise((resolve, reject) => {
     // node's types allow one value for authorization; node:http sends an array as one line per value
@@ -120,6 +121,6 @@ export function sendLines(
       response.on('error', reject)
     })
       .on('error', reject)
-      .end()
+      .end(body)
   })
 }

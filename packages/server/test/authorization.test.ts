@@ -1,0 +1,81 @@
+/**
+ * authorizationOf(): the Authorization header as the client sent it. Node keeps the first of two field
+ * lines; joined, they parse as no credential, so a request that sends two is refused as malformed.
+ */
+import Fastify from 'fastify'
+import { exportJWK, generateKeyPair, SignJWT } from 'jose'
+import { describe, expect, it } from 'vitest'
+import { authorizationOf } from '../src/authorization.js'
+import { createVerifier } from '../src/verify.js'
+
+describe('authorizationOf', () => {
+  it('answers the one line the client sent, or the lines joined with ", " when it sent several', () => {
+    expect(authorizationOf('Bearer a', ['Host', 'x', 'Authorization', 'Bearer a'])).toBe('Bearer a')
+    expect(authorizationOf('Bearer a', ['authorization', 'Bearer a', 'AUTHORIZATION', 'Bearer b'])).toBe(
+      'Bearer a, Bearer b',
+    )
+    // an empty second line still makes two
+    expect(authorizationOf('Bearer a', ['authorization', 'Bearer a', 'authorization', ''])).toBe('Bearer a, ')
+    // a header name that only starts like it is another header
+    expect(authorizationOf('Bearer a', ['authorization', 'Bearer a', 'authorization-x', 'b'])).toBe(
+      'Bearer a',
+    )
+  })
+
+  it('keeps a value a hook set (no longer the first line the client sent), and one without raw lines', () => {
+    expect(authorizationOf('Bearer set', ['authorization', 'Bearer a', 'authorization', 'Bearer b'])).toBe(
+      'Bearer set',
+    )
+    expect(authorizationOf('Bearer set', [])).toBe('Bearer set')
+    expect(authorizationOf('Bearer a', undefined)).toBe('Bearer a')
+    expect(
+      authorizationOf(undefined, ['authorization', 'Bearer a', 'authorization', 'Bearer b']),
+    ).toBeUndefined()
+  })
+})
+
+describe("the verifier's Fastify middleware", () => {
+  it('takes the Authorization a hook set with the request.headers setter', async () => {
+    const ISSUER = 'https://auth.example.test'
+    const AUDIENCE = 'https://api.example.test'
+    const NOW = 1_750_000_000_000
+    const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true })
+    const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }
+    const verifier = createVerifier({
+      jwks: { keys: [jwk] },
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      now: () => NOW,
+    })
+    const token = await new SignJWT({ client_id: 'web', sid: 's1' })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1', typ: 'at+jwt' })
+      .setIssuer(ISSUER)
+      .setAudience(AUDIENCE)
+      .setSubject('user-1')
+      .setJti('jti-1')
+      .setIssuedAt(NOW / 1000 - 10)
+      .setExpirationTime(NOW / 1000 + 900)
+      .sign(privateKey)
+    const app = Fastify()
+    // the access token from a cookie, as Fastify documents setting a header: the setter keeps it apart
+    // from the raw request's headers
+    app.addHook('onRequest', async (request) => {
+      const cookie = /at=([^;]+)/.exec(request.headers.cookie ?? '')?.[1]
+      if (cookie) request.headers = { ...request.headers, authorization: `Bearer ${cookie}` }
+    })
+    app.get('/me', { preHandler: verifier.fastify }, async (request) => ({ user: request.auth?.sub }))
+    try {
+      const fromCookie = await app.inject({ url: '/me', headers: { cookie: `at=${token}` } })
+      expect(fromCookie.statusCode).toBe(200)
+      expect(fromCookie.json()).toEqual({ user: 'user-1' })
+      // the cookie's token replaces one the client sent, as the hook says
+      const replaced = await app.inject({
+        url: '/me',
+        headers: { cookie: `at=${token}`, authorization: 'Bearer junk' },
+      })
+      expect(replaced.statusCode).toBe(200)
+    } finally {
+      await app.close()
+    }
+  })
+})
