@@ -219,7 +219,7 @@ export interface VerifierOptions {
    */
   typ?: string | undefined
   /**
-   * Remote JWKS only: how long a fetch may take, in ms (at least 1). A request that starts a fetch waits for it
+   * Remote JWKS only: how long a fetch may take, in ms (1 to 2^31 - 1). A request that starts a fetch waits for it
    * (and so does every request that arrives while it runs): with no usable keys and a hanging JWKS
    * endpoint, that is the first request after each backoff (see `cooldownDuration`); the requests
    * during a backoff get 503 at once.
@@ -300,6 +300,8 @@ export interface Verifier {
 const MAX_TOKEN_LENGTH = 16 * 1024
 const MAX_KID_LENGTH = 256
 const MAX_CLOCK_TOLERANCE = 60_000
+/** The longest delay a timer takes (2^31 - 1 ms, 24.8 days): a longer one fires at once */
+const MAX_TIMER = 2_147_483_647
 // the first backoff of a remote JWKS with nothing usable, in ms; it doubles with each further failure
 const BACKOFF_BASE = 1_000
 // every algorithm @tokenflow/server signs with (`keys.alg`, `keys rotate --alg`): a rotation to another one
@@ -424,9 +426,10 @@ export function createVerifier({
     throw configError(`"clockTolerance" must be an integer from 0 to ${MAX_CLOCK_TOLERANCE} (ms)`)
   }
   if (typeof typ !== 'string' || typ === '') throw configError('"typ" must be a non-empty string')
-  // 0 would abort every fetch at once: the API would answer 503 for good
-  if (!Number.isSafeInteger(timeoutDuration) || timeoutDuration < 1)
-    throw configError('"timeoutDuration" must be a positive integer (ms)')
+  // 0 would abort every fetch at once, and so would a timer past 2^31 - 1 ms, which fires at once: the API
+  // would answer 503 for good
+  if (!Number.isSafeInteger(timeoutDuration) || timeoutDuration < 1 || timeoutDuration > MAX_TIMER)
+    throw configError(`"timeoutDuration" must be an integer from 1 to ${MAX_TIMER} (ms)`)
   for (const [name, value] of Object.entries({
     cooldownDuration,
     cacheMaxAge,

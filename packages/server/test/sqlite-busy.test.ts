@@ -517,14 +517,22 @@ describe('opening a new file while another process writes it', () => {
   let filename: string
   let holder: ChildProcess | undefined
 
-  /** Starts a process that holds `BEGIN IMMEDIATE` on the file for `ms`; resolves once it holds it. */
-  const holdWriteLock = (ms: number) =>
+  /**
+   * Starts a process that holds `BEGIN IMMEDIATE` on the file for `ms`, then, with `exclusiveMs`, `BEGIN
+   * EXCLUSIVE` for that long (a lock SQLite does wait for with the busy handler); resolves once it holds the first.
+   */
+  const holdWriteLock = (ms: number, exclusiveMs = 0) =>
     new Promise<void>((resolve, reject) => {
       const script = `
         const db = new (require('better-sqlite3'))(${JSON.stringify(filename)})
         db.exec('BEGIN IMMEDIATE')
         process.stdout.write('held\\n')
-        setTimeout(() => { db.exec('COMMIT'); db.close() }, ${ms})`
+        setTimeout(() => {
+          db.exec('COMMIT')
+          if (${exclusiveMs} === 0) return db.close()
+          db.exec('BEGIN EXCLUSIVE')
+          setTimeout(() => { db.exec('COMMIT'); db.close() }, ${exclusiveMs})
+        }, ${ms})`
       holder = spawn(process.execPath, ['-e', script], {
         cwd: serverDir,
         stdio: ['ignore', 'pipe', 'inherit'],
@@ -573,6 +581,19 @@ describe('opening a new file while another process writes it', () => {
     expect((error as Error).message).toMatch(/^cannot open sqlite database ".*": database is locked$/)
     expect(waited).toBeGreaterThanOrEqual(190)
     expect(waited).toBeLessThan(2500)
+  })
+
+  it('waits busyTimeout in all, also when a later try meets a lock SQLite waits for with the busy handler', async () => {
+    // refused at once while the other process writes, then waited for while it holds an exclusive lock: the
+    // busy handler gets what is left of busyTimeout, not all of it again
+    await holdWriteLock(800, 5000)
+    const started = performance.now()
+    const error = catchError(() => createSqliteStore({ filename, busyTimeout: 1000 }))
+    const waited = performance.now() - started
+    expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_CONFIG', cause: { code: 'SQLITE_BUSY' } })
+    expect(waited).toBeGreaterThanOrEqual(990)
+    // it was 1,800 ms (800 refused at once, then a whole busyTimeout in the busy handler)
+    expect(waited).toBeLessThan(1400)
   })
 })
 

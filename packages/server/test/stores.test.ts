@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { PGlite } from '@electric-sql/pglite'
@@ -87,6 +87,16 @@ describe('createSqliteStore', () => {
     expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_CONFIG' })
     expect((error as Error).message).toContain(`cannot open sqlite database "${filename}": `)
     expect(new Database(filename, { readonly: true, fileMustExist: true }).name).toBe(filename)
+  })
+
+  it.runIf(existsSync('/proc/self/fd'))('keeps no file descriptor of a file it refused', () => {
+    const filename = join(dir(), 'notes.txt')
+    writeFileSync(filename, 'not a database\n'.repeat(200))
+    const open = () => readdirSync('/proc/self/fd').length
+    const before = open()
+    for (let i = 0; i < 20; i++)
+      expect(thrown(() => createSqliteStore({ filename }))).toMatchObject({ code: 'ERR_CONFIG' })
+    expect(open() - before).toBeLessThan(5)
   })
 
   it('validates its options when created', () => {

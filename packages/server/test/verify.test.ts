@@ -201,10 +201,20 @@ describe('createVerifier options', () => {
     [
       'a negative timeoutDuration',
       { timeoutDuration: -1 },
-      '"timeoutDuration" must be a positive integer (ms)',
+      '"timeoutDuration" must be an integer from 1 to 2147483647 (ms)',
     ],
     // every fetch would be aborted at once, and every token answered 503 for good
-    ['a timeoutDuration of 0', { timeoutDuration: 0 }, '"timeoutDuration" must be a positive integer (ms)'],
+    [
+      'a timeoutDuration of 0',
+      { timeoutDuration: 0 },
+      '"timeoutDuration" must be an integer from 1 to 2147483647 (ms)',
+    ],
+    // a timer that long fires at once: the same
+    [
+      'a timeoutDuration past 2^31 - 1 ms',
+      { timeoutDuration: 2 ** 31 },
+      '"timeoutDuration" must be an integer from 1 to 2147483647 (ms)',
+    ],
     [
       'a fractional cooldownDuration',
       { cooldownDuration: 1.5 },

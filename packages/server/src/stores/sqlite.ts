@@ -170,7 +170,7 @@ export function createSqliteStore({
     throw new AuthError('ERR_CONFIG', '"pruneBatchSize" must be a positive integer')
   }
 
-  let db: Database.Database
+  let db: Database.Database | undefined
   try {
     // The pragmas wait up to busyTimeout for a lock inside the driver, blocking: this runs once, at
     // startup, in a constructor that cannot wait asynchronously (turning on WAL needs a lock another
@@ -196,6 +196,8 @@ export function createSqliteStore({
     // now waits 5-10 ms for it rather than ~1 ms: the price of not blocking.
     db.pragma('busy_timeout = 0')
   } catch (error) {
+    // opened, then refused (not a database, locked): its file descriptor is not kept
+    db?.close()
     throw new AuthError('ERR_CONFIG', `cannot open sqlite database "${filename}": ${messageOf(error)}`, {
       cause: error,
     })
@@ -721,6 +723,8 @@ function switchToWal(db: Database.Database, busyTimeout: number): unknown {
   const pause = new Int32Array(new SharedArrayBuffer(4))
   for (let attempt = 0; ; attempt++) {
     try {
+      // the driver's busy handler, which SQLite calls when it does wait, gets only what is left
+      db.pragma(`busy_timeout = ${Math.max(0, Math.ceil(deadline - performance.now()))}`)
       return db.pragma('journal_mode = WAL', { simple: true })
     } catch (error) {
       const left = deadline - performance.now()
