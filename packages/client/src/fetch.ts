@@ -61,7 +61,12 @@ export function createAuthFetch(
     else if (original?.bodyUsed) bodies = undefined
     // every Request, not only one whose `body` shows: React Native's (whatwg-fetch) has no `body`, and its
     // fetch marks the Request it was given used
-    else if (original) inputs = [original, original.clone()]
+    else if (original) {
+      inputs = [original, original.clone()]
+      // whatwg-fetch's clone() marks a Request whose body is '' used
+      if (original.bodyUsed && original.body === undefined)
+        (original as { bodyUsed: boolean }).bodyUsed = false
+    }
     // the unused copy of a tee'd stream or a cloned Request would otherwise buffer the whole body. It is
     // dropped, never waited for: a tee'd stream's cancel settles only once both copies are done, and a
     // server that answers before it has read the upload (a 413, an early 401) leaves the sent copy unread

@@ -178,24 +178,29 @@ describe('React Native: fetch, Request and Headers from whatwg-fetch', () => {
   // React Native installs whatwg-fetch's Request, Headers, Response and fetch (Libraries/Core/setUpXHR.js).
   // Its Request has no `body`, and its fetch starts with `new Request(input, init)`, which takes the body of a
   // Request it is given and marks that one used: sending the same Request twice throws "Already read".
-  it('a Request with a body (what ky and openapi-fetch pass) whose first try gets 401 is sent again, body intact', async () => {
+  /** whatwg-fetch's globals, and a manager whose refresh gives token 1, with a fetch whose answers are `statuses` */
+  function reactNative(statuses: number[]) {
     vi.stubGlobal('Request', whatwg.Request)
     vi.stubGlobal('Headers', whatwg.Headers)
     vi.stubGlobal('Response', whatwg.Response)
     const sent: Array<{ authorization: string | null; body: string }> = []
-    // whatwg-fetch's fetch up to its XMLHttpRequest: the first try gets 401, the retry 200
+    // whatwg-fetch's fetch up to its XMLHttpRequest
     const baseFetch = (async (input: RequestInfo | URL, init?: RequestInit) => {
       const request = new whatwg.Request(input, init)
       sent.push({ authorization: request.headers.get('authorization'), body: await request.text() })
-      return new whatwg.Response('{}', { status: sent.length === 1 ? 401 : 200 })
+      return new whatwg.Response('{}', { status: statuses[sent.length - 1] ?? 500 })
     }) as typeof fetch
     const manager = createTokenManager({
       refresh: async () => tokenSet(T0, MIN, 1),
       storage: memoryStorage(tokenSet(T0, MIN)),
       now: () => T0,
     })
-    const authFetch = createAuthFetch(manager, { fetch: baseFetch })
+    return { sent, authFetch: createAuthFetch(manager, { fetch: baseFetch }) }
+  }
+  const bearer = (n: number) => `Bearer ${tokenSet(T0, MIN, n).accessToken}`
 
+  it('a Request with a body (what ky and openapi-fetch pass) whose first try gets 401 is sent again, body intact', async () => {
+    const { sent, authFetch } = reactNative([401, 200])
     const request = new whatwg.Request('https://api.example.com/orders', {
       method: 'POST',
       body: '{"order":42}',
@@ -205,8 +210,23 @@ describe('React Native: fetch, Request and Headers from whatwg-fetch', () => {
 
     expect(response.status).toBe(200)
     expect(sent).toEqual([
-      { authorization: `Bearer ${tokenSet(T0, MIN).accessToken}`, body: '{"order":42}' },
-      { authorization: `Bearer ${tokenSet(T0, MIN, 1).accessToken}`, body: '{"order":42}' },
+      { authorization: bearer(0), body: '{"order":42}' },
+      { authorization: bearer(1), body: '{"order":42}' },
     ])
+  })
+
+  it("a Request whose body is '' is sent, and sent again after a 401 (whatwg-fetch's clone() marks it used)", async () => {
+    for (const statuses of [[200], [401, 200]]) {
+      const { sent, authFetch } = reactNative(statuses)
+      const response = await authFetch(
+        new whatwg.Request('https://api.example.com/ping', { method: 'POST', body: '' }),
+      )
+      expect(response.status).toBe(200)
+      expect(sent).toEqual(
+        [bearer(0), bearer(1)]
+          .slice(0, statuses.length)
+          .map((authorization) => ({ authorization, body: '' })),
+      )
+    }
   })
 })
