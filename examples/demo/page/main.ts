@@ -398,10 +398,13 @@ interface StatsAnswer {
 }
 
 let config = { username: 'demo', accessTokenTtl: 10_000, reuseGrace: 0 }
+/** polls in a row the server did not answer: each one waits twice as long, up to 10 s */
+let unanswered = 0
 async function pollStats(): Promise<void> {
   try {
     const sids = [tfSid, rcSid].filter((sid): sid is string => sid !== undefined)
     const response = await fetch(`/demo/stats?sid=${sids.join(',')}`)
+    unanswered = 0
     if (!response.ok) return
     const { server, sessions } = (await response.json()) as StatsAnswer
     const mine = (tfSid && sessions[tfSid]) || { refreshes: 0, reuseDetected: 0 }
@@ -409,15 +412,20 @@ async function pollStats(): Promise<void> {
     // after a logout, as the recipe's column does, the counts stay those of the session it ended
     tokenflow.serverCounts(tfSid ? mine.refreshes : 0, mine.reuseDetected)
     recipe.serverCounts(rcSid ? theirs.refreshes : 0, theirs.reuseDetected)
+    const count = (n: number, one: string, many: string) => `${n} ${n === 1 ? one : many}`
     $('server-line').textContent =
-      `Server, all sessions since it started: ${server.apiRequests} API requests, ${server.apiUnauthorized} answered 401, ` +
-      `${server.refreshes} refreshes, ${server.reuseDetected} reuse detections. Access tokens live ` +
+      `Server, all sessions since it started: ${count(server.apiRequests, 'API request', 'API requests')}, ` +
+      `${server.apiUnauthorized} answered 401, ${count(server.refreshes, 'refresh', 'refreshes')}, ` +
+      `${count(server.reuseDetected, 'reuse detection', 'reuse detections')}. Access tokens live ` +
       `${config.accessTokenTtl / 1_000} s; refresh tokens rotate with a reuse grace of ${config.reuseGrace} ms, ` +
       'so any second use of a refresh token revokes its session.'
   } catch {
-    // the server is gone (Ctrl+C): the page keeps what it has
+    // the server is gone (Ctrl+C): the page keeps what it has, and asks less often (each failed fetch is a
+    // line in the browser's console)
+    unanswered++
+    $('server-line').textContent = 'The server does not answer: is npm start still running?'
   } finally {
-    setTimeout(pollStats, 500)
+    setTimeout(pollStats, Math.min(10_000, 500 * 2 ** unanswered))
   }
 }
 
@@ -428,8 +436,9 @@ async function start(): Promise<void> {
   } catch {
     // keep the defaults
   }
+  // the default value, so that the form keeps it after a logout (which resets the form)
   const username = $<HTMLInputElement>('username')
-  if (!username.value) username.value = config.username
+  if (!username.value) username.defaultValue = config.username
   // a session another tab (or an earlier visit) left in storage; unreadable storage means none
   const stored = await Promise.resolve()
     .then(() => storage.get())

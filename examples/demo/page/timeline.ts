@@ -212,7 +212,7 @@ export class Column {
     })
     this.counters.requests += plans.length
     const vias = [...new Set(plans.map((plan) => plan.via))].join(' and ')
-    this.caption.textContent = `${plans.length} requests through ${vias}, ${
+    this.caption.textContent = `${plans.length} ${plans.length === 1 ? 'request' : 'requests'} through ${vias}, ${
       expiry === undefined ? 'all sent at once' : 'sent across the expiry T of the access token'
     }`
     this.list.replaceChildren(...this.shown.map((row) => this.rowElement(row)))

@@ -215,8 +215,8 @@ describe.skipIf(!hasChromium)('the demo in Chromium', () => {
     await expect(counter(page, 'recipe', 'requests')).resolves.toBe('50')
     // logged out, the recipe's column says so, rather than "log out and in again"
     await expect(page.locator('#col-recipe [data-expiry-text]').textContent()).resolves.toBe('Not logged in.')
-    // logged in again for the next test, which shares this browser profile
-    await page.getByLabel('User').fill(demo.username)
+    // logged in again for the next test, which shares this browser profile: the form still names the user
+    await expect(page.getByLabel('User').inputValue()).resolves.toBe(demo.username)
     await page.getByLabel('Password').fill(demo.password)
     await page.getByRole('button', { name: 'Log in' }).click()
     await page.getByRole('button', { name: 'Log out' }).waitFor()
