@@ -308,33 +308,60 @@ function registerRoutes(
 
 /**
  * The demo user: created with a random password on first start (kept next to the database, readable
- * by the owner only, so `npm start` can print it again), reused afterwards.
+ * by the owner only, so `npm start` can print it again), reused afterwards. The first start writes the
+ * file exclusively (O_EXCL), so that two starts at the same moment agree on one password.
  */
-async function demoUser(
+export async function demoUser(
   app: AuthServer,
   dataDir: string,
 ): Promise<{ username: string; password: string; createdUser: boolean }> {
   const file = join(dataDir, 'demo-user.json')
   const { issuer } = app.tokenflow
-  const saved = await readFile(file, 'utf8').then(
-    (text) => JSON.parse(text) as { username?: unknown; password?: unknown },
-    () => undefined,
-  )
-  const users = await issuer.listUsers()
-  if (
-    saved?.username === DEMO_USERNAME &&
-    typeof saved.password === 'string' &&
-    users.some((user) => user.username === DEMO_USERNAME)
-  ) {
-    return { username: DEMO_USERNAME, password: saved.password, createdUser: false }
+  const fresh = randomBytes(9).toString('base64url')
+  const contents = `${JSON.stringify({ username: DEMO_USERNAME, password: fresh })}\n`
+  let password = await savedPassword(file)
+  let newFile = false
+  if (password === undefined) {
+    try {
+      await writeFile(file, contents, { flag: 'wx', mode: 0o600 })
+      newFile = true
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
+      // another start is writing it; or it is not ours to read (edited, broken): then it is written over
+      password = await savedPassword(file, 2_000)
+      if (password === undefined) {
+        await writeFile(file, contents, { mode: 0o600 })
+        newFile = true
+      }
+    }
+    await chmod(file, 0o600)
+    password ??= fresh
   }
-  // a database without the credentials file (or the other way round): start the user over
-  await issuer.removeUser(DEMO_USERNAME)
-  const password = randomBytes(9).toString('base64url')
-  await issuer.addUser(DEMO_USERNAME, password)
-  await writeFile(file, `${JSON.stringify({ username: DEMO_USERNAME, password })}\n`, { mode: 0o600 })
-  await chmod(file, 0o600)
+  const exists = (await issuer.listUsers()).some((user) => user.username === DEMO_USERNAME)
+  if (exists && !newFile) return { username: DEMO_USERNAME, password, createdUser: false }
+  // a new file, whose password the user left in the database does not have; or a database without the user
+  if (exists) await issuer.removeUser(DEMO_USERNAME)
+  try {
+    await issuer.addUser(DEMO_USERNAME, password)
+  } catch (error) {
+    // a start at the same moment added it, with the same password
+    if ((error as { code?: unknown }).code !== 'ERR_USER_EXISTS') throw error
+  }
   return { username: DEMO_USERNAME, password, createdUser: true }
+}
+
+/** The demo user's password in `file`, waiting up to `waitMs` for a file another start is writing. */
+async function savedPassword(file: string, waitMs = 0): Promise<string | undefined> {
+  const until = Date.now() + waitMs
+  for (;;) {
+    const saved = await readFile(file, 'utf8')
+      .then((text) => JSON.parse(text) as { username?: unknown; password?: unknown } | null)
+      .catch(() => undefined)
+    if (saved?.username === DEMO_USERNAME && typeof saved.password === 'string' && saved.password !== '')
+      return saved.password
+    if (Date.now() >= until) return undefined
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
 }
 
 /** A port that was free a moment ago on 127.0.0.1. */
