@@ -405,7 +405,10 @@ async function pollStats(): Promise<void> {
     const sids = [tfSid, rcSid].filter((sid): sid is string => sid !== undefined)
     const response = await fetch(`/demo/stats?sid=${sids.join(',')}`)
     unanswered = 0
-    if (!response.ok) return
+    if (!response.ok) {
+      $('server-line').textContent = `The server answered ${response.status} to the page's poll.`
+      return
+    }
     const { server, sessions } = (await response.json()) as StatsAnswer
     const mine = (tfSid && sessions[tfSid]) || { refreshes: 0, reuseDetected: 0 }
     const theirs = (rcSid && sessions[rcSid]) || { refreshes: 0, reuseDetected: 0 }

@@ -63,9 +63,11 @@ export function createAuthFetch(
     // fetch marks the Request it was given used
     else if (original) {
       inputs = [original, original.clone()]
-      // whatwg-fetch's clone() marks a Request whose body is '' used
-      if (original.bodyUsed && original.body === undefined)
-        (original as { bodyUsed: boolean }).bodyUsed = false
+      // whatwg-fetch's clone() marks a Request whose body is '' used: undone (a getter-only bodyUsed throws)
+      if (original.bodyUsed)
+        try {
+          ;(original as { bodyUsed: boolean }).bodyUsed = false
+        } catch {}
     }
     // the unused copy of a tee'd stream or a cloned Request would otherwise buffer the whole body. It is
     // dropped, never waited for: a tee'd stream's cancel settles only once both copies are done, and a

@@ -1,11 +1,18 @@
 /**
+ * How many raw header entries (names and values) Node's HTTP/1 parser keeps at most: the lines after
+ * `maxHeadersCount` (1,000 fields by default) are dropped, from `rawHeaders` too.
+ */
+const NODE_MAX_RAW_HEADERS = 2_000
+
+/**
  * The `Authorization` header of a request as its client sent it. Node keeps the first of two such
  * headers and drops the other, so a proxy in front that reads the last one would judge another
  * credential than this server does. Sent more than once, the field lines are joined with ", " as
  * RFC 9110 section 5.3 combines them, a value no Bearer token or Basic credential parses as: the
- * request is refused as malformed, as Hono's Node adapter (which joins them) refuses it too.
- * `value` is the header as the framework has it: when a hook has set its own (it is no longer the
- * first line the client sent), that one is kept.
+ * request is refused as malformed, as Hono's Node adapter (which joins them) refuses it too. So is one
+ * whose header list Node cut short, which may have had a second line past the cut.
+ * `value` is the header as the framework has it: one that a hook of the app set (it is none of the lines
+ * the client sent) is kept.
  * @example
  * authorizationOf(request.headers.authorization, request.raw.rawHeaders) // 'Bearer a, Bearer b' when sent twice
  */
@@ -18,5 +25,8 @@ export function authorizationOf(
   for (let i = 0; i + 1 < rawHeaders.length; i += 2)
     if (rawHeaders[i]!.length === 13 && rawHeaders[i]!.toLowerCase() === 'authorization')
       lines.push(rawHeaders[i + 1]!)
-  return lines.length > 1 && lines[0] === value ? lines.join(', ') : value
+  if (!lines.includes(value)) return value
+  // cut short: a line past the cut stands for the one that may have been there
+  if (rawHeaders.length >= NODE_MAX_RAW_HEADERS) lines.push('')
+  return lines.length > 1 ? lines.join(', ') : value
 }

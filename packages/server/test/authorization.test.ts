@@ -22,7 +22,20 @@ describe('authorizationOf', () => {
     )
   })
 
-  it('keeps a value a hook set (no longer the first line the client sent), and one without raw lines', () => {
+  it('refuses two lines when the value is either of them (a hook that picked the last one)', () => {
+    expect(authorizationOf('Bearer b', ['authorization', 'Bearer a', 'authorization', 'Bearer b'])).toBe(
+      'Bearer a, Bearer b',
+    )
+  })
+
+  it('treats a header list Node cut short (2,000 raw entries) as if a second line had come after the cut', () => {
+    const padding = Array.from({ length: 1_998 }, (_, i) => (i % 2 === 0 ? `x-${i}` : 'b'))
+    expect(authorizationOf('Bearer a', ['authorization', 'Bearer a', ...padding])).toBe('Bearer a, ')
+    // one entry short of the cut: nothing was dropped
+    expect(authorizationOf('Bearer a', ['authorization', 'Bearer a', ...padding.slice(2)])).toBe('Bearer a')
+  })
+
+  it('keeps a value a hook set (none of the lines the client sent), and one without raw lines', () => {
     expect(authorizationOf('Bearer set', ['authorization', 'Bearer a', 'authorization', 'Bearer b'])).toBe(
       'Bearer set',
     )

@@ -116,6 +116,14 @@ describe('createSqliteStore', () => {
     }
   })
 
+  it('refuses a busyTimeout past 2^31 - 1 ms itself, naming its own option', async () => {
+    expect(thrown(() => createSqliteStore({ filename: ':memory:', busyTimeout: 2 ** 31 }))).toMatchObject({
+      code: 'ERR_CONFIG',
+      message: '"busyTimeout" must be an integer from 0 to 2147483647 (ms)',
+    })
+    await createSqliteStore({ filename: ':memory:', busyTimeout: 2 ** 31 - 1 }).close()
+  })
+
   it('puts the file in WAL mode and keeps the data across a reopen', async () => {
     const filename = join(dir(), 'tokenflow.db')
     const store = createSqliteStore({ filename, synchronous: 'NORMAL', busyTimeout: 100 })

@@ -5,7 +5,7 @@
  * tests move with fake `Date` only (timers stay real): no assertion depends on how long anything takes.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { type AddressInfo, connect } from 'node:net'
 import {
   type AccessTokenClaims,
   type AuthenticateFunction,
@@ -136,6 +136,21 @@ function withKid(token: string, kid: string): string {
 
 const me = (api: string, token: string | undefined, path = '/me') =>
   send(`${api}${path}`, token === undefined ? {} : { headers: { authorization: `Bearer ${token}` } })
+
+/** Writes `request` on a raw socket to 127.0.0.1 and answers the status line of the reply. */
+function statusLine(port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let reply = ''
+    // not half-closed: a FIN while the middleware verifies would make Node drop the answer
+    const socket = connect(port, '127.0.0.1', () => socket.write(request))
+    socket.on('data', (chunk) => {
+      reply += chunk
+      if (reply.includes('\r\n')) socket.destroy()
+    })
+    socket.on('close', () => resolve(reply.split('\r\n')[0]!))
+    socket.on('error', reject)
+  })
+}
 
 /** a bare `node:http` server whose only handler is `verifier.express`, answering `req.auth` on success */
 async function expressApi(verifier: Verifier): Promise<{ origin: string; close(): Promise<void> }> {
@@ -439,7 +454,30 @@ describe('two Authorization headers', () => {
     }
   })
 
-  it("are refused by the auth server's own Bearer routes and by its token endpoint", async () => {
+  it('are refused when 1,100 header lines stand between them (Node keeps the first 1,000 lines only)', async () => {
+    world = await startWorld()
+    const token = await world.login()
+    const express = await expressApi(world.verifier)
+    try {
+      for (const [api, path] of [
+        [world.api, '/me'],
+        [express.origin, '/'],
+      ] as const) {
+        const { port } = new URL(api)
+        const head = (padding: number, second: boolean) =>
+          `GET ${path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n${'a: b\r\n'.repeat(padding)}` +
+          `${second ? 'Authorization: Bearer junk\r\n' : ''}Connection: close\r\n\r\n`
+        // the padding alone is no reason to refuse
+        expect(await statusLine(Number(port), head(900, false))).toBe('HTTP/1.1 200 OK')
+        expect(await statusLine(Number(port), head(10, true))).toBe('HTTP/1.1 401 Unauthorized')
+        expect(await statusLine(Number(port), head(1_100, true))).toBe('HTTP/1.1 401 Unauthorized')
+      }
+    } finally {
+      await express.close()
+    }
+  })
+
+  it("are refused by the auth server's own Bearer routes and by its token and revocation endpoints", async () => {
     world = await startWorld()
     const token = await world.login()
     expect(
@@ -458,18 +496,23 @@ describe('two Authorization headers', () => {
       ['Bearer junk', basic('evil')],
       [basic('evil'), 'Bearer junk'],
     ]) {
-      const reply = await sendLines(
-        `${world.origin}/oauth/token`,
-        { authorization: lines, 'content-type': 'application/x-www-form-urlencoded' },
-        'POST',
-        'grant_type=refresh_token&refresh_token=x&client_id=web',
-      )
-      expect(reply.status).toBe(400)
-      expect(reply.json()).toEqual({
-        error: 'invalid_request',
-        error_description: 'the "authorization" header is repeated',
-        code: 'ERR_INVALID_REQUEST',
-      })
+      for (const [path, form] of [
+        ['/oauth/token', 'grant_type=refresh_token&refresh_token=x&client_id=web'],
+        ['/oauth/revoke', 'token=x&client_id=web'],
+      ] as const) {
+        const reply = await sendLines(
+          `${world.origin}${path}`,
+          { authorization: lines, 'content-type': 'application/x-www-form-urlencoded' },
+          'POST',
+          form,
+        )
+        expect(reply.status, path).toBe(400)
+        expect(reply.json()).toEqual({
+          error: 'invalid_request',
+          error_description: 'the "authorization" header is repeated',
+          code: 'ERR_INVALID_REQUEST',
+        })
+      }
     }
   })
 })

@@ -160,8 +160,9 @@ export function createSqliteStore({
   if (synchronous !== 'FULL' && synchronous !== 'NORMAL') {
     throw new AuthError('ERR_CONFIG', '"synchronous" must be "FULL" or "NORMAL"')
   }
-  if (!Number.isSafeInteger(busyTimeout) || busyTimeout < 0) {
-    throw new AuthError('ERR_CONFIG', '"busyTimeout" must be a non-negative integer (ms)')
+  // the driver refuses more (a timer's limit, 2^31 - 1 ms), with a message about an option it names "timeout"
+  if (!Number.isSafeInteger(busyTimeout) || busyTimeout < 0 || busyTimeout > 2_147_483_647) {
+    throw new AuthError('ERR_CONFIG', '"busyTimeout" must be an integer from 0 to 2147483647 (ms)')
   }
   if (typeof groupCommit !== 'boolean') {
     throw new AuthError('ERR_CONFIG', '"groupCommit" must be a boolean')
