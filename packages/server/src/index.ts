@@ -139,7 +139,8 @@ export interface AuthServerOptions {
   /** replaces the built-in users table (Argon2id) with your own credential check */
   authenticate?: AuthenticateFunction | undefined
   /**
-   * Cookie mode for browsers: `true` for the defaults. The refresh token is then never in a body.
+   * Cookie mode for browsers: `true` for the defaults. The refresh token is then never in the body of
+   * `/auth/login` or `/refresh/token` (`/oauth/token`, for OAuth clients, keeps it in its body).
    * @default false
    */
   cookie?: boolean | CookieOptions | undefined

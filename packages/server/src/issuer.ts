@@ -35,6 +35,11 @@ export interface IssuedTokens {
   sessionId: string
   /** absolute expiry of the refresh token, epoch ms */
   refreshExpiresAt: number
+  /**
+   * when the refresh token stops working unless it is used before (`refreshIdleTimeout` after the session's
+   * last use), epoch ms; never after `refreshExpiresAt`. Cookie mode's Max-Age ends there
+   */
+  refreshIdleExpiresAt: number
 }
 
 /**
@@ -361,6 +366,7 @@ export function createIssuer({
       userId: session.userId,
       sessionId: session.id,
       refreshExpiresAt: session.expiresAt,
+      refreshIdleExpiresAt: Math.min(session.expiresAt, session.lastUsedAt + refreshIdleTimeout),
     }
   }
 

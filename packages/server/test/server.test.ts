@@ -1110,11 +1110,37 @@ describe('cookie mode', () => {
       'Secure',
       'SameSite=Strict',
       'Path=/refresh/token',
-      'Max-Age=2592000',
+      // the idle timeout (7 days), before the absolute expiry (30 days)
+      'Max-Age=604800',
     ]) {
       expect(cookie.split('; ')).toContain(attribute)
     }
     expectNoStore(response)
+  })
+
+  it("gives the cookie the session's idle timeout, renewed by each refresh, and never past the absolute expiry", async () => {
+    const DAY = 86_400_000
+    let time = Date.UTC(2030, 0, 1)
+    const app = server({ cookie: true, now: () => time })
+    const maxAge = (response: LightMyRequestResponse) => /Max-Age=(\d+)/.exec(cookieOf(response) ?? '')?.[1]
+    const login = await app.inject({
+      method: 'POST',
+      url: '/auth/login',
+      payload: { username: 'ada', password: PASSWORD },
+    })
+    expect(maxAge(login)).toBe(String((7 * DAY) / 1000))
+    let refreshToken = rotatedCookie(login)!
+    const ages: string[] = []
+    for (let day = 6; day <= 24; day += 6) {
+      time += 6 * DAY
+      const refreshed = await cookiePost('/refresh/token', refreshToken, { target: app })
+      expect(refreshed.statusCode).toBe(200)
+      ages.push(maxAge(refreshed)!)
+      refreshToken = rotatedCookie(refreshed)!
+    }
+    // 7 days after each use; on day 24, the 6 days left of the 30
+    expect(ages).toEqual(['604800', '604800', '604800', String((6 * DAY) / 1000)])
+    await app.close()
   })
 
   it('refreshes from the cookie only with the CSRF header, and rotates the cookie', async () => {
@@ -1139,6 +1165,47 @@ describe('cookie mode', () => {
     const rotated = ok.cookies.find((cookie) => cookie.name === '__Secure-tokenflow_rt')
     expect(rotated?.value).toMatch(/^[A-Za-z0-9_-]{52}$/)
     expect(rotated?.value).not.toBe(refreshToken)
+  })
+
+  describe('the refresh cookie sent twice (one planted by a page of a sibling subdomain, with a Domain)', () => {
+    /** a request carrying both, in the order the browser sends them */
+    const twice = (url: '/refresh/token' | '/refresh/token/logout', first: string, second: string) =>
+      cookieApp.inject({
+        method: 'POST',
+        url,
+        headers: { 'x-tokenflow-refresh': '1', cookie: `${COOKIE}=${first}; other=1; ${COOKIE}=${second}` },
+      })
+
+    it('refreshes neither, whichever comes first, and clears neither', async () => {
+      const victim = await cookieLogin()
+      const attacker = await cookieLogin()
+      for (const [first, second] of [
+        [attacker.refreshToken, victim.refreshToken],
+        [victim.refreshToken, attacker.refreshToken],
+        ['garbage', victim.refreshToken],
+      ] as const) {
+        const response = await twice('/refresh/token', first, second)
+        expect(response.statusCode).toBe(400)
+        expect(response.json()).toEqual({
+          error: 'invalid_request',
+          error_description: `the "${COOKIE}" cookie is sent more than once`,
+          code: 'ERR_INVALID_REQUEST',
+        })
+        expect(response.headers['set-cookie']).toBeUndefined()
+      }
+      // neither token was spent: each still refreshes alone
+      expect((await cookiePost('/refresh/token', victim.refreshToken)).statusCode).toBe(200)
+      expect((await cookiePost('/refresh/token', attacker.refreshToken)).statusCode).toBe(200)
+    })
+
+    it('a logout ends both sessions', async () => {
+      const one = await cookieLogin()
+      const two = await cookieLogin()
+      const response = await twice('/refresh/token/logout', one.refreshToken, two.refreshToken)
+      expect(response.statusCode).toBe(200)
+      expect((await cookiePost('/refresh/token', one.refreshToken)).statusCode).toBe(400)
+      expect((await cookiePost('/refresh/token', two.refreshToken)).statusCode).toBe(400)
+    })
   })
 
   it('ignores a refresh token in the body and answers a missing cookie with invalid_grant, clearing it', async () => {

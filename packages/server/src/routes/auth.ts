@@ -77,6 +77,24 @@ export async function authRoutes(
   app: FastifyInstance,
   { issuer, cookie, now }: AuthRoutesOptions,
 ): Promise<void> {
+  // Every value of the refresh cookie in the request. Two when a page of a sibling subdomain (or of
+  // another port of this host) set one of the same name with a Domain attribute: the browser sends both,
+  // and the parser keeps the first, which may be the planted one (another account's token, or garbage
+  // that logs the user out at every reload). RFC 6265bis section 8.6; the `__Host-` prefix prevents it
+  const cookieValues = (request: FastifyRequest, name: string): string[] => {
+    const values: string[] = []
+    for (const pair of (request.headers.cookie ?? '').split(';')) {
+      const at = pair.indexOf('=')
+      if (at > 0 && pair.slice(0, at).trim() === name) values.push(pair.slice(at + 1).trim())
+    }
+    return values
+  }
+  /** the refresh cookie's values to end at a logout: all of them when it came twice */
+  const cookiesToEnd = (request: FastifyRequest, name: string): Array<string | undefined> => {
+    const values = cookieValues(request, name)
+    return values.length > 1 ? values : [request.cookies[name]]
+  }
+
   const sendTokens = (reply: FastifyReply, tokens: IssuedTokens) => {
     noStore(reply)
     if (!cookie) {
@@ -92,7 +110,8 @@ export async function authRoutes(
       secure: true,
       sameSite: 'strict',
       path: cookie.path,
-      maxAge: Math.max(0, Math.floor((tokens.refreshExpiresAt - now()) / 1000)),
+      // a cookie the browser keeps past the session's idle timeout would only be refused
+      maxAge: Math.max(0, Math.floor((tokens.refreshIdleExpiresAt - now()) / 1000)),
       ...(cookie.domain === undefined ? {} : { domain: cookie.domain }),
     })
     return reply.send({
@@ -162,9 +181,9 @@ export async function authRoutes(
     // (its path is /refresh/token or a parent of it, so it covers /refresh/token/logout)
     scope.post('/refresh/token/logout', async (request, reply) => {
       if (missingCsrfHeader(request, reply)) return reply
-      const token = request.cookies[cookie.name]
       try {
-        if (token) await issuer.logout(token)
+        // sent twice, each one ends: the user asked to be logged out of whichever session this is
+        for (const token of cookiesToEnd(request, cookie.name)) if (token) await issuer.logout(token)
       } catch (error) {
         return sendAuthError(request, reply, error)
       }
@@ -173,6 +192,14 @@ export async function authRoutes(
     })
     scope.post('/refresh/token', async (request, reply) => {
       if (missingCsrfHeader(request, reply)) return reply
+      // which of two counts cannot be told: neither is refreshed, and neither cookie is cleared
+      if (cookieValues(request, cookie.name).length > 1) {
+        return sendError(reply, 400, {
+          error: 'invalid_request',
+          error_description: `the "${cookie.name}" cookie is sent more than once`,
+          code: 'ERR_INVALID_REQUEST',
+        })
+      }
       try {
         return sendTokens(reply, await issuer.refresh(request.cookies[cookie.name]))
       } catch (error) {
@@ -203,7 +230,7 @@ export async function authRoutes(
     // header or an Authorization header. A cookie alone could come from a sibling subdomain's form
     const ownPage =
       !!cookie && (!!request.headers[cookie.csrfHeader] || request.headers.authorization !== undefined)
-    const candidates = [refreshToken, ownPage ? request.cookies[cookie.name] : undefined]
+    const candidates = [refreshToken, ...(ownPage ? cookiesToEnd(request, cookie.name) : [])]
     try {
       for (const token of candidates) if (token) await issuer.logout(token)
       const accessToken = bearerToken(request)
