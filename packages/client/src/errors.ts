@@ -37,7 +37,8 @@ export class TokenflowError extends Error {
 
 /**
  * The one error every waiting request rejects with when a refresh fails.
- * `kind: 'rejected'` (400/401/403 or `invalid_grant`) means the session is over and `loggedOut` fired;
+ * `kind: 'rejected'` (400/401/403 or `invalid_grant`) means the session is over and `loggedOut` fired (unless a
+ * `refreshFailed` listener started a new session);
  * any other kind is transient and the tokens are kept.
  * @example
  * catch (error) { if (error instanceof RefreshError && error.kind === 'rejected') navigate('/login') }

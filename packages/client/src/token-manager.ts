@@ -27,7 +27,7 @@ export type TokenEvent =
  */
 export type TokenStatus = 'unauthenticated' | 'authenticated' | 'refreshing'
 
-/** Retries of transient refresh failures (network, timeout, 5xx, 429). */
+/** Retries of transient refresh failures (network, timeout, any status but 400, 401 and 403: 5xx, 429, …). */
 export interface RetryOptions {
   /** retries after the first try @default 2 */
   attempts?: number | undefined
@@ -61,7 +61,8 @@ export interface TokenManagerOptions {
   lock?: LockManagerLike | false | undefined
   /**
    * ms to wait for the lock; after it, wait as long again for a fallback lock that the tabs which gave up
-   * take in turn, then refresh without a lock instead of hanging (at most 2 × lockTimeout in all) @default 10_000
+   * take in turn, then refresh without a lock instead of hanging (at most 2 × lockTimeout before the first attempt,
+   * and lockTimeout more before each retry) @default 10_000
    */
   lockTimeout?: number | undefined
   /**

@@ -136,6 +136,31 @@ describe('bugs of the interceptor recipe that tokenflow does not have', () => {
     expect(server.counters.refreshAttempts).toBe(1)
   })
 
+  it('rejects a waiter at once when its signal aborts, and the refresh goes on for the others', async () => {
+    const { api } = await client()
+    expireOnServer()
+    const release = server.holdRefreshes()
+    const controller = new AbortController()
+    const aborted = api
+      .get('/api/data', { headers: { 'x-req-id': 'aborted' }, signal: controller.signal })
+      .then(
+        () => 'resolved',
+        (error: unknown) => error,
+      )
+    const others = ids('o', 5).map((id) => get(api, id))
+    // all six got their 401 and wait for the held refresh
+    await vi.waitFor(() => expect(server.counters.unauthorized).toBe(6))
+    controller.abort()
+    const error = await aborted
+    expect(axios.isCancel(error)).toBe(true)
+    expect(server.counters.refreshes).toBe(0) // it rejected while the refresh was still held
+    release()
+    expect((await Promise.all(others)).map((response) => response.status)).toEqual([200, 200, 200, 200, 200])
+    // sent once (its 401), never retried
+    expect(server.hits('aborted')).toBe(1)
+    expect(server.counters.refreshes).toBe(1)
+  })
+
   it('does not loop when the retried request gets 401 again', async () => {
     const { api } = await client()
     server.alwaysUnauthorized = true

@@ -42,7 +42,7 @@ export interface SqliteStoreOptions {
    * How many rows one statement of `deleteExpiredSessions` looks at. The prune walks the table in
    * rowid order, one span of this many rows per statement, and lets the event loop run between two
    * statements: better-sqlite3 is synchronous, and one `DELETE` over a million sessions blocked
-   * every request for about 1.4 s (`tsx bench/run.ts prune`). Larger spans prune faster, in longer turns.
+   * every request for about 1.7 s (`tsx bench/run.ts prune`, bench/results/prune.json). Larger spans prune faster, in longer turns.
    * @default 1000
    */
   pruneBatchSize?: number | undefined
