@@ -334,9 +334,10 @@ export async function demoUser(
         newFile = true
       }
     }
-    await chmod(file, 0o600)
     password ??= fresh
   }
+  // the owner's alone, also a file an earlier version (or a copy) left readable by others
+  await chmod(file, 0o600)
   const exists = (await issuer.listUsers()).some((user) => user.username === DEMO_USERNAME)
   if (exists && !newFile) return { username: DEMO_USERNAME, password, createdUser: false }
   // a new file, whose password the user left in the database does not have; or a database without the user

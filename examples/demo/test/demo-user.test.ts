@@ -3,7 +3,7 @@
  * directory at the same moment agree on it (one printed a password the other had replaced), and a
  * database or a file left from another start is made to agree with the other.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { type AuthServer, createAuthServer, createSqliteStore } from '@tokenflow/server'
@@ -60,8 +60,11 @@ describe('the demo user', () => {
   it('a later start reuses the password; a removed file or a broken one gets a new password, which logs in', async () => {
     const created = await demoUser(await open(), dataDir)
     expect(created.createdUser).toBe(true)
+    // a file readable by others is made the owner's alone again
+    await chmod(join(dataDir, 'demo-user.json'), 0o644)
     const again = await demoUser(await open(), dataDir)
     expect(again).toEqual({ username: DEMO_USERNAME, password: created.password, createdUser: false })
+    expect((await stat(join(dataDir, 'demo-user.json'))).mode & 0o777).toBe(0o600)
 
     await writeFile(join(dataDir, 'demo-user.json'), '{ broken')
     const server = await open()

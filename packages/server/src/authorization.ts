@@ -1,8 +1,20 @@
+/** A request as `authorizationOf` reads it: Node's `IncomingMessage`, or what a framework hands over of it. */
+export interface RawRequest {
+  rawHeaders?: readonly string[] | undefined
+  socket?: unknown
+}
+
 /**
- * How many raw header entries (names and values) Node's HTTP/1 parser keeps at most: the lines after
- * `maxHeadersCount` (1,000 fields by default) are dropped, from `rawHeaders` too.
+ * How many raw header entries (names and values) Node's HTTP/1 parser keeps before it drops the rest, from
+ * `rawHeaders` too: twice its server's `maxHeadersCount` (1,000 fields by default; 0 keeps them all). It stops
+ * a few entries past that, as it hands them over in batches.
  */
-const NODE_MAX_RAW_HEADERS = 2_000
+function keptEntries(request: RawRequest): number {
+  const server = (request.socket as { server?: { maxHeadersCount?: number | null } } | null | undefined)
+    ?.server
+  const max = server?.maxHeadersCount
+  return max === 0 ? Number.POSITIVE_INFINITY : 2 * (max ?? 1_000)
+}
 
 /**
  * The `Authorization` header of a request as its client sent it. Node keeps the first of two such
@@ -10,16 +22,14 @@ const NODE_MAX_RAW_HEADERS = 2_000
  * credential than this server does. Sent more than once, the field lines are joined with ", " as
  * RFC 9110 section 5.3 combines them, a value no Bearer token or Basic credential parses as: the
  * request is refused as malformed, as Hono's Node adapter (which joins them) refuses it too. So is one
- * whose header list Node cut short, which may have had a second line past the cut.
+ * whose header list reached the count Node keeps, which may have had a second line past the cut.
  * `value` is the header as the framework has it: one that a hook of the app set (it is none of the lines
  * the client sent) is kept.
  * @example
- * authorizationOf(request.headers.authorization, request.raw.rawHeaders) // 'Bearer a, Bearer b' when sent twice
+ * authorizationOf(request.headers.authorization, request.raw) // 'Bearer a, Bearer b' when sent twice
  */
-export function authorizationOf(
-  value: string | undefined,
-  rawHeaders: readonly string[] | undefined,
-): string | undefined {
+export function authorizationOf(value: string | undefined, request: RawRequest): string | undefined {
+  const rawHeaders = request.rawHeaders
   if (value === undefined || !rawHeaders) return value
   const lines: string[] = []
   for (let i = 0; i + 1 < rawHeaders.length; i += 2)
@@ -27,6 +37,6 @@ export function authorizationOf(
       lines.push(rawHeaders[i + 1]!)
   if (!lines.includes(value)) return value
   // cut short: a line past the cut stands for the one that may have been there
-  if (rawHeaders.length >= NODE_MAX_RAW_HEADERS) lines.push('')
+  if (rawHeaders.length >= keptEntries(request)) lines.push('')
   return lines.length > 1 ? lines.join(', ') : value
 }

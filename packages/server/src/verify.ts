@@ -479,9 +479,7 @@ export function createVerifier({
     verify,
     fastify: async (request, reply) => {
       try {
-        request.auth = await authenticate(
-          authorizationOf(request.headers.authorization, request.raw.rawHeaders),
-        )
+        request.auth = await authenticate(authorizationOf(request.headers.authorization, request.raw))
         return undefined
       } catch (error) {
         if (!isVerifyError(error)) throw error
@@ -491,7 +489,7 @@ export function createVerifier({
       }
     },
     express: (req, res, next) => {
-      authenticate(authorizationOf(req.headers.authorization, req.rawHeaders)).then(
+      authenticate(authorizationOf(req.headers.authorization, req)).then(
         (claims) => {
           req.auth = claims
           next()

@@ -10,39 +10,64 @@ import { createVerifier } from '../src/verify.js'
 
 describe('authorizationOf', () => {
   it('answers the one line the client sent, or the lines joined with ", " when it sent several', () => {
-    expect(authorizationOf('Bearer a', ['Host', 'x', 'Authorization', 'Bearer a'])).toBe('Bearer a')
-    expect(authorizationOf('Bearer a', ['authorization', 'Bearer a', 'AUTHORIZATION', 'Bearer b'])).toBe(
-      'Bearer a, Bearer b',
-    )
-    // an empty second line still makes two
-    expect(authorizationOf('Bearer a', ['authorization', 'Bearer a', 'authorization', ''])).toBe('Bearer a, ')
-    // a header name that only starts like it is another header
-    expect(authorizationOf('Bearer a', ['authorization', 'Bearer a', 'authorization-x', 'b'])).toBe(
+    expect(authorizationOf('Bearer a', { rawHeaders: ['Host', 'x', 'Authorization', 'Bearer a'] })).toBe(
       'Bearer a',
     )
+    expect(
+      authorizationOf('Bearer a', { rawHeaders: ['authorization', 'Bearer a', 'AUTHORIZATION', 'Bearer b'] }),
+    ).toBe('Bearer a, Bearer b')
+    // an empty second line still makes two
+    expect(
+      authorizationOf('Bearer a', { rawHeaders: ['authorization', 'Bearer a', 'authorization', ''] }),
+    ).toBe('Bearer a, ')
+    // a header name that only starts like it is another header
+    expect(
+      authorizationOf('Bearer a', { rawHeaders: ['authorization', 'Bearer a', 'authorization-x', 'b'] }),
+    ).toBe('Bearer a')
   })
 
   it('refuses two lines when the value is either of them (a hook that picked the last one)', () => {
-    expect(authorizationOf('Bearer b', ['authorization', 'Bearer a', 'authorization', 'Bearer b'])).toBe(
-      'Bearer a, Bearer b',
-    )
+    expect(
+      authorizationOf('Bearer b', { rawHeaders: ['authorization', 'Bearer a', 'authorization', 'Bearer b'] }),
+    ).toBe('Bearer a, Bearer b')
   })
 
   it('treats a header list Node cut short (2,000 raw entries) as if a second line had come after the cut', () => {
     const padding = Array.from({ length: 1_998 }, (_, i) => (i % 2 === 0 ? `x-${i}` : 'b'))
-    expect(authorizationOf('Bearer a', ['authorization', 'Bearer a', ...padding])).toBe('Bearer a, ')
+    expect(authorizationOf('Bearer a', { rawHeaders: ['authorization', 'Bearer a', ...padding] })).toBe(
+      'Bearer a, ',
+    )
     // one entry short of the cut: nothing was dropped
-    expect(authorizationOf('Bearer a', ['authorization', 'Bearer a', ...padding.slice(2)])).toBe('Bearer a')
+    expect(
+      authorizationOf('Bearer a', { rawHeaders: ['authorization', 'Bearer a', ...padding.slice(2)] }),
+    ).toBe('Bearer a')
+  })
+
+  it("takes the cut from the server's maxHeadersCount: lower, higher, or none (0)", () => {
+    const lines = (count: number) => [
+      'authorization',
+      'Bearer a',
+      ...Array.from({ length: 2 * (count - 1) }, (_, i) => (i % 2 ? 'b' : `x-${i}`)),
+    ]
+    const on = (maxHeadersCount: number | null, count: number) =>
+      authorizationOf('Bearer a', { rawHeaders: lines(count), socket: { server: { maxHeadersCount } } })
+    expect(on(100, 100)).toBe('Bearer a, ')
+    expect(on(100, 99)).toBe('Bearer a')
+    expect(on(null, 1_000)).toBe('Bearer a, ')
+    expect(on(3_000, 1_500)).toBe('Bearer a')
+    expect(on(0, 5_000)).toBe('Bearer a')
   })
 
   it('keeps a value a hook set (none of the lines the client sent), and one without raw lines', () => {
-    expect(authorizationOf('Bearer set', ['authorization', 'Bearer a', 'authorization', 'Bearer b'])).toBe(
-      'Bearer set',
-    )
-    expect(authorizationOf('Bearer set', [])).toBe('Bearer set')
-    expect(authorizationOf('Bearer a', undefined)).toBe('Bearer a')
     expect(
-      authorizationOf(undefined, ['authorization', 'Bearer a', 'authorization', 'Bearer b']),
+      authorizationOf('Bearer set', {
+        rawHeaders: ['authorization', 'Bearer a', 'authorization', 'Bearer b'],
+      }),
+    ).toBe('Bearer set')
+    expect(authorizationOf('Bearer set', { rawHeaders: [] })).toBe('Bearer set')
+    expect(authorizationOf('Bearer a', { rawHeaders: undefined })).toBe('Bearer a')
+    expect(
+      authorizationOf(undefined, { rawHeaders: ['authorization', 'Bearer a', 'authorization', 'Bearer b'] }),
     ).toBeUndefined()
   })
 })

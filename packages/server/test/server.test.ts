@@ -1198,11 +1198,26 @@ describe('cookie mode', () => {
       expect((await cookiePost('/refresh/token', attacker.refreshToken)).statusCode).toBe(200)
     })
 
-    it('a logout ends both sessions', async () => {
+    it('counts only cookies of the very name, as the cookie parser reads names (spaces and tabs trimmed)', async () => {
+      const { refreshToken } = await cookieLogin()
+      // a no-break space before the name makes another cookie (Chromium sends it so; the parser keeps it apart)
+      const response = await cookieApp.inject({
+        method: 'POST',
+        url: '/refresh/token',
+        headers: {
+          'x-tokenflow-refresh': '1',
+          cookie: `\u00a0${COOKIE}=garbage; \t${COOKIE}\t=${refreshToken}`,
+        },
+      })
+      expect(response.statusCode).toBe(200)
+    })
+
+    it('a logout ends both sessions, and clears the cookie', async () => {
       const one = await cookieLogin()
       const two = await cookieLogin()
       const response = await twice('/refresh/token/logout', one.refreshToken, two.refreshToken)
       expect(response.statusCode).toBe(200)
+      expect(cookieOf(response)).toMatch(/^__Secure-tokenflow_rt=; .*Path=\/refresh\/token/)
       expect((await cookiePost('/refresh/token', one.refreshToken)).statusCode).toBe(400)
       expect((await cookiePost('/refresh/token', two.refreshToken)).statusCode).toBe(400)
     })

@@ -153,13 +153,17 @@ function statusLine(port: number, request: string): Promise<string> {
 }
 
 /** a bare `node:http` server whose only handler is `verifier.express`, answering `req.auth` on success */
-async function expressApi(verifier: Verifier): Promise<{ origin: string; close(): Promise<void> }> {
+async function expressApi(
+  verifier: Verifier,
+  maxHeadersCount?: number,
+): Promise<{ origin: string; close(): Promise<void> }> {
   const server = createServer((req: IncomingMessage & { auth?: AccessTokenClaims }, res: ServerResponse) => {
     verifier.express(req, res, (error) => {
       if (error !== undefined) return void res.writeHead(500).end('next(error)')
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(req.auth))
     })
   })
+  if (maxHeadersCount !== undefined) server.maxHeadersCount = maxHeadersCount
   return {
     origin: await listen(server),
     close: () => new Promise((resolve) => server.close(() => resolve())),
@@ -472,6 +476,21 @@ describe('two Authorization headers', () => {
         expect(await statusLine(Number(port), head(10, true))).toBe('HTTP/1.1 401 Unauthorized')
         expect(await statusLine(Number(port), head(1_100, true))).toBe('HTTP/1.1 401 Unauthorized')
       }
+    } finally {
+      await express.close()
+    }
+  })
+
+  it("are refused past a lowered maxHeadersCount too (the server's own cut)", async () => {
+    world = await startWorld()
+    const token = await world.login()
+    const express = await expressApi(world.verifier, 100)
+    try {
+      const { port } = new URL(express.origin)
+      const head = (padding: number) =>
+        `GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n${'a: b\r\n'.repeat(padding)}` +
+        'Authorization: Bearer junk\r\nConnection: close\r\n\r\n'
+      expect(await statusLine(Number(port), head(300))).toBe('HTTP/1.1 401 Unauthorized')
     } finally {
       await express.close()
     }

@@ -81,11 +81,15 @@ export async function authRoutes(
   // another port of this host) set one of the same name with a Domain attribute: the browser sends both,
   // and the parser keeps the first, which may be the planted one (another account's token, or garbage
   // that logs the user out at every reload). RFC 6265bis section 8.6; the `__Host-` prefix prevents it
+  // Names and values lose spaces and tabs around them, nothing else, as the `cookie` parser's do: a name
+  // that String#trim() would strip of a no-break space is another cookie for the parser and the browser
+  // (a planted '\u00a0__Host-…' must not count as the `__Host-` cookie)
   const cookieValues = (request: FastifyRequest, name: string): string[] => {
     const values: string[] = []
+    const bare = (text: string) => text.replace(/^[ \t]+|[ \t]+$/g, '')
     for (const pair of (request.headers.cookie ?? '').split(';')) {
       const at = pair.indexOf('=')
-      if (at > 0 && pair.slice(0, at).trim() === name) values.push(pair.slice(at + 1).trim())
+      if (at > 0 && bare(pair.slice(0, at)) === name) values.push(bare(pair.slice(at + 1)))
     }
     return values
   }

@@ -134,7 +134,7 @@ export function noStore(reply: FastifyReply): FastifyReply {
  * const token = bearerToken(request)
  */
 export function bearerToken(request: FastifyRequest): string | undefined {
-  const header = authorizationOf(request.headers.authorization, request.raw.rawHeaders)
+  const header = authorizationOf(request.headers.authorization, request.raw)
   if (typeof header !== 'string') return undefined
   const match = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i.exec(header)
   return match?.[1]
@@ -155,9 +155,7 @@ export async function authenticateRequest(
   if (token === undefined) {
     // the codes "@tokenflow/server/verify" gives: no Bearer token, or one that is not a b64token (a space, a
     // second part, a character outside RFC 6750 section 2.1)
-    const malformed = /^bearer +\S/i.test(
-      String(authorizationOf(request.headers.authorization, request.raw.rawHeaders)),
-    )
+    const malformed = /^bearer +\S/i.test(String(authorizationOf(request.headers.authorization, request.raw)))
     sendError(
       reply,
       401,

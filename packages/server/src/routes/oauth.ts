@@ -83,7 +83,7 @@ export async function oauthRoutes(app: FastifyInstance, { issuer, clientId, body
     reply: FastifyReply,
     { client_id: fromBody, client_secret: secret }: Record<string, string | undefined>,
   ) => {
-    const authorization = authorizationOf(request.headers.authorization, request.raw.rawHeaders)
+    const authorization = authorizationOf(request.headers.authorization, request.raw)
     // sent twice: which credential counts would depend on who reads it (Node keeps the first line, a proxy
     // may read the last). RFC 6749 section 3.2 refuses a repeated parameter the same way
     if (authorization !== request.headers.authorization) {
