@@ -6,14 +6,16 @@ export interface RawRequest {
 
 /**
  * How many raw header entries (names and values) Node's HTTP/1 parser keeps before it drops the rest, from
- * `rawHeaders` too: twice its server's `maxHeadersCount` (1,000 fields by default; 0 keeps them all). It stops
- * a few entries past that, as it hands them over in batches.
+ * `rawHeaders` too: twice its server's `maxHeadersCount` (1,000 fields by default; 0 or less keeps them all). It
+ * stops a few entries past that, as it hands them over in batches. Node reads the limit when a connection opens:
+ * set it before `listen()`.
  */
 function keptEntries(request: RawRequest): number {
   const server = (request.socket as { server?: { maxHeadersCount?: number | null } } | null | undefined)
     ?.server
-  const max = server?.maxHeadersCount
-  return max === 0 ? Number.POSITIVE_INFINITY : 2 * (max ?? 1_000)
+  const max = server?.maxHeadersCount ?? 1_000
+  // Node takes any value of 0 or less as no limit
+  return max > 0 ? 2 * max : Number.POSITIVE_INFINITY
 }
 
 /**

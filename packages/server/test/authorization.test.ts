@@ -56,6 +56,8 @@ describe('authorizationOf', () => {
     expect(on(null, 1_000)).toBe('Bearer a, ')
     expect(on(3_000, 1_500)).toBe('Bearer a')
     expect(on(0, 5_000)).toBe('Bearer a')
+    // Node takes a negative one as no limit too
+    expect(on(-1, 2)).toBe('Bearer a')
   })
 
   it('keeps a value a hook set (none of the lines the client sent), and one without raw lines', () => {

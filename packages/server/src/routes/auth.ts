@@ -86,7 +86,14 @@ export async function authRoutes(
   // (a planted '\u00a0__Host-…' must not count as the `__Host-` cookie)
   const cookieValues = (request: FastifyRequest, name: string): string[] => {
     const values: string[] = []
-    const bare = (text: string) => text.replace(/^[ \t]+|[ \t]+$/g, '')
+    // a loop, not /[ \t]+$/: that backtracks from every position of a long run of spaces (16 KiB: 200 ms)
+    const bare = (text: string) => {
+      let start = 0
+      let end = text.length
+      while (start < end && (text.charCodeAt(start) === 32 || text.charCodeAt(start) === 9)) start++
+      while (end > start && (text.charCodeAt(end - 1) === 32 || text.charCodeAt(end - 1) === 9)) end--
+      return text.slice(start, end)
+    }
     for (const pair of (request.headers.cookie ?? '').split(';')) {
       const at = pair.indexOf('=')
       if (at > 0 && bare(pair.slice(0, at)) === name) values.push(bare(pair.slice(at + 1)))
