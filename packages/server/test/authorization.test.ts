@@ -3,10 +3,9 @@
  * lines; joined, they parse as no credential, so a request that sends two is refused as malformed.
  */
 import Fastify from 'fastify'
-import { exportJWK, generateKeyPair, SignJWT } from 'jose'
 import { describe, expect, it } from 'vitest'
 import { authorizationOf } from '../src/authorization.js'
-import { createVerifier } from '../src/verify.js'
+import { localVerifier } from './helpers/verify.js'
 
 describe('authorizationOf', () => {
   it('answers the one line the client sent, or the lines joined with ", " when it sent several', () => {
@@ -76,26 +75,8 @@ describe('authorizationOf', () => {
 
 describe("the verifier's Fastify middleware", () => {
   it('takes the Authorization a hook set with the request.headers setter', async () => {
-    const ISSUER = 'https://auth.example.test'
-    const AUDIENCE = 'https://api.example.test'
-    const NOW = 1_750_000_000_000
-    const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true })
-    const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }
-    const verifier = createVerifier({
-      jwks: { keys: [jwk] },
-      issuer: ISSUER,
-      audience: AUDIENCE,
-      now: () => NOW,
-    })
-    const token = await new SignJWT({ client_id: 'web', sid: 's1' })
-      .setProtectedHeader({ alg: 'ES256', kid: 'k1', typ: 'at+jwt' })
-      .setIssuer(ISSUER)
-      .setAudience(AUDIENCE)
-      .setSubject('user-1')
-      .setJti('jti-1')
-      .setIssuedAt(NOW / 1000 - 10)
-      .setExpirationTime(NOW / 1000 + 900)
-      .sign(privateKey)
+    const { verifier, sign } = await localVerifier()
+    const token = await sign()
     const app = Fastify()
     // the access token from a cookie, as Fastify documents setting a header: the setter keeps it apart
     // from the raw request's headers

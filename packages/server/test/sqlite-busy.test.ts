@@ -19,6 +19,7 @@ import { createSqliteStore, type SqliteStoreOptions } from '../src/stores/sqlite
 import type { SessionRecord, TokenStore } from '../src/stores/store.js'
 import { AUDIENCE, ISSUER, PASSWORD } from './helpers/http.js'
 import { sessionRecord } from './helpers/records.js'
+import { thrown } from './helpers/thrown.js'
 
 const NOW = 1_700_000_000_000
 /** packages/server, where `require('better-sqlite3')` resolves */
@@ -60,6 +61,8 @@ function watch<T>(promise: Promise<T>): Watched<T> {
 const pause = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 const session = sessionRecord
+/** the user the sessions belong to */
+const ada = { id: 'u1', username: 'ada', passwordHash: 'x', createdAt: NOW, passwordChangedAt: NOW }
 
 describe('sqlite store behind another connection’s write lock', () => {
   let dir: string
@@ -94,13 +97,7 @@ describe('sqlite store behind another connection’s write lock', () => {
     dir = mkdtempSync(join(tmpdir(), 'tokenflow-sqlite-busy-'))
     filename = join(dir, 'tokenflow.db')
     await open()
-    await store.createUser({
-      id: 'u1',
-      username: 'ada',
-      passwordHash: 'x',
-      createdAt: NOW,
-      passwordChangedAt: NOW,
-    })
+    await store.createUser(ada)
     await store.close()
     other = new Database(filename, { timeout: 0 })
   })
@@ -558,13 +555,7 @@ describe('opening a new file while another process writes it', () => {
     // it waited for the other process's commit (the constructor blocks, as the driver's busy handler does)
     expect(performance.now() - started).toBeGreaterThanOrEqual(100)
     await store.migrate()
-    await store.createUser({
-      id: 'u1',
-      username: 'ada',
-      passwordHash: 'x',
-      createdAt: NOW,
-      passwordChangedAt: NOW,
-    })
+    await store.createUser(ada)
     await store.createSession(session())
     await store.close()
     const check = new Database(filename, { readonly: true })
@@ -575,7 +566,7 @@ describe('opening a new file while another process writes it', () => {
   it('fails with ERR_CONFIG and the SQLITE_BUSY as its cause once busyTimeout has passed', async () => {
     await holdWriteLock(3000)
     const started = performance.now()
-    const error = catchError(() => createSqliteStore({ filename, busyTimeout: 200 }))
+    const error = thrown(() => createSqliteStore({ filename, busyTimeout: 200 }))
     const waited = performance.now() - started
     expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_CONFIG', cause: { code: 'SQLITE_BUSY' } })
     expect((error as Error).message).toMatch(/^cannot open sqlite database ".*": database is locked$/)
@@ -588,7 +579,7 @@ describe('opening a new file while another process writes it', () => {
     // busy handler gets what is left of busyTimeout, not all of it again
     await holdWriteLock(800, 5000)
     const started = performance.now()
-    const error = catchError(() => createSqliteStore({ filename, busyTimeout: 1000 }))
+    const error = thrown(() => createSqliteStore({ filename, busyTimeout: 1000 }))
     const waited = performance.now() - started
     expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_CONFIG', cause: { code: 'SQLITE_BUSY' } })
     expect(waited).toBeGreaterThanOrEqual(990)
@@ -596,12 +587,3 @@ describe('opening a new file while another process writes it', () => {
     expect(waited).toBeLessThan(1400)
   })
 })
-
-function catchError(run: () => unknown): unknown {
-  try {
-    run()
-  } catch (error) {
-    return error
-  }
-  throw new Error('expected it to throw')
-}

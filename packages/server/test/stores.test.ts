@@ -12,6 +12,7 @@ import { createPostgresStore } from '../src/stores/postgres.js'
 import { createSqliteStore } from '../src/stores/sqlite.js'
 import { describeTokenStore } from './helpers/describe-token-store.js'
 import { sessionRecord } from './helpers/records.js'
+import { thrown } from './helpers/thrown.js'
 
 const databaseUrl = process.env.DATABASE_URL
 const NOW = 1_700_000_000_000
@@ -21,15 +22,6 @@ const pruneBatchSize = 4
 function tempDir(): { dir: string; remove: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'tokenflow-store-'))
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) }
-}
-
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn()
-  } catch (error) {
-    return error
-  }
-  throw new Error('expected a throw')
 }
 
 async function rejection(promise: Promise<unknown>): Promise<unknown> {

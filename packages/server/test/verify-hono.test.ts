@@ -8,35 +8,12 @@ import { join } from 'node:path'
 import Fastify from 'fastify'
 import { Hono } from 'hono'
 import { createMiddleware } from 'hono/factory'
-import { exportJWK, generateKeyPair, SignJWT } from 'jose'
 import { describe, expect, it } from 'vitest'
 // the README imports these from '@tokenflow/server/verify'
-import {
-  type AccessTokenClaims,
-  createVerifier,
-  isVerifyError,
-  VerifyError,
-  verifyErrorResponse,
-} from '../src/verify.js'
+import { type AccessTokenClaims, isVerifyError, VerifyError, verifyErrorResponse } from '../src/verify.js'
+import { localVerifier } from './helpers/verify.js'
 
-const ISSUER = 'https://auth.example.test'
-const AUDIENCE = 'https://api.example.test'
-const NOW = 1_750_000_000_000
-
-const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true })
-const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }
-const verifier = createVerifier({ jwks: { keys: [jwk] }, issuer: ISSUER, audience: AUDIENCE, now: () => NOW })
-
-const sign = (exp = NOW / 1000 + 900) =>
-  new SignJWT({ client_id: 'web', sid: 's1' })
-    .setProtectedHeader({ alg: 'ES256', kid: 'k1', typ: 'at+jwt' })
-    .setIssuer(ISSUER)
-    .setAudience(AUDIENCE)
-    .setSubject('user-1')
-    .setJti('jti-1')
-    .setIssuedAt(NOW / 1000 - 10)
-    .setExpirationTime(exp)
-    .sign(privateKey)
+const { verifier, sign, now: NOW } = await localVerifier()
 
 // readme:start
 const auth = createMiddleware<{ Variables: { auth: AccessTokenClaims } }>(async (c, next) => {
