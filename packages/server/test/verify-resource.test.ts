@@ -431,54 +431,49 @@ describe('the middlewares', () => {
 describe('two Authorization headers', () => {
   // Node keeps the first and drops the other: a proxy in front that reads the last would judge another
   // credential than the API. Joined as RFC 9110 section 5.3 combines them, no token parses
-  it('are refused as malformed by both middlewares, whichever comes first', async () => {
-    world = await startWorld()
-    const token = await world.login()
-    const express = await expressApi(world.verifier)
+  /** Runs `check` against the world's Fastify API (`verifier.fastify`) and a node:http one (`verifier.express`). */
+  const eachMiddleware = async (check: (api: string, path: string) => Promise<void>) => {
+    const express = await expressApi(world!.verifier)
     try {
-      for (const [api, path] of [
-        [world.api, '/me'],
-        [express.origin, '/'],
-      ] as const) {
-        const once = await sendLines(`${api}${path}`, { authorization: `Bearer ${token}` })
-        expect(once.status).toBe(200)
-        for (const lines of [
-          [`Bearer ${token}`, 'Bearer junk'],
-          ['Bearer junk', `Bearer ${token}`],
-          [`Bearer ${token}`, `Bearer ${token}`],
-        ]) {
-          const reply = await sendLines(`${api}${path}`, { authorization: lines })
-          expect(reply.status).toBe(401)
-          expect(reply.json()).toMatchObject({ error: 'invalid_token', code: 'ERR_JWS_INVALID' })
-          expect(reply.headers.get('www-authenticate')).toMatch(/^Bearer error="invalid_token"/)
-        }
-      }
+      await check(world!.api, '/me')
+      await check(express.origin, '/')
     } finally {
       await express.close()
     }
+  }
+
+  it('are refused as malformed by both middlewares, whichever comes first', async () => {
+    world = await startWorld()
+    const token = await world.login()
+    await eachMiddleware(async (api, path) => {
+      const once = await sendLines(`${api}${path}`, { authorization: `Bearer ${token}` })
+      expect(once.status).toBe(200)
+      for (const lines of [
+        [`Bearer ${token}`, 'Bearer junk'],
+        ['Bearer junk', `Bearer ${token}`],
+        [`Bearer ${token}`, `Bearer ${token}`],
+      ]) {
+        const reply = await sendLines(`${api}${path}`, { authorization: lines })
+        expect(reply.status).toBe(401)
+        expect(reply.json()).toMatchObject({ error: 'invalid_token', code: 'ERR_JWS_INVALID' })
+        expect(reply.headers.get('www-authenticate')).toMatch(/^Bearer error="invalid_token"/)
+      }
+    })
   })
 
   it('are refused when 1,100 header lines stand between them (Node keeps the first 1,000 lines only)', async () => {
     world = await startWorld()
     const token = await world.login()
-    const express = await expressApi(world.verifier)
-    try {
-      for (const [api, path] of [
-        [world.api, '/me'],
-        [express.origin, '/'],
-      ] as const) {
-        const { port } = new URL(api)
-        const head = (padding: number, second: boolean) =>
-          `GET ${path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n${'a: b\r\n'.repeat(padding)}` +
-          `${second ? 'Authorization: Bearer junk\r\n' : ''}Connection: close\r\n\r\n`
-        // the padding alone is no reason to refuse
-        expect(await statusLine(Number(port), head(900, false))).toBe('HTTP/1.1 200 OK')
-        expect(await statusLine(Number(port), head(10, true))).toBe('HTTP/1.1 401 Unauthorized')
-        expect(await statusLine(Number(port), head(1_100, true))).toBe('HTTP/1.1 401 Unauthorized')
-      }
-    } finally {
-      await express.close()
-    }
+    await eachMiddleware(async (api, path) => {
+      const { port } = new URL(api)
+      const head = (padding: number, second: boolean) =>
+        `GET ${path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n${'a: b\r\n'.repeat(padding)}` +
+        `${second ? 'Authorization: Bearer junk\r\n' : ''}Connection: close\r\n\r\n`
+      // the padding alone is no reason to refuse
+      expect(await statusLine(Number(port), head(900, false))).toBe('HTTP/1.1 200 OK')
+      expect(await statusLine(Number(port), head(10, true))).toBe('HTTP/1.1 401 Unauthorized')
+      expect(await statusLine(Number(port), head(1_100, true))).toBe('HTTP/1.1 401 Unauthorized')
+    })
   })
 
   it("are refused past a lowered maxHeadersCount too (the server's own cut)", async () => {
