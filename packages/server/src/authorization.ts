@@ -11,11 +11,11 @@ export interface RawRequest {
  * set it before `listen()`.
  */
 function keptEntries(request: RawRequest): number {
-  const server = (request.socket as { server?: { maxHeadersCount?: number | null } } | null | undefined)
-    ?.server
-  const max = server?.maxHeadersCount ?? 1_000
-  // Node takes any value of 0 or less as no limit
-  return max > 0 ? 2 * max : Number.POSITIVE_INFINITY
+  const server = (request.socket as { server?: { maxHeadersCount?: unknown } } | null | undefined)?.server
+  const max = server?.maxHeadersCount
+  // as Node reads it: a number only (anything else keeps the default), as an int32, doubled; 0 or less: no limit
+  const entries = typeof max === 'number' ? max << 1 : 2_000
+  return entries > 0 ? entries : Number.POSITIVE_INFINITY
 }
 
 /**

@@ -57,6 +57,10 @@ describe('authorizationOf', () => {
     expect(on(0, 5_000)).toBe('Bearer a')
     // Node takes a negative one as no limit too
     expect(on(-1, 2)).toBe('Bearer a')
+    // and reads it as Node does: a string keeps the default (1,000), a fraction is truncated
+    expect(on('0' as never, 1_000)).toBe('Bearer a, ')
+    expect(on(31.5, 31)).toBe('Bearer a, ')
+    expect(on(31.5, 30)).toBe('Bearer a')
   })
 
   it('keeps a value a hook set (none of the lines the client sent), and one without raw lines', () => {
