@@ -69,6 +69,20 @@ const emptyBodyIsObject: preValidationHookHandler = (request, _reply, done) => {
 }
 
 /**
+ * `text` without the spaces and tabs around it, nothing else, as the `cookie` parser trims names and values:
+ * a name that String#trim() would strip of a no-break space is another cookie to the parser and the browser
+ * (a planted '\u00a0__Host-…' must not count as the `__Host-` cookie). A loop, not /[ \t]+$/, which
+ * backtracks from every position of a long run of spaces (16 KiB of them: 200 ms).
+ */
+function bare(text: string): string {
+  let start = 0
+  let end = text.length
+  while (start < end && (text.charCodeAt(start) === 32 || text.charCodeAt(start) === 9)) start++
+  while (end > start && (text.charCodeAt(end - 1) === 32 || text.charCodeAt(end - 1) === 9)) end--
+  return text.slice(start, end)
+}
+
+/**
  * Registers the JSON login, refresh and logout routes.
  * @example
  * app.register(authRoutes, { issuer, cookie: undefined, now: Date.now })
@@ -77,23 +91,12 @@ export async function authRoutes(
   app: FastifyInstance,
   { issuer, cookie, now }: AuthRoutesOptions,
 ): Promise<void> {
-  // Every value of the refresh cookie in the request. Two when a page of a sibling subdomain (or of
-  // another port of this host) set one of the same name with a Domain attribute: the browser sends both,
-  // and the parser keeps the first, which may be the planted one (another account's token, or garbage
-  // that logs the user out at every reload). RFC 6265bis section 8.6; the `__Host-` prefix prevents it
-  // Names and values lose spaces and tabs around them, nothing else, as the `cookie` parser's do: a name
-  // that String#trim() would strip of a no-break space is another cookie for the parser and the browser
-  // (a planted '\u00a0__Host-…' must not count as the `__Host-` cookie)
+  // Every value of the refresh cookie in the request. Two when a page of a sibling subdomain set one of
+  // the same name with a Domain attribute: the browser sends both, and the parser keeps the first, which
+  // may be the planted one (another account's token, or garbage that logs the user out at every reload).
+  // RFC 6265bis section 8.6; the `__Host-` prefix prevents it
   const cookieValues = (request: FastifyRequest, name: string): string[] => {
     const values: string[] = []
-    // a loop, not /[ \t]+$/: that backtracks from every position of a long run of spaces (16 KiB: 200 ms)
-    const bare = (text: string) => {
-      let start = 0
-      let end = text.length
-      while (start < end && (text.charCodeAt(start) === 32 || text.charCodeAt(start) === 9)) start++
-      while (end > start && (text.charCodeAt(end - 1) === 32 || text.charCodeAt(end - 1) === 9)) end--
-      return text.slice(start, end)
-    }
     for (const pair of (request.headers.cookie ?? '').split(';')) {
       const at = pair.indexOf('=')
       if (at > 0 && bare(pair.slice(0, at)) === name) values.push(bare(pair.slice(at + 1)))

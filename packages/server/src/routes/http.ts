@@ -134,10 +134,12 @@ export function noStore(reply: FastifyReply): FastifyReply {
  * const token = bearerToken(request)
  */
 export function bearerToken(request: FastifyRequest): string | undefined {
-  const header = authorizationOf(request.headers.authorization, request.raw)
-  if (typeof header !== 'string') return undefined
-  const match = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i.exec(header)
-  return match?.[1]
+  return tokenOf(authorizationOf(request.headers.authorization, request.raw))
+}
+
+/** The b64token of an `Authorization` value of the Bearer scheme, or undefined. */
+function tokenOf(header: string | undefined): string | undefined {
+  return header === undefined ? undefined : /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i.exec(header)?.[1]
 }
 
 /**
@@ -151,11 +153,12 @@ export async function authenticateRequest(
   request: FastifyRequest,
   reply: FastifyReply,
 ): Promise<AccessTokenClaims | undefined> {
-  const token = bearerToken(request)
+  const header = authorizationOf(request.headers.authorization, request.raw)
+  const token = tokenOf(header)
   if (token === undefined) {
     // the codes "@tokenflow/server/verify" gives: no Bearer token, or one that is not a b64token (a space, a
     // second part, a character outside RFC 6750 section 2.1)
-    const malformed = /^bearer +\S/i.test(String(authorizationOf(request.headers.authorization, request.raw)))
+    const malformed = /^bearer +\S/i.test(header ?? '')
     sendError(
       reply,
       401,
