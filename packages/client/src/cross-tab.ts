@@ -65,7 +65,7 @@ function fingerprint(value: string): string {
 }
 
 /** Resolves after `ms`. */
-export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /**
  * Sets up cross-tab coordination named `name`. With `talk`, messages go over a BroadcastChannel of that name:

@@ -1,4 +1,4 @@
-import { type CrossTabMessage, createCrossTab, sleep } from './cross-tab.js'
+import { type CrossTabMessage, createCrossTab } from './cross-tab.js'
 import {
   invalidOption,
   isRefreshError,
@@ -592,7 +592,12 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       // a session replaced during the backoff gets no further attempt
       if (session !== started) throw sessionCleared()
       const controller = new AbortController()
-      const abort = () => controller.abort(sessionCleared())
+      // ends the attempt, or its backoff: a cleared session keeps no timer (Node would wait it out to exit)
+      let wake: (() => void) | undefined
+      const abort = () => {
+        controller.abort(sessionCleared())
+        wake?.()
+      }
       abortAttempt = abort
       let timer: ReturnType<typeof setTimeout> | undefined
       // kept here too: React Native's AbortController (the abort-controller polyfill) drops the abort reason
@@ -630,11 +635,18 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         if (/rejected|invalid/.test(error.kind) || attempt >= attempts || session !== started) throw error
         const delay = Math.min(maxDelay, baseDelay * 2 ** attempt)
         // jitter spreads the retries of many clients that failed together; a Retry-After is waited in full
-        await sleep(
-          error.retryAfter
-            ? Math.min(maxDelay, error.retryAfter * 1000)
-            : delay / 2 + (Math.random() * delay) / 2,
-        )
+        await new Promise<void>((resolve) => {
+          const backoff = setTimeout(
+            resolve,
+            error.retryAfter
+              ? Math.min(maxDelay, error.retryAfter * 1000)
+              : delay / 2 + (Math.random() * delay) / 2,
+          )
+          wake = () => {
+            clearTimeout(backoff)
+            resolve()
+          }
+        })
       } finally {
         clearTimeout(timer)
         // this runs after the backoff: by then a newer session's refresh may have its own attempt in flight

@@ -5,6 +5,7 @@ import {
   RefreshError,
   type TokenEvent,
   TokenflowError,
+  type TokenManager,
   type TokenManagerOptions,
   type TokenSet,
   type TokenStorage,
@@ -498,6 +499,33 @@ describe('rule 5: classify failures', () => {
     expect(events.at(-1)).toMatchObject({ type: 'refreshFailed', willLogout: false })
     expect(events.some((e) => e.type === 'loggedOut')).toBe(false)
     expect(manager.status).toBe('authenticated')
+  })
+
+  it.each([
+    ['clear()', (m: TokenManager) => m.clear()],
+    ['setTokens()', (m: TokenManager) => m.setTokens(tokenSet(Date.now(), MIN, 2))],
+  ])('ends a backoff at %s: no timer is left to hold the process, and no further attempt', async (_, end) => {
+    vi.useFakeTimers({ now: T0 })
+    let calls = 0
+    const manager = createTokenManager({
+      refresh: async () => {
+        calls++
+        throw new RefreshError('network', 'refresh failed: offline')
+      },
+      retry: { attempts: 3, baseDelay: 4_000, maxDelay: 5_000 },
+      lock: false,
+    })
+    await manager.setTokens(tokenSet(Date.now(), MIN, 0))
+    const result = manager.refresh().catch((e: unknown) => e)
+    await vi.advanceTimersByTimeAsync(0)
+    expect(calls).toBe(1)
+    // the first attempt failed: its backoff (2 to 4 s) is the one timer left
+    expect(vi.getTimerCount()).toBe(1)
+    await end(manager)
+    expect(await result).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
+    expect(vi.getTimerCount()).toBe(0)
+    await vi.advanceTimersByTimeAsync(60_000)
+    expect(calls).toBe(1)
   })
 
   it.each([
