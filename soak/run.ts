@@ -5,7 +5,8 @@
  * 1. Steady load: clients (each a real token manager with the axios adapter) use 1-second access
  *    tokens against 2 instances sharing one PostgreSQL schema.
  * 2. An instance dies: one is killed with SIGKILL mid-run; the clients fail over to the other.
- * 3. PostgreSQL restarts mid-run (the real `pg_ctlcluster … restart`; skipped where it cannot run).
+ * 3. PostgreSQL restarts mid-run (the real `pg_ctlcluster … restart` of the local cluster on the URL's port;
+ *    skipped where it cannot run).
  * 4. SQLite loses its process during a refresh storm, and is started again on the same file.
  *
  * Each phase ends in checks; one line per check, then `N passed, M failed` as the last line, and a
@@ -644,7 +645,7 @@ async function main(): Promise<number> {
     // instances could each store a key and, for up to the keyring's cache time, sign with different
     // ones, which the fixed JWKS of each instance's API verifier (soak/server.ts) would not all hold.
     const a = await start('a')
-    const restartCommand = postgresRestartCommand()
+    const restartCommand = postgresRestartCommand(db.url)
     const [b, cliUrl] = await Promise.all([start('b'), 'skip' in restartCommand ? undefined : startCli(db)])
     const fleet = createFleet({
       bases: [a.url, b.url],

@@ -4,7 +4,7 @@
  */
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync, readdirSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import pg from 'pg'
 // straight from its module: the package index would load Fastify into the soak's own process
 import { parseRefreshToken } from '../../packages/server/src/refresh-token.js'
@@ -117,12 +117,13 @@ export async function checkSessions(db: SoakDatabase, clients: readonly SoakClie
 export type RestartCommand = { command: string; args: string[] } | { skip: string }
 
 /**
- * The real restart command of the local PostgreSQL (Debian's `pg_ctlcluster`), when this process may run it.
+ * The real restart command of the local PostgreSQL cluster (Debian's `pg_ctlcluster`) that serves `url`, when
+ * this process may run it: the cluster whose `postgresql.conf` names the URL's port (5432 when it has none).
  * @example
- * const restart = postgresRestartCommand()
+ * const restart = postgresRestartCommand('postgres://postgres@127.0.0.1:5432/test')
  * if ('skip' in restart) console.log(restart.skip)
  */
-export function postgresRestartCommand(): RestartCommand {
+export function postgresRestartCommand(url: string): RestartCommand {
   const wanted = process.env.SOAK_POSTGRES_RESTART
   if (wanted === 'skip') return { skip: 'SOAK_POSTGRES_RESTART=skip' }
   // stopping the machine's PostgreSQL is never a surprise: CI does it, anyone else says so
@@ -134,9 +135,25 @@ export function postgresRestartCommand(): RestartCommand {
   const binary = ['/usr/bin/pg_ctlcluster', '/usr/sbin/pg_ctlcluster'].find((path) => existsSync(path))
   if (!binary || !existsSync('/etc/postgresql'))
     return { skip: 'no local PostgreSQL cluster (pg_ctlcluster)' }
-  const [version] = readdirSync('/etc/postgresql')
-  if (!version) return { skip: 'no cluster under /etc/postgresql' }
-  return { command: binary, args: ['--skip-systemctl-redirect', version, 'main', 'restart'] }
+  let host: string
+  let port: string
+  try {
+    ;({ hostname: host, port } = new URL(url))
+  } catch {
+    return { skip: 'the database URL does not parse' }
+  }
+  // a socket directory in the URL's query, or no host at all, is local too
+  if (!['', 'localhost', '127.0.0.1', '[::1]'].includes(host))
+    return { skip: `the database (${host}) is not on this machine` }
+  for (const version of readdirSync('/etc/postgresql'))
+    for (const name of readdirSync(`/etc/postgresql/${version}`)) {
+      const config = `/etc/postgresql/${version}/${name}/postgresql.conf`
+      if (!existsSync(config)) continue
+      const configured = /^\s*port\s*=\s*(\d+)/m.exec(readFileSync(config, 'utf8'))?.[1] ?? '5432'
+      if (configured === (port || '5432'))
+        return { command: binary, args: ['--skip-systemctl-redirect', version, name, 'restart'] }
+    }
+  return { skip: `no local cluster listens on port ${port || '5432'}` }
 }
 
 const run = (command: string, args: string[]) =>
