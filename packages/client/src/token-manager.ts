@@ -465,7 +465,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     if (clears !== before) throw sessionCleared()
     // a write the storage refused is made again at a later call, or a start after it would read what
     // storage held before: the previous user, a rotated refresh token (the server sees reuse)
-    if (rewriteAt && now() >= rewriteAt) {
+    // a clock set back past the refusal must not put the next try off by as much
+    if (rewriteAt && (now() >= rewriteAt || now() < rewriteAt - 1000)) {
       rewriteAt = 0
       write(expected)
     }

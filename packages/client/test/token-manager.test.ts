@@ -16,6 +16,7 @@ import { createTestLock, flush, makeJwt, setupManager, slowReadStorage, tokenSet
 
 const T0 = 1_700_000_000_000
 const MIN = 60_000
+const HOUR = 60 * MIN
 
 const setup = (options: Partial<TokenManagerOptions> = {}) => setupManager(options, T0)
 
@@ -1796,6 +1797,23 @@ describe('storage failures lose nothing', () => {
     }
     return { storage, state }
   }
+
+  it('bug: after a clock set back an hour, a write the storage refused was not made again for that hour', async () => {
+    const before = tokenSet(T0, 2 * HOUR, 0)
+    const { storage, state } = refusingStorage(before)
+    const { manager, clock } = setup({ storage })
+    expect(await manager.getAccessToken()).toBe(before.accessToken)
+    state.refuse = true
+    const after = tokenSet(T0, 2 * HOUR, 7)
+    await manager.setTokens(after)
+    expect(state.held).toEqual(before)
+    state.refuse = false
+    // the phone's clock is corrected back an hour: the next call a moment later writes again
+    clock.advance(-HOUR)
+    expect(await manager.getAccessToken()).toBe(after.accessToken)
+    await flush()
+    expect(state.held).toEqual(after)
+  })
 
   it.each([
     ['a login (setTokens) over an earlier one', 'login'],
