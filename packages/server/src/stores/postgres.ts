@@ -132,14 +132,18 @@ export function createPostgresStore({
     }
   }
   const query = async (text: string, params?: unknown[]) => {
-    // under a REPEATABLE READ or SERIALIZABLE default, a statement that meets a concurrent update fails with
-    // 40001 instead of re-checking the row as READ COMMITTED does. It changed nothing: run it again (a lost
-    // compare-and-swap then finds no row, as it would have at once)
+    // Under a REPEATABLE READ or SERIALIZABLE default, a statement that meets a concurrent update fails with
+    // 40001 instead of re-checking the row as READ COMMITTED does. A deadlock (40P01) aborts one of two
+    // statements that lock the same rows in opposite orders: the prune walks the table in physical order,
+    // ending a user's sessions walks the user_id index, and a rotation can make the two orders differ.
+    // Either way the statement changed nothing: run it again (a lost compare-and-swap then finds no row, as
+    // it would have at once)
     for (let attempt = 1; ; attempt++) {
       try {
         return await connection.single((on) => exec(on, text, params))
       } catch (error) {
-        if (attempt >= 5 || (error as { code?: unknown })?.code !== '40001') throw error
+        const code = (error as { code?: unknown })?.code
+        if (attempt >= 5 || (code !== '40001' && code !== '40P01')) throw error
       }
     }
   }
