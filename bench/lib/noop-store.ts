@@ -35,9 +35,10 @@ export function createNoopStore(sessions: Iterable<SessionRecord> = []): TokenSt
       rows.set(id, rotated)
       return rotated
     },
-    async revokeSession(id, now, reason) {
+    async revokeSession(id, now, reason, expectedLastUsedAt) {
       const row = rows.get(id)
       if (!row || row.revokedAt !== null) return false
+      if (expectedLastUsedAt !== undefined && row.lastUsedAt !== expectedLastUsedAt) return false
       rows.set(id, { ...row, revokedAt: now, revokedReason: reason })
       return true
     },

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { AuthError } from './errors.js'
+import { AuthError, isAuthError } from './errors.js'
 import type { Keyring } from './keys.js'
 import { createPasswordHasher, type PasswordHasher } from './passwords.js'
 import { ipLimitKey, type RateLimiter } from './rate-limit.js'
@@ -210,7 +210,11 @@ export interface Issuer {
   listSessions(userId: string): Promise<SessionInfo[]>
   /** revokes one of the user's sessions; `ERR_NOT_FOUND` for an unknown or someone else's session */
   revokeSession(userId: string, sessionId: string): Promise<void>
-  /** checks `oldPassword`, stores the new hash and revokes the user's other sessions */
+  /**
+   * checks `oldPassword`, stores the new hash and revokes the user's other sessions (before and after the
+   * hash is stored: a change that failed midway can be made again with the old password, and no session of
+   * the old password outlives it)
+   */
   changePassword(
     userId: string,
     oldPassword: string,
@@ -488,7 +492,8 @@ export function createIssuer({
     const excess = ranked.slice(maxSessionsPerUser).filter((session) => session.id !== created.id)
     let count = 0
     for (const session of excess.slice(-SESSION_CAP_BATCH)) {
-      if (await store.revokeSession(session.id, time, 'session-limit')) count++
+      // only as it was ranked: a session used since (a refresh) may rank above others now
+      if (await store.revokeSession(session.id, time, 'session-limit', session.lastUsedAt)) count++
     }
     if (count > 0) emit({ type: 'sessionsRevoked', userId: created.userId, reason: 'session-limit', count })
   }
@@ -542,7 +547,15 @@ export function createIssuer({
         revokedReason: null,
         userAgent: typeof meta.userAgent === 'string' ? meta.userAgent.slice(0, MAX_USER_AGENT_LENGTH) : null,
       }
-      await store.createSession(session)
+      try {
+        await store.createSession(session)
+      } catch (error) {
+        // the user was removed while this login checked the password: the same answer as an unknown user
+        if (!isAuthError(error) || error.code !== 'ERR_NOT_FOUND') throw error
+        stats.loginFailures++
+        emit({ type: 'loginFailed', reason: 'credentials' })
+        throw invalidCredentials()
+      }
       // the password changed after it was checked (changePassword ended the sessions it found, not this one
       // yet to come): the old password gets no session
       // a failure of this check (the hasher's line is full) must not leave the new session behind either
@@ -624,11 +637,23 @@ export function createIssuer({
       const user = await store.getUser(userId)
       if (!user || (await matchPassword(user.passwordHash, oldPassword)) === undefined)
         throw invalidCredentials()
+      const hash = await passwords.hash(normalizePassword(newPassword))
       const time = now()
-      await store.setPasswordHash(user.id, await passwords.hash(normalizePassword(newPassword)), time)
-      // whoever learned the old password may hold a session: end all but the one making the change
-      const count = await store.revokeUserSessions(user.id, time, 'password-change', keepSessionId)
-      emit({ type: 'sessionsRevoked', userId: user.id, reason: 'password-change', count })
+      // Whoever learned the old password may hold a session: end all but the one making the change. First,
+      // so that a store failure before the new hash is stored leaves the old password, and the change can be
+      // made again (the other order stored the new one, and a retry with the old password was refused while
+      // those sessions lived on); and after it again, for a login that checked the old hash meanwhile
+      let count = await store.revokeUserSessions(user.id, time, 'password-change', keepSessionId)
+      const revoked = () =>
+        emit({ type: 'sessionsRevoked', userId: user.id, reason: 'password-change', count })
+      try {
+        await store.setPasswordHash(user.id, hash, time)
+        count += await store.revokeUserSessions(user.id, time, 'password-change', keepSessionId)
+      } catch (error) {
+        if (count > 0) revoked()
+        throw error
+      }
+      revoked()
     },
 
     async verifyAccessToken(token) {

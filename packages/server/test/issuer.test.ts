@@ -908,3 +908,110 @@ describe('createIssuer options', () => {
     }
   })
 })
+
+describe('partial failures and races (a code review of the issuer)', () => {
+  /** The file's store, with some methods replaced. */
+  const wrapped = (overrides: Partial<TokenStore>): TokenStore =>
+    new Proxy(store, {
+      get(target, property, receiver) {
+        if (property in overrides) return overrides[property as keyof TokenStore]
+        const value = Reflect.get(target, property, receiver)
+        return typeof value === 'function' ? value.bind(target) : value
+      },
+    })
+  /** What pg throws on a statement timeout: a 503 at the routes (ERR_UNAVAILABLE). */
+  const timeout = () =>
+    Object.assign(new Error('canceling statement due to statement timeout'), { code: '57014' })
+
+  it.each([
+    ['the first revocation', 'revokeUserSessions', 1],
+    ['storing the new hash', 'setPasswordHash', 1],
+    ['the second revocation', 'revokeUserSessions', 2],
+  ] as const)(
+    'bug: a password change that failed at %s left the sessions of whoever knew the old password live, and its retry was refused',
+    async (_name, method, failing) => {
+      let calls = 0
+      const flaky = wrapped({
+        [method]: (...args: never[]) => {
+          calls++
+          if (calls === failing) return Promise.reject(timeout())
+          return (store[method] as (...a: never[]) => Promise<unknown>)(...args)
+        },
+      })
+      const { issuer } = setup({}, flaky)
+      const name = `changing-${method}-${failing}`
+      const { id } = await issuer.addUser(name, PASSWORD)
+      const intruder = await issuer.login(name, PASSWORD)
+      const owner = await issuer.login(name, PASSWORD)
+      const change = () =>
+        issuer.changePassword(id, PASSWORD, 'a new password', { keepSessionId: owner.sessionId })
+      await expect(change()).rejects.toMatchObject({ code: '57014' })
+      // the owner tries again, as a 503 invites: either it goes through, or the first try did
+      const retry = await change().then(
+        () => 'changed',
+        (error: AuthError) => error.code,
+      )
+      expect(['changed', 'ERR_INVALID_CREDENTIALS']).toContain(retry)
+      // either way the new password is the one that works, and only the owner's session is left
+      await expect(issuer.login(name, PASSWORD)).rejects.toMatchObject({ code: 'ERR_INVALID_CREDENTIALS' })
+      await expect(issuer.refresh(intruder.refreshToken)).rejects.toMatchObject({ code: 'ERR_INVALID_GRANT' })
+      await expect(issuer.refresh(owner.refreshToken)).resolves.toMatchObject({ sessionId: owner.sessionId })
+    },
+  )
+
+  it('bug: a login held up at the session cap revoked a session refreshed meanwhile, leaving fewer than the cap', async () => {
+    let hold: { id: string; reached: () => void; release?: () => void } | undefined
+    const slow = wrapped({
+      async revokeSession(id, now, reason, expectedLastUsedAt) {
+        if (hold && id === hold.id) {
+          const released = new Promise<void>((resolve) => (hold!.release = resolve))
+          hold.reached()
+          await released
+        }
+        return store.revokeSession(id, now, reason, expectedLastUsedAt)
+      },
+    })
+    const { issuer, advance } = setup(
+      { authenticate: async () => ({ userId: 'capped' }), maxSessionsPerUser: 2 },
+      slow,
+    )
+    const x = await issuer.login('capped', 'x')
+    advance(SECOND)
+    const y = await issuer.login('capped', 'x')
+    advance(SECOND)
+    // the third login ranks [it, y, x] and goes to revoke x, the least recently used; it is held there
+    const reached = new Promise<void>((resolve) => (hold = { id: x.sessionId, reached: resolve }))
+    const third = issuer.login('capped', 'x')
+    await reached
+    advance(SECOND)
+    // meanwhile x is used: now the most recently used session
+    const xNext = await issuer.refresh(x.refreshToken)
+    advance(SECOND)
+    // a fourth login ranks [it, x, third, y] and revokes third and y
+    const fourth = await issuer.login('capped', 'x')
+    hold!.release!()
+    await third
+    const live = (await issuer.listSessions('capped')).map((session) => session.id).sort()
+    // the cap's two: the two used last
+    expect(live).toEqual([fourth.sessionId, xNext.sessionId].sort())
+    expect(live).not.toContain(y.sessionId)
+  })
+
+  it('bug: a login racing the removal of its user answered 404 naming the internal user id', async () => {
+    const name = 'removed-while-logging-in'
+    const { issuer: admin } = setup()
+    await admin.addUser(name, PASSWORD)
+    const racing = wrapped({
+      async createSession(session) {
+        // the operator removes the user while this login checks the password
+        await admin.removeUser(name)
+        return store.createSession(session)
+      },
+    })
+    const { issuer, events } = setup({}, racing)
+    const error = await rejection(issuer.login(name, PASSWORD))
+    expect(error).toMatchObject({ code: 'ERR_INVALID_CREDENTIALS' })
+    expect(error.message).not.toMatch(/[0-9a-f]{8}-/)
+    expect(events.map((event) => event.type)).toContain('loginFailed')
+  })
+})

@@ -223,11 +223,12 @@ export function createPostgresStore({
       return row ? toSession(row) : null
     },
     rotateSession: rotate,
-    async revokeSession(id, now, reason) {
+    async revokeSession(id, now, reason, expectedLastUsedAt) {
       // `revoked_at IS NULL` keeps the first revocation's time and reason
       const rows = await query(
-        `UPDATE ${sessions} SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL RETURNING id`,
-        [now, reason, id],
+        `UPDATE ${sessions} SET revoked_at = $1, revoked_reason = $2
+         WHERE id = $3 AND revoked_at IS NULL AND ($4::bigint IS NULL OR last_used_at = $4) RETURNING id`,
+        [now, reason, id, expectedLastUsedAt ?? null],
       )
       return rows.length === 1
     },

@@ -515,8 +515,20 @@ export function createSqliteStore({
         if (queue.push({ id, expectedCounter, now, started, resolve, reject }) === 1) setImmediate(flush)
       })
     },
-    async revokeSession(id, now, reason) {
-      return (await retryOnBusy(() => statements().revokeSession.run(now, reason, id))).changes === 1
+    async revokeSession(id, now, reason, expectedLastUsedAt) {
+      return (
+        (
+          await retryOnBusy(() =>
+            statements().revokeSession.run(
+              now,
+              reason,
+              id,
+              expectedLastUsedAt ?? null,
+              expectedLastUsedAt ?? null,
+            ),
+          )
+        ).changes === 1
+      )
     },
     async revokeUserSessions(userId, now, reason, exceptId) {
       const { changes } = await retryOnBusy(() =>
@@ -650,7 +662,8 @@ function prepare(db: Database.Database) {
     ),
     // `revoked_at IS NULL` keeps the first revocation's time and reason
     revokeSession: db.prepare(
-      'UPDATE sessions SET revoked_at = ?, revoked_reason = ? WHERE id = ? AND revoked_at IS NULL',
+      `UPDATE sessions SET revoked_at = ?, revoked_reason = ?
+       WHERE id = ? AND revoked_at IS NULL AND (? IS NULL OR last_used_at = ?)`,
     ),
     revokeUserSessions: db.prepare(
       `UPDATE sessions SET revoked_at = ?, revoked_reason = ?

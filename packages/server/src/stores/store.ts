@@ -73,8 +73,12 @@ export interface TokenStore {
    * It resolves only once the change is durable.
    */
   rotateSession(id: string, expectedCounter: number, now: number): Promise<SessionRecord | null>
-  /** revoke one session (no-op when already revoked); resolves true when this call revoked it */
-  revokeSession(id: string, now: number, reason: string): Promise<boolean>
+  /**
+   * revoke one session (no-op when already revoked); resolves true when this call revoked it. With
+   * `expectedLastUsedAt` (the session cap), only while the session was last used then: one used since the
+   * caller looked at it stays
+   */
+  revokeSession(id: string, now: number, reason: string, expectedLastUsedAt?: number): Promise<boolean>
   /** revoke every live session of a user, except `exceptId`; resolves to how many */
   revokeUserSessions(userId: string, now: number, reason: string, exceptId?: string): Promise<number>
   /** live sessions of a user (not revoked, not expired at `now`), newest first */

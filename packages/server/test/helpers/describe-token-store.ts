@@ -260,6 +260,20 @@ export function describeTokenStore(name: string, make: () => Promise<TokenStoreF
           expect(await store.revokeSession(newSessionId(), NOW, 'logout')).toBe(false)
         })
 
+        it('revokeSession with expectedLastUsedAt revokes only a session last used then', async () => {
+          const current = session(alice.id)
+          await store.createSession(current)
+          // a rotation since: last used at NOW + 5
+          expect(await store.rotateSession(current.id, 0, NOW + 5)).not.toBeNull()
+          expect(await store.revokeSession(current.id, NOW + 10, 'session-limit', NOW)).toBe(false)
+          expect(await store.getSession(current.id)).toMatchObject({ revokedAt: null, counter: 1 })
+          expect(await store.revokeSession(current.id, NOW + 10, 'session-limit', NOW + 5)).toBe(true)
+          expect(await store.getSession(current.id)).toMatchObject({
+            revokedAt: NOW + 10,
+            revokedReason: 'session-limit',
+          })
+        })
+
         it('revokeUserSessions revokes the live sessions of one user, except exceptId', async () => {
           const kept = session(alice.id)
           const another = session(alice.id)
