@@ -120,6 +120,9 @@ function watch(config: InternalAxiosRequestConfig): [AbortSignal | undefined, ()
   ]
 }
 
+/** Marks an instance that has a token manager attached (Symbol.for: two copies of this module see it too). */
+const ATTACHED = Symbol.for('tokenflow')
+
 /**
  * Attaches a token manager to an axios instance: every request gets `Authorization: Bearer …`,
  * and a 401 refreshes once (shared with every other request) and retries the request once.
@@ -154,6 +157,12 @@ export function attachTokenRefresh(
   if (typeof manager?.getAccessToken !== 'function' || typeof manager.refresh !== 'function')
     invalidOption('manager', 'a token manager')
   if (typeof shouldRefresh !== 'function') invalidOption('shouldRefresh', 'a function')
+  // A second manager on one instance would send the first one's token for both (on a server: another user's).
+  // The same manager twice (an effect run twice) works
+  const marked = instance as { [ATTACHED]?: TokenManager }
+  if (marked[ATTACHED] && marked[ATTACHED] !== manager)
+    invalidOption('instance', 'free of another manager (detach it, or make one instance per manager)')
+  marked[ATTACHED] = manager
 
   const requestId = instance.interceptors.request.use(async (config) => {
     if (config.tokenflow?.skip) return config
@@ -316,5 +325,6 @@ export function attachTokenRefresh(
   return () => {
     instance.interceptors.request.eject(requestId)
     instance.interceptors.response.eject(responseId)
+    if (marked[ATTACHED] === manager) delete marked[ATTACHED]
   }
 }

@@ -292,6 +292,37 @@ describe('attachTokenRefresh', () => {
   })
 })
 
+describe('attachTokenRefresh: one manager per instance', () => {
+  it("bug: a second manager attached to one instance (one per request on a server's shared instance) sent the first one's token for both", async () => {
+    const { api } = await loggedIn()
+    const bob = makeManager()
+    await bob.setTokens(server.login('bob'))
+    expect(() => attachTokenRefresh(api, bob)).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_OPTION', message: expect.stringMatching(/^"instance"/) }),
+    )
+    // nothing of bob's was added: the instance still sends alice's token alone
+    expect(api.interceptors.request.handlers?.filter(Boolean)).toHaveLength(1)
+    const { data } = await api.get<Echo>('/api/items')
+    expect(data.sub).toBe('alice')
+  })
+
+  it('takes another manager once the first is detached, and the same manager twice (an effect run twice)', async () => {
+    const { api, manager: alice, detach } = await loggedIn()
+    const again = attachTokenRefresh(api, alice)
+    again()
+    detach()
+    const bob = makeManager()
+    await bob.setTokens(server.login('bob'))
+    attachTokenRefresh(api, bob)
+    const { data } = await api.get<Echo>('/api/items')
+    expect(data.sub).toBe('bob')
+    // each instance its own manager: no conflict
+    const other = axios.create({ baseURL: server.url })
+    attachTokenRefresh(other, alice)
+    expect((await other.get<Echo>('/api/items')).data.sub).toBe('alice')
+  })
+})
+
 describe('attachTokenRefresh with the app’s own interceptors', () => {
   /**
    * Request interceptors of every kind, registered before and after the adapter. With the default
