@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import { decodeJwt } from 'jose'
 import { AuthError, isAuthError } from './errors.js'
 import type { Keyring } from './keys.js'
 import { createPasswordHasher, type PasswordHasher } from './passwords.js'
@@ -224,9 +225,11 @@ export interface Issuer {
   /**
    * Verifies an access token of this issuer whose session is still live. Rejects with the
    * `VerifyError` of "@tokenflow/server/verify" for a bad token, or `ERR_INVALID_TOKEN` when its
-   * session has ended.
+   * session has ended. With `{ expired: true }` (a logout), a token past its `exp` is taken too, checked
+   * as at the time it was issued: it still names its session, and a logout with the token an app has left
+   * must end it rather than answer 200 and leave it live.
    */
-  verifyAccessToken(token: unknown): Promise<AccessTokenClaims>
+  verifyAccessToken(token: unknown, options?: { expired?: boolean }): Promise<AccessTokenClaims>
   /** adds a user to the built-in users table (Argon2id hash); `ERR_USER_EXISTS` when the name is taken */
   addUser(username: string, password: string): Promise<UserInfo>
   /** resolves false when there was no such user */
@@ -260,6 +263,16 @@ function invalidGrant(): AuthError {
 
 function invalidCredentials(): AuthError {
   return new AuthError('ERR_INVALID_CREDENTIALS', 'invalid username or password')
+}
+
+/** The `iat` of a JWT, read without verifying it (a logout's token is verified as at that time), or undefined. */
+function issuedAtOf(token: string): number | undefined {
+  try {
+    const { iat } = decodeJwt(token)
+    return typeof iat === 'number' && Number.isFinite(iat) ? iat : undefined
+  } catch {
+    return undefined
+  }
 }
 
 /**
@@ -656,19 +669,27 @@ export function createIssuer({
       revoked()
     },
 
-    async verifyAccessToken(token) {
+    async verifyAccessToken(token, { expired = false } = {}) {
+      const text = typeof token === 'string' ? token : ''
       const verify = async () => {
         const jwks = await keyring.jwks()
         const fingerprint = JSON.stringify(jwks)
+        const algorithms = [...new Set(jwks.keys.map((key) => key.alg))] as VerifyAlgorithm[]
+        // a logout: the token is verified as at its iat (its signature, issuer, audience and claims), so an
+        // expired one names its session too; whether that session still lives is checked below, at now
+        const issuedAt = expired ? issuedAtOf(text) : undefined
+        if (issuedAt !== undefined && issuedAt * 1000 <= now())
+          return createVerifier({ jwks, issuer, audience, algorithms, now: () => issuedAt * 1000 }).verify(
+            text,
+          )
         // one verifier per published key set: a rotation (here or on another instance) makes a new one
         if (verification?.fingerprint !== fingerprint) {
-          const algorithms = [...new Set(jwks.keys.map((key) => key.alg))] as VerifyAlgorithm[]
           verification = {
             fingerprint,
             verifier: createVerifier({ jwks, issuer, audience, algorithms, now }),
           }
         }
-        return verification.verifier.verify(typeof token === 'string' ? token : '')
+        return verification.verifier.verify(text)
       }
       // an unknown kid: the key set may come from a read that started before another instance stored the
       // key; a read started now is newer than the token

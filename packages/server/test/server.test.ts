@@ -376,6 +376,54 @@ describe('POST /auth/logout', () => {
   })
 })
 
+describe('POST /auth/logout with an expired access token', () => {
+  it('bug: a Bearer logout with an access token past its exp answered 200 and left the session live', async () => {
+    let time = Date.now()
+    const clocked = server({ now: () => time })
+    const { accessToken, refreshToken } = await login(clocked)
+    // the app comes back after an hour: its access token expired 45 minutes ago
+    time += 60 * 60_000
+    const bearer = (token: string) =>
+      clocked.inject({ method: 'POST', url: '/auth/logout', headers: { authorization: `Bearer ${token}` } })
+    // the other Bearer routes refuse it as expired
+    const sessions = await clocked.inject({
+      method: 'GET',
+      url: '/auth/sessions',
+      headers: { authorization: `Bearer ${accessToken}` },
+    })
+    expect(sessions.json()).toMatchObject({ code: 'ERR_JWT_EXPIRED' })
+    const response = await bearer(accessToken)
+    expect(response.statusCode).toBe(200)
+    const after = await clocked.inject({ method: 'POST', url: '/refresh/token', payload: { refreshToken } })
+    expect(after.json()).toEqual(INVALID_GRANT)
+  })
+
+  it('ends nothing for an expired token that does not verify (another signature, a forged iat)', async () => {
+    let time = Date.now()
+    const clocked = server({ now: () => time })
+    const { accessToken, refreshToken } = await login(clocked)
+    time += 60 * 60_000
+    const [header, payload, signature] = accessToken.split('.') as [string, string, string]
+    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString())
+    const forged = [
+      // another signature
+      `${header}.${payload}.${signature.slice(0, -4)}AAAA`,
+      // the iat moved: the signature no longer matches
+      `${header}.${Buffer.from(JSON.stringify({ ...claims, iat: claims.iat + 1 })).toString('base64url')}.${signature}`,
+    ]
+    for (const token of forged) {
+      const response = await clocked.inject({
+        method: 'POST',
+        url: '/auth/logout',
+        headers: { authorization: `Bearer ${token}` },
+      })
+      expect(response.statusCode).toBe(200)
+    }
+    const after = await clocked.inject({ method: 'POST', url: '/refresh/token', payload: { refreshToken } })
+    expect(after.statusCode).toBe(200)
+  })
+})
+
 describe('POST /oauth/token (RFC 6749 section 6)', () => {
   const token = (params: Record<string, string>, headers: Record<string, string> = FORM) =>
     app.inject({ method: 'POST', url: '/oauth/token', payload: form(params), headers })

@@ -249,7 +249,7 @@ export async function authRoutes(
       for (const token of candidates) if (token) await issuer.logout(token)
       const accessToken = bearerToken(request)
       if (accessToken !== undefined) {
-        const claims = await issuer.verifyAccessToken(accessToken).catch(ignoreRefusal)
+        const claims = await issuer.verifyAccessToken(accessToken, { expired: true }).catch(ignoreRefusal)
         if (claims) await issuer.revokeSession(claims.sub, claims.sid).catch(ignoreRefusal)
       }
     } catch (error) {
