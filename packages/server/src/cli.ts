@@ -215,6 +215,11 @@ async function main(argv: string[]): Promise<number> {
     case 'user': {
       // the password is read before the database opens: the read blocks the event loop, and a pool connection
       // dropped meanwhile (idle_session_timeout, a proxy's idle timeout, a restart) would fail the insert
+      // the usage is checked before the database opens, which would make (and migrate) a new file
+      if (sub !== 'add' && sub !== 'list' && sub !== 'remove')
+        throw new CliError(`unknown command "user ${sub ?? ''}" (see --help)`)
+      if (sub === 'list' && rest.length > 0) throw new CliError('usage: tokenflow-server user list')
+      const removing = sub === 'remove' ? single(rest, 'user remove <name>') : undefined
       const adding =
         sub === 'add' ? { name: single(rest, 'user add <name>'), password: await readPassword() } : undefined
       const database = await openDatabase(values)
@@ -232,18 +237,13 @@ async function main(argv: string[]): Promise<number> {
           process.stdout.write(`added user "${user.username}"\n`)
           return 0
         }
-        if (sub === 'list') {
-          if (rest.length > 0) throw new CliError('usage: tokenflow-server user list')
-          for (const user of await issuer.listUsers()) process.stdout.write(`${user.username}\n`)
+        if (removing !== undefined) {
+          if (!(await issuer.removeUser(removing))) throw new CliError(`no user "${removing}"`)
+          process.stdout.write(`removed user "${removing}"\n`)
           return 0
         }
-        if (sub === 'remove') {
-          const name = single(rest, 'user remove <name>')
-          if (!(await issuer.removeUser(name))) throw new CliError(`no user "${name}"`)
-          process.stdout.write(`removed user "${name}"\n`)
-          return 0
-        }
-        throw new CliError(`unknown command "user ${sub ?? ''}" (see --help)`)
+        for (const user of await issuer.listUsers()) process.stdout.write(`${user.username}\n`)
+        return 0
       } finally {
         await database.close()
       }
@@ -305,6 +305,8 @@ async function openDatabase(values: {
 }): Promise<Database> {
   const env = environment()
   // a flag beats the environment; TOKENFLOW_DB (ours) beats DATABASE_URL (often set for other tools)
+  // an empty --postgres is a script's unset variable: not a reason to start on a new SQLite file
+  if (values.postgres === '') throw new CliError('--postgres needs a postgres:// URL, got ""')
   const postgres =
     values.postgres ??
     (values.db === undefined && env.TOKENFLOW_DB === undefined ? env.DATABASE_URL : undefined)
@@ -316,6 +318,13 @@ async function openDatabase(values: {
   if (!/^postgres(ql)?:\/\//.test(postgres)) {
     throw new CliError(
       `${values.postgres === undefined ? 'DATABASE_URL' : '--postgres'} must be a postgres:// URL`,
+    )
+  }
+  // pg sends parseInt() of it: a unit ('2s') is dropped, and the database would cut every statement at 2 ms
+  const timeout = statementTimeoutOf(postgres)
+  if (typeof timeout === 'string' && !/^\d+$/.test(timeout)) {
+    throw new CliError(
+      `${values.postgres === undefined ? 'DATABASE_URL' : '--postgres'}: statement_timeout must be whole milliseconds (pg would read "${timeout.slice(0, 16)}" as ${Number.parseInt(timeout, 10) || 0} ms)`,
     )
   }
   let pg: { Pool: new (config: object) => PgPool }
@@ -363,7 +372,18 @@ async function openDatabase(values: {
  * still allows. None when the URL turns the database's bound off (0) or gives one this cannot read.
  */
 function queryTimeout(url: string): { query_timeout?: number } {
-  let given: string | undefined
+  const given = statementTimeoutOf(url)
+  if (given === null) return {}
+  // pg sends parseInt() of it: whole ms (a unit is refused before this)
+  const ms = Number.parseInt(given ?? '5000', 10)
+  return ms > 0 && ms < 2 ** 31 - 3000 ? { query_timeout: ms + 3000 } : {}
+}
+
+/**
+ * The URL's `statement_timeout` as pg reads it: undefined when it has none, null for a URL that pg takes and
+ * URL does not parse (not known).
+ */
+function statementTimeoutOf(url: string): string | undefined | null {
   try {
     // read as pg-connection-string reads it: a URL with a space or a stray % is encoded first (so an encoded
     // name, 'statement%5Ftimeout', is read by neither), one without a host (`postgres://user@/db?host=…`, the
@@ -371,14 +391,10 @@ function queryTimeout(url: string): { query_timeout?: number } {
     const text = / |%[^a-f0-9]|%[a-f0-9][^a-f0-9]/i.test(url)
       ? encodeURI(url).replace(/%25(\d\d)/g, '%$1')
       : url
-    given = new URL(text.replace('@/', '@localhost/')).searchParams.getAll('statement_timeout').at(-1)
+    return new URL(text.replace('@/', '@localhost/')).searchParams.getAll('statement_timeout').at(-1)
   } catch {
-    // another URL pg takes and URL does not: its statement_timeout is not known
-    return {}
+    return null
   }
-  // pg sends parseInt() of it: whole ms, and a unit ('2s') is dropped, so the database gets 2 ms
-  const ms = Number.parseInt(given ?? '5000', 10)
-  return ms > 0 && ms < 2 ** 31 - 3000 ? { query_timeout: ms + 3000 } : {}
 }
 
 interface PgPool {

@@ -599,11 +599,14 @@ function checkIssuerUrl(issuer: unknown): asserts issuer is string {
     !url ||
     (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback)) ||
     url.search !== '' ||
-    url.hash !== ''
+    url.hash !== '' ||
+    // a user name or password would be published in the metadata and in every token's "iss"
+    url.username !== '' ||
+    url.password !== ''
   ) {
     throw new AuthError(
       'ERR_CONFIG',
-      '"issuer" must be an https URL (http only on localhost) without query or fragment',
+      '"issuer" must be an https URL (http only on localhost) without query, fragment or user info',
     )
   }
 }

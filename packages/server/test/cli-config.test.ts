@@ -172,7 +172,10 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
     expectOneLine(port, '--port must be an integer from 0 to 65535, got "-1"')
     expectOneLine(envPort, 'PORT must be an integer from 0 to 65535, got "eighty"')
     expectOneLine(alg, '--alg must be one of ES256, ES384, RS256, PS256, got "HS256"')
-    expectOneLine(issuer, '--issuer must be an https URL (http only on localhost) without query or fragment')
+    expectOneLine(
+      issuer,
+      '--issuer must be an https URL (http only on localhost) without query, fragment or user info',
+    )
     expectOneLine(redis, '--redis must be a redis:// or rediss:// URL')
     expectOneLine(mysql, 'DATABASE_URL must be a postgres:// URL')
   })
@@ -198,7 +201,7 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
       cli(['user', 'list', '--postgres', 'mysql://root@127.0.0.1/app'], { timeout }),
       cli(['start', '--port', '0', '--db', db], { env: { TOKENFLOW_HOST: '0.0.0.0' }, timeout }),
     ])
-    const https = 'must be an https URL (http only on localhost) without query or fragment'
+    const https = 'must be an https URL (http only on localhost) without query, fragment or user info'
     expectOneLine(issuer, `TOKENFLOW_ISSUER ${https}`)
     expectOneLine(redis, 'TOKENFLOW_REDIS_URL must be a redis:// or rediss:// URL')
     expectOneLine(
@@ -245,7 +248,10 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
       cli(['start', '--port', '0', '--redis', 'http://127.0.0.1:6379', '--db', redisDb!]),
       cli(['start', '--port', '0', '--audience', '', '--db', audienceDb!]),
     ])
-    expectOneLine(issuer, '--issuer must be an https URL (http only on localhost) without query or fragment')
+    expectOneLine(
+      issuer,
+      '--issuer must be an https URL (http only on localhost) without query, fragment or user info',
+    )
     expectOneLine(redis, '--redis must be a redis:// or rediss:// URL')
     expectOneLine(audience, '--audience must be a non-empty string or array of strings')
     for (const file of [issuerDb!, redisDb!, audienceDb!]) expect(existsSync(file)).toBe(false)

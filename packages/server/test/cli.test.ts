@@ -4,7 +4,7 @@
  * over a second per spawn, which made this file take 20 s.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -64,6 +64,37 @@ describe.concurrent('tokenflow-server', { timeout: 60_000 }, () => {
     expectOneLineError(unknown, /unknown command "launch"/)
     expectOneLineError(port, /--port must be an integer from 0 to 65535/)
     expectOneLineError(both, /either --db or --postgres/)
+  })
+
+  it('bug: an empty --postgres (an unset variable in a script) started on a new ./tokenflow.db; a statement_timeout with a unit was read as ms', async () => {
+    const empty = await cli(['user', 'list', '--postgres', ''])
+    expectOneLineError(empty, /--postgres needs a postgres:\/\/ URL/)
+    const unit = await cli(['start', '--postgres', 'postgres://127.0.0.1:1/x?statement_timeout=2s'])
+    expectOneLineError(unit, /statement_timeout must be whole milliseconds \(pg would read "2s" as 2 ms\)/)
+    const userinfo = await cli([
+      'start',
+      '--port',
+      '0',
+      '--db',
+      join(dir, 'issuer.db'),
+      '--issuer',
+      'https://ops:pw@auth.example.com',
+    ])
+    expectOneLineError(userinfo, /--issuer must be an https URL .*without query, fragment or user info/)
+    expect(`${empty.stderr}${unit.stderr}${userinfo.stderr}`).not.toContain(':pw@')
+  })
+
+  it('bug: "user foo" and "user list extra" made and migrated ./tokenflow.db before refusing the usage', async () => {
+    const file = join(dir, 'never-made.db')
+    const [foo, extra, remove] = await Promise.all([
+      cli(['user', 'foo', '--db', file]),
+      cli(['user', 'list', 'extra', '--db', file]),
+      cli(['user', 'remove', '--db', file]),
+    ])
+    expectOneLineError(foo, /unknown command "user foo"/)
+    expectOneLineError(extra, /usage: tokenflow-server user list/)
+    expectOneLineError(remove, /usage: tokenflow-server user remove <name>/)
+    expect(existsSync(file)).toBe(false)
   })
 
   it('answers an unreachable PostgreSQL with one line, without a stack or the password', async () => {
