@@ -101,7 +101,10 @@ export function createCrossTab(
   const signal = (lockName: string) => {
     if (lock)
       lock
-        .request(lockName, { ifAvailable: true }, (held) => (held ? sleep(SIGNAL_MS) : undefined))
+        .request(lockName, { ifAvailable: true }, (held) =>
+          // unref (Node): a signal for other tabs must not keep a process alive that is done
+          held ? new Promise((resolve) => setTimeout(resolve, SIGNAL_MS).unref?.()) : undefined,
+        )
         .catch(() => {})
   }
   const g = globalThis as {

@@ -112,7 +112,10 @@ function wait<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<
         if (signal.aborted) onAbort()
         // axios passes its GenericAbortSignal on as it is: there the listener methods are optional
         signal.addEventListener?.('abort', onAbort)
-        promise.then(resolve, reject).finally(() => signal.removeEventListener?.('abort', onAbort))
+        // a refresh function written in plain JS may answer the tokens themselves, or a thenable
+        Promise.resolve(promise)
+          .then(resolve, reject)
+          .finally(() => signal.removeEventListener?.('abort', onAbort))
       })
     : promise
 }
@@ -411,7 +414,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       const estimate = iat * 1000 - receivedAt
       skew = estimate > 5_000 || (fresh && estimate < -5_000) ? estimate : 0
     }
-    const fromJwt = exp === undefined ? undefined : exp * 1000 - skew
+    let fromJwt = exp === undefined ? undefined : exp * 1000 - skew
+    // Without an iat the skew is not measured: a token fresh from a refresh that already looks expired means a
+    // clock far ahead of the server's. Its exp is not judged then (every read would refresh again): the
+    // expiresAt of expires_in, or a 401, tells when it ends
+    if (fresh && iat === undefined && fromJwt !== undefined && fromJwt <= receivedAt!) fromJwt = undefined
     const at = Math.min(fromJwt ?? 1 / 0, set.expiresAt ?? 1 / 0)
     if (at === 1 / 0) return [undefined, undefined]
     const from = iat === undefined ? receivedAt : iat * 1000 - skew
@@ -570,7 +577,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       if (cancel?.aborted) throw sessionCleared()
       // the holder is stuck (a hung refresh, a frozen tab): the tabs that gave up take turns under a second
       // lock, or they would all refresh with the same token at once; after that one, go without a lock
-      return name.endsWith(':fallback') ? fn(undefined) : withLock(fn, `${name}:fallback`)
+      return name.endsWith(':fallback') ? fn(undefined) : withLock(fn, `${name}:fallback`, cancel)
     } finally {
       clearTimeout(timer)
     }
@@ -669,102 +676,109 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     }
     refreshing = me
     emit({ type: 'refreshStarted' })
+    // a session replaced while this waits for the lock stops the wait (and its timer) at once
+    const waiting = new AbortController()
+    abortAttempt = () => waiting.abort()
     let next: TokenSet
     try {
-      next = await withLock(async (held) => {
-        // rule 7: another tab may have refreshed while we waited for the lock; a broadcast may have
-        // brought newer tokens than this tab's copy of storage shows yet
-        const fresher = async () => {
-          const stored = await read(true)
-          // storage is the truth, unless it is known to be behind what a broadcast brought: it holds a spent
-          // refresh token, or a broadcast brought a new access token while the refresh token, in storage and
-          // in memory, is still the one this refresh started from (cookie mode: each tab's memory is its own
-          // and a broadcast updates only memory; the placeholder never rotates, so taking the broadcast's
-          // tokens can never send a spent refresh token); or it is this tab's own and the tokens came from a
-          // broadcast: it holds only what this tab wrote before (its logout, its own earlier login), and a login
-          // or a refresh in another tab reached this one in memory only (two frames of one tab that share
-          // sessionStorage: the rotation signal makes one wait for the other's message). Storage that holds
-          // nothing and is shared (localStorage), or may be (a storage that does not say), means another tab
-          // logged out: the tokens in memory may have been rotated there since
-          return tokens &&
-            !isSpent(tokens) &&
-            (isSpent(stored) ||
-              (tokens === adopted && storage.shared === false) ||
-              (tokens.refreshToken === start.refreshToken &&
-                stored?.refreshToken === start.refreshToken &&
-                tokens.accessToken !== start.accessToken))
-            ? tokens
-            : stored
-        }
-        // a tab that gave up waiting (behind an earlier holder) may be refreshing under the fallback lock right
-        // now: let it finish first, so the check below sees its rotation instead of sending the same token
-        const query = lock ? lock.query : undefined
-        if (held && !held.endsWith(':fallback') && query) {
-          const { held: locks = [] } = await query.call(lock).catch(() => ({ held: [] }))
-          if (locks.some((other) => other.name === `${held}:fallback`))
-            await withLock(async () => {}, `${held}:fallback`)
-        }
-        const stored = await (crossTab ? crossTab.settle(fresher, copied) : read(true))
-        // a replaced session's result is dropped anyway: make no call for it
-        if (session !== started) return start
-        if (stored === null) {
-          // our own clear() would have changed the session: someone else logged out
-          endedElsewhere = true
-          throw new RefreshError('rejected', 'refresh failed: the session ended in another tab')
-        }
-        if (stored && stored.accessToken !== start.accessToken) {
-          if (!isExpired(expiryOf(stored)[0])) return stored
-          if (!stored.refreshToken) {
-            // another tab's login replaced this session, and it cannot be refreshed: take it, with no token to give
-            adopt({ type: 'refreshed', tokens: stored })
-            throw sessionCleared()
+      next = await withLock(
+        async (held) => {
+          // rule 7: another tab may have refreshed while we waited for the lock; a broadcast may have
+          // brought newer tokens than this tab's copy of storage shows yet
+          const fresher = async () => {
+            const stored = await read(true)
+            // storage is the truth, unless it is known to be behind what a broadcast brought: it holds a spent
+            // refresh token, or a broadcast brought a new access token while the refresh token, in storage and
+            // in memory, is still the one this refresh started from (cookie mode: each tab's memory is its own
+            // and a broadcast updates only memory; the placeholder never rotates, so taking the broadcast's
+            // tokens can never send a spent refresh token); or it is this tab's own and the tokens came from a
+            // broadcast: it holds only what this tab wrote before (its logout, its own earlier login), and a login
+            // or a refresh in another tab reached this one in memory only (two frames of one tab that share
+            // sessionStorage: the rotation signal makes one wait for the other's message). Storage that holds
+            // nothing and is shared (localStorage), or may be (a storage that does not say), means another tab
+            // logged out: the tokens in memory may have been rotated there since
+            return tokens &&
+              !isSpent(tokens) &&
+              (isSpent(stored) ||
+                (tokens === adopted && storage.shared === false) ||
+                (tokens.refreshToken === start.refreshToken &&
+                  stored?.refreshToken === start.refreshToken &&
+                  tokens.accessToken !== start.accessToken))
+              ? tokens
+              : stored
           }
-          base = stored
-        }
-        // a tab that waited longer than lockTimeout refreshes under the fallback lock: a retry from here takes
-        // that lock too, and first sees what such a tab did, so the two never send one refresh token at once.
-        // (Not the first attempt: a holder that hangs must leave the fallback lock to the tabs that gave up)
-        const turn = <T>(attempt: number, signal: AbortSignal, fn: () => Promise<T>) =>
-          attempt && held && !held.endsWith(':fallback') ? withLock(fn, `${held}:fallback`, signal) : fn()
-        const recheck = async (current: TokenSet) => {
-          const latest = await (crossTab ? crossTab.settle(fresher, copied) : read(true))
-          if (latest?.refreshToken && latest.refreshToken !== current.refreshToken && !isSpent(latest))
-            return latest
-        }
-        const [refreshed, fresh] = await callRefresh(
-          (moved) => {
-            if (moved) base = moved
-            return base
-          },
-          started,
-          turn,
-          recheck,
-        )
-        // another tab refreshed meanwhile: its tokens are taken below, nothing is written or announced
-        if (!fresh) return refreshed
-        receivedAt = now()
-        if (refreshed.refreshToken !== base.refreshToken) spend(base.refreshToken, refreshed.accessToken)
-        // saved under the lock, so the next tab to take it reads the rotated refresh token
-        if (session === started) {
-          await write(refreshed)
-          // told under the lock too, so the message is on its way before the next tab can take the lock: a tab
-          // whose storage is its own (cookie mode) learns of this refresh only from it. Not when a logout or a
-          // login came while the write ran: the message would take the other tabs back to this session
-          if (session === started)
-            crossTab?.post(
-              refreshed.refreshToken === base.refreshToken
-                ? { type: 'refreshed', tokens: refreshed }
-                : { type: 'refreshed', tokens: refreshed, spent: base.refreshToken! },
-            )
-          // a login or logout came while it wrote. One of this tab's is written after it anyway; another
-          // tab's may have been written before it landed, so storage is given what it should hold again, under
-          // the lock: the next tab to take it reads that
-          else if (told) await write(expected)
-        }
-        if (refreshed.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!, !!copied)
-        else crossTab?.replaced(base.accessToken)
-        return refreshed
-      })
+          // a tab that gave up waiting (behind an earlier holder) may be refreshing under the fallback lock right
+          // now: let it finish first, so the check below sees its rotation instead of sending the same token
+          const query = lock ? lock.query : undefined
+          if (held && !held.endsWith(':fallback') && query) {
+            const { held: locks = [] } = await query.call(lock).catch(() => ({ held: [] }))
+            if (locks.some((other) => other.name === `${held}:fallback`))
+              await withLock(async () => {}, `${held}:fallback`)
+          }
+          const stored = await (crossTab ? crossTab.settle(fresher, copied) : read(true))
+          // a replaced session's result is dropped anyway: make no call for it
+          if (session !== started) return start
+          if (stored === null) {
+            // our own clear() would have changed the session: someone else logged out
+            endedElsewhere = true
+            throw new RefreshError('rejected', 'refresh failed: the session ended in another tab')
+          }
+          if (stored && stored.accessToken !== start.accessToken) {
+            if (!isExpired(expiryOf(stored)[0])) return stored
+            if (!stored.refreshToken) {
+              // another tab's login replaced this session, and it cannot be refreshed: take it, with no token to give
+              adopt({ type: 'refreshed', tokens: stored })
+              throw sessionCleared()
+            }
+            base = stored
+          }
+          // a tab that waited longer than lockTimeout refreshes under the fallback lock: a retry from here takes
+          // that lock too, and first sees what such a tab did, so the two never send one refresh token at once.
+          // (Not the first attempt: a holder that hangs must leave the fallback lock to the tabs that gave up)
+          const turn = <T>(attempt: number, signal: AbortSignal, fn: () => Promise<T>) =>
+            attempt && held && !held.endsWith(':fallback') ? withLock(fn, `${held}:fallback`, signal) : fn()
+          const recheck = async (current: TokenSet) => {
+            const latest = await (crossTab ? crossTab.settle(fresher, copied) : read(true))
+            if (latest?.refreshToken && latest.refreshToken !== current.refreshToken && !isSpent(latest))
+              return latest
+          }
+          const [refreshed, fresh] = await callRefresh(
+            (moved) => {
+              if (moved) base = moved
+              return base
+            },
+            started,
+            turn,
+            recheck,
+          )
+          // another tab refreshed meanwhile: its tokens are taken below, nothing is written or announced
+          if (!fresh) return refreshed
+          receivedAt = now()
+          if (refreshed.refreshToken !== base.refreshToken) spend(base.refreshToken, refreshed.accessToken)
+          // saved under the lock, so the next tab to take it reads the rotated refresh token
+          if (session === started) {
+            await write(refreshed)
+            // told under the lock too, so the message is on its way before the next tab can take the lock: a tab
+            // whose storage is its own (cookie mode) learns of this refresh only from it. Not when a logout or a
+            // login came while the write ran: the message would take the other tabs back to this session
+            if (session === started)
+              crossTab?.post(
+                refreshed.refreshToken === base.refreshToken
+                  ? { type: 'refreshed', tokens: refreshed }
+                  : { type: 'refreshed', tokens: refreshed, spent: base.refreshToken! },
+              )
+            // a login or logout came while it wrote. One of this tab's is written after it anyway; another
+            // tab's may have been written before it landed, so storage is given what it should hold again, under
+            // the lock: the next tab to take it reads that
+            else if (told) await write(expected)
+          }
+          if (refreshed.refreshToken !== base.refreshToken) crossTab?.rotated(base.refreshToken!, !!copied)
+          else crossTab?.replaced(base.accessToken)
+          return refreshed
+        },
+        undefined,
+        waiting.signal,
+      )
     } catch (cause) {
       // not a failed refresh (ERR_SESSION_CLEARED): nothing to report or recover
       if (isTokenflowError(cause) && !isRefreshError(cause)) throw cause

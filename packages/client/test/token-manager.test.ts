@@ -2489,3 +2489,86 @@ describe('subscribers', () => {
     expect(listener).not.toHaveBeenCalled()
   })
 })
+
+describe('from a code review of the core', () => {
+  const timers = () => process.getActiveResourcesInfo().filter((resource) => resource === 'Timeout').length
+
+  it('bug: with a device clock an hour ahead and tokens without iat, every read refreshed again', async () => {
+    // the server signs without iat (jose's SignJWT without setIssuedAt); jsonRefresh gives expiresAt from expires_in
+    const { manager, calls, clock } = setupManager({}, T0 + HOUR)
+    const serverNow = () => clock.now() - HOUR
+    const issue = (n: number): TokenSet => ({
+      accessToken: makeJwt({ exp: Math.floor((serverNow() + 15 * MIN) / 1000), n }),
+      refreshToken: `rt-${n}`,
+      expiresAt: clock.now() + 15 * MIN,
+    })
+    // the login's token looks expired on this clock: one refresh, expected
+    await manager.setTokens(issue(0))
+    for (let i = 1; i <= 3; i++) {
+      const read = manager.getAccessToken()
+      await flush()
+      if (calls.length === i) calls[i - 1]!.resolve(issue(i))
+      await read
+      clock.advance(1_000)
+    }
+    expect(calls).toHaveLength(1)
+    // expiresAt still ends it: 15 minutes on, the next read refreshes
+    clock.advance(15 * MIN)
+    const read = manager.getAccessToken()
+    await flush()
+    expect(calls).toHaveLength(2)
+    calls[1]!.resolve(issue(2))
+    await read
+  })
+
+  it('bug: clear() while a refresh waited for the lock left the wait (and its lockTimeout timer) running', async () => {
+    const gaveUp: Array<[string, number]> = []
+    const started = Date.now()
+    const lock = createTestLock({ onGiveUp: (name) => gaveUp.push([name, Date.now() - started]) })
+    const storage = memoryStorage()
+    const a = setupManager({ storage, lock, lockTimeout: 2_000 }, T0)
+    const b = setupManager({ storage, lock, lockTimeout: 2_000 }, T0)
+    await a.manager.setTokens(tokenSet(T0, 15 * MIN, 0))
+    await b.manager.getAccessToken()
+    // a holds the lock: its refresh does not answer
+    void a.manager.refresh().catch(() => {})
+    await flush()
+    const before = timers()
+    const waiting = b.manager.refresh().catch((error: unknown) => error)
+    await flush()
+    await b.manager.clear()
+    expect(await waiting).toMatchObject({ code: 'ERR_SESSION_CLEARED' })
+    await flush()
+    // the wait ended at the clear(), not at lockTimeout, and went on to no fallback lock
+    expect(gaveUp.map(([name]) => name)).toEqual(['tokenflow:refresh'])
+    expect(gaveUp[0]![1]).toBeLessThan(1_000)
+    expect(timers()).toBe(before)
+    await a.manager.clear()
+  })
+
+  it("bug: with a lock in Node, each rotation held the process alive 5 s after clear() (the other tabs' signal)", async () => {
+    const { manager, calls } = setupManager({ lock: createTestLock() }, T0)
+    await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
+    const before = timers()
+    const refreshed = manager.refresh()
+    await flush()
+    calls[0]!.resolve(tokenSet(T0, 15 * MIN, 1))
+    await refreshed
+    await manager.clear()
+    await flush()
+    // the signal's timer runs on, unref'd: it keeps no process alive
+    expect(timers()).toBe(before)
+  })
+
+  it('bug: a refresh function in plain JS that answered the tokens themselves failed as a network error', async () => {
+    const next = tokenSet(T0, 15 * MIN, 1)
+    const manager = createTokenManager({
+      refresh: (() => next) as never,
+      now: () => T0,
+      lock: false,
+      retry: false,
+    })
+    await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
+    expect(await manager.refresh()).toBe(next.accessToken)
+  })
+})
