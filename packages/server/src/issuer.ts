@@ -399,9 +399,12 @@ export function createIssuer({
       if (!result.ok) return result
     }
     if (loginLimits.perAccount) {
-      // case-folded, so "Ada" and "ada" share one budget whatever the store's collation; canonical first, so
-      // the spellings of one name ("é", "e\u0301", "é ") that all reach one account share it too
-      results.push(await loginLimits.perAccount.consume(`user:${canonicalName(username).toLowerCase()}`))
+      // case-folded, so "Ada" and "ada" share one budget whatever the store's collation; in NFKC, so the
+      // spellings of one name ("é", "e\u0301", "é ", a fullwidth "ａda") share it too: a custom `authenticate`
+      // may match names width-insensitively, and each variant must not bring a budget of its own
+      results.push(
+        await loginLimits.perAccount.consume(`user:${username.normalize('NFKC').trim().toLowerCase()}`),
+      )
     }
     return results.find((result) => !result.ok)
   }
@@ -415,7 +418,9 @@ export function createIssuer({
    */
   const findUser = async (username: string): Promise<UserRecord | null> => {
     for (const name of nameForms(username)) {
-      if (name.includes('\u0000')) continue
+      // (and any control character: such a row is no user's either, but one made for a custom
+      // `authenticate`, whose name starts with one, and is not for logging in to)
+      if (hasControlCharacter(name)) continue
       const user = await store.getUserByName(name)
       if (user) return user
     }
@@ -518,6 +523,10 @@ export function createIssuer({
       if (!isInput(username) || !isInput(password)) {
         throw new AuthError('ERR_INVALID_REQUEST', '"username" and "password" must be non-empty strings')
       }
+      // a check the hasher would refuse now (its line is full) is refused first, spending no budget: a user
+      // who obeys its Retry-After must not be locked out by the flood that filled the line
+      if (!authenticate && passwords.busy?.())
+        throw new AuthError('ERR_UNAVAILABLE', 'too many password checks at once', { retryAfter: 1 })
       const limited = await checkLimits(username, meta.ip)
       if (limited) {
         stats.loginFailures++

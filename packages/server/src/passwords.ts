@@ -58,6 +58,11 @@ export interface PasswordHasher {
   verifyDummy(password: string): Promise<false>
   /** true when `phc` was made with other parameters (or another algorithm) than the current ones */
   needsRehash(phc: string): boolean
+  /**
+   * true while a new check would be refused at once (`ERR_UNAVAILABLE`: the line is full). A login asks
+   * first, so that a refused one spends no rate-limit budget. Optional for a hasher of your own.
+   */
+  busy?(): boolean
 }
 
 const ARGON2ID = 2 as Algorithm
@@ -87,15 +92,31 @@ export function createPasswordHasher({
   const options = { memoryCost, timeCost, parallelism, algorithm: ARGON2ID }
   const limit = createSemaphore(maxConcurrency, maxQueue)
   let dummy: Promise<string> | undefined
+  const verifyDummyHash = async (password: string) => {
+    // computed once, lazily: hashing at import or creation time would slow every start
+    // a failed hash (memory pressure) is not kept: the next unknown user tries again instead of a 500 forever
+    dummy ??= limit(() => hash('tokenflow-dummy-password', options)).catch((error: unknown) => {
+      dummy = undefined
+      throw error
+    })
+    const phc = await dummy
+    await limit(() => verify(phc, password).catch(() => false))
+  }
 
-  const verifyPhc = (phc: string, password: string) =>
+  const verifyPhc = (phc: string, password: string): Promise<boolean> =>
     limit(async () => {
       try {
         return await verify(phc, password)
       } catch {
         // a malformed stored hash must not let anyone in, nor crash the login
-        return false
+        return undefined
       }
+    }).then(async (result) => {
+      if (result !== undefined) return result
+      // nor answer faster than a real check: that would tell such a row exists (an imported hash, a row
+      // made for a user of a custom `authenticate`)
+      await verifyDummyHash(password)
+      return false
     })
 
   return {
@@ -104,15 +125,10 @@ export function createPasswordHasher({
     },
     verify: verifyPhc,
     async verifyDummy(password) {
-      // computed once, lazily: hashing at import or creation time would slow every start
-      // a failed hash (memory pressure) is not kept: the next unknown user tries again instead of a 500 forever
-      dummy ??= limit(() => hash('tokenflow-dummy-password', options)).catch((error: unknown) => {
-        dummy = undefined
-        throw error
-      })
-      await verifyPhc(await dummy, password)
+      await verifyDummyHash(password)
       return false
     },
+    busy: limit.full,
     needsRehash(phc) {
       try {
         const current = parseOptions(phc)
@@ -136,11 +152,16 @@ export function createPasswordHasher({
  * const limit = createSemaphore(2)
  * const results = await Promise.all(passwords.map((password) => limit(() => hash(password))))
  */
-export function createSemaphore(max: number, maxQueue = 1 / 0): <T>(task: () => Promise<T>) => Promise<T> {
+export function createSemaphore(
+  max: number,
+  maxQueue = 1 / 0,
+): (<T>(task: () => Promise<T>) => Promise<T>) & { full(): boolean } {
   let running = 0
   const waiting: Array<() => void> = []
-  return async <T>(task: () => Promise<T>): Promise<T> => {
-    if (running >= max && waiting.length >= maxQueue) {
+  /** a new task would be refused now */
+  const full = () => running >= max && waiting.length >= maxQueue
+  const run = async <T>(task: () => Promise<T>): Promise<T> => {
+    if (full()) {
       throw new AuthError('ERR_UNAVAILABLE', 'too many password checks at once', { retryAfter: 1 })
     }
     if (running >= max) await new Promise<void>((resolve) => waiting.push(resolve))
@@ -154,4 +175,5 @@ export function createSemaphore(max: number, maxQueue = 1 / 0): <T>(task: () => 
       else running--
     }
   }
+  return Object.assign(run, { full })
 }

@@ -234,19 +234,34 @@ function redisLimiter({
       // atomic in one MULTI. (INCR + PEXPIRE would push the expiry on every attempt, so a user who
       // tries once a minute would never get out.)
       let replies: Array<[Error | null, unknown]> | null
+      let timer: ReturnType<typeof setTimeout> | undefined
       try {
-        replies = await (await connect())
+        const transaction = (await connect())
           .multi()
           .set(redisKey, '0', 'PX', window, 'NX')
           .incr(redisKey)
           .pttl(redisKey)
           .exec()
+        // a bound of its own, whoever made the client: one passed in may have no commandTimeout, and a
+        // stalled Redis (or ioredis's offline queue, with its 20 reconnect tries) held each login without end
+        replies = await Promise.race([
+          transaction,
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () => reject(new Error('the rate limit store did not answer')),
+              // past the commandTimeout of a client of ours, which then fails first
+              REDIS_COMMAND_TIMEOUT + 500,
+            )
+          }),
+        ])
       } catch (cause) {
         // fail closed: no login goes without its rate limit, and the caller hears it is temporary
         throw new AuthError('ERR_UNAVAILABLE', 'the login rate limit store is unavailable', {
           cause,
           retryAfter: 5,
         })
+      } finally {
+        clearTimeout(timer)
       }
       const failed = replies?.find(([error]) => error)
       if (!replies || failed) {

@@ -1015,3 +1015,78 @@ describe('partial failures and races (a code review of the issuer)', () => {
     expect(events.map((event) => event.type)).toContain('loginFailed')
   })
 })
+
+describe('the login path (a review of it)', () => {
+  it('bug: a login the full hasher line refused (503) still spent the account budget, so a user obeying Retry-After was locked out', async () => {
+    // one attempt a window: any refused try that spent it would lock her out
+    const perAccount = createRateLimiter({ limit: 1 })
+    // one hasher, no line: a second check at the same moment is refused at once
+    const hasher = createPasswordHasher({ maxConcurrency: 1, maxQueue: 0 })
+    const { issuer } = setup({ passwords: hasher, loginLimits: { perAccount } })
+    await issuer.addUser('lined-up', 'pw-carol')
+    // the dummy hash made beforehand: the flood's login then holds the hasher for one check, without a gap
+    await hasher.verifyDummy('warm up')
+    const answers: string[] = []
+    // someone else's login keeps the one hasher busy while carol tries three times
+    const flood = issuer.login('someone-else', 'x').catch(() => undefined)
+    while (!hasher.busy?.()) await new Promise((resolve) => setImmediate(resolve))
+    for (let i = 0; i < 3; i++)
+      answers.push(
+        await issuer.login('lined-up', 'pw-carol').then(
+          () => 'ok',
+          (error: AuthError) => error.code,
+        ),
+      )
+    await flood
+    expect(answers).toEqual(['ERR_UNAVAILABLE', 'ERR_UNAVAILABLE', 'ERR_UNAVAILABLE'])
+    // the line is free again: her password is checked, with her budget whole
+    await expect(issuer.login('lined-up', 'pw-carol')).resolves.toMatchObject({ tokenType: 'Bearer' })
+  })
+
+  it('bug: width and compatibility variants of a name each had a budget of their own (a custom authenticate may match them all)', async () => {
+    const perAccount = createRateLimiter({ limit: 3 })
+    const { issuer } = setup({ authenticate: async () => null, loginLimits: { perAccount } })
+    const answers: string[] = []
+    for (const name of ['ada', 'ＡＤＡ', 'ａda', 'aｄa', 'Ada ', 'ADA'])
+      answers.push(
+        await issuer.login(name, 'guess').then(
+          () => 'ok',
+          (error: AuthError) => error.code,
+        ),
+      )
+    expect(answers).toEqual([
+      'ERR_INVALID_CREDENTIALS',
+      'ERR_INVALID_CREDENTIALS',
+      'ERR_INVALID_CREDENTIALS',
+      'ERR_RATE_LIMITED',
+      'ERR_RATE_LIMITED',
+      'ERR_RATE_LIMITED',
+    ])
+  })
+
+  it('bug: a name with a control character reached a row made for a custom authenticate, checked faster than an unknown name', async () => {
+    const { issuer: external } = setup({ authenticate: async () => ({ userId: 'ext-1' }) })
+    // the login makes the row of that user: its name starts with a control character, its hash is unusable
+    await external.login('whoever', 'x')
+    const rows = (await store.listUsers()).filter((user) => user.id === 'ext-1')
+    expect(rows).toHaveLength(1)
+    const counting = { ...passwords, dummies: 0, checks: 0 }
+    const spy: typeof passwords = {
+      ...passwords,
+      verify: (phc, password) => {
+        counting.checks++
+        return passwords.verify(phc, password)
+      },
+      verifyDummy: (password) => {
+        counting.dummies++
+        return passwords.verifyDummy(password)
+      },
+    }
+    // back to the built-in users: that row's name is not a user's name
+    const { issuer } = setup({ passwords: spy })
+    await expect(issuer.login(rows[0]!.username, 'x')).rejects.toMatchObject({
+      code: 'ERR_INVALID_CREDENTIALS',
+    })
+    expect(counting).toMatchObject({ checks: 0, dummies: 1 })
+  })
+})

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { createAuthServer, createSqliteStore } from '@tokenflow/server'
+import { Redis } from 'ioredis'
 import { describe, expect, it } from 'vitest'
 import {
   connectRedis,
@@ -194,6 +195,35 @@ describe.skipIf(!process.env.REDIS_URL)('createRateLimiter (redis)', () => {
       await proxy.close()
     }
   })
+
+  it.each([
+    ['stopped answering (the connection kept open)', 'stall'],
+    ['went away (every reconnect refused)', 'close'],
+  ] as const)(
+    'bug: with an ioredis client of the app (rateLimit.redis, its default options), a Redis that %s held each login without end; now ERR_UNAVAILABLE after 2.5 s',
+    async (_name, outage) => {
+      const target = new URL(redisUrl)
+      const proxy = await stallProxy(target.hostname, Number(target.port || 6379))
+      // the defaults: no commandTimeout, an offline queue that waits through 20 reconnect tries
+      const redis = new Redis(`redis://127.0.0.1:${proxy.port}${target.pathname}`)
+      redis.on('error', () => {})
+      const limiter = createRateLimiter({ limit: 5, redis, prefix: `tokenflow:test:${randomUUID()}:` })
+      try {
+        expect(await limiter.consume('ada')).toEqual({ ok: true, retryAfter: 0 })
+        if (outage === 'stall') proxy.stall()
+        else await proxy.close()
+        const started = Date.now()
+        const error = await limiter.consume('ada').catch((e: unknown) => e)
+        const waited = Date.now() - started
+        expect(error).toMatchObject({ name: 'AuthError', code: 'ERR_UNAVAILABLE', retryAfter: 5 })
+        expect(waited).toBeLessThan(5_000)
+      } finally {
+        proxy.resume()
+        redis.disconnect()
+        await proxy.close().catch(() => {})
+      }
+    },
+  )
 
   it('keeps a fixed window: attempts do not push the expiry back', async () => {
     const prefix = `tokenflow:test:${randomUUID()}:`
