@@ -149,7 +149,7 @@ export function postgresRestartCommand(url: string): RestartCommand {
     for (const name of readdirSync(`/etc/postgresql/${version}`)) {
       const config = `/etc/postgresql/${version}/${name}/postgresql.conf`
       if (!existsSync(config)) continue
-      const configured = /^\s*port\s*=\s*(\d+)/m.exec(readFileSync(config, 'utf8'))?.[1] ?? '5432'
+      const configured = /^\s*port\s*=\s*'?(\d+)/m.exec(readFileSync(config, 'utf8'))?.[1] ?? '5432'
       if (configured === (port || '5432'))
         return { command: binary, args: ['--skip-systemctl-redirect', version, name, 'restart'] }
     }

@@ -320,9 +320,10 @@ async function openDatabase(values: {
       `${values.postgres === undefined ? 'DATABASE_URL' : '--postgres'} must be a postgres:// URL`,
     )
   }
-  // pg sends parseInt() of it: a unit ('2s') is dropped, and the database would cut every statement at 2 ms
+  // pg sends parseInt() of it: a unit other than ms ('2s') is dropped, and the database would cut every
+  // statement at 2 ms. Whole ms, '5000ms', and '' (nothing sent) mean what they say
   const timeout = statementTimeoutOf(postgres)
-  if (typeof timeout === 'string' && !/^\d+$/.test(timeout)) {
+  if (typeof timeout === 'string' && !/^(\d+(ms)?)?$/.test(timeout)) {
     throw new CliError(
       `${values.postgres === undefined ? 'DATABASE_URL' : '--postgres'}: statement_timeout must be whole milliseconds (pg would read "${timeout.slice(0, 16)}" as ${Number.parseInt(timeout, 10) || 0} ms)`,
     )

@@ -403,7 +403,10 @@ export function createIssuer({
       // spellings of one name ("é", "e\u0301", "é ", a fullwidth "ａda") share it too: a custom `authenticate`
       // may match names width-insensitively, and each variant must not bring a budget of its own
       results.push(
-        await loginLimits.perAccount.consume(`user:${username.normalize('NFKC').trim().toLowerCase()}`),
+        // at most MAX_INPUT_LENGTH characters: NFKC expands some (U+FDFA to 18), and each key is kept
+        await loginLimits.perAccount.consume(
+          `user:${username.normalize('NFKC').trim().toLowerCase().slice(0, MAX_INPUT_LENGTH)}`,
+        ),
       )
     }
     return results.find((result) => !result.ok)

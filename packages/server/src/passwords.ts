@@ -92,7 +92,7 @@ export function createPasswordHasher({
   const options = { memoryCost, timeCost, parallelism, algorithm: ARGON2ID }
   const limit = createSemaphore(maxConcurrency, maxQueue)
   let dummy: Promise<string> | undefined
-  const verifyDummyHash = async (password: string) => {
+  const verifyDummyHash = async (password: string): Promise<false> => {
     // computed once, lazily: hashing at import or creation time would slow every start
     // a failed hash (memory pressure) is not kept: the next unknown user tries again instead of a 500 forever
     dummy ??= limit(() => hash('tokenflow-dummy-password', options)).catch((error: unknown) => {
@@ -101,33 +101,35 @@ export function createPasswordHasher({
     })
     const phc = await dummy
     await limit(() => verify(phc, password).catch(() => false))
+    return false
   }
 
-  const verifyPhc = (phc: string, password: string): Promise<boolean> =>
-    limit(async () => {
+  const verifyPhc = async (phc: string, password: string): Promise<boolean> => {
+    // A stored hash that is not Argon2 (an imported one, the unusable one of a row made for a user of a
+    // custom `authenticate`) must not let anyone in, nor crash the login, nor answer faster than a real check:
+    // that would tell such a row exists. It gets the dummy check, in one turn of the line as a real one
+    let parsed = true
+    try {
+      parseOptions(phc)
+    } catch {
+      parsed = false
+    }
+    if (!parsed) return verifyDummyHash(password)
+    return limit(async () => {
       try {
         return await verify(phc, password)
       } catch {
-        // a malformed stored hash must not let anyone in, nor crash the login
-        return undefined
+        return false
       }
-    }).then(async (result) => {
-      if (result !== undefined) return result
-      // nor answer faster than a real check: that would tell such a row exists (an imported hash, a row
-      // made for a user of a custom `authenticate`)
-      await verifyDummyHash(password)
-      return false
     })
+  }
 
   return {
     hash(password) {
       return limit(() => hash(password, options))
     },
     verify: verifyPhc,
-    async verifyDummy(password) {
-      await verifyDummyHash(password)
-      return false
-    },
+    verifyDummy: verifyDummyHash,
     busy: limit.full,
     needsRehash(phc) {
       try {

@@ -236,14 +236,12 @@ function redisLimiter({
       let replies: Array<[Error | null, unknown]> | null
       let timer: ReturnType<typeof setTimeout> | undefined
       try {
-        const transaction = (await connect())
-          .multi()
-          .set(redisKey, '0', 'PX', window, 'NX')
-          .incr(redisKey)
-          .pttl(redisKey)
-          .exec()
+        const transaction = connect().then((client) =>
+          client.multi().set(redisKey, '0', 'PX', window, 'NX').incr(redisKey).pttl(redisKey).exec(),
+        )
         // a bound of its own, whoever made the client: one passed in may have no commandTimeout, and a
-        // stalled Redis (or ioredis's offline queue, with its 20 reconnect tries) held each login without end
+        // stalled Redis (or ioredis's offline queue, with its 20 reconnect tries) held each login without end;
+        // so may a connection still opening (a factory of the app's that hangs)
         replies = await Promise.race([
           transaction,
           new Promise<never>((_, reject) => {

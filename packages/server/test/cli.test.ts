@@ -71,6 +71,16 @@ describe.concurrent('tokenflow-server', { timeout: 60_000 }, () => {
     expectOneLineError(empty, /--postgres needs a postgres:\/\/ URL/)
     const unit = await cli(['start', '--postgres', 'postgres://127.0.0.1:1/x?statement_timeout=2s'])
     expectOneLineError(unit, /statement_timeout must be whole milliseconds \(pg would read "2s" as 2 ms\)/)
+    // what pg reads as meant passes that check (and then meets the closed port)
+    for (const given of ['5000', '5000ms', '0', '']) {
+      const run = await cli([
+        'user',
+        'list',
+        '--postgres',
+        `postgres://127.0.0.1:1/x?statement_timeout=${given}`,
+      ])
+      expectOneLineError(run, /cannot use the PostgreSQL database/)
+    }
     const userinfo = await cli([
       'start',
       '--port',

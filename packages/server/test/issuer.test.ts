@@ -1064,6 +1064,23 @@ describe('the login path (a review of it)', () => {
     ])
   })
 
+  it('keeps the per-account key bounded: NFKC expands some characters (U+FDFA to 18)', async () => {
+    const keys: string[] = []
+    const perAccount = {
+      consume: async (key: string) => {
+        keys.push(key)
+        return { ok: true, retryAfter: 0 }
+      },
+      close: async () => {},
+    }
+    const { issuer } = setup({ authenticate: async () => null, loginLimits: { perAccount } })
+    await expect(issuer.login('\uFDFA'.repeat(1024), 'guess')).rejects.toMatchObject({
+      code: 'ERR_INVALID_CREDENTIALS',
+    })
+    expect(keys).toHaveLength(1)
+    expect(keys[0]!.length).toBeLessThanOrEqual('user:'.length + 1024)
+  })
+
   it('bug: a name with a control character reached a row made for a custom authenticate, checked faster than an unknown name', async () => {
     const { issuer: external } = setup({ authenticate: async () => ({ userId: 'ext-1' }) })
     // the login makes the row of that user: its name starts with a control character, its hash is unusable
