@@ -120,8 +120,11 @@ function watch(config: InternalAxiosRequestConfig): [AbortSignal | undefined, ()
   ]
 }
 
-/** Marks an instance that has a token manager attached (Symbol.for: two copies of this module see it too). */
-const ATTACHED = Symbol.for('tokenflow')
+/**
+ * The manager attached to each instance, and how many times: no tokens, and nothing kept once an instance is
+ * gone (a frozen instance, or a Proxy, takes a mark here too)
+ */
+const attachments = new WeakMap<object, [TokenManager, number]>()
 
 /**
  * Attaches a token manager to an axios instance: every request gets `Authorization: Bearer …`,
@@ -158,11 +161,12 @@ export function attachTokenRefresh(
     invalidOption('manager', 'a token manager')
   if (typeof shouldRefresh !== 'function') invalidOption('shouldRefresh', 'a function')
   // A second manager on one instance would send the first one's token for both (on a server: another user's).
-  // The same manager twice (an effect run twice) works
-  const marked = instance as { [ATTACHED]?: TokenManager }
-  if (marked[ATTACHED] && marked[ATTACHED] !== manager)
+  // The same manager twice (an effect run twice) works: the mark counts its attachments
+  const mark = attachments.get(instance) ?? [manager, 0]
+  if (mark[0] !== manager)
     invalidOption('instance', 'free of another manager (detach it, or make one instance per manager)')
-  marked[ATTACHED] = manager
+  mark[1]++
+  attachments.set(instance, mark)
 
   const requestId = instance.interceptors.request.use(async (config) => {
     if (config.tokenflow?.skip) return config
@@ -322,9 +326,12 @@ export function attachTokenRefresh(
     (error) => onResponse(false, error),
   )
 
+  let attached = true
   return () => {
     instance.interceptors.request.eject(requestId)
     instance.interceptors.response.eject(responseId)
-    if (marked[ATTACHED] === manager) delete marked[ATTACHED]
+    // once per attachment; the last one frees the instance
+    if (attached && !--mark[1]) attachments.delete(instance)
+    attached = false
   }
 }

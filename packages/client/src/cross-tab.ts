@@ -103,7 +103,9 @@ export function createCrossTab(
       lock
         .request(lockName, { ifAvailable: true }, (held) =>
           // unref (Node): a signal for other tabs must not keep a process alive that is done
-          held ? new Promise((resolve) => setTimeout(resolve, SIGNAL_MS).unref?.()) : undefined,
+          held
+            ? new Promise((resolve) => (setTimeout(resolve, SIGNAL_MS) as { unref?(): void }).unref?.())
+            : undefined,
         )
         .catch(() => {})
   }

@@ -413,12 +413,13 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       // iat in our future (a server clock ahead of ours) counts
       const estimate = iat * 1000 - receivedAt
       skew = estimate > 5_000 || (fresh && estimate < -5_000) ? estimate : 0
+    } else if (fresh && exp !== undefined && set.expiresAt !== undefined) {
+      // without iat, a fresh token's exp against its expiresAt (expires_in, on this clock) shows the skew: a
+      // clock far ahead would otherwise find every new token expired, and refresh again at every read
+      const estimate = exp * 1000 - set.expiresAt
+      skew = estimate > 5_000 || estimate < -5_000 ? estimate : 0
     }
-    let fromJwt = exp === undefined ? undefined : exp * 1000 - skew
-    // Without an iat the skew is not measured: a token fresh from a refresh that already looks expired means a
-    // clock far ahead of the server's. Its exp is not judged then (every read would refresh again): the
-    // expiresAt of expires_in, or a 401, tells when it ends
-    if (fresh && iat === undefined && fromJwt !== undefined && fromJwt <= receivedAt!) fromJwt = undefined
+    const fromJwt = exp === undefined ? undefined : exp * 1000 - skew
     const at = Math.min(fromJwt ?? 1 / 0, set.expiresAt ?? 1 / 0)
     if (at === 1 / 0) return [undefined, undefined]
     const from = iat === undefined ? receivedAt : iat * 1000 - skew
@@ -472,8 +473,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     if (clears !== before) throw sessionCleared()
     // a write the storage refused is made again at a later call, or a start after it would read what
     // storage held before: the previous user, a rotated refresh token (the server sees reuse)
-    // a clock set back past the refusal must not put the next try off by as much
-    if (rewriteAt && (now() >= rewriteAt || now() < rewriteAt - 1000)) {
+    // a clock set back more than a second before the refusal must not put the next try off by as much
+    if (rewriteAt && (now() >= rewriteAt || now() < rewriteAt - 2000)) {
       rewriteAt = 0
       write(expected)
     }
@@ -561,6 +562,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     cancel?: AbortSignal,
   ): Promise<T> {
     if (!lock) return fn(undefined)
+    if (cancel?.aborted) throw sessionCleared()
     let acquired = false
     const controller = new AbortController()
     const timer = setTimeout(() => controller.abort(), lockTimeout)
@@ -674,11 +676,12 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     const done = () => {
       if (refreshing === me) refreshing = undefined
     }
-    refreshing = me
-    emit({ type: 'refreshStarted' })
-    // a session replaced while this waits for the lock stops the wait (and its timer) at once
+    // a session replaced while this waits for the lock (a refreshStarted listener's clear() included) stops
+    // the wait, and its timer, at once
     const waiting = new AbortController()
     abortAttempt = () => waiting.abort()
+    refreshing = me
+    emit({ type: 'refreshStarted' })
     let next: TokenSet
     try {
       next = await withLock(

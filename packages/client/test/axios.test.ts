@@ -306,6 +306,34 @@ describe('attachTokenRefresh: one manager per instance', () => {
     expect(data.sub).toBe('alice')
   })
 
+  it('counts the attachments of one manager: detaching one of two keeps the instance taken, and a detach counts once', async () => {
+    const { api, manager: alice, detach } = await loggedIn()
+    const second = attachTokenRefresh(api, alice)
+    // one component of two that share the instance unmounts
+    detach()
+    detach()
+    const bob = makeManager()
+    await bob.setTokens(server.login('bob'))
+    expect(() => attachTokenRefresh(api, bob)).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_OPTION' }),
+    )
+    expect((await api.get<Echo>('/api/items')).data.sub).toBe('alice')
+    second()
+    attachTokenRefresh(api, bob)
+    expect((await api.get<Echo>('/api/items')).data.sub).toBe('bob')
+  })
+
+  it('attaches to a frozen instance (the mark is kept beside it, not on it)', async () => {
+    const manager = makeManager()
+    await manager.setTokens(server.login('alice'))
+    const api = Object.freeze(axios.create({ baseURL: server.url }))
+    const detach = attachTokenRefresh(api, manager)
+    expect((await api.get<Echo>('/api/items')).data.sub).toBe('alice')
+    detach()
+    // nothing of the mark is on the instance: a copy of its properties carries no manager
+    expect(Object.getOwnPropertySymbols(api)).toEqual([])
+  })
+
   it('takes another manager once the first is detached, and the same manager twice (an effect run twice)', async () => {
     const { api, manager: alice, detach } = await loggedIn()
     const again = attachTokenRefresh(api, alice)

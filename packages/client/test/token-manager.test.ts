@@ -1815,6 +1815,20 @@ describe('storage failures lose nothing', () => {
     expect(state.held).toEqual(after)
   })
 
+  it('a clock that jitters back a few ms does not write again within the second (only a step back does)', async () => {
+    const before = tokenSet(T0, 2 * HOUR, 0)
+    const { storage, state } = refusingStorage(before)
+    const { manager, clock } = setup({ storage })
+    expect(await manager.getAccessToken()).toBe(before.accessToken)
+    state.refuse = true
+    await manager.setTokens(tokenSet(T0, 2 * HOUR, 7))
+    const refused = state.writes
+    clock.advance(-10)
+    await manager.getAccessToken()
+    await flush()
+    expect(state.writes).toBe(refused)
+  })
+
   it.each([
     ['a login (setTokens) over an earlier one', 'login'],
     ['a refresh', 'refresh'],
@@ -2543,6 +2557,51 @@ describe('from a code review of the core', () => {
     expect(gaveUp.map(([name]) => name)).toEqual(['tokenflow:refresh'])
     expect(gaveUp[0]![1]).toBeLessThan(1_000)
     expect(timers()).toBe(before)
+    await a.manager.clear()
+  })
+
+  it('bug (review of the fix above): a fresh token without iat and without expiresAt that looked expired was never refreshed again', async () => {
+    // clocks in step; a 2 s token whose answer took 3 s to arrive, from a server that sends no expires_in
+    const { manager, calls, clock } = setupManager({}, T0)
+    await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
+    const refreshed = manager.refresh()
+    await flush()
+    const late = {
+      accessToken: makeJwt({ exp: Math.floor((clock.now() + 2_000) / 1000), n: 1 }),
+      refreshToken: 'rt-1',
+    }
+    clock.advance(3_000)
+    calls[0]!.resolve(late)
+    await refreshed
+    // it is expired: the next read refreshes rather than send it
+    const read = manager.getAccessToken()
+    await flush()
+    expect(calls).toHaveLength(2)
+    calls[1]!.resolve(tokenSet(clock.now(), 15 * MIN, 2))
+    expect(await read).not.toBe(late.accessToken)
+  })
+
+  it('bug (review of the fix above): a refreshStarted listener that called clear() left the lock wait running', async () => {
+    const gaveUp: Array<[string, number]> = []
+    const started = Date.now()
+    const lock = createTestLock({ onGiveUp: (name) => gaveUp.push([name, Date.now() - started]) })
+    const storage = memoryStorage()
+    const a = setupManager({ storage, lock, lockTimeout: 300 }, T0)
+    const b = setupManager({ storage, lock, lockTimeout: 300 }, T0)
+    await a.manager.setTokens(tokenSet(T0, 15 * MIN, 0))
+    await b.manager.getAccessToken()
+    void a.manager.refresh().catch(() => {})
+    await flush()
+    b.manager.subscribe((event) => {
+      if (event.type === 'refreshStarted') void b.manager.clear()
+    })
+    expect(await b.manager.refresh().catch((error: unknown) => error)).toMatchObject({
+      code: 'ERR_SESSION_CLEARED',
+    })
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    // no wait for the lock at all, or one ended at once: never lockTimeout
+    expect(gaveUp.filter(([, at]) => at >= 200)).toEqual([])
+    expect(lock.held()).toBe(true)
     await a.manager.clear()
   })
 
