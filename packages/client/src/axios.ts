@@ -124,7 +124,10 @@ function watch(config: InternalAxiosRequestConfig): [AbortSignal | undefined, ()
  * The manager attached to each instance, and how many times: no tokens, and nothing kept once an instance is
  * gone (a frozen instance, or a Proxy, takes a mark here too)
  */
-const attachments = new WeakMap<object, [TokenManager, number]>()
+const attachments: WeakMap<object, [TokenManager, number]> = ((globalThis as Record<symbol, never>)[
+  // one map for every copy of this module in the page (two bundles, two versions)
+  Symbol.for('tokenflow.attachments')
+] ??= new WeakMap() as never)
 
 /**
  * Attaches a token manager to an axios instance: every request gets `Authorization: Bearer …`,

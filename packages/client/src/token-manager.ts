@@ -413,11 +413,13 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       // iat in our future (a server clock ahead of ours) counts
       const estimate = iat * 1000 - receivedAt
       skew = estimate > 5_000 || (fresh && estimate < -5_000) ? estimate : 0
-    } else if (fresh && exp !== undefined && set.expiresAt !== undefined) {
-      // without iat, a fresh token's exp against its expiresAt (expires_in, on this clock) shows the skew: a
-      // clock far ahead would otherwise find every new token expired, and refresh again at every read
-      const estimate = exp * 1000 - set.expiresAt
-      skew = estimate > 5_000 || estimate < -5_000 ? estimate : 0
+    } else if (fresh && exp !== undefined) {
+      // Without iat, only a fresh token that arrives expired shows a clock far ahead (which would find every
+      // new token expired, and refresh again at every read): measured against its expiresAt (expires_in, on
+      // this clock). Any other gap between the two (an expires_in shorter or longer than the JWT's life) is no
+      // skew, and must not move the expiry of later tokens
+      const estimate = exp * 1000 <= receivedAt! && set.expiresAt ? exp * 1000 - set.expiresAt : 0
+      skew = estimate < -5_000 ? estimate : 0
     }
     const fromJwt = exp === undefined ? undefined : exp * 1000 - skew
     const at = Math.min(fromJwt ?? 1 / 0, set.expiresAt ?? 1 / 0)

@@ -323,6 +323,18 @@ describe('attachTokenRefresh: one manager per instance', () => {
     expect((await api.get<Echo>('/api/items')).data.sub).toBe('bob')
   })
 
+  it("a second copy of the module (two bundles, two versions) sees the first one's attachment", async () => {
+    const copy = (await import('../src/axios.ts?copy=2')) as typeof import('@tokenflow/client/axios')
+    expect(copy.attachTokenRefresh).not.toBe(attachTokenRefresh)
+    const { api } = await loggedIn()
+    const bob = makeManager()
+    await bob.setTokens(server.login('bob'))
+    expect(() => copy.attachTokenRefresh(api, bob)).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_OPTION' }),
+    )
+    expect((await api.get<Echo>('/api/items')).data.sub).toBe('alice')
+  })
+
   it('attaches to a frozen instance (the mark is kept beside it, not on it)', async () => {
     const manager = makeManager()
     await manager.setTokens(server.login('alice'))

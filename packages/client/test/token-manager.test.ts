@@ -2581,6 +2581,54 @@ describe('from a code review of the core', () => {
     expect(await read).not.toBe(late.accessToken)
   })
 
+  it.each([
+    ['shorter', 60, 5],
+    ['longer', 5, 60],
+  ] as const)(
+    'bug (review of the fix above): an expires_in %s than the JWT life (no iat) was taken for clock skew, and moved the expiry of later tokens',
+    async (_name, jwtMinutes, expiresInMinutes) => {
+      const { manager, calls, clock } = setupManager({}, T0)
+      await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
+      const refreshed = manager.refresh()
+      await flush()
+      const token = makeJwt({ exp: Math.floor((clock.now() + jwtMinutes * MIN) / 1000), n: 1 })
+      calls[0]!.resolve({
+        accessToken: token,
+        refreshToken: 'rt-1',
+        expiresAt: clock.now() + expiresInMinutes * MIN,
+      })
+      await refreshed
+      // a login after it, without iat, is judged by its own exp alone
+      const login = {
+        accessToken: makeJwt({ exp: Math.floor((clock.now() + 30 * MIN) / 1000), n: 'login' }),
+        refreshToken: null,
+      }
+      await manager.setTokens(login)
+      expect(await manager.getAccessToken()).toBe(login.accessToken)
+      clock.advance(29 * MIN)
+      expect(await manager.getAccessToken()).toBe(login.accessToken)
+      clock.advance(2 * MIN)
+      expect(await manager.getAccessToken()).toBeNull()
+    },
+  )
+
+  it('bug (review of the fix above): a token whose expires_in outlived its exp (no iat) was sent after its exp', async () => {
+    const { manager, calls, clock } = setupManager({}, T0)
+    await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
+    const refreshed = manager.refresh()
+    await flush()
+    const token = makeJwt({ exp: Math.floor((clock.now() + 5 * MIN) / 1000), n: 1 })
+    calls[0]!.resolve({ accessToken: token, refreshToken: 'rt-1', expiresAt: clock.now() + 60 * MIN })
+    await refreshed
+    // past its exp: refreshed, not sent
+    clock.advance(6 * MIN)
+    const read = manager.getAccessToken()
+    await flush()
+    expect(calls).toHaveLength(2)
+    calls[1]!.resolve(tokenSet(clock.now(), 15 * MIN, 2))
+    expect(await read).not.toBe(token)
+  })
+
   it('bug (review of the fix above): a refreshStarted listener that called clear() left the lock wait running', async () => {
     const gaveUp: Array<[string, number]> = []
     const started = Date.now()

@@ -321,9 +321,9 @@ async function openDatabase(values: {
     )
   }
   // pg sends parseInt() of it: a unit other than ms ('2s') is dropped, and the database would cut every
-  // statement at 2 ms. Whole ms, '5000ms', and '' (nothing sent) mean what they say
+  // statement at 2 ms. Whole ms and '5000ms' mean what they say; '' would send none, and take the CLI's 5 s off
   const timeout = statementTimeoutOf(postgres)
-  if (typeof timeout === 'string' && !/^(\d+(ms)?)?$/.test(timeout)) {
+  if (typeof timeout === 'string' && !/^\d+(ms)?$/.test(timeout)) {
     throw new CliError(
       `${values.postgres === undefined ? 'DATABASE_URL' : '--postgres'}: statement_timeout must be whole milliseconds (pg would read "${timeout.slice(0, 16)}" as ${Number.parseInt(timeout, 10) || 0} ms)`,
     )

@@ -235,10 +235,13 @@ function redisLimiter({
       // tries once a minute would never get out.)
       let replies: Array<[Error | null, unknown]> | null
       let timer: ReturnType<typeof setTimeout> | undefined
+      const connecting = connect()
+      let connected = false
       try {
-        const transaction = connect().then((client) =>
-          client.multi().set(redisKey, '0', 'PX', window, 'NX').incr(redisKey).pttl(redisKey).exec(),
-        )
+        const transaction = connecting.then((client) => {
+          connected = true
+          return client.multi().set(redisKey, '0', 'PX', window, 'NX').incr(redisKey).pttl(redisKey).exec()
+        })
         // a bound of its own, whoever made the client: one passed in may have no commandTimeout, and a
         // stalled Redis (or ioredis's offline queue, with its 20 reconnect tries) held each login without end;
         // so may a connection still opening (a factory of the app's that hangs)
@@ -253,6 +256,9 @@ function redisLimiter({
           }),
         ])
       } catch (cause) {
+        // a connection of the app's (its factory or promise) that is still opening at the deadline is not
+        // kept: the next login asks for a new one instead of waiting on this one for good
+        if (!owned && !connected && client === connecting) client = undefined
         // fail closed: no login goes without its rate limit, and the caller hears it is temporary
         throw new AuthError('ERR_UNAVAILABLE', 'the login rate limit store is unavailable', {
           cause,

@@ -72,7 +72,10 @@ describe.concurrent('tokenflow-server', { timeout: 60_000 }, () => {
     const unit = await cli(['start', '--postgres', 'postgres://127.0.0.1:1/x?statement_timeout=2s'])
     expectOneLineError(unit, /statement_timeout must be whole milliseconds \(pg would read "2s" as 2 ms\)/)
     // what pg reads as meant passes that check (and then meets the closed port)
-    for (const given of ['5000', '5000ms', '0', '']) {
+    // an empty one would send none, and take the CLI's 5 s bound off with it
+    const none = await cli(['user', 'list', '--postgres', 'postgres://127.0.0.1:1/x?statement_timeout='])
+    expectOneLineError(none, /statement_timeout must be whole milliseconds/)
+    for (const given of ['5000', '5000ms', '0']) {
       const run = await cli([
         'user',
         'list',

@@ -351,6 +351,21 @@ describe('createRateLimiter when Redis fails', () => {
     expect(opens).toBe(2)
   })
 
+  it('asks the app for a new connection after one that was still opening at the deadline, instead of waiting on it for good', async () => {
+    let opens = 0
+    const limiter = createRateLimiter({
+      limit: 5,
+      redis: () => {
+        opens++
+        // the first connection never opens
+        return opens === 1 ? new Promise<never>(() => {}) : Promise.resolve(fakeRedis())
+      },
+    })
+    await expect(limiter.consume('ada')).rejects.toMatchObject({ code: 'ERR_UNAVAILABLE' })
+    expect(await limiter.consume('ada')).toEqual({ ok: true, retryAfter: 0 })
+    expect(opens).toBe(2)
+  })
+
   it('makes a login answer 503 temporarily_unavailable with Retry-After while Redis is down, and leaves refreshes alone', async () => {
     const state = { down: false }
     const store = createSqliteStore({ filename: ':memory:' })
