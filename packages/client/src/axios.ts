@@ -124,10 +124,11 @@ function watch(config: InternalAxiosRequestConfig): [AbortSignal | undefined, ()
  * The manager attached to each instance, and how many times: no tokens, and nothing kept once an instance is
  * gone (a frozen instance, or a Proxy, takes a mark here too)
  */
-const attachments: WeakMap<object, [TokenManager, number]> = ((globalThis as Record<symbol, never>)[
-  // one map for every copy of this module in the page (two bundles, two versions)
-  Symbol.for('tokenflow.attachments')
-] ??= new WeakMap() as never)
+const shared = globalThis as Record<symbol, WeakMap<object, [TokenManager, number]> | undefined>
+const ATTACHMENTS = Symbol.for('tokenflow.attachments')
+// one map for every copy of this module in the page (two bundles, two versions)
+shared[ATTACHMENTS] ??= new WeakMap()
+const attachments = shared[ATTACHMENTS]
 
 /**
  * Attaches a token manager to an axios instance: every request gets `Authorization: Bearer …`,

@@ -324,7 +324,9 @@ describe('attachTokenRefresh: one manager per instance', () => {
   })
 
   it("a second copy of the module (two bundles, two versions) sees the first one's attachment", async () => {
-    const copy = (await import('../src/axios.ts?copy=2')) as typeof import('@tokenflow/client/axios')
+    // another module instance of the same file: what a second bundle, or a second installed version, is
+    const specifier = '../src/axios.ts?copy=2'
+    const copy = (await import(specifier)) as typeof import('@tokenflow/client/axios')
     expect(copy.attachTokenRefresh).not.toBe(attachTokenRefresh)
     const { api } = await loggedIn()
     const bob = makeManager()
