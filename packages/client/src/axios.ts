@@ -126,9 +126,12 @@ function watch(config: InternalAxiosRequestConfig): [AbortSignal | undefined, ()
  */
 const shared = globalThis as Record<symbol, WeakMap<object, [TokenManager, number]> | undefined>
 const ATTACHMENTS = Symbol.for('tokenflow.attachments')
-// one map for every copy of this module in the page (two bundles, two versions)
-shared[ATTACHMENTS] ??= new WeakMap()
-const attachments = shared[ATTACHMENTS]
+const attachments = shared[ATTACHMENTS] ?? new WeakMap()
+try {
+  // one map for every copy of this module in the page (two bundles, two versions); in a frozen realm (SES's
+  // harden(globalThis)) each copy keeps its own
+  shared[ATTACHMENTS] = attachments
+} catch {}
 
 /**
  * Attaches a token manager to an axios instance: every request gets `Authorization: Bearer …`,

@@ -418,8 +418,9 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       // new token expired, and refresh again at every read): measured against its expiresAt (expires_in, on
       // this clock). Any other gap between the two (an expires_in shorter or longer than the JWT's life) is no
       // skew, and must not move the expiry of later tokens
+      // (left as it is when nothing was measured: a skew from an earlier token's iat stands)
       const estimate = exp * 1000 <= receivedAt! && set.expiresAt ? exp * 1000 - set.expiresAt : 0
-      skew = estimate < -5_000 ? estimate : 0
+      if (estimate < -5_000) skew = estimate
     }
     const fromJwt = exp === undefined ? undefined : exp * 1000 - skew
     const at = Math.min(fromJwt ?? 1 / 0, set.expiresAt ?? 1 / 0)

@@ -1,8 +1,15 @@
+import { execFileSync } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import type { AsyncStorageStatic } from '@react-native-async-storage/async-storage'
 import { asyncStorage, createTokenManager, jsonRefresh, memoryStorage, RefreshError } from '@tokenflow/client'
 import { createAuthFetch } from '@tokenflow/client/fetch'
-import { afterEach, describe, expect, it, vi } from 'vitest'
+import { buildSync } from 'esbuild'
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest'
 import * as whatwg from 'whatwg-fetch'
 import { controlledRefresh, tokenSet } from './helpers/tokens.js'
 
@@ -229,4 +236,32 @@ describe('React Native: fetch, Request and Headers from whatwg-fetch', () => {
       )
     }
   })
+})
+
+describe('a realm whose globalThis takes no new properties (SES harden, a frozen global)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tokenflow-frozen-'))
+  const adapter = join(dir, 'axios-adapter.mjs')
+  afterAll(() => rmSync(dir, { recursive: true, force: true }))
+  // the adapter as an app bundle has it, axios left out (a peer)
+  buildSync({
+    entryPoints: [fileURLToPath(new URL('../src/axios.ts', import.meta.url))],
+    bundle: true,
+    format: 'esm',
+    platform: 'neutral',
+    outfile: adapter,
+    external: ['axios'],
+    logLevel: 'silent',
+  })
+
+  it.each(['Object.freeze(globalThis)', 'Object.preventExtensions(globalThis)', 'Object.seal(globalThis)'])(
+    'bug: importing @tokenflow/client/axios after %s threw at module load',
+    (prelude) => {
+      const main = join(dir, `main-${randomUUID()}.mjs`)
+      writeFileSync(
+        main,
+        `${prelude}\ntry { const m = await import(${JSON.stringify(adapter)}); console.log('ok', typeof m.attachTokenRefresh) } catch (e) { console.log('threw', e.message) }\n`,
+      )
+      expect(execFileSync(process.execPath, [main], { encoding: 'utf8' }).trim()).toBe('ok function')
+    },
+  )
 })

@@ -2629,6 +2629,29 @@ describe('from a code review of the core', () => {
     expect(await read).not.toBe(token)
   })
 
+  it('bug (review of the fix above): a skew measured from iat was reset by a later token without iat', async () => {
+    // the device clock is 10 minutes behind the server's; the server signs some tokens without iat
+    const { manager, calls, clock } = setupManager({}, T0)
+    const serverNow = () => clock.now() + 10 * MIN
+    await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
+    const first = manager.refresh()
+    await flush()
+    calls[0]!.resolve(tokenSet(serverNow(), 15 * MIN, 1))
+    await first
+    const second = manager.refresh()
+    await flush()
+    const token = makeJwt({ exp: Math.floor((serverNow() + 15 * MIN) / 1000), n: 2 })
+    calls[1]!.resolve({ accessToken: token, refreshToken: 'rt-2' })
+    await second
+    // 16 minutes on (server time: a minute past its exp): refreshed, not sent
+    clock.advance(16 * MIN)
+    const read = manager.getAccessToken()
+    await flush()
+    expect(calls).toHaveLength(3)
+    calls[2]!.resolve(tokenSet(serverNow(), 15 * MIN, 3))
+    expect(await read).not.toBe(token)
+  })
+
   it('bug (review of the fix above): a refreshStarted listener that called clear() left the lock wait running', async () => {
     const gaveUp: Array<[string, number]> = []
     const started = Date.now()

@@ -113,6 +113,10 @@ async function main(argv: string[]): Promise<number> {
     Object.keys(values).find((name) => !['db', 'postgres', 'help'].includes(name) && !flags.includes(name))
   // `keys rotate --issuer …` would look meaningful and do nothing
   if (ignored) throw new CliError(`--${ignored} is not an option of "${command}" (see --help)`)
+  // an empty flag is a script's unset variable: `--host ""` would listen on every interface, `--postgres ""`
+  // start on a new SQLite file. (An empty env variable counts as unset instead)
+  const empty = Object.entries(values).find(([, value]) => value === '')
+  if (empty) throw new CliError(`--${empty[0]} needs a value, got ""`)
 
   if (values.db !== undefined && values.postgres !== undefined) {
     throw new CliError('use either --db or --postgres, not both')
@@ -305,8 +309,6 @@ async function openDatabase(values: {
 }): Promise<Database> {
   const env = environment()
   // a flag beats the environment; TOKENFLOW_DB (ours) beats DATABASE_URL (often set for other tools)
-  // an empty --postgres is a script's unset variable: not a reason to start on a new SQLite file
-  if (values.postgres === '') throw new CliError('--postgres needs a postgres:// URL, got ""')
   const postgres =
     values.postgres ??
     (values.db === undefined && env.TOKENFLOW_DB === undefined ? env.DATABASE_URL : undefined)

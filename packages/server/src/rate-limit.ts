@@ -212,19 +212,25 @@ function redisLimiter({
 }): RateLimiter {
   const owned = redis === undefined
   let client: Promise<RedisLike> | undefined
+  /** when the connection in `client` was asked for */
+  let askedAt = 0
   const connect = () => {
-    // a connection that failed to open is not kept: the next login tries again
-    client ??= (
+    if (client) return client
+    askedAt = Date.now()
+    // a connection that failed to open is not kept: the next login tries again (not one this limiter let go
+    // of meanwhile: that would drop the one that replaced it)
+    const opening: Promise<RedisLike> = (
       redis === undefined
         ? connectRedis(redisUrl!)
         : typeof redis === 'function'
           ? redis()
           : Promise.resolve(redis)
     ).catch((error: unknown) => {
-      client = undefined
+      if (client === opening) client = undefined
       throw error
     })
-    return client
+    client = opening
+    return opening
   }
 
   return {
@@ -256,9 +262,11 @@ function redisLimiter({
           }),
         ])
       } catch (cause) {
-        // a connection of the app's (its factory or promise) that is still opening at the deadline is not
-        // kept: the next login asks for a new one instead of waiting on this one for good
-        if (!owned && !connected && client === connecting) client = undefined
+        // a connection of the app's (its factory or promise) still opening long after it was asked for is
+        // let go: the next login asks for a new one instead of waiting on this one for good. Not sooner: a
+        // slow one (Redis loading after a restart) would be replaced, and left open, at every deadline
+        if (!owned && !connected && client === connecting && Date.now() - askedAt > ABANDON_AFTER)
+          client = undefined
         // fail closed: no login goes without its rate limit, and the caller hears it is temporary
         throw new AuthError('ERR_UNAVAILABLE', 'the login rate limit store is unavailable', {
           cause,
@@ -323,6 +331,8 @@ export function ipLimitKey(forwarded: string): string {
 
 /** ms a Redis command may take before the login it serves fails closed (503) */
 const REDIS_COMMAND_TIMEOUT = 2000
+/** ms after which a connection of the app's that has not opened is given up for a new one */
+const ABANDON_AFTER = 30_000
 
 /**
  * Opens an ioredis connection (ioredis is imported only here, on demand).

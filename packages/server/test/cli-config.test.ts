@@ -253,7 +253,7 @@ describe.concurrent('tokenflow-server with a bad configuration', { timeout: 60_0
       '--issuer must be an https URL (http only on localhost) without query, fragment or user info',
     )
     expectOneLine(redis, '--redis must be a redis:// or rediss:// URL')
-    expectOneLine(audience, '--audience must be a non-empty string or array of strings')
+    expectOneLine(audience, '--audience needs a value, got ""')
     for (const file of [issuerDb!, redisDb!, audienceDb!]) expect(existsSync(file)).toBe(false)
   })
 

@@ -68,7 +68,24 @@ describe.concurrent('tokenflow-server', { timeout: 60_000 }, () => {
 
   it('bug: an empty --postgres (an unset variable in a script) started on a new ./tokenflow.db; a statement_timeout with a unit was read as ms', async () => {
     const empty = await cli(['user', 'list', '--postgres', ''])
-    expectOneLineError(empty, /--postgres needs a postgres:\/\/ URL/)
+    expectOneLineError(empty, /--postgres needs a value, got ""/)
+    // nor does an empty --host listen on every interface, nor --db make a store error of it
+    const [host, db] = await Promise.all([
+      cli([
+        'start',
+        '--port',
+        '0',
+        '--host',
+        '',
+        '--issuer',
+        'https://auth.example.com',
+        '--db',
+        join(dir, 'h.db'),
+      ]),
+      cli(['user', 'list', '--db', '']),
+    ])
+    expectOneLineError(host, /--host needs a value, got ""/)
+    expectOneLineError(db, /--db needs a value, got ""/)
     const unit = await cli(['start', '--postgres', 'postgres://127.0.0.1:1/x?statement_timeout=2s'])
     expectOneLineError(unit, /statement_timeout must be whole milliseconds \(pg would read "2s" as 2 ms\)/)
     // what pg reads as meant passes that check (and then meets the closed port)

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { createAuthServer, createSqliteStore } from '@tokenflow/server'
 import { Redis } from 'ioredis'
-import { describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it, vi } from 'vitest'
 import {
   connectRedis,
   createRateLimiter,
@@ -351,19 +351,87 @@ describe('createRateLimiter when Redis fails', () => {
     expect(opens).toBe(2)
   })
 
-  it('asks the app for a new connection after one that was still opening at the deadline, instead of waiting on it for good', async () => {
-    let opens = 0
-    const limiter = createRateLimiter({
-      limit: 5,
-      redis: () => {
-        opens++
-        // the first connection never opens
-        return opens === 1 ? new Promise<never>(() => {}) : Promise.resolve(fakeRedis())
-      },
+  describe('a connection of the app that does not open', () => {
+    afterEach(() => {
+      vi.useRealTimers()
     })
-    await expect(limiter.consume('ada')).rejects.toMatchObject({ code: 'ERR_UNAVAILABLE' })
-    expect(await limiter.consume('ada')).toEqual({ ok: true, retryAfter: 0 })
-    expect(opens).toBe(2)
+    /** the outcome of `promise`, the fake clock moved on `ms`, and further until it settles */
+    const at = async (promise: Promise<unknown>, ms: number) => {
+      let outcome: { ok: unknown } | { error: string | undefined } | undefined
+      promise.then(
+        (value) => {
+          outcome = { ok: value }
+        },
+        (error: { code?: string }) => {
+          outcome = { error: error.code }
+        },
+      )
+      await vi.advanceTimersByTimeAsync(ms)
+      while (!outcome) await vi.advanceTimersByTimeAsync(100)
+      return outcome
+    }
+
+    it('asks for a new connection once one has hung for 30 s, instead of waiting on it for good', async () => {
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+      let opens = 0
+      const limiter = createRateLimiter({
+        limit: 5,
+        redis: () => {
+          opens++
+          // the first connection never opens
+          return opens === 1 ? new Promise<never>(() => {}) : Promise.resolve(fakeRedis())
+        },
+      })
+      expect(await at(limiter.consume('ada'), 2_500)).toEqual({ error: 'ERR_UNAVAILABLE' })
+      await vi.advanceTimersByTimeAsync(28_000)
+      expect(await at(limiter.consume('ada'), 2_500)).toEqual({ error: 'ERR_UNAVAILABLE' })
+      expect(opens).toBe(1)
+      // 33 s since it was asked for: let go, and the next login asks again
+      expect(await at(limiter.consume('ada'), 0)).toEqual({ ok: { ok: true, retryAfter: 0 } })
+      expect(opens).toBe(2)
+    })
+
+    it('waits a slow one out (Redis loading after a restart): no new connection at each deadline', async () => {
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+      let opens = 0
+      const limiter = createRateLimiter({
+        limit: 100,
+        redis: () => {
+          opens++
+          return new Promise<RedisLike>((resolve) => setTimeout(() => resolve(fakeRedis()), 3_000))
+        },
+      })
+      const outcomes = []
+      for (let second = 0; second < 10; second++) outcomes.push(await at(limiter.consume('ada'), 1_000))
+      expect(opens).toBe(1)
+      // the first waited 2.5 s and gave up; from the 3rd second on, the connection serves
+      expect(outcomes.filter((outcome) => 'error' in outcome)).toHaveLength(1)
+    })
+
+    it('a connection let go that fails later does not drop the one that replaced it', async () => {
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+      let opens = 0
+      const limiter = createRateLimiter({
+        limit: 100,
+        redis: () => {
+          opens++
+          // the first fails after 40 s
+          return opens === 1
+            ? new Promise<never>((_, reject) => setTimeout(() => reject(new Error('ETIMEDOUT')), 40_000))
+            : Promise.resolve(fakeRedis())
+        },
+      })
+      expect(await at(limiter.consume('ada'), 0)).toEqual({ error: 'ERR_UNAVAILABLE' })
+      await vi.advanceTimersByTimeAsync(28_500)
+      // past 30 s: this one lets it go, the next asks again
+      expect(await at(limiter.consume('ada'), 0)).toEqual({ error: 'ERR_UNAVAILABLE' })
+      expect(await at(limiter.consume('ada'), 0)).toEqual({ ok: { ok: true, retryAfter: 0 } })
+      expect(opens).toBe(2)
+      // the first one fails at 40 s
+      await vi.advanceTimersByTimeAsync(10_000)
+      expect(await at(limiter.consume('ada'), 0)).toEqual({ ok: { ok: true, retryAfter: 0 } })
+      expect(opens).toBe(2)
+    })
   })
 
   it('makes a login answer 503 temporarily_unavailable with Retry-After while Redis is down, and leaves refreshes alone', async () => {
