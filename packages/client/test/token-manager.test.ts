@@ -2652,6 +2652,41 @@ describe('from a code review of the core', () => {
     expect(await read).not.toBe(token)
   })
 
+  it.each([
+    ['with expires_in', true],
+    ['without expires_in', false],
+  ])(
+    'bug (review of the fix above): after the device clock was corrected, a skew kept from an iat made every later token without iat look expired (%s)',
+    async (_name, withExpiresIn) => {
+      const { manager, calls, clock } = setupManager({}, T0)
+      // the device is 10 minutes behind: the iat of a refresh answer measures it
+      let offset = 10 * MIN
+      const serverNow = () => clock.now() + offset
+      const issue = (n: number) => ({
+        accessToken: makeJwt({ exp: Math.floor((serverNow() + 5 * MIN) / 1000), n }),
+        refreshToken: `rt-${n}`,
+        ...(withExpiresIn ? { expiresAt: clock.now() + 5 * MIN } : {}),
+      })
+      await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
+      const first = manager.refresh()
+      await flush()
+      calls[0]!.resolve(tokenSet(serverNow(), 15 * MIN, 1))
+      await first
+      // NTP moves the device clock 10 minutes on; the server's next tokens carry no iat
+      clock.advance(10 * MIN)
+      offset = 0
+      const second = manager.refresh()
+      await flush()
+      const token = issue(2)
+      calls[1]!.resolve(token)
+      await second
+      // a minute later it has 4 minutes left: five reads, no refresh
+      clock.advance(MIN)
+      for (let i = 0; i < 5; i++) expect(await manager.getAccessToken()).toBe(token.accessToken)
+      expect(calls).toHaveLength(2)
+    },
+  )
+
   it('bug (review of the fix above): a refreshStarted listener that called clear() left the lock wait running', async () => {
     const gaveUp: Array<[string, number]> = []
     const started = Date.now()

@@ -68,7 +68,9 @@ export interface RateLimiterOptions {
   redisUrl?: string | undefined
   /**
    * An ioredis client to keep counters in, its promise, or a function that opens it on first use.
-   * `close()` leaves it open: it belongs to the caller.
+   * `close()` leaves it open: it belongs to the caller. A function is called again when its connection
+   * failed, or has not opened 30 s after it was asked for; the limiter then uses the new one and never
+   * closes the one it let go (close it yourself if it opens late).
    */
   redis?: RedisLike | Promise<RedisLike> | (() => Promise<RedisLike>) | undefined
   /**
@@ -216,14 +218,16 @@ function redisLimiter({
   let askedAt = 0
   const connect = () => {
     if (client) return client
-    askedAt = Date.now()
+    // monotonic: a wall clock set back must not keep a hung connection for as long
+    askedAt = performance.now()
     // a connection that failed to open is not kept: the next login tries again (not one this limiter let go
     // of meanwhile: that would drop the one that replaced it)
     const opening: Promise<RedisLike> = (
       redis === undefined
         ? connectRedis(redisUrl!)
         : typeof redis === 'function'
-          ? redis()
+          ? // a factory that throws at once fails the login as one that rejects does (503)
+            Promise.resolve().then(redis)
           : Promise.resolve(redis)
     ).catch((error: unknown) => {
       if (client === opening) client = undefined
@@ -265,7 +269,7 @@ function redisLimiter({
         // a connection of the app's (its factory or promise) still opening long after it was asked for is
         // let go: the next login asks for a new one instead of waiting on this one for good. Not sooner: a
         // slow one (Redis loading after a restart) would be replaced, and left open, at every deadline
-        if (!owned && !connected && client === connecting && Date.now() - askedAt > ABANDON_AFTER)
+        if (!owned && !connected && client === connecting && performance.now() - askedAt > ABANDON_AFTER)
           client = undefined
         // fail closed: no login goes without its rate limit, and the caller hears it is temporary
         throw new AuthError('ERR_UNAVAILABLE', 'the login rate limit store is unavailable', {

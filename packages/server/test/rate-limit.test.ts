@@ -372,7 +372,7 @@ describe('createRateLimiter when Redis fails', () => {
     }
 
     it('asks for a new connection once one has hung for 30 s, instead of waiting on it for good', async () => {
-      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] })
       let opens = 0
       const limiter = createRateLimiter({
         limit: 5,
@@ -391,8 +391,40 @@ describe('createRateLimiter when Redis fails', () => {
       expect(opens).toBe(2)
     })
 
+    it('counts the 30 s on a monotonic clock: a wall clock set back an hour does not keep a hung connection', async () => {
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] })
+      let opens = 0
+      const limiter = createRateLimiter({
+        limit: 5,
+        redis: () => {
+          opens++
+          return opens === 1 ? new Promise<never>(() => {}) : Promise.resolve(fakeRedis())
+        },
+      })
+      expect(await at(limiter.consume('ada'), 0)).toEqual({ error: 'ERR_UNAVAILABLE' })
+      vi.setSystemTime(Date.now() - 3_600_000)
+      await vi.advanceTimersByTimeAsync(28_500)
+      expect(await at(limiter.consume('ada'), 0)).toEqual({ error: 'ERR_UNAVAILABLE' })
+      expect(await at(limiter.consume('ada'), 0)).toEqual({ ok: { ok: true, retryAfter: 0 } })
+      expect(opens).toBe(2)
+    })
+
+    it('fails a login as 503 when the factory throws at once, and asks it again next time', async () => {
+      let opens = 0
+      const limiter = createRateLimiter({
+        limit: 5,
+        redis: () => {
+          opens++
+          if (opens === 1) throw new Error('no Redis configured yet')
+          return Promise.resolve(fakeRedis())
+        },
+      })
+      await expect(limiter.consume('ada')).rejects.toMatchObject({ code: 'ERR_UNAVAILABLE' })
+      expect(await limiter.consume('ada')).toEqual({ ok: true, retryAfter: 0 })
+    })
+
     it('waits a slow one out (Redis loading after a restart): no new connection at each deadline', async () => {
-      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] })
       let opens = 0
       const limiter = createRateLimiter({
         limit: 100,
@@ -409,7 +441,7 @@ describe('createRateLimiter when Redis fails', () => {
     })
 
     it('a connection let go that fails later does not drop the one that replaced it', async () => {
-      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] })
       let opens = 0
       const limiter = createRateLimiter({
         limit: 100,
