@@ -417,13 +417,14 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       // Without iat, only a fresh token that arrives expired shows a clock far ahead (which would find every
       // new token expired, and refresh again at every read): measured against its expiresAt (expires_in, on
       // this clock). Any other gap between the two (an expires_in shorter or longer than the JWT's life) is
-      // no skew. A skew kept from before is dropped when this token contradicts it (it would arrive expired
-      // under it) or the two agree (the clock was corrected meanwhile)
+      // no skew. A skew kept from before is dropped when the two agree (the clock was corrected meanwhile);
+      // not when the token merely looks short-lived under it: the clock may still be off by some of it, and
+      // a token sent past its exp is worse than an early refresh
       const ms = exp * 1000
       const gap = set.expiresAt ? ms - set.expiresAt : 0
       if (ms <= receivedAt!) {
         if (gap < -5_000) skew = gap
-      } else if (ms - skew <= receivedAt! || (set.expiresAt && gap * gap <= 25e6)) skew = 0
+      } else if (set.expiresAt && gap * gap <= 25e6) skew = 0
     }
     const fromJwt = exp === undefined ? undefined : exp * 1000 - skew
     const at = Math.min(fromJwt ?? 1 / 0, set.expiresAt ?? 1 / 0)
