@@ -423,7 +423,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       const ms = exp * 1000
       const gap = set.expiresAt ? ms - set.expiresAt : 0
       if (ms <= receivedAt!) {
-        if (gap < -5_000) skew = gap
+        // (not when the skew already known explains it: the token is not expired under that one)
+        if (gap < -5_000 && ms - skew <= receivedAt!) skew = gap
       } else if (set.expiresAt && gap * gap <= 25e6) skew = 0
     }
     const fromJwt = exp === undefined ? undefined : exp * 1000 - skew

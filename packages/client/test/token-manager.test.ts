@@ -2713,6 +2713,33 @@ describe('from a code review of the core', () => {
     expect(await read).not.toBe(token.accessToken)
   })
 
+  it('bug (a seventh review): a skew known from an iat was replaced by an over-estimate from a token without iat whose expires_in outlived it', async () => {
+    // the device is an hour ahead, measured from an iat; the server's next token has no iat and an
+    // expires_in of 10 minutes for a 5-minute JWT
+    const { manager, calls, clock } = setupManager({}, T0)
+    const serverNow = () => clock.now() - HOUR
+    await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
+    const first = manager.refresh()
+    await flush()
+    calls[0]!.resolve(tokenSet(serverNow(), 15 * MIN, 1))
+    await first
+    const second = manager.refresh()
+    await flush()
+    const token = {
+      accessToken: makeJwt({ exp: Math.floor((serverNow() + 5 * MIN) / 1000), n: 2 }),
+      refreshToken: 'rt-2',
+      expiresAt: clock.now() + 10 * MIN,
+    }
+    calls[1]!.resolve(token)
+    await second
+    // 6 minutes on, a minute past its exp: not handed out
+    clock.advance(6 * MIN)
+    const read = manager.getAccessToken()
+    await flush()
+    for (const call of calls.slice(2)) call.resolve(tokenSet(serverNow(), 15 * MIN, 3))
+    expect(await read).not.toBe(token.accessToken)
+  })
+
   it('bug (review of the fix above): a refreshStarted listener that called clear() left the lock wait running', async () => {
     const gaveUp: Array<[string, number]> = []
     const started = Date.now()
