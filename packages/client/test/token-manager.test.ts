@@ -2506,6 +2506,23 @@ describe('subscribers', () => {
 
 describe('from a code review of the core', () => {
   const timers = () => process.getActiveResourcesInfo().filter((resource) => resource === 'Timeout').length
+  /**
+   * Managers a and b over one storage and one lock; a holds the lock with a refresh that does not answer.
+   * `gaveUp` lists each lock wait that ended without the lock, with the ms it took.
+   */
+  const lockHeldByA = async (lockTimeout: number) => {
+    const gaveUp: Array<[string, number]> = []
+    const started = Date.now()
+    const lock = createTestLock({ onGiveUp: (name) => gaveUp.push([name, Date.now() - started]) })
+    const storage = memoryStorage()
+    const a = setupManager({ storage, lock, lockTimeout }, T0)
+    const b = setupManager({ storage, lock, lockTimeout }, T0)
+    await a.manager.setTokens(tokenSet(T0, 15 * MIN, 0))
+    await b.manager.getAccessToken()
+    void a.manager.refresh().catch(() => {})
+    await flush()
+    return { a, b, gaveUp, lock }
+  }
 
   it('bug: with a device clock an hour ahead and tokens without iat, every read refreshed again', async () => {
     // the server signs without iat (jose's SignJWT without setIssuedAt); jsonRefresh gives expiresAt from expires_in
@@ -2536,17 +2553,7 @@ describe('from a code review of the core', () => {
   })
 
   it('bug: clear() while a refresh waited for the lock left the wait (and its lockTimeout timer) running', async () => {
-    const gaveUp: Array<[string, number]> = []
-    const started = Date.now()
-    const lock = createTestLock({ onGiveUp: (name) => gaveUp.push([name, Date.now() - started]) })
-    const storage = memoryStorage()
-    const a = setupManager({ storage, lock, lockTimeout: 2_000 }, T0)
-    const b = setupManager({ storage, lock, lockTimeout: 2_000 }, T0)
-    await a.manager.setTokens(tokenSet(T0, 15 * MIN, 0))
-    await b.manager.getAccessToken()
-    // a holds the lock: its refresh does not answer
-    void a.manager.refresh().catch(() => {})
-    await flush()
+    const { a, b, gaveUp } = await lockHeldByA(2_000)
     const before = timers()
     const waiting = b.manager.refresh().catch((error: unknown) => error)
     await flush()
@@ -2741,16 +2748,7 @@ describe('from a code review of the core', () => {
   })
 
   it('bug (review of the fix above): a refreshStarted listener that called clear() left the lock wait running', async () => {
-    const gaveUp: Array<[string, number]> = []
-    const started = Date.now()
-    const lock = createTestLock({ onGiveUp: (name) => gaveUp.push([name, Date.now() - started]) })
-    const storage = memoryStorage()
-    const a = setupManager({ storage, lock, lockTimeout: 300 }, T0)
-    const b = setupManager({ storage, lock, lockTimeout: 300 }, T0)
-    await a.manager.setTokens(tokenSet(T0, 15 * MIN, 0))
-    await b.manager.getAccessToken()
-    void a.manager.refresh().catch(() => {})
-    await flush()
+    const { a, b, gaveUp, lock } = await lockHeldByA(300)
     b.manager.subscribe((event) => {
       if (event.type === 'refreshStarted') void b.manager.clear()
     })

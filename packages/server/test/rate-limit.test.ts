@@ -355,6 +355,18 @@ describe('createRateLimiter when Redis fails', () => {
     afterEach(() => {
       vi.useRealTimers()
     })
+    /** a limiter whose first connection from the app never opens; `opens()` counts the connections asked for */
+    const firstHangs = () => {
+      let opens = 0
+      const limiter = createRateLimiter({
+        limit: 5,
+        redis: () => {
+          opens++
+          return opens === 1 ? new Promise<never>(() => {}) : Promise.resolve(fakeRedis())
+        },
+      })
+      return { limiter, opens: () => opens }
+    }
     /** the outcome of `promise`, the fake clock moved on `ms`, and further until it settles */
     const at = async (promise: Promise<unknown>, ms: number) => {
       let outcome: { ok: unknown } | { error: string | undefined } | undefined
@@ -373,40 +385,25 @@ describe('createRateLimiter when Redis fails', () => {
 
     it('asks for a new connection once one has hung for 30 s, instead of waiting on it for good', async () => {
       vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] })
-      let opens = 0
-      const limiter = createRateLimiter({
-        limit: 5,
-        redis: () => {
-          opens++
-          // the first connection never opens
-          return opens === 1 ? new Promise<never>(() => {}) : Promise.resolve(fakeRedis())
-        },
-      })
+      const { limiter, opens } = firstHangs()
       expect(await at(limiter.consume('ada'), 2_500)).toEqual({ error: 'ERR_UNAVAILABLE' })
       await vi.advanceTimersByTimeAsync(28_000)
       expect(await at(limiter.consume('ada'), 2_500)).toEqual({ error: 'ERR_UNAVAILABLE' })
-      expect(opens).toBe(1)
+      expect(opens()).toBe(1)
       // 33 s since it was asked for: let go, and the next login asks again
       expect(await at(limiter.consume('ada'), 0)).toEqual({ ok: { ok: true, retryAfter: 0 } })
-      expect(opens).toBe(2)
+      expect(opens()).toBe(2)
     })
 
     it('counts the 30 s on a monotonic clock: a wall clock set back an hour does not keep a hung connection', async () => {
       vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] })
-      let opens = 0
-      const limiter = createRateLimiter({
-        limit: 5,
-        redis: () => {
-          opens++
-          return opens === 1 ? new Promise<never>(() => {}) : Promise.resolve(fakeRedis())
-        },
-      })
+      const { limiter, opens } = firstHangs()
       expect(await at(limiter.consume('ada'), 0)).toEqual({ error: 'ERR_UNAVAILABLE' })
       vi.setSystemTime(Date.now() - 3_600_000)
       await vi.advanceTimersByTimeAsync(28_500)
       expect(await at(limiter.consume('ada'), 0)).toEqual({ error: 'ERR_UNAVAILABLE' })
       expect(await at(limiter.consume('ada'), 0)).toEqual({ ok: { ok: true, retryAfter: 0 } })
-      expect(opens).toBe(2)
+      expect(opens()).toBe(2)
     })
 
     it('fails a login as 503 when the factory throws at once, and asks it again next time', async () => {
