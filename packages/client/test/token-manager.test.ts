@@ -2505,6 +2505,29 @@ describe('subscribers', () => {
 })
 
 describe('from a code review of the core', () => {
+  /** what a read `ms` later hands out, a refresh it starts answered with a fresh token */
+  const readAfter = async (
+    { manager, calls, clock }: Pick<ReturnType<typeof setupManager>, 'manager' | 'calls' | 'clock'>,
+    ms: number,
+    serverNow: () => number,
+  ) => {
+    const before = calls.length
+    clock.advance(ms)
+    const read = manager.getAccessToken()
+    await flush()
+    for (const call of calls.slice(before)) call.resolve(tokenSet(serverNow(), 15 * MIN, 9))
+    return read
+  }
+  /** one refresh, answered with `tokens` */
+  const refreshTo = async (
+    { manager, calls }: Pick<ReturnType<typeof setupManager>, 'manager' | 'calls'>,
+    tokens: unknown,
+  ) => {
+    const refreshed = manager.refresh()
+    await flush()
+    calls.at(-1)!.resolve(tokens as TokenSet)
+    return refreshed
+  }
   const timers = () => process.getActiveResourcesInfo().filter((resource) => resource === 'Timeout').length
   /**
    * Managers a and b over one storage and one lock; a holds the lock with a refresh that does not answer.
@@ -2641,10 +2664,7 @@ describe('from a code review of the core', () => {
     const { manager, calls, clock } = setupManager({}, T0)
     const serverNow = () => clock.now() + 10 * MIN
     await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
-    const first = manager.refresh()
-    await flush()
-    calls[0]!.resolve(tokenSet(serverNow(), 15 * MIN, 1))
-    await first
+    await refreshTo({ manager, calls }, tokenSet(serverNow(), 15 * MIN, 1))
     const second = manager.refresh()
     await flush()
     const token = makeJwt({ exp: Math.floor((serverNow() + 15 * MIN) / 1000), n: 2 })
@@ -2672,10 +2692,7 @@ describe('from a code review of the core', () => {
         ...(withExpiresIn ? { expiresAt: clock.now() + 5 * MIN } : {}),
       })
       await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
-      const first = manager.refresh()
-      await flush()
-      calls[0]!.resolve(tokenSet(serverNow(), 15 * MIN, 1))
-      await first
+      await refreshTo({ manager, calls }, tokenSet(serverNow(), 15 * MIN, 1))
       // NTP moves the device clock 10 minutes on; the server's next tokens carry no iat
       clock.advance(10 * MIN)
       offset = 0
@@ -2698,26 +2715,16 @@ describe('from a code review of the core', () => {
     let offset = 30 * MIN
     const serverNow = () => clock.now() + offset
     await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
-    const first = manager.refresh()
-    await flush()
-    calls[0]!.resolve(tokenSet(serverNow(), 15 * MIN, 1))
-    await first
+    await refreshTo({ manager, calls }, tokenSet(serverNow(), 15 * MIN, 1))
     clock.advance(20 * MIN)
     offset = 10 * MIN
-    const second = manager.refresh()
-    await flush()
     const token = {
       accessToken: makeJwt({ exp: Math.floor((serverNow() + 5 * MIN) / 1000), n: 2 }),
       refreshToken: 'rt-2',
     }
-    calls[1]!.resolve(token)
-    await second
+    await refreshTo({ manager, calls }, token)
     // 6 minutes on, a minute past its exp on the server's clock: not handed out
-    clock.advance(6 * MIN)
-    const read = manager.getAccessToken()
-    await flush()
-    for (const call of calls.slice(2)) call.resolve(tokenSet(serverNow(), 15 * MIN, 3))
-    expect(await read).not.toBe(token.accessToken)
+    expect(await readAfter({ manager, calls, clock }, 6 * MIN, serverNow)).not.toBe(token.accessToken)
   })
 
   it('bug (a seventh review): a skew known from an iat was replaced by an over-estimate from a token without iat whose expires_in outlived it', async () => {
@@ -2726,25 +2733,15 @@ describe('from a code review of the core', () => {
     const { manager, calls, clock } = setupManager({}, T0)
     const serverNow = () => clock.now() - HOUR
     await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
-    const first = manager.refresh()
-    await flush()
-    calls[0]!.resolve(tokenSet(serverNow(), 15 * MIN, 1))
-    await first
-    const second = manager.refresh()
-    await flush()
+    await refreshTo({ manager, calls }, tokenSet(serverNow(), 15 * MIN, 1))
     const token = {
       accessToken: makeJwt({ exp: Math.floor((serverNow() + 5 * MIN) / 1000), n: 2 }),
       refreshToken: 'rt-2',
       expiresAt: clock.now() + 10 * MIN,
     }
-    calls[1]!.resolve(token)
-    await second
+    await refreshTo({ manager, calls }, token)
     // 6 minutes on, a minute past its exp: not handed out
-    clock.advance(6 * MIN)
-    const read = manager.getAccessToken()
-    await flush()
-    for (const call of calls.slice(2)) call.resolve(tokenSet(serverNow(), 15 * MIN, 3))
-    expect(await read).not.toBe(token.accessToken)
+    expect(await readAfter({ manager, calls, clock }, 6 * MIN, serverNow)).not.toBe(token.accessToken)
   })
 
   it('bug (review of the fix above): a refreshStarted listener that called clear() left the lock wait running', async () => {
@@ -2766,10 +2763,7 @@ describe('from a code review of the core', () => {
     const { manager, calls } = setupManager({ lock: createTestLock() }, T0)
     await manager.setTokens(tokenSet(T0, 15 * MIN, 0))
     const before = timers()
-    const refreshed = manager.refresh()
-    await flush()
-    calls[0]!.resolve(tokenSet(T0, 15 * MIN, 1))
-    await refreshed
+    await refreshTo({ manager, calls }, tokenSet(T0, 15 * MIN, 1))
     await manager.clear()
     await flush()
     // the signal's timer runs on, unref'd: it keeps no process alive

@@ -355,18 +355,15 @@ describe('createRateLimiter when Redis fails', () => {
     afterEach(() => {
       vi.useRealTimers()
     })
-    /** a limiter whose first connection from the app never opens; `opens()` counts the connections asked for */
-    const firstHangs = () => {
+    /** a limiter whose app factory answers its n-th call with `open(n)`; `opens()` counts the calls */
+    const counted = (open: (n: number) => Promise<RedisLike>) => {
       let opens = 0
-      const limiter = createRateLimiter({
-        limit: 5,
-        redis: () => {
-          opens++
-          return opens === 1 ? new Promise<never>(() => {}) : Promise.resolve(fakeRedis())
-        },
-      })
+      const limiter = createRateLimiter({ limit: 100, redis: () => open(++opens) })
       return { limiter, opens: () => opens }
     }
+    /** the first connection never opens */
+    const firstHangs = () =>
+      counted((n) => (n === 1 ? new Promise<never>(() => {}) : Promise.resolve(fakeRedis())))
     /** the outcome of `promise`, the fake clock moved on `ms`, and further until it settles */
     const at = async (promise: Promise<unknown>, ms: number) => {
       let outcome: { ok: unknown } | { error: string | undefined } | undefined
@@ -407,14 +404,9 @@ describe('createRateLimiter when Redis fails', () => {
     })
 
     it('fails a login as 503 when the factory throws at once, and asks it again next time', async () => {
-      let opens = 0
-      const limiter = createRateLimiter({
-        limit: 5,
-        redis: () => {
-          opens++
-          if (opens === 1) throw new Error('no Redis configured yet')
-          return Promise.resolve(fakeRedis())
-        },
+      const { limiter } = counted((n) => {
+        if (n === 1) throw new Error('no Redis configured yet')
+        return Promise.resolve(fakeRedis())
       })
       await expect(limiter.consume('ada')).rejects.toMatchObject({ code: 'ERR_UNAVAILABLE' })
       expect(await limiter.consume('ada')).toEqual({ ok: true, retryAfter: 0 })
@@ -422,44 +414,34 @@ describe('createRateLimiter when Redis fails', () => {
 
     it('waits a slow one out (Redis loading after a restart): no new connection at each deadline', async () => {
       vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] })
-      let opens = 0
-      const limiter = createRateLimiter({
-        limit: 100,
-        redis: () => {
-          opens++
-          return new Promise<RedisLike>((resolve) => setTimeout(() => resolve(fakeRedis()), 3_000))
-        },
-      })
+      const { limiter, opens } = counted(
+        () => new Promise<RedisLike>((resolve) => setTimeout(() => resolve(fakeRedis()), 3_000)),
+      )
       const outcomes = []
       for (let second = 0; second < 10; second++) outcomes.push(await at(limiter.consume('ada'), 1_000))
-      expect(opens).toBe(1)
+      expect(opens()).toBe(1)
       // the first waited 2.5 s and gave up; from the 3rd second on, the connection serves
       expect(outcomes.filter((outcome) => 'error' in outcome)).toHaveLength(1)
     })
 
     it('a connection let go that fails later does not drop the one that replaced it', async () => {
       vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] })
-      let opens = 0
-      const limiter = createRateLimiter({
-        limit: 100,
-        redis: () => {
-          opens++
-          // the first fails after 40 s
-          return opens === 1
-            ? new Promise<never>((_, reject) => setTimeout(() => reject(new Error('ETIMEDOUT')), 40_000))
-            : Promise.resolve(fakeRedis())
-        },
-      })
+      // the first fails after 40 s
+      const { limiter, opens } = counted((n) =>
+        n === 1
+          ? new Promise<never>((_, reject) => setTimeout(() => reject(new Error('ETIMEDOUT')), 40_000))
+          : Promise.resolve(fakeRedis()),
+      )
       expect(await at(limiter.consume('ada'), 0)).toEqual({ error: 'ERR_UNAVAILABLE' })
       await vi.advanceTimersByTimeAsync(28_500)
       // past 30 s: this one lets it go, the next asks again
       expect(await at(limiter.consume('ada'), 0)).toEqual({ error: 'ERR_UNAVAILABLE' })
       expect(await at(limiter.consume('ada'), 0)).toEqual({ ok: { ok: true, retryAfter: 0 } })
-      expect(opens).toBe(2)
+      expect(opens()).toBe(2)
       // the first one fails at 40 s
       await vi.advanceTimersByTimeAsync(10_000)
       expect(await at(limiter.consume('ada'), 0)).toEqual({ ok: { ok: true, retryAfter: 0 } })
-      expect(opens).toBe(2)
+      expect(opens()).toBe(2)
     })
   })
 
