@@ -88,9 +88,14 @@ async function main(argv: string[]): Promise<number> {
     throw new CliError(`${message.split(/\.\s/)[0]}${dash ? `: to ${dash}` : ''} (see --help)`)
   }
   const { values, positionals } = parsed
-  if (values.help || positionals.length === 0) {
+  if (values.help) {
     process.stdout.write(USAGE)
-    return values.help ? 0 : 1
+    return 0
+  }
+  // no command is a failure: the usage goes where failures go, so `tokenflow-server > out` shows it
+  if (positionals.length === 0) {
+    process.stderr.write(USAGE)
+    return 1
   }
   const [command, sub, ...rest] = positionals
   const env = environment()

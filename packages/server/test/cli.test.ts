@@ -51,6 +51,14 @@ describe.concurrent('tokenflow-server', { timeout: 60_000 }, () => {
     expect(run.code).toBe(0)
     expect(run.stdout).toContain('usage: tokenflow-server <command> [options]')
     expect(run.stdout).toContain('user add <name>')
+    expect(run.stderr).toBe('')
+  })
+
+  it('bug: with no command the usage went to stdout, exit 1: a failure printed where output goes', async () => {
+    const run = await cli([])
+    expect(run.code).toBe(1)
+    expect(run.stdout).toBe('')
+    expect(run.stderr).toContain('usage: tokenflow-server <command> [options]')
   })
 
   it('answers a bad flag, an unknown command, a bad port and --db with --postgres with one line each', async () => {
