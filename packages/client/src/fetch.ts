@@ -32,6 +32,13 @@ function replayable(body: Body | undefined): [Body | undefined, Body | undefined
 }
 
 /**
+ * A Request of any fetch implementation: the global class, a ponyfill's (cross-fetch, whatwg-fetch imported as a
+ * module) or another realm's. `instanceof Request` misses those, and their headers and body would be dropped
+ */
+const isRequest = (input: unknown): input is Request =>
+  typeof (input as Request | null)?.url === 'string' && typeof (input as Request).clone === 'function'
+
+/**
  * Wraps fetch: adds `Authorization: Bearer …`, waits for a running refresh, and on a 401 refreshes once and
  * retries once. Same signature and types as fetch, so it also serves ky, ofetch and openapi-fetch.
  * @example
@@ -49,7 +56,7 @@ export function createAuthFetch(
 
   return async function authFetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
     const doFetch = baseFetch ?? globalThis.fetch
-    const original = input instanceof Request ? input : undefined
+    const original = isRequest(input) ? input : undefined
     const signal = init?.signal ?? original?.signal ?? undefined
     // waited for before the body is touched: a request aborted while it waits leaves its body to the caller
     const sent = await manager.getAccessToken({ signal })
@@ -89,7 +96,16 @@ export function createAuthFetch(
     let retrying = false
     try {
       const response = await send(0, sent)
-      if (!shouldRefresh(response)) return response
+      // dropped: the caller gets the error, not this answer
+      const release = () => void response.body?.cancel().catch(() => {})
+      let refresh: boolean
+      try {
+        refresh = shouldRefresh(response)
+      } catch (error) {
+        release()
+        throw error
+      }
+      if (!refresh) return response
       // sent without a token (nobody was logged in): the 401 is the answer, even when a session started since,
       // which may be another user's
       if (!sent) return response
@@ -100,13 +116,15 @@ export function createAuthFetch(
       } catch (error) {
         if (isTokenflowError(error) && error.code === 'ERR_NO_REFRESH_TOKEN') return response
         // the caller gets the error (a RefreshError, its signal's reason), not this answer: release its connection
-        response.body?.cancel().catch(() => {})
+        release()
         throw error
       }
       // a body that cannot be replayed is not retried; the refresh above still lets the caller's own retry succeed
       if (!bodies) return response
-      // the first answer is not read: release its connection before the retry
-      await response.body?.cancel().catch(() => {})
+      // the first answer is not read: release its connection before the retry. Not waited for: the body of a
+      // Response that the wrapped fetch cloned (a logger, a cache) is one copy of a tee, whose cancel settles only
+      // once the other copy is read or dropped too
+      release()
       retrying = true
       return await send(1, token)
     } finally {

@@ -12,6 +12,7 @@ import {
 } from '@tokenflow/client'
 import { createAuthFetch } from '@tokenflow/client/fetch'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
+import * as whatwg from 'whatwg-fetch'
 import {
   createTestClock,
   type ReceivedRequest,
@@ -627,6 +628,52 @@ describe('createAuthFetch: refresh and retry', () => {
     expect(response.bodyUsed).toBe(false)
   })
 
+  it('bug: a 401 whose Response the wrapped fetch had cloned (a logger, a cache) was never retried, and the call never settled', async () => {
+    const manager = makeManager()
+    await manager.setTokens(server.login('alice'))
+    // a copy kept unread, and one dropped: the cancel of either Response's body (a tee) waits for its copy
+    for (const keep of [true, false]) {
+      const copies: Response[] = []
+      const authFetch = createAuthFetch(manager, {
+        fetch: async (input, init) => {
+          const response = await globalThis.fetch(input, init)
+          const copy = response.clone()
+          if (keep) copies.push(copy)
+          return response
+        },
+      })
+      expireOnServer()
+      const id = `cloned-${keep}`
+      const settled = await Promise.race([
+        authFetch(url(), { headers: { 'x-req-id': id } }),
+        new Promise<'never settled'>((resolve) => setTimeout(() => resolve('never settled'), 3_000)),
+      ])
+      expect(settled).toBeInstanceOf(Response)
+      expect((settled as Response).status).toBe(200)
+      expect(tries(id).map(({ status }) => status)).toEqual([401, 200])
+    }
+  })
+
+  it('bug: the 401 was left unreleased when shouldRefresh threw: the caller gets the error, and its connection is released', async () => {
+    const { manager } = await loggedIn()
+    const responses: Response[] = []
+    const bad = new Error('bad predicate')
+    const authFetch = createAuthFetch(manager, {
+      fetch: async (input, init) => {
+        const response = await globalThis.fetch(input, init)
+        responses.push(response)
+        return response
+      },
+      shouldRefresh: () => {
+        throw bad
+      },
+    })
+    expect(await authFetch(url()).catch((error: unknown) => error)).toBe(bad)
+    expect(responses).toHaveLength(1)
+    expect(responses[0]!.bodyUsed).toBe(true)
+    expect(server.counters.refreshAttempts).toBe(0)
+  })
+
   it('cancels the body of the 401 when the refresh fails or the caller aborts, so its connection is released', async () => {
     const manager = makeManager({ retry: false })
     await manager.setTokens(server.login('alice'))
@@ -735,6 +782,46 @@ describe('createAuthFetch: the fetch underneath', () => {
     const response = await authFetch(url())
     expect(response.status).toBe(200)
     expect(calls).toEqual([`Bearer ${tokens.accessToken}`])
+  })
+
+  it("bug: a Request of another fetch implementation (a ponyfill's, not the global class) lost its headers and body", async () => {
+    const { manager, tokens } = await loggedIn()
+    // a ponyfill's fetch (cross-fetch, whatwg-fetch imported as a module next to the global one): it reads its
+    // own Request, then sends through the real one. Its Headers read any iterable, as node-fetch's (cross-fetch's)
+    // do: whatwg-fetch's own copy only the own properties of a plain object
+    const ponyfillFetch = (async (input: RequestInfo | URL, init?: RequestInit) => {
+      const request = new whatwg.Request(
+        input,
+        init?.headers ? { ...init, headers: Object.fromEntries(new Headers(init.headers)) } : init,
+      )
+      const headers: Record<string, string> = {}
+      request.headers.forEach((value, name) => {
+        headers[name] = value
+      })
+      const sent: RequestInit = { method: request.method, headers }
+      if (request.method !== 'GET') sent.body = await request.text()
+      return globalThis.fetch(request.url, sent)
+    }) as typeof fetch
+    const authFetch = createAuthFetch(manager, { fetch: ponyfillFetch })
+    const make = () =>
+      new whatwg.Request(url(), {
+        method: 'POST',
+        headers: { 'x-app': 'one', 'content-type': 'text/plain' },
+        body: TEXT,
+      })
+    expect(make()).not.toBeInstanceOf(Request)
+    for (const expired of [false, true]) {
+      if (expired) expireOnServer()
+      const response = await authFetch(make())
+      expect(response.status).toBe(200)
+      const echo = (await response.json()) as Echo
+      expect(echo.headers['x-app']).toBe('one')
+      expect(echo.body).toBe(TEXT)
+      expect(tokenNumber(echo.headers.authorization!.slice(7))).toBe(
+        tokenNumber(tokens.accessToken) + (expired ? 1 : 0),
+      )
+    }
+    expect(server.requests.map(({ status }) => status)).toEqual([200, 401, 200])
   })
 
   it('uses the fetch option instead of the global one', async () => {
