@@ -2,6 +2,7 @@
  * "@tokenflow/server/verify": checks RFC 9068 access tokens on a resource server, with framework
  * middleware for Fastify (preHandler) and Express or bare `node:http` (`(req, res, next)`).
  */
+import { createPublicKey, type JsonWebKeyInput } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
@@ -219,7 +220,8 @@ export interface VerifierOptions {
    */
   typ?: string | undefined
   /**
-   * Remote JWKS only: how long a fetch may take, in ms (1 to 2^31 - 1). A request that starts a fetch waits for it
+   * Remote JWKS only: how long a fetch may take, in ms (1 to 2^31 - 1), its body included; it holds for a
+   * `fetch` option that does not listen to its signal too. A request that starts a fetch waits for it
    * (and so does every request that arrives while it runs): with no usable keys and a hanging JWKS
    * endpoint, that is the first request after each backoff (see `cooldownDuration`); the requests
    * during a backoff get 503 at once.
@@ -259,7 +261,8 @@ export interface VerifierOptions {
    */
   staleIfError?: number | undefined
   /**
-   * Remote JWKS only: the fetch implementation.
+   * Remote JWKS only: the fetch implementation. A response body over 1 MiB is not read: the fetch fails
+   * (a real key set is a few KiB, with certificate chains tens).
    * @default globalThis.fetch
    */
   fetch?: typeof globalThis.fetch | undefined
@@ -304,6 +307,9 @@ const MAX_CLOCK_TOLERANCE = 60_000
 const MAX_TIMER = 2_147_483_647
 // the first backoff of a remote JWKS with nothing usable, in ms; it doubles with each further failure
 const BACKOFF_BASE = 1_000
+// the most of a JWKS response read: a real key set is a few KiB (with x5c certificate chains, tens), and
+// an endpoint that sends more (a misconfigured proxy, an attacker on it) must not fill the memory
+const MAX_JWKS_BYTES = 1024 * 1024
 // every algorithm @tokenflow/server signs with (`keys.alg`, `keys rotate --alg`): a rotation to another one
 // must not make every API refuse the new tokens. Each key is still used only with what its own alg and shape
 // allow, so allowing more algorithms lets no key verify under an algorithm it was not made for
@@ -496,6 +502,9 @@ export function createVerifier({
         },
         (error: unknown) => {
           if (!isVerifyError(error)) return next(error)
+          // answered meanwhile (a request-timeout middleware in front, while this one waited for the JWKS):
+          // writing again would throw ERR_HTTP_HEADERS_SENT here, an unhandled rejection that ends the process
+          if (res.headersSent || res.writableEnded) return
           const { status, headers, body } = errorResponse(error, realm)
           res.writeHead(status, { ...headers, 'content-type': 'application/json; charset=utf-8' })
           res.end(JSON.stringify(body))
@@ -571,6 +580,17 @@ function createKeySource(jwks: unknown, algorithms: string[], remote: RemoteOpti
   const usable = new Set(jwks.keys.flatMap(keyAlgorithms))
   const narrowed = algorithms.filter((alg) => usable.has(alg))
   if (narrowed.length === 0) throw configError('"jwks" has no key for any of "algorithms"')
+  for (const key of jwks.keys) {
+    if (!keyAlgorithms(key).some((alg) => narrowed.includes(alg))) continue
+    // a key that does not import (a point off its curve, a member cut short in a paste) would otherwise answer
+    // every token with 503 "try again" for a key set that never changes
+    try {
+      createPublicKey({ key: key as JsonWebKeyInput['key'], format: 'jwk' })
+    } catch (error) {
+      const named = typeof key.kid === 'string' ? ` "${key.kid.slice(0, 64)}"` : ''
+      throw configError(`"jwks" holds a key${named} that cannot be imported`, error)
+    }
+  }
   let local: ReturnType<typeof createLocalJWKSet>
   try {
     local = createLocalJWKSet(jwks)
@@ -608,19 +628,28 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
   // request after the backoff fetches and waits for it; a fetch that works ends the backoff.
   const remote = createRemoteJWKSet(url, {
     timeoutDuration: options.timeoutDuration,
-    ...(options.fetch === undefined ? {} : { [customFetch]: options.fetch }),
+    [customFetch]: boundedFetch(options.fetch),
   })
   const { cooldownDuration, cacheMaxAge, staleIfError } = options
   let local: ReturnType<typeof createLocalJWKSet> | undefined
   let fetchedAt = Number.NEGATIVE_INFINITY
   let attemptedAt = Number.NEGATIVE_INFINITY
   let failed = false
-  // consecutive failed fetches that left nothing usable, the end of the backoff after the last one
-  // (epoch ms), and its error (the cause of the 503s answered meanwhile)
+  // consecutive failed fetches that left nothing usable, the start and length of the backoff after the
+  // last one, and its error (the cause of the 503s answered meanwhile)
   let failures = 0
-  let backoffUntil = Number.NEGATIVE_INFINITY
+  let backoffFrom = Number.NEGATIVE_INFINITY
+  let backoff = 0
   let backoffCause: unknown
   let pending: Promise<void> | undefined
+  // Whether less than `duration` ms have passed since `since` (epoch ms). A wall clock set back (NTP
+  // stepping a clock that ran ahead) makes the time since negative: that counts as passed, so a step back
+  // of an hour neither holds off the fetch for a rotated-in kid, nor keeps a backoff or a cached set, for
+  // an hour (a fetch too many, at worst)
+  const within = (since: number, duration: number) => {
+    const passed = Date.now() - since
+    return passed >= 0 && passed < duration
+  }
   const refetch = (): Promise<void> => {
     if (!pending) {
       attemptedAt = Date.now()
@@ -631,7 +660,7 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
           fetchedAt = Date.now()
           failed = false
           failures = 0
-          backoffUntil = Number.NEGATIVE_INFINITY
+          backoff = 0
           backoffCause = undefined
         } catch (error) {
           failed = true
@@ -639,8 +668,8 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
           // a failure while a stale set still serves is no outage of keys and does not count
           if (!staleUsable()) {
             failures++
-            backoffUntil =
-              Date.now() + Math.min(BACKOFF_BASE * 2 ** Math.min(failures - 1, 30), cooldownDuration)
+            backoffFrom = Date.now()
+            backoff = Math.min(BACKOFF_BASE * 2 ** Math.min(failures - 1, 30), cooldownDuration)
             backoffCause = error
           }
           throw error
@@ -663,21 +692,23 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
       { ...(cause === undefined ? {} : { cause }), retryAfter: (retryAt - Date.now()) / 1000 },
     )
   // the last good set may stand in for a failed refetch (staleIfError 0: never past cacheMaxAge)
-  const staleUsable = () => local !== undefined && Date.now() < fetchedAt + cacheMaxAge + staleIfError
+  const staleUsable = () => local !== undefined && within(fetchedAt, cacheMaxAge + staleIfError)
   const select = async (header: JWSHeaderParameters, token: FlattenedJWSInput): Promise<CryptoKey> => {
-    if (!local || Date.now() >= fetchedAt + cacheMaxAge) {
+    if (!local || !within(fetchedAt, cacheMaxAge)) {
       // an outage is a failed refetch of an expired set: a failed fetch for an unknown kid earlier, while the
       // set was fresh, says nothing about the endpoint now, so a set past cacheMaxAge is refetched first
       if (failed && attemptedAt >= fetchedAt + cacheMaxAge && staleUsable()) {
         // an outage: the stale set serves at once; at most one attempt per cooldown, not awaited here
         // (an unknown kid below still waits for it), its failure only keeps `failed` set
-        if (!pending && Date.now() >= attemptedAt + cooldownDuration) refetch().catch(() => undefined)
+        if (!pending && !within(attemptedAt, cooldownDuration)) refetch().catch(() => undefined)
       } else {
         // no keys yet, or kept past cacheMaxAge with an endpoint believed to work, or too stale to use:
         // fetch and wait, unless a failure with nothing usable holds off the next fetch (the backoff)
-        if (!staleUsable() && Date.now() < backoffUntil) throw unavailable(backoffCause, backoffUntil)
+        if (!staleUsable() && within(backoffFrom, backoff)) {
+          throw unavailable(backoffCause, backoffFrom + backoff)
+        }
         await refetch().catch((error: unknown) => {
-          if (!staleUsable()) throw unavailable(error, backoffUntil)
+          if (!staleUsable()) throw unavailable(error, backoffFrom + backoff)
         })
       }
     }
@@ -685,7 +716,7 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
       return await local!(header, token)
     } catch (error) {
       if (!(error instanceof errors.JWKSNoMatchingKey)) throw error
-      if (!pending && Date.now() < attemptedAt + cooldownDuration) {
+      if (!pending && within(attemptedAt, cooldownDuration)) {
         // the last fetch failed: the kid may well be published, so the token cannot be judged until
         // the cooldown lets the next unknown kid fetch again
         if (failed) throw unavailable(undefined, attemptedAt + cooldownDuration)
@@ -699,6 +730,61 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
     }
   }
   return { getKey: guardKeySelection(select), algorithms }
+}
+
+/**
+ * The fetch jose gets for a remote JWKS: `inner` (globalThis.fetch, looked up at each call, when not given),
+ * bounded. It fails when jose's signal aborts (`timeoutDuration`) even if `inner` does not listen to it, which
+ * would leave jose's fetch, and every later reload that joins it, pending for good; it reads at most
+ * MAX_JWKS_BYTES of a 200's body; and it releases the body of any other answer, which jose refuses unread.
+ */
+function boundedFetch(inner: typeof fetch | undefined): typeof fetch {
+  return (input, init) =>
+    new Promise<Response>((resolve, reject) => {
+      const signal = init?.signal ?? undefined
+      const abort = () => reject(signal!.reason)
+      if (signal?.aborted) return abort()
+      signal?.addEventListener('abort', abort, { once: true })
+      Promise.resolve()
+        .then(() => (inner ?? globalThis.fetch)(input, init))
+        .then((response) => readBounded(response, signal))
+        .then(resolve, reject)
+        .finally(() => signal?.removeEventListener('abort', abort))
+    })
+}
+
+async function readBounded(response: Response, signal: AbortSignal | undefined): Promise<Response> {
+  if (response.status !== 200 || !response.body) {
+    response.body?.cancel().catch(() => {})
+    return response
+  }
+  const tooLarge = () => new Error(`the json web key set response is larger than ${MAX_JWKS_BYTES} bytes`)
+  if (Number(response.headers.get('content-length')) > MAX_JWKS_BYTES) {
+    response.body.cancel().catch(() => {})
+    throw tooLarge()
+  }
+  const reader = response.body.getReader()
+  const chunks: Uint8Array[] = []
+  let size = 0
+  for (;;) {
+    const { done, value } = await reader.read()
+    if (done) break
+    size += value.byteLength
+    // past the limit, or given up on (the timeout): nothing more is read
+    if (size > MAX_JWKS_BYTES || signal?.aborted) {
+      reader.cancel().catch(() => {})
+      if (signal?.aborted) throw signal.reason
+      throw tooLarge()
+    }
+    chunks.push(value)
+  }
+  const body = new Uint8Array(size)
+  let offset = 0
+  for (const chunk of chunks) {
+    body.set(chunk, offset)
+    offset += chunk.byteLength
+  }
+  return new Response(body, { status: 200, headers: response.headers })
 }
 
 /**
@@ -848,8 +934,12 @@ function toVerifyError(error: unknown): unknown {
   if (isVerifyError(error)) return error
   if (error instanceof errors.JOSEError && JOSE_TOKEN_CODES.has(error.code)) {
     const claim = (error as { claim?: unknown }).claim
+    // jose's claim errors carry the whole claims set (as `payload`, and again in their own cause): kept as the
+    // cause, a logged error would show the subject and session of every expired or misdirected token. Their
+    // code, message and claim say all there is
+    const claimsError = error instanceof errors.JWTClaimValidationFailed || error instanceof errors.JWTExpired
     return new VerifyError(error.code as VerifyErrorCode, error.message, {
-      cause: error,
+      ...(claimsError ? {} : { cause: error }),
       ...(typeof claim === 'string' ? { claim } : {}),
     })
   }

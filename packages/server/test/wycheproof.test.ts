@@ -231,8 +231,8 @@ const KEY_OUTCOMES = new Map<number, { outcome: Outcome; why: string }>([
   [
     22,
     {
-      outcome: 'ERR_JWKS_UNAVAILABLE',
-      why: 'the point is not on the curve: found only when the key is imported, on the first token, and reported as an unusable key set (503), not as a bad token',
+      outcome: 'ERR_CONFIG',
+      why: 'the point is not on the curve: a key set whose key does not import is refused at configuration (it was a 503 on every token)',
     },
   ],
   [23, { outcome: 'ERR_CONFIG', why: 'a P-384 key that declares "alg": "ES256" fits no allowed algorithm' }],
