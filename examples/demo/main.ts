@@ -11,7 +11,7 @@ import { startDemo } from './start-demo.js'
 
 const usage = `usage: npm start -- [--port 3000] [--access-ttl 10s]
   --port N          port on 127.0.0.1 (default 3000, or $PORT; 0 picks a free one)
-  --access-ttl T    access-token lifetime: seconds with "s" (10s) or milliseconds (10000); from 2 s to 1 h (default 10s)`
+  --access-ttl T    access-token lifetime: seconds with "s" (10s) or milliseconds (10000); from 2s to 3600s (default 10s)`
 
 const root = fileURLToPath(new URL('../../', import.meta.url))
 
@@ -27,7 +27,7 @@ function options(): { port: number; accessTokenTtl: number } {
   try {
     ;({ values } = parseArgs({
       options: {
-        port: { type: 'string', default: process.env.PORT ?? '3000' },
+        port: { type: 'string' },
         'access-ttl': { type: 'string', default: '10s' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -40,12 +40,16 @@ function options(): { port: number; accessTokenTtl: number } {
     console.log(usage)
     process.exit(0)
   }
-  const port = Number(values.port)
+  // an empty PORT (exported but unset in a script) means the default, as no PORT does
+  const fromEnv = values.port === undefined && Boolean(process.env.PORT)
+  const portText = values.port ?? (process.env.PORT || '3000')
+  // digits only: Number() reads '' as 0 (a free port), and takes '0x10' or '1e3'
+  const port = /^\d{1,5}$/.test(portText) ? Number(portText) : Number.NaN
   const accessTokenTtl = duration(values['access-ttl'] ?? '')
   const problems = [
     Number.isInteger(port) && port >= 0 && port <= 65_535
       ? ''
-      : '"--port" must be a whole number from 0 to 65535',
+      : `${fromEnv ? '$PORT' : '"--port"'} must be a whole number from 0 to 65535`,
     Number.isInteger(accessTokenTtl) && accessTokenTtl >= 2_000 && accessTokenTtl <= 3_600_000
       ? ''
       : '"--access-ttl" must be from 2s to 3600s (e.g. 10s, or 10000 for milliseconds)',

@@ -120,7 +120,11 @@ export async function startDemo({
   }
   // bundled before anything listens: unbuilt packages fail here, with the fix in the message
   const assets = page ? await loadPage() : undefined
-  await mkdir(dataDir, { recursive: true })
+  // the database holds the signing keys, password hashes and sessions: the directory is the owner's alone
+  await mkdir(dataDir, { recursive: true, mode: 0o700 })
+  // one made by an earlier start, before this: made the owner's alone too (as demo-user.json is). A directory
+  // of someone else's cannot be, and the demo still runs in it
+  await chmod(dataDir, 0o700).catch(() => {})
   // the issuer URL names the real port (RFC 8414 metadata lists the endpoints under it), so find it first
   const listenPort = port === 0 ? await freePort() : port
   const url = `http://127.0.0.1:${listenPort}`

@@ -302,15 +302,23 @@ function burst(
   }
 }
 
-function fire(via: 'axios' | 'fetch'): void {
+async function fire(via: 'axios' | 'fetch'): Promise<void> {
   if (!tfAccess) return
   // an empty or unreadable field means the default; anything else is clamped to 1..500 (0 and -3 alike: 1)
   const typed = Math.round(countInput.valueAsNumber)
   const count = Number.isNaN(typed) ? 50 : Math.min(500, Math.max(1, typed))
   countInput.value = String(count)
-  const exp = claimsOf(tfAccess)?.exp
+  // a page left idle holds an expired token (nothing refreshes one before a request needs it), which has no
+  // next expiry to send across: it is refreshed first, and the burst goes across the new token's expiry
+  let token: string | null = tfAccess
+  const held = claimsOf(token)?.exp
+  if (atExpiry.checked && held !== undefined && held * 1_000 <= Date.now()) {
+    // a failed refresh shows in the column (and logs out if the server refused it)
+    token = await manager.getAccessToken().catch(() => null)
+    if (!token) return
+  }
+  const exp = claimsOf(token)?.exp
   const now = Date.now()
-  // a token that expired already has no "next expiry" to send across: then all go at once
   const expiry = atExpiry.checked && exp !== undefined && exp * 1_000 > now ? exp * 1_000 : undefined
   const plans = plan(count, expiry, now)
   burst(tokenflow, 'tf', via, plans, expiry)
@@ -325,8 +333,8 @@ function fire(via: 'axios' | 'fetch'): void {
   if (theirExpiry === undefined) burst(recipe, 'rc', 'axios', plans, expiry)
   else burst(recipe, 'rc', 'axios', plan(count, theirExpiry, now), theirExpiry)
 }
-fireButtons[0]!.addEventListener('click', () => fire('axios'))
-fireButtons[1]!.addEventListener('click', () => fire('fetch'))
+fireButtons[0]!.addEventListener('click', () => void fire('axios'))
+fireButtons[1]!.addEventListener('click', () => void fire('fetch'))
 
 // -- countdowns, server counts, drawing -------------------------------------------------------------
 

@@ -297,4 +297,35 @@ describe.skipIf(!hasChromium)('the demo in Chromium', () => {
     await expect(page.locator('#col-tokenflow li.row[data-state="ok"]').count()).resolves.toBe(10)
     await page.close()
   }, 40_000)
+
+  it('bug: after a pause, "Send across the next expiry" sent all at once: the expired token is refreshed first, and the burst goes across the new one\'s expiry', async () => {
+    const page = await context.newPage()
+    await page.goto(demo.url)
+    await page.waitForSelector('body[data-ready]')
+    await page.getByRole('button', { name: 'Log out' }).waitFor()
+    await page.getByRole('switch', { name: 'Run the original recipe side by side' }).uncheck()
+    // the page left idle until its token has expired: nothing refreshes it before a request needs it
+    await page.waitForFunction((expiry) => Date.now() >= expiry, await accessExpiry(page), {
+      timeout: 10_000,
+    })
+    const sid = await tokenflowSession(page)
+    const before = demo.session(sid)
+    await page.getByLabel('Send across the next expiry').check()
+    await page.getByRole('spinbutton', { name: 'Requests' }).fill('10')
+    await page.getByRole('button', { name: 'Fire through axios' }).click()
+    // was: "10 requests through axios, all sent at once", with no 401 and no retry to show
+    await page.waitForFunction(
+      () => document.querySelector('#col-tokenflow [data-caption]')?.textContent?.startsWith('10 requests'),
+      undefined,
+      { timeout: 5_000 },
+    )
+    await expect(page.locator('#col-tokenflow [data-caption]').textContent()).resolves.toBe(
+      '10 requests through axios, sent across the expiry T of the access token',
+    )
+    await settled(page, 'tokenflow', 15_000)
+    await expect(page.locator('#col-tokenflow li.row[data-state="ok"]').count()).resolves.toBe(10)
+    // the refresh before the burst, and the one at its expiry
+    expect(demo.session(sid)).toEqual({ refreshes: before.refreshes + 2, reuseDetected: 0 })
+    await page.close()
+  }, 40_000)
 })
