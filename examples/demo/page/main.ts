@@ -406,12 +406,23 @@ interface StatsAnswer {
 }
 
 let config = { username: 'demo', accessTokenTtl: 10_000, reuseGrace: 0 }
+/** The server's settings; on failure the ones the page has are kept. */
+async function loadConfig(): Promise<void> {
+  try {
+    const response = await fetch('/demo/config')
+    if (response.ok) config = { ...config, ...((await response.json()) as typeof config) }
+  } catch {
+    // keep them
+  }
+}
 /** polls in a row the server did not answer: each one waits twice as long, up to 10 s */
 let unanswered = 0
 async function pollStats(): Promise<void> {
   try {
     const sids = [tfSid, rcSid].filter((sid): sid is string => sid !== undefined)
     const response = await fetch(`/demo/stats?sid=${sids.join(',')}`)
+    // back after it was gone: it may have been started again with other settings (--access-ttl)
+    if (unanswered > 0) await loadConfig()
     unanswered = 0
     if (!response.ok) {
       $('server-line').textContent = `The server answered ${response.status} to the page's poll.`
@@ -441,12 +452,7 @@ async function pollStats(): Promise<void> {
 }
 
 async function start(): Promise<void> {
-  try {
-    const response = await fetch('/demo/config')
-    if (response.ok) config = { ...config, ...((await response.json()) as typeof config) }
-  } catch {
-    // keep the defaults
-  }
+  await loadConfig()
   // the default value, so that the form keeps it after a logout (which resets the form)
   const username = $<HTMLInputElement>('username')
   if (!username.value) username.defaultValue = config.username

@@ -80,8 +80,16 @@ const COUNTER_LABELS: Array<[keyof Counters, string, string?]> = [
   ['requests', 'requests'],
   ['ok', 'ok'],
   ['unauthorized', '401s'],
-  ['refreshes', 'refreshes', 'counted by the server for this session, in every tab'],
-  ['reuseDetected', 'reuse detections', 'counted by the server for this session, in every tab'],
+  [
+    'refreshes',
+    'refreshes',
+    'counted by the server for this session, in every tab, since the server started',
+  ],
+  [
+    'reuseDetected',
+    'reuse detections',
+    'counted by the server for this session, in every tab, since the server started',
+  ],
   ['failed', 'failures'],
   ['hung', 'hung'],
   ['replayed', 'replayed'],

@@ -112,6 +112,39 @@ describe.skipIf(!hasChromium)('the demo in Chromium', () => {
     if (dataDir) await rm(dataDir, { recursive: true, force: true })
   }, 60_000)
 
+  it('bug: after the server was started again with another --access-ttl, the page kept showing the old lifetime', async () => {
+    const ownDir = await mkdtemp(join(tmpdir(), 'tokenflow-demo-restart-'))
+    let other = await startDemo({ dataDir: ownDir, port: 0, accessTokenTtl: 8_000 })
+    const page = await context.newPage()
+    try {
+      await page.goto(other.url)
+      await page.waitForSelector('body[data-ready]')
+      const line = page.locator('#server-line')
+      await page.waitForFunction(() =>
+        document.getElementById('server-line')?.textContent?.includes('live 8 s'),
+      )
+      await other.close()
+      await page.waitForFunction(() =>
+        document.getElementById('server-line')?.textContent?.includes('does not answer'),
+      )
+      other = await startDemo({
+        dataDir: ownDir,
+        port: Number(new URL(other.url).port),
+        accessTokenTtl: 30_000,
+      })
+      await page.waitForFunction(
+        () => document.getElementById('server-line')?.textContent?.includes('Access tokens live 30 s'),
+        undefined,
+        { timeout: 15_000 },
+      )
+      await expect(line.textContent()).resolves.not.toContain('live 8 s')
+    } finally {
+      await page.close()
+      await other.close().catch(() => {})
+      await rm(ownDir, { recursive: true, force: true })
+    }
+  }, 40_000)
+
   it('serves the page, its script and the API on one origin, and refuses the API without a token', async () => {
     expect(demo.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
     expect(demo.createdUser).toBe(true)
