@@ -96,8 +96,15 @@ export function createAuthFetch(
     let retrying = false
     try {
       const response = await send(0, sent)
-      // dropped: the caller gets the error, not this answer
-      const release = () => void response.body?.cancel().catch(() => {})
+      // dropped unread, its connection released: cancelled, or destroyed where the body is a Node stream (the
+      // fetch of node-fetch)
+      const release = () => {
+        const body = response.body as { cancel?: () => Promise<void>; destroy?: () => void } | null
+        try {
+          if (typeof body?.cancel === 'function') body.cancel().catch(() => {})
+          else body?.destroy?.()
+        } catch {}
+      }
       let refresh: boolean
       try {
         refresh = shouldRefresh(response)

@@ -11,6 +11,8 @@ import {
   type TokenManagerOptions,
 } from '@tokenflow/client'
 import { createAuthFetch } from '@tokenflow/client/fetch'
+// node-fetch, as ofetch uses it on Node: its Response bodies are Node streams
+import { fetch as nodeFetch } from 'node-fetch-native/node'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import * as whatwg from 'whatwg-fetch'
 import {
@@ -652,6 +654,23 @@ describe('createAuthFetch: refresh and retry', () => {
       expect((settled as Response).status).toBe(200)
       expect(tries(id).map(({ status }) => status)).toEqual([401, 200])
     }
+  })
+
+  it('a fetch option of node-fetch (bodies are Node streams): a 401 is released and retried, and a throwing shouldRefresh rejects with its own error (a review of the fix: "cancel is not a function")', async () => {
+    const { manager } = await loggedIn()
+    const authFetch = createAuthFetch(manager, { fetch: nodeFetch as unknown as typeof fetch })
+    expireOnServer()
+    const response = await authFetch(url(), { headers: { 'x-req-id': 'node-fetch' } })
+    expect(response.status).toBe(200)
+    expect(tries('node-fetch').map(({ status }) => status)).toEqual([401, 200])
+    const bad = new Error('bad predicate')
+    const throwing = createAuthFetch(manager, {
+      fetch: nodeFetch as unknown as typeof fetch,
+      shouldRefresh: () => {
+        throw bad
+      },
+    })
+    expect(await throwing(url()).catch((error: unknown) => error)).toBe(bad)
   })
 
   it('bug: the 401 was left unreleased when shouldRefresh threw: the caller gets the error, and its connection is released', async () => {

@@ -584,10 +584,13 @@ function createKeySource(jwks: unknown, algorithms: string[], remote: RemoteOpti
     if (!keyAlgorithms(key).some((alg) => narrowed.includes(alg))) continue
     // a key that does not import (a point off its curve, a member cut short in a paste) would otherwise answer
     // every token with 503 "try again" for a key set that never changes
+    const named = typeof key.kid === 'string' ? ` "${key.kid.slice(0, 64)}"` : ''
     try {
+      // jose imports a key with its key_ops as the usages, and a public key can do nothing but verify
+      if (Array.isArray(key.key_ops) && key.key_ops.some((op) => op !== 'verify'))
+        throw new Error('the key_ops of a public key may only be "verify"')
       createPublicKey({ key: key as JsonWebKeyInput['key'], format: 'jwk' })
     } catch (error) {
-      const named = typeof key.kid === 'string' ? ` "${key.kid.slice(0, 64)}"` : ''
       throw configError(`"jwks" holds a key${named} that cannot be imported`, error)
     }
   }
@@ -646,8 +649,8 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
   // stepping a clock that ran ahead) makes the time since negative: that counts as passed, so a step back
   // of an hour neither holds off the fetch for a rotated-in kid, nor keeps a backoff or a cached set, for
   // an hour (a fetch too many, at worst)
-  const within = (since: number, duration: number) => {
-    const passed = Date.now() - since
+  const within = (since: number, duration: number, at = Date.now()) => {
+    const passed = at - since
     return passed >= 0 && passed < duration
   }
   const refetch = (): Promise<void> => {
@@ -691,13 +694,16 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
         : 'the json web key set could not be fetched or used',
       { ...(cause === undefined ? {} : { cause }), retryAfter: (retryAt - Date.now()) / 1000 },
     )
-  // the last good set may stand in for a failed refetch (staleIfError 0: never past cacheMaxAge)
-  const staleUsable = () => local !== undefined && within(fetchedAt, cacheMaxAge + staleIfError)
+  // the last good set may stand in for a failed refetch (staleIfError 0: never past cacheMaxAge). A clock set
+  // back since it was fetched keeps it usable: the step forces a refetch, and a failed one must not leave
+  // every token without keys
+  const staleUsable = () => local !== undefined && Date.now() - fetchedAt < cacheMaxAge + staleIfError
   const select = async (header: JWSHeaderParameters, token: FlattenedJWSInput): Promise<CryptoKey> => {
     if (!local || !within(fetchedAt, cacheMaxAge)) {
       // an outage is a failed refetch of an expired set: a failed fetch for an unknown kid earlier, while the
       // set was fresh, says nothing about the endpoint now, so a set past cacheMaxAge is refetched first
-      if (failed && attemptedAt >= fetchedAt + cacheMaxAge && staleUsable()) {
+      // (an attempt dated before the fetch was made after a clock was set back: the set counted as expired then)
+      if (failed && !within(fetchedAt, cacheMaxAge, attemptedAt) && staleUsable()) {
         // an outage: the stale set serves at once; at most one attempt per cooldown, not awaited here
         // (an unknown kid below still waits for it), its failure only keeps `failed` set
         if (!pending && !within(attemptedAt, cooldownDuration)) refetch().catch(() => undefined)
@@ -753,38 +759,68 @@ function boundedFetch(inner: typeof fetch | undefined): typeof fetch {
     })
 }
 
+/** What fetch implementations give as a body: a web ReadableStream, or a Node Readable (node-fetch) */
+type AnyBody = {
+  getReader?: () => ReadableStreamDefaultReader<unknown>
+  cancel?: () => Promise<void>
+  destroy?: () => void
+  [Symbol.asyncIterator]?: () => AsyncIterator<unknown>
+}
+
+/** Lets a body go unread: cancelled (a web stream) or destroyed (a Node stream), so its connection is released. */
+function discard(body: AnyBody | null | undefined): void {
+  try {
+    if (typeof body?.cancel === 'function') body.cancel().catch(() => {})
+    else body?.destroy?.()
+  } catch {
+    // a locked stream: its reader is being cancelled
+  }
+}
+
 async function readBounded(response: Response, signal: AbortSignal | undefined): Promise<Response> {
-  if (response.status !== 200 || !response.body) {
-    response.body?.cancel().catch(() => {})
+  const body = response.body as AnyBody | null
+  if (response.status !== 200 || !body) {
+    discard(body)
     return response
   }
   const tooLarge = () => new Error(`the json web key set response is larger than ${MAX_JWKS_BYTES} bytes`)
   if (Number(response.headers.get('content-length')) > MAX_JWKS_BYTES) {
-    response.body.cancel().catch(() => {})
+    discard(body)
     throw tooLarge()
   }
-  const reader = response.body.getReader()
-  const chunks: Uint8Array[] = []
+  const reader = typeof body.getReader === 'function' ? body.getReader() : undefined
+  const chunks = reader ? { next: () => reader.read() } : body[Symbol.asyncIterator]?.()
+  // a body of another kind: jose reads it, bounded by the timeout only
+  if (!chunks) return response
+  // the timeout ends the read too, not only the wait for it: a body that stops arriving would hold its connection
+  const stop = () => (reader ? reader.cancel().catch(() => {}) : discard(body))
+  signal?.addEventListener('abort', stop, { once: true })
+  const parts: Uint8Array[] = []
   let size = 0
-  for (;;) {
-    const { done, value } = await reader.read()
-    if (done) break
-    size += value.byteLength
-    // past the limit, or given up on (the timeout): nothing more is read
-    if (size > MAX_JWKS_BYTES || signal?.aborted) {
-      reader.cancel().catch(() => {})
-      if (signal?.aborted) throw signal.reason
-      throw tooLarge()
+  try {
+    for (;;) {
+      const { done, value } = await chunks.next()
+      if (done) break
+      const part = typeof value === 'string' ? new TextEncoder().encode(value) : value
+      if (!(part instanceof Uint8Array)) throw new Error('the json web key set response body is not bytes')
+      size += part.byteLength
+      // past the limit, or given up on (the timeout): nothing more is read
+      if (size > MAX_JWKS_BYTES || signal?.aborted) {
+        stop()
+        throw signal?.aborted ? signal.reason : tooLarge()
+      }
+      parts.push(part)
     }
-    chunks.push(value)
+  } finally {
+    signal?.removeEventListener('abort', stop)
   }
-  const body = new Uint8Array(size)
+  const bytes = new Uint8Array(size)
   let offset = 0
-  for (const chunk of chunks) {
-    body.set(chunk, offset)
-    offset += chunk.byteLength
+  for (const part of parts) {
+    bytes.set(part, offset)
+    offset += part.byteLength
   }
-  return new Response(body, { status: 200, headers: response.headers })
+  return new Response(bytes, { status: 200, headers: response.headers })
 }
 
 /**

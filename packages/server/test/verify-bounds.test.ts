@@ -5,10 +5,12 @@
  * on the code before it.
  */
 import { createServer, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 import { inspect } from 'node:util'
 import { createVerifier, type VerifierOptions } from '@tokenflow/server/verify'
 import { type CryptoKey, exportJWK, generateKeyPair, type JWK, SignJWT } from 'jose'
+// node-fetch, as ofetch uses it on Node: its bodies are Node streams
+import { fetch as nodeFetch } from 'node-fetch-native/node'
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
 
 const ISSUER = 'https://auth.example.test'
@@ -62,12 +64,17 @@ afterEach(() => {
 describe('a remote JWKS endpoint that sends too much, or a fetch that ignores its timeout', () => {
   let server: Server
   let base: string
+  const hanging: Socket[] = []
   beforeAll(async () => {
     server = createServer((request, response) => {
       const keys = JSON.stringify({ keys: [a.jwk] })
       // a key set padded past 1 MiB, with its length declared, or streamed without one
       const padded = `{"keys":[${JSON.stringify(a.jwk)}],"padding":"${'x'.repeat(1024 * 1024 + 1)}"}`
-      if (request.url === '/declared')
+      if (request.url === '/hanging-body') {
+        hanging.push(request.socket)
+        response.writeHead(200, { 'content-type': 'application/json' })
+        response.write('{"keys":[')
+      } else if (request.url === '/declared')
         response.writeHead(200, { 'content-type': 'application/json' }).end(padded)
       else if (request.url === '/streamed') {
         response.writeHead(200, { 'content-type': 'application/json' })
@@ -94,6 +101,50 @@ describe('a remote JWKS endpoint that sends too much, or a fetch that ignores it
     }
     // the same key set without the padding is used
     expect(await outcome(verifier({ jwks: `${base}/small` }).verify(token))).toBe('ok')
+  })
+
+  it('a fetch option of node-fetch, whose bodies are Node streams, works, and its 1 MiB cap holds too (a review of the fix: every fetch failed)', async () => {
+    const token = await sign(a)
+    expect(
+      await outcome(verifier({ jwks: `${base}/small`, fetch: nodeFetch as typeof fetch }).verify(token)),
+    ).toBe('ok')
+    const error = await verifier({ jwks: `${base}/streamed`, fetch: nodeFetch as typeof fetch })
+      .verify(token)
+      .catch((reason: unknown) => reason)
+    expect(error).toMatchObject({ code: 'ERR_JWKS_UNAVAILABLE' })
+    expect(inspect(error)).toContain('larger than 1048576 bytes')
+  })
+
+  it('counts a body of strings by its bytes: the cap holds for it too (a review of the fix: it read all 4 MiB)', async () => {
+    let pulled = 0
+    const strings = verifier({
+      fetch: (async () =>
+        new Response(
+          new ReadableStream<string>({
+            pull(controller) {
+              if (pulled++ < 64) controller.enqueue('x'.repeat(64 * 1024))
+              else controller.close()
+            },
+          }) as unknown as ReadableStream<Uint8Array>,
+        )) as typeof fetch,
+    })
+    const error = await strings.verify(await sign(a)).catch((reason: unknown) => reason)
+    expect(error).toMatchObject({ code: 'ERR_JWKS_UNAVAILABLE' })
+    expect(inspect(error)).toContain('larger than 1048576 bytes')
+    // 16 chunks of 64 KiB make 1 MiB; the next one is past it, and the rest are not read
+    expect(pulled).toBeLessThanOrEqual(18)
+  })
+
+  it('at the timeout, a body that stopped arriving is cancelled and its connection closed, even for a fetch option that drops the signal (a review of the fix)', async () => {
+    const stalls = verifier({
+      jwks: `${base}/hanging-body`,
+      timeoutDuration: 200,
+      fetch: ((input: RequestInfo | URL, init?: RequestInit) =>
+        globalThis.fetch(input, { headers: init?.headers ?? {} })) as typeof fetch,
+    })
+    expect(await outcome(stalls.verify(await sign(a)))).toBe('ERR_JWKS_UNAVAILABLE')
+    expect(hanging).toHaveLength(1)
+    await vi.waitFor(() => expect(hanging[0]!.destroyed).toBe(true), { timeout: 2_000 })
   })
 
   it('bug: timeoutDuration did not bound a fetch option that ignores its signal: verify() never settled, nor did any later one', async () => {
@@ -156,6 +207,28 @@ describe('a wall clock set back (NTP stepping a clock that ran ahead)', () => {
     expect(await outcome(verify.verify(await sign(a)))).toBe('ok')
   })
 
+  it('a set fetched before the clock was set back stays in use when the refetch the step forces fails, without a fetch per request (a review of the fix: every token got 503)', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] })
+    vi.setSystemTime(START)
+    let up = true
+    let fetches = 0
+    const verify = verifier({
+      fetch: async () => {
+        fetches++
+        return up ? Response.json({ keys: [a.jwk] }) : new Response('', { status: 500 })
+      },
+    })
+    expect(await outcome(verify.verify(await sign(a)))).toBe('ok')
+    vi.setSystemTime(START - HOUR + 1_000)
+    up = false
+    for (let i = 0; i < 5; i++) expect(await outcome(verify.verify(await sign(a)))).toBe('ok')
+    // one refetch for the step, then the outage's one per cooldown
+    expect(fetches).toBe(2)
+    vi.setSystemTime(START - HOUR + 10 * 60_000)
+    expect(await outcome(verify.verify(await sign(a)))).toBe('ok')
+    expect(fetches).toBe(3)
+  })
+
   it('a set fetched before the clock was set back counts as expired: it is fetched again, not kept an hour longer', async () => {
     vi.useFakeTimers({ toFake: ['Date'] })
     vi.setSystemTime(START)
@@ -197,6 +270,16 @@ describe('a static key set with a key that cannot be imported', () => {
       )
     }
     expect(() => createVerifier(options(a.jwk.y!))).not.toThrow()
+  })
+
+  it('a key whose key_ops allow more than "verify" is refused too: jose cannot import it (a review of the fix)', () => {
+    const jwks = { keys: [{ ...a.jwk, key_ops: ['sign', 'verify'] }] }
+    expect(() => createVerifier({ jwks, issuer: ISSUER, audience: AUDIENCE })).toThrow(
+      expect.objectContaining({
+        code: 'ERR_CONFIG',
+        message: '"jwks" holds a key "key-a" that cannot be imported',
+      }),
+    )
   })
 
   it('a key no allowed algorithm would use is not imported, so it cannot stop the verifier', async () => {
