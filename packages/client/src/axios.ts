@@ -90,6 +90,24 @@ function release(data: unknown): void {
 /** Never settles: ends the retry's own trip through the interceptors, whose outcome went to the original. */
 const handedOver = () => new Promise<never>(() => {})
 
+/**
+ * The same body: axios hands a request a copy of each plain object and array of its config (mergeConfig), so
+ * one left as it was compares equal here, member by member, though it is not the same object.
+ */
+function sameBody(a: unknown, b: unknown): boolean {
+  const keys =
+    Object(a) === a &&
+    Object(b) === b &&
+    Object.getPrototypeOf(a) === Object.getPrototypeOf(b) &&
+    Object.keys(a as never)
+  return (
+    Object.is(a, b) ||
+    (!!keys &&
+      keys.length === Object.keys(b as never).length &&
+      keys.every((key) => key in (b as never) && sameBody((a as never)[key], (b as never)[key])))
+  )
+}
+
 /** The request was aborted by its `signal`, or canceled by axios's deprecated `CancelToken`. */
 const canceled = (config: InternalAxiosRequestConfig) =>
   (config.signal as AbortSignal | undefined)?.aborted || config.cancelToken?.reason
@@ -244,16 +262,21 @@ export function attachTokenRefresh(
       const transforms = [config.transformRequest ?? []].flat() as Array<
         (this: unknown, data: unknown, headers: unknown) => unknown
       >
+      // the app's request interceptors run again on the body they saw the first time, not on the string
+      // transformRequest made of it (a spread of it, or a field set on it, would corrupt it or throw). Left as
+      // it was, that body is sent as the first try's bytes; one they replaced is transformed as on a first try
+      const given = flags?.given ? flags.given() : sent
+      const reuse = !isStream(sent)
       instance
         .request({
           ...config,
-          data,
+          data: isStream(data) ? data : given,
           headers: headers as InternalAxiosRequestConfig['headers'],
           transformRequest: [
-            function (this: unknown, data: unknown, headers: unknown) {
-              return data === sent
-                ? data
-                : transforms.reduce((next, fn) => fn.call(this, next, headers), data)
+            function (this: unknown, next: unknown, headers: unknown) {
+              return reuse && (sameBody(next, given) || next === sent)
+                ? sent
+                : transforms.reduce((body, fn) => fn.call(this, body, headers), next)
             },
           ],
           tokenflow: { ...flags, retried, chosen: () => (done ? null : token) } as InternalFlags,
@@ -273,9 +296,12 @@ export function attachTokenRefresh(
     // side a flattened copy of the config and other interceptors may spread it, but the header survives both
     const [sent] = headerKeys(config.headers, 'authorization').map((name) => String(config.headers[name]))
     const rejectedToken = /^bearer\s+(\S+)/i.exec(sent ?? '')?.[1]
+    const flags = config.tokenflow as InternalFlags | undefined
+    const applied = flags?.applied?.()
     // sent without a token (nobody was logged in): the 401 is the answer, even when a session started since,
-    // which may be another user's
-    if (!rejectedToken) return passOn()
+    // which may be another user's. So is the 401 for a token an interceptor after this one put in place of the
+    // manager's (another API's key): it refused that token, not the session's
+    if (!rejectedToken || (applied !== undefined && rejectedToken !== applied)) return passOn()
     const [signal, done] = watch(config)
     let token: string | null = null
     try {
@@ -294,9 +320,9 @@ export function attachTokenRefresh(
     // aborted while it waited: the retry goes through axios, which rejects it as canceled without sending it.
     // A stream was used up by the first try: the refresh above still lets the app's own retry succeed. A stream
     // axios made of the app's body is made again from that body
-    const flags = config.tokenflow as InternalFlags | undefined
     const data = isStream(config.data) ? flags?.given?.() : config.data
-    if ((token === null && !canceled(config)) || isStream(data ?? config.data)) return passOn()
+    // aborted while it waited, a stream body too: rejected as canceled, as every other aborted request is
+    if (!canceled(config) && (token === null || isStream(data ?? config.data))) return passOn()
     release(error.response?.data)
     return retry(config, flags, data, token)
   }

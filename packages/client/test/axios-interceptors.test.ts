@@ -1,0 +1,157 @@
+/**
+ * attachTokenRefresh beside the app's own request interceptors, found by a review: the retry's interceptors see
+ * the body they saw on the first try, a 401 for a token another interceptor put in place of the manager's is
+ * the app's, and a stream-body request aborted while it waits rejects as canceled. Real axios (current, its
+ * fetch adapter, and 1.6.0) against the test auth server on 127.0.0.1.
+ */
+import { Readable } from 'node:stream'
+import { createTokenManager, jsonRefresh } from '@tokenflow/client'
+import { attachTokenRefresh } from '@tokenflow/client/axios'
+import axios from 'axios'
+import axios16 from 'axios-1.6'
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
+import { createTestClock, startTestAuthServer, type TestAuthServer } from './helpers/auth-server.js'
+
+const TTL = 60_000
+let server: TestAuthServer
+let serverClock: ReturnType<typeof createTestClock>
+beforeEach(async () => {
+  serverClock = createTestClock()
+  server = await startTestAuthServer({ accessTtl: TTL, now: serverClock.now })
+})
+afterEach(() => server.close())
+/** the access token expires on the server: the first try gets 401 */
+const expireOnServer = () => serverClock.advance(TTL + 1_000)
+
+async function attached(lib: typeof axios = axios, extra: object = {}) {
+  const manager = createTokenManager({
+    refresh: jsonRefresh(`${server.url}/refresh/token`),
+    lock: false,
+    channel: false,
+  })
+  await manager.setTokens(server.login())
+  const api = lib.create({ baseURL: server.url, ...extra })
+  attachTokenRefresh(api as never, manager)
+  return { api, manager }
+}
+
+async function rejection(
+  promise: Promise<unknown>,
+): Promise<{ code?: string; response?: { status: number } }> {
+  try {
+    await promise
+  } catch (error) {
+    return error as never
+  }
+  throw new Error('expected the request to fail')
+}
+
+const variants = [
+  ['axios', axios, {}],
+  ['axios, fetch adapter', axios, { adapter: 'fetch' }],
+  ['axios 1.6', axios16 as unknown as typeof axios, {}],
+] as const
+
+for (const [name, lib, extra] of variants) {
+  describe(`the retry runs the app's request interceptors on the body they saw the first time (${name})`, () => {
+    it('bug: an interceptor that spreads a field into every body sent the retry corrupted (a spread of its JSON string)', async () => {
+      const { api } = await attached(lib, extra)
+      // idempotent on the object it is given: applying it twice gives the same body
+      api.interceptors.request.use((config) => {
+        if (config.data !== undefined) config.data = { ...config.data, client: 'web' }
+        return config
+      })
+      expireOnServer()
+      const response = await api.post('/api/items', { a: 1 }, { headers: { 'x-req-id': 'spread' } })
+      expect(response.status).toBe(200)
+      const [first, retry] = server.requests
+      expect([first?.status, retry?.status]).toEqual([401, 200])
+      expect(first?.body).toBe('{"a":1,"client":"web"}')
+      expect(retry?.body).toBe(first?.body)
+    })
+
+    it('bug: an interceptor that sets a field on the body made the retry reject with a TypeError', async () => {
+      const { api } = await attached(lib, extra)
+      api.interceptors.request.use((config) => {
+        if (config.data) config.data.client = 'web'
+        return config
+      })
+      expireOnServer()
+      const response = await api.post('/api/items', { a: 1 }, { headers: { 'x-req-id': 'set' } })
+      expect(response.status).toBe(200)
+      const [first, retry] = server.requests
+      expect([first?.status, retry?.status]).toEqual([401, 200])
+      expect(retry?.body).toBe('{"a":1,"client":"web"}')
+    })
+
+    it('bug: an interceptor that reads the body (to sign it) saw an object first and a string on the retry', async () => {
+      const { api } = await attached(lib, extra)
+      const seen: unknown[] = []
+      api.interceptors.request.use((config) => {
+        seen.push(config.data)
+        return config
+      })
+      expireOnServer()
+      await api.post('/api/items', { a: 1, list: [1, { b: 2 }] }, { headers: { 'x-req-id': 'sig' } })
+      expect(server.hits('sig')).toBe(2)
+      expect(seen).toEqual([
+        { a: 1, list: [1, { b: 2 }] },
+        { a: 1, list: [1, { b: 2 }] },
+      ])
+    })
+  })
+}
+
+describe('a 401 for a Bearer token that is not the manager’s', () => {
+  it('bug: it rejected with ERR_SESSION_CLEARED while the session was fine; now the app gets its 401, with no refresh', async () => {
+    const manager = createTokenManager({
+      refresh: jsonRefresh(`${server.url}/refresh/token`),
+      lock: false,
+      channel: false,
+    })
+    await manager.setTokens(server.login())
+    const api = axios.create({ baseURL: server.url })
+    // registered before attachTokenRefresh: with axios's default ordering it runs after the adapter's, and puts
+    // another API's key in place of the manager's token for some URLs
+    api.interceptors.request.use((config) => {
+      if (config.url?.startsWith('/api/partner')) config.headers.Authorization = 'Bearer partner-api-key'
+      return config
+    })
+    attachTokenRefresh(api, manager)
+    const error = await rejection(api.get('/api/partner/x', { headers: { 'x-req-id': 'p' } }))
+    expect(error.code).toBe('ERR_BAD_REQUEST')
+    expect(error.response?.status).toBe(401)
+    expect(manager.status).toBe('authenticated')
+    expect(server.counters.refreshAttempts).toBe(0)
+    expect(server.hits('p')).toBe(1)
+    // the manager's own token still refreshes and retries on its 401
+    expireOnServer()
+    expect((await api.get('/api/items/1', { headers: { 'x-req-id': 'own' } })).status).toBe(200)
+    expect(server.hits('own')).toBe(2)
+  })
+})
+
+describe('a stream-body request aborted while it waits for the refresh after its 401', () => {
+  it('bug: it rejected with the first try’s 401; now as canceled, as every other aborted request does', async () => {
+    const { api } = await attached()
+    expireOnServer()
+    const release = server.holdRefreshes()
+    const controller = new AbortController()
+    const pending = rejection(
+      api.post('/api/x', Readable.from(['chunk']), {
+        headers: { 'x-req-id': 'stream', 'content-type': 'text/plain' },
+        signal: controller.signal,
+      }),
+    )
+    await vi.waitFor(() => expect(server.counters.refreshAttempts).toBe(1))
+    controller.abort()
+    const early = await Promise.race([
+      pending.then(() => true),
+      new Promise((resolve) => setTimeout(() => resolve(false), 200)),
+    ])
+    release()
+    expect(early).toBe(true)
+    expect(axios.isCancel(await pending)).toBe(true)
+    expect(server.hits('stream')).toBe(1)
+  })
+})
