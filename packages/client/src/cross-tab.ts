@@ -71,7 +71,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
  * Sets up cross-tab coordination named `name`. With `talk`, messages go over a BroadcastChannel of that name:
  * `receive` gets other tabs' messages (unchecked: the manager checks them), with `stale` set for one whose
  * base is older than this tab's, and `changed` runs on the `storage` event where BroadcastChannel
- * is missing. The rotation signal needs only the lock.
+ * is missing (for `key`, the storage's, when it names one). The rotation signal needs only the lock.
  */
 export function createCrossTab(
   name: string,
@@ -80,6 +80,7 @@ export function createCrossTab(
   receive: (message: CrossTabMessage, stale: boolean) => void,
   changed: () => void,
   now: () => number,
+  key?: string,
 ): CrossTab {
   // a hybrid logical clock: the time, but never behind a message received, so a clock set back after the tabs
   // talked cannot make a later message look older; ties between two tabs go to the larger random `from`
@@ -144,7 +145,12 @@ export function createCrossTab(
     }
     // a channel must not keep a Node process (tests, SSR) alive
     channel.unref?.()
-  } else if (talk) g.addEventListener?.('storage', changed)
+  } else if (talk)
+    // another key's change (another app's, another token set's) is none of this session's; a null key is a
+    // localStorage.clear()
+    g.addEventListener?.('storage', (event) => {
+      if (!key || event.key == null || event.key === key) changed()
+    })
 
   return {
     post(message, own, at) {

@@ -187,6 +187,7 @@ export function webStorage(
   }
   return {
     shared,
+    key,
     get: read,
     set(tokens) {
       const value = JSON.stringify(merge(tokens.refreshToken === undefined ? read() : null, tokens))

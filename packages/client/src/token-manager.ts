@@ -68,8 +68,11 @@ export interface TokenManagerOptions {
   /**
    * BroadcastChannel name for cross-tab events, or `false`. Unless you set it, the manager talks to other
    * tabs only when its storage is shared (`webStorage()` over localStorage) in a page. A manager with a
-   * channel listens to it for the life of the page: create one per page, not one per render.
-   * @default 'tokenflow'
+   * channel listens to it for the life of the page: create one per page, not one per render. The lock is
+   * named after it too. Two managers of one origin that hold different sessions need different names: the
+   * default is named after the storage's `key` (`webStorage(localStorage, { key: 'api-b' })` talks on
+   * `tokenflow:api-b`), so give two managers on one storage key two names of your own
+   * @default 'tokenflow' (for the default key)
    */
   channel?: string | false | undefined
   /** clock in epoch ms @default Date.now */
@@ -167,7 +170,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       (globalThis as { navigator?: { locks?: LockManagerLike } }).navigator?.locks) ||
       false,
     lockTimeout = 10_000,
-    channel = 'tokenflow',
+    channel,
     now = Date.now,
   } = options ?? invalidOption('options', 'an object')
   const { attempts = 2, baseDelay = 300, maxDelay = 5_000 } = retry || { attempts: 0 }
@@ -181,7 +184,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   )
   check(!lock || isFunction(lock.request), 'lock', 'a LockManager or false')
   check(isFunction(now), 'now', 'a function')
-  check(channel === false || (typeof channel === 'string' && channel), 'channel', 'a name or false')
+  check(
+    channel === undefined || channel === false || (typeof channel === 'string' && channel),
+    'channel',
+    'a name or false',
+  )
   check(Number.isInteger(attempts) && attempts >= 0, 'retry.attempts', 'a whole number')
   check(typeof leeway === 'number' && leeway >= 0 && leeway < 1 / 0, 'leeway', 'milliseconds')
   const durations = {
@@ -246,7 +253,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
 
   // by default only a page whose storage other tabs share talks to them: in Node (SSR) every BroadcastChannel
   // of a process hears every other, and managers of different users must never share tokens (rule 8)
-  const talk = !!channel && !!(options.channel || (storage.shared && 'document' in globalThis))
+  const talk = channel !== false && !!(channel || (storage.shared && 'document' in globalThis))
+  // the channel's name, and the lock's: tokens kept under another key are another session
+  const name =
+    channel || (storage.key && storage.key !== 'tokenflow' ? `tokenflow:${storage.key}` : 'tokenflow')
   // storage of this tab's own (sessionStorage, memory): a rotation signal that outlasts the wait for storage
   // to catch up means a copy of this session elsewhere (a duplicated tab) rotated the token
   const copied = storage.shared
@@ -258,7 +268,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   const crossTab =
     talk || lock
       ? createCrossTab(
-          channel || 'tokenflow',
+          name,
           talk,
           lock,
           // a stale message comes from a session older than this tab's (two logins in two tabs at once must not
@@ -270,6 +280,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
               adopt(stored ? { type: 'refreshed', tokens: stored } : { type: 'loggedOut' })
           },
           now,
+          storage.key,
         )
       : undefined
 
@@ -566,7 +577,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   /** Runs `fn` under the named lock; `fn` learns which lock it holds (none: no lock, or every one timed out). */
   async function withLock<T>(
     fn: (held: string | undefined) => Promise<T>,
-    name = `${channel || 'tokenflow'}:refresh`,
+    lockName = `${name}:refresh`,
     cancel?: AbortSignal,
   ): Promise<T> {
     if (!lock) return fn(undefined)
@@ -577,17 +588,17 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     // the session this wait is for was replaced: stop waiting at once (the lock this tab holds goes free)
     cancel?.addEventListener('abort', () => controller.abort(), { once: true })
     try {
-      return await lock.request(name, { signal: controller.signal }, () => {
+      return await lock.request(lockName, { signal: controller.signal }, () => {
         acquired = true
         clearTimeout(timer)
-        return fn(name)
+        return fn(lockName)
       })
     } catch (error) {
       if (acquired) throw error
       if (cancel?.aborted) throw sessionCleared()
       // the holder is stuck (a hung refresh, a frozen tab): the tabs that gave up take turns under a second
       // lock, or they would all refresh with the same token at once; after that one, go without a lock
-      return name.endsWith(':fallback') ? fn(undefined) : withLock(fn, `${name}:fallback`, cancel)
+      return lockName.endsWith(':fallback') ? fn(undefined) : withLock(fn, `${lockName}:fallback`, cancel)
     } finally {
       clearTimeout(timer)
     }

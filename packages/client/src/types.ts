@@ -43,6 +43,12 @@ export interface TokenStorage {
    * with `true`.
    */
   shared?: boolean | undefined
+  /**
+   * What the tokens are kept under (`webStorage`'s `key`). Managers whose storages name different keys hold
+   * different sessions: the default channel and lock are named after the key (`tokenflow:<key>`; plain
+   * `tokenflow` for the default key), so one's logins, refreshes and logouts never reach the other.
+   */
+  key?: string | undefined
 }
 
 /** The subset of `navigator.locks` (Web Locks API) the manager needs. */
