@@ -70,14 +70,15 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 /**
  * Sets up cross-tab coordination named `name`. With `talk`, messages go over a BroadcastChannel of that name:
  * `receive` gets other tabs' messages (unchecked: the manager checks them), with `stale` set for one whose
- * base is older than this tab's, and `changed` runs on the `storage` event where BroadcastChannel
+ * base is older than this tab's, `unknown` for one whose sender read its session from storage while this tab
+ * knows where its own comes from, and `changed` runs on the `storage` event where BroadcastChannel
  * is missing (for `key`, the storage's, when it names one). The rotation signal needs only the lock.
  */
 export function createCrossTab(
   name: string,
   talk: boolean,
   lock: LockManagerLike | false,
-  receive: (message: CrossTabMessage, stale: boolean) => void,
+  receive: (message: CrossTabMessage, stale: boolean, unknown: boolean) => void,
   changed: () => void,
   now: () => number,
   key?: string,
@@ -141,7 +142,9 @@ export function createCrossTab(
       const stale = dated && (of[0] > -1 / 0 ? before(of, base) : at < base[0]!)
       // a tab that heard two logins ends on the later one, whatever order they came in
       if (dated && !stale && before(base, of)) base = of
-      receive(data, stale)
+      // its sender does not know where its session comes from, and this tab does (a login or a logout it made
+      // or heard of): the manager takes its refresh only as one of the session it holds
+      receive(data, stale, dated && !(of[0] > -1 / 0) && base[0]! > -1 / 0)
     }
     // a channel must not keep a Node process (tests, SSR) alive
     channel.unref?.()

@@ -273,7 +273,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           lock,
           // a stale message comes from a session older than this tab's (two logins in two tabs at once must not
           // swap their sessions, a refused refresh of an old session must not end the login that replaced it)
-          (message, stale) => adopt(message, true, stale),
+          (message, stale, unknown) => adopt(message, true, stale, unknown),
           async () => {
             const stored = await read()
             if (stored !== undefined)
@@ -546,8 +546,11 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     emit(error ? { type: 'loggedOut', reason, error } : { type: 'loggedOut', reason })
   }
 
-  /** A message from another tab (`broadcast`), or what it left in storage: take its tokens, or end the session with it. */
-  function adopt(message: CrossTabMessage, broadcast?: boolean, stale?: boolean): void {
+  /**
+   * A message from another tab (`broadcast`), or what it left in storage: take its tokens, or end the session with
+   * it. `unknown`: its sender read its session from storage, and this tab knows where its own comes from
+   */
+  function adopt(message: CrossTabMessage, broadcast?: boolean, stale?: boolean, unknown?: boolean): void {
     if (message?.type === 'loggedOut') {
       if (!stale) void endSession('otherTab')
       return
@@ -563,6 +566,14 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       if (from >= 0) sent = sent.slice(from)
     }
     if (stale || !next || next.accessToken === tokens?.accessToken || isSpent(next)) return
+    // a refresh from a tab that read its session from storage is a refresh of this tab's session, or of one that
+    // ended: a logout here (or heard of here) crossed it, or a login here replaced it. It never starts one
+    if (
+      unknown &&
+      !message.login &&
+      !(tokens && (message.spent === tokens.refreshToken || next.refreshToken === tokens.refreshToken))
+    )
+      return
     // a login in another tab starts a session here, and a refresh of the old one is called off (its result
     // must not come back over the login); a refresh there hands over its tokens
     expectStored(next)
@@ -775,6 +786,16 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           )
           // another tab refreshed meanwhile: its tokens are taken below, nothing is written or announced
           if (!fresh) return refreshed
+          // an answer that comes after other tabs rotated past it (this tab froze with its call out, and one that
+          // gave up on the lock refreshed twice meanwhile): its refresh token is spent, and what this tab took
+          // from them since is newer. Written or used, it would be sent again: reuse, which ends every tab's session
+          if (isSpent(refreshed) && tokens && !isSpent(tokens)) return tokens
+          // a logout in another tab while this refresh ran: its result is not written over it, nor announced
+          // (a tab that logged out would take it back)
+          if (crossTab && storage.shared !== false && (await read(true)) === null && session === started) {
+            endedElsewhere = true
+            throw new RefreshError('rejected', 'refresh failed: the session ended in another tab')
+          }
           receivedAt = now()
           if (refreshed.refreshToken !== base.refreshToken) spend(base.refreshToken, refreshed.accessToken)
           // saved under the lock, so the next tab to take it reads the rotated refresh token
