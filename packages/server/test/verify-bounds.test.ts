@@ -354,26 +354,21 @@ describe('what a logged VerifyError shows', () => {
       audience: AUDIENCE,
       now: () => now,
     })
-    const expired = await new SignJWT({ client_id: 'web', sid: '0123456789abcdef0123456789abcdef' })
-      .setProtectedHeader({ alg: 'ES256', kid: 'key-a', typ: 'at+jwt' })
-      .setIssuer(ISSUER)
-      .setAudience(AUDIENCE)
-      .setSubject('alice@example.com')
-      .setJti('jti-1')
-      .setIssuedAt(now / 1000 - 1000)
-      .setExpirationTime(now / 1000 - 100)
-      .sign(a.privateKey)
-    const wrongAudience = await new SignJWT({ client_id: 'web', sid: '0123456789abcdef0123456789abcdef' })
-      .setProtectedHeader({ alg: 'ES256', kid: 'key-a', typ: 'at+jwt' })
-      .setIssuer(ISSUER)
-      .setAudience('https://other.example.test')
-      .setSubject('alice@example.com')
-      .setJti('jti-1')
-      .setIssuedAt(now / 1000 - 10)
-      .setExpirationTime(now / 1000 + 900)
-      .sign(a.privateKey)
-    for (const token of [expired, wrongAudience]) {
-      const error = await verify.verify(token).catch((reason: unknown) => reason)
+    /** a token of alice@example.com's session, signed by key-a */
+    const token = (audience: string, iat: number, exp: number) =>
+      new SignJWT({ client_id: 'web', sid: '0123456789abcdef0123456789abcdef' })
+        .setProtectedHeader({ alg: 'ES256', kid: 'key-a', typ: 'at+jwt' })
+        .setIssuer(ISSUER)
+        .setAudience(audience)
+        .setSubject('alice@example.com')
+        .setJti('jti-1')
+        .setIssuedAt(iat)
+        .setExpirationTime(exp)
+        .sign(a.privateKey)
+    const expired = await token(AUDIENCE, now / 1000 - 1000, now / 1000 - 100)
+    const wrongAudience = await token('https://other.example.test', now / 1000 - 10, now / 1000 + 900)
+    for (const refused of [expired, wrongAudience]) {
+      const error = await verify.verify(refused).catch((reason: unknown) => reason)
       expect(error).toMatchObject({
         code: expect.stringMatching(/^ERR_JWT_(EXPIRED|CLAIM_VALIDATION_FAILED)$/),
       })
