@@ -566,12 +566,14 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       if (from >= 0) sent = sent.slice(from)
     }
     if (stale || !next || next.accessToken === tokens?.accessToken || isSpent(next)) return
-    // a refresh from a tab that read its session from storage is a refresh of this tab's session, or of one that
-    // ended: a logout here (or heard of here) crossed it, or a login here replaced it. It never starts one
+    // a rotation by a tab that read its session from storage is one of this tab's session, or of one that ended:
+    // a logout here (or heard of here) crossed it, or a login here replaced it. It never starts one. (A refresh
+    // that rotates nothing, cookie mode's, still brings a session: a page that restored one from the cookie)
     if (
       unknown &&
       !message.login &&
-      !(tokens && (message.spent === tokens.refreshToken || next.refreshToken === tokens.refreshToken))
+      typeof message.spent === 'string' &&
+      message.spent !== tokens?.refreshToken
     )
       return
     // a login in another tab starts a session here, and a refresh of the old one is called off (its result
@@ -790,16 +792,23 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           // gave up on the lock refreshed twice meanwhile): its refresh token is spent, and what this tab took
           // from them since is newer. Written or used, it would be sent again: reuse, which ends every tab's session
           if (isSpent(refreshed) && tokens && !isSpent(tokens)) return tokens
-          // a logout in another tab while this refresh ran: its result is not written over it, nor announced
-          // (a tab that logged out would take it back)
-          if (crossTab && storage.shared !== false && (await read(true)) === null && session === started) {
+          // what other tabs wrote while this refresh ran, without the lock: a logout, a login, or the refreshes of a
+          // tab that gave up waiting for it (this one froze with its call out). A read that fails or does not
+          // answer says nothing: the answer is kept and written, as before (the server has rotated already)
+          let landed: TokenSet | null | undefined
+          if (crossTab && storage.shared !== false) landed = await read(true).catch(() => undefined)
+          // a logout: the answer is not written over it, nor announced (a tab that logged out would take it back)
+          if (landed === null && session === started) {
             endedElsewhere = true
             throw new RefreshError('rejected', 'refresh failed: the session ended in another tab')
           }
+          // a login, or a newer refresh: the answer is this tab's session's alone, for the requests waiting here.
+          // Written or announced, it would replace what the others hold with an older session or a spent token
+          const overtaken = !!landed && landed.refreshToken !== base.refreshToken && !isSpent(landed)
           receivedAt = now()
           if (refreshed.refreshToken !== base.refreshToken) spend(base.refreshToken, refreshed.accessToken)
           // saved under the lock, so the next tab to take it reads the rotated refresh token
-          if (session === started) {
+          if (session === started && !overtaken) {
             await write(refreshed)
             // told under the lock too, so the message is on its way before the next tab can take the lock: a tab
             // whose storage is its own (cookie mode) learns of this refresh only from it. Not when a logout or a

@@ -8,6 +8,7 @@ import {
   RefreshError,
   type TokenEvent,
   type TokenSet,
+  type TokenStorage,
   webStorage,
 } from '@tokenflow/client'
 import { afterEach, describe, expect, it, vi } from 'vitest'
@@ -20,7 +21,7 @@ import {
   releaseMessages,
   tabClock,
 } from './helpers/tabs.js'
-import { createTestLock, deferred, makeJwt, tokenSet } from './helpers/tokens.js'
+import { createTestLock, deferred, makeJwt, placeholderStorage, tokenSet } from './helpers/tokens.js'
 
 const T0 = 1_700_000_000_000
 const MIN = 60_000
@@ -74,8 +75,12 @@ function rotationServer(now: () => number) {
 }
 
 describe('a refresh answer that comes after other tabs rotated past it (a tab frozen with its call out)', () => {
-  /** Tab a refreshes under the lock and freezes before its answer comes; b gives up on the lock and refreshes twice. */
-  async function frozenHolder() {
+  /**
+   * Tab a refreshes under the lock and freezes before its answer comes; b gives up on the lock and refreshes twice.
+   * `late`: b's messages reach a only after a has handled its answer (they queued behind it while a was frozen).
+   */
+  async function frozenHolder({ late = false } = {}) {
+    if (late) vi.stubGlobal('BroadcastChannel', Holdable)
     const clock = tabClock(T0)
     const server = rotationServer(clock.now)
     const { storage, stored } = sharedStorage()
@@ -108,21 +113,29 @@ describe('a refresh answer that comes after other tabs rotated past it (a tab fr
     frozen = deferred<void>()
     const fromA = a.manager.refresh({ rejectedToken: login.accessToken })
     await eventually(() => server.state.sent.length === 1)
+    if (late) holdMessages()
     // b gives up on the lock after lockTimeout and refreshes (rt-0 within the grace: it gets rt-1)
     const b1 = await b.manager.refresh({ rejectedToken: login.accessToken })
-    await eventually(() => a.events.some((e) => e.type === 'refreshed' && e.tokens.accessToken === b1))
+    if (!late)
+      await eventually(() => a.events.some((e) => e.type === 'refreshed' && e.tokens.accessToken === b1))
     // a minute later b refreshes again, a still frozen: rt-1 -> rt-2
     clock.skip(MIN)
     const b2 = await b.manager.refresh({ rejectedToken: b1 })
-    await eventually(() => a.events.some((e) => e.type === 'refreshed' && e.tokens.accessToken === b2))
+    if (!late)
+      await eventually(() => a.events.some((e) => e.type === 'refreshed' && e.tokens.accessToken === b2))
     expect(stored()?.refreshToken).toBe('rt-2')
-    // a wakes: its answer (rt-1, which b's message told it is spent) lands
-    const wake = () => {
+    // a wakes: its answer (rt-1, which b's messages tell it is spent) lands, before or after those messages
+    const wake = async () => {
       frozen!.resolve()
       frozen = undefined
-      return fromA
+      const answer = await fromA
+      if (late) {
+        releaseMessages()
+        await eventually(() => a.events.some((e) => e.type === 'refreshed' && e.tokens.accessToken === b2))
+      }
+      return answer
     }
-    return { a, b, b2, clock, server, stored, wake }
+    return { a, b, b2, clock, server, stored, wake, tab }
   }
 
   it('bug: it was written over the newer tokens and used; now the tab keeps what it took from the others', async () => {
@@ -130,6 +143,19 @@ describe('a refresh answer that comes after other tabs rotated past it (a tab fr
     expect(await wake()).toBe(b2)
     expect(stored()?.refreshToken).toBe('rt-2')
     expect(await a.manager.getAccessToken()).toBe(b2)
+  })
+
+  it('bug: with the messages behind its answer, the tab wrote its spent refresh token over the newer one, and a tab opened after it sent it (a reuse); a second review of the fix', async () => {
+    const { a, b, clock, server, stored, wake, tab } = await frozenHolder({ late: true })
+    await wake()
+    expect(stored()?.refreshToken).toBe('rt-2')
+    const c = tab('c')
+    const fromStorage = await c.manager.getAccessToken()
+    clock.skip(MIN)
+    await c.manager.refresh({ rejectedToken: fromStorage! })
+    expect(server.state.sent.at(-1)).toBe('rt-2')
+    expect(server.state.reuse).toBe(0)
+    for (const t of [a, b, c]) expect(t.events.some((e) => e.type === 'loggedOut')).toBe(false)
   })
 
   it('bug: the next refresh in that tab sent the spent refresh token, a reuse that logged every tab out', async () => {
@@ -189,6 +215,32 @@ describe('a logout in one tab while another is mid-refresh', () => {
     expect(a.events.filter((e) => e.type === 'refreshed')).toEqual([])
   })
 
+  for (const withLogout of [true, false])
+    it(`bug: a login in one tab${withLogout ? ' after a logout' : ''} while another refreshed the old session was overwritten in storage by that refresh, and the tab that logged in took the old session at its next refresh (a second review)`, async () => {
+      const { a, b, fromB, stored } = await midRefresh()
+      holdMessages()
+      if (withLogout) await a.manager.clear()
+      const again = tokenSet(T0, 15 * MIN, 'new-user')
+      await a.manager.setTokens(again)
+      // b's answer for the old session lands before a's messages reach it
+      const old = tokenSet(T0, 15 * MIN, 'old-user-1')
+      b.calls[0]!.resolve(old)
+      // b's requests of the old session get the old session's token, as theirs
+      expect(await fromB).toBe(old.accessToken)
+      releaseMessages()
+      await eventually(() =>
+        b.events.some((e) => e.type === 'refreshed' && e.tokens.accessToken === again.accessToken),
+      )
+      expect(stored()?.refreshToken).toBe(again.refreshToken)
+      expect(await b.manager.getAccessToken()).toBe(again.accessToken)
+      // a 401 in tab a for the new login's token: a refresh of the new login, not the old session taken back
+      const next = a.manager.refresh({ rejectedToken: again.accessToken })
+      await eventually(() => a.calls.length === 1)
+      const renewed = tokenSet(T0, 15 * MIN, 'new-user-1')
+      a.calls[0]!.resolve(renewed)
+      expect(await next).toBe(renewed.accessToken)
+    })
+
   it('a tab that logged out and in again keeps its new session when the other tab’s refresh of the old one reaches it', async () => {
     const { a, b, fromB } = await midRefresh()
     holdMessages()
@@ -203,5 +255,75 @@ describe('a logout in one tab while another is mid-refresh', () => {
     expect(await a.manager.getAccessToken()).toBe(again.accessToken)
     await eventually(() => b.manager.status === 'authenticated')
     expect(await b.manager.getAccessToken()).toBe(again.accessToken)
+  })
+})
+
+describe('a storage read that does not answer in time right after the server answered', () => {
+  for (const shared of [true, undefined])
+    it(`keeps the rotation (shared: ${shared}): the answer is used and the next refresh sends its refresh token, not a spent one (a second review)`, async () => {
+      const clock = tabClock(T0)
+      const server = rotationServer(clock.now)
+      let saved: TokenSet | null = null
+      let hang = false
+      const storage: TokenStorage = {
+        shared,
+        get: () => (hang ? new Promise<never>(() => {}) : saved),
+        set: (tokens) => {
+          saved = tokens
+        },
+        clear: () => {
+          saved = null
+        },
+      }
+      const events: TokenEvent[] = []
+      const manager = createTokenManager({
+        refresh: async ({ refreshToken }) => {
+          const answer = server.handle(refreshToken)
+          // storage stalls while the answer travels back (once)
+          if (refreshToken === 'rt-0') hang = true
+          return answer
+        },
+        storage,
+        channel: freshChannel(),
+        lock: createTestLock({ query: true }),
+        refreshTimeout: 200,
+        now: clock.now,
+      })
+      manager.subscribe((event) => events.push(event))
+      const login = server.login()
+      await manager.setTokens(login)
+      const first = await manager.refresh({ rejectedToken: login.accessToken })
+      hang = false
+      clock.skip(MIN)
+      await manager.refresh({ rejectedToken: first })
+      expect(server.state.sent).toEqual(['rt-0', 'rt-1'])
+      expect(server.state.reuse).toBe(0)
+      expect(events.filter((e) => e.type === 'loggedOut')).toEqual([])
+    })
+})
+
+describe('cookie mode (the refresh token is a placeholder that never rotates)', () => {
+  it('a tab where the user logged out takes the session a later page restored from the cookie (a sign-in by redirect; a second review)', async () => {
+    const clock = tabClock(T0)
+    const channel = freshChannel()
+    const lock = createTestLock({ query: true })
+    const access = (n: string) =>
+      makeJwt({ iat: Math.floor(clock.now() / 1000), exp: Math.floor((clock.now() + 15 * MIN) / 1000), n })
+    const a = openTab({ storage: placeholderStorage(), channel, lock }, clock.now)
+    const restoring = a.manager.getAccessToken()
+    await eventually(() => a.calls.length === 1)
+    a.calls[0]!.resolve({ accessToken: access('first') })
+    await restoring
+    await a.manager.clear()
+    clock.skip(MIN)
+    // the sign-in callback page is a new tab that restores its session from the new cookie
+    const callback = openTab({ storage: placeholderStorage(), channel, lock }, clock.now)
+    const restored = callback.manager.getAccessToken()
+    await eventually(() => callback.calls.length === 1)
+    const second = access('second')
+    callback.calls[0]!.resolve({ accessToken: second })
+    expect(await restored).toBe(second)
+    await eventually(() => a.manager.status === 'authenticated')
+    expect(await a.manager.getAccessToken()).toBe(second)
   })
 })
