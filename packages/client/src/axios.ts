@@ -92,21 +92,40 @@ const handedOver = () => new Promise<never>(() => {})
 
 /**
  * The same body: axios hands a request a copy of each plain object and array of its config (mergeConfig), so
- * one left as it was compares equal here, member by member, though it is not the same object.
+ * one left as it was compares equal here, member by member, though it is not the same object. Anything else
+ * (a Buffer, URLSearchParams, a Date) is the same only as the same object: axios copies none of them, and
+ * their content is not in their keys. Past a depth of 64 (a cyclic body) it is not the same.
  */
-function sameBody(a: unknown, b: unknown): boolean {
-  const keys =
-    Object(a) === a &&
-    Object(b) === b &&
-    Object.getPrototypeOf(a) === Object.getPrototypeOf(b) &&
-    Object.keys(a as never)
+function sameBody(a: unknown, b: unknown, depth = 0): boolean {
+  if (Object.is(a, b)) return true
+  const kind = Object(a) === a && Object.getPrototypeOf(a)
+  if (
+    depth > 64 ||
+    !(kind === Object.prototype || kind === Array.prototype || kind === null) ||
+    Object(b) !== b ||
+    Object.getPrototypeOf(b as object) !== kind
+  )
+    return false
+  const keys = Object.keys(a as never)
   return (
-    Object.is(a, b) ||
-    (!!keys &&
-      keys.length === Object.keys(b as never).length &&
-      keys.every((key) => key in (b as never) && sameBody((a as never)[key], (b as never)[key])))
+    keys.length === Object.keys(b as never).length &&
+    keys.every((key) => key in (b as object) && sameBody((a as never)[key], (b as never)[key], depth + 1))
   )
 }
+
+/**
+ * The error of a request aborted while it waited for the refresh after its 401: its CancelToken's reason, or
+ * one shaped as axios's CanceledError (`axios.isCancel()` and `axios.isAxiosError()` hold, code ERR_CANCELED)
+ */
+const cancelOf = (config: InternalAxiosRequestConfig): unknown =>
+  config.cancelToken?.reason ||
+  Object.assign(new Error('canceled'), {
+    name: 'CanceledError',
+    code: 'ERR_CANCELED',
+    config,
+    isAxiosError: true,
+    __CANCEL__: true,
+  })
 
 /** The request was aborted by its `signal`, or canceled by axios's deprecated `CancelToken`. */
 const canceled = (config: InternalAxiosRequestConfig) =>
@@ -317,12 +336,16 @@ export function attachTokenRefresh(
     } finally {
       done()
     }
-    // aborted while it waited: the retry goes through axios, which rejects it as canceled without sending it.
+    // aborted while it waited: rejected as canceled, and never sent again. Not through a retry, whose pass
+    // through the app's request interceptors can give it a signal of its own (an AbortController per request)
+    if (canceled(config)) {
+      release(error.response?.data)
+      throw cancelOf(config)
+    }
     // A stream was used up by the first try: the refresh above still lets the app's own retry succeed. A stream
     // axios made of the app's body is made again from that body
     const data = isStream(config.data) ? flags?.given?.() : config.data
-    // aborted while it waited, a stream body too: rejected as canceled, as every other aborted request is
-    if (!canceled(config) && (token === null || isStream(data ?? config.data))) return passOn()
+    if (token === null || isStream(data ?? config.data)) return passOn()
     release(error.response?.data)
     return retry(config, flags, data, token)
   }

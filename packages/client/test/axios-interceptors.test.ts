@@ -155,3 +155,117 @@ describe('a stream-body request aborted while it waits for the refresh after its
     expect(server.hits('stream')).toBe(1)
   })
 })
+
+describe('a second review of the retry body fix', () => {
+  it('bug: the retry of a Buffer body enumerated its bytes to compare it (seconds at 16 MB, a RangeError past 128 MiB); it is compared as the same object', async () => {
+    const { api } = await attached()
+    const upload = Buffer.alloc(1024 * 1024, 0x61)
+    const keys = vi.spyOn(Object, 'keys')
+    try {
+      expireOnServer()
+      const response = await api.put('/api/upload', upload, {
+        headers: { 'x-req-id': 'buffer', 'content-type': 'application/octet-stream' },
+      })
+      expect(response.status).toBe(200)
+      expect(server.hits('buffer')).toBe(2)
+      expect(keys.mock.calls.filter(([value]) => value === upload)).toEqual([])
+    } finally {
+      keys.mockRestore()
+    }
+    const [first, retry] = server.requests
+    expect(retry?.body.length).toBe(1024 * 1024)
+    expect(retry?.body).toBe(first?.body)
+  })
+
+  for (const [name, lib, extra] of variants)
+    it(`bug: a body replaced on the retry by another of its kind with other content (a fresh nonce) went out as the first try's bytes (${name})`, async () => {
+      const { api } = await attached(lib, extra)
+      let n = 0
+      let kind = 'search'
+      // added after attachTokenRefresh, so it runs before the adapter's interceptor: a nonce in every body
+      api.interceptors.request.use((config) => {
+        n++
+        if (kind === 'search') config.data = new URLSearchParams({ nonce: String(n) })
+        else if (kind === 'bytes') config.data = new TextEncoder().encode(`nonce=${n}`).buffer
+        else config.data = { ...config.data, at: new Date(n * 1000) }
+        return config
+      })
+      const bodies = (id: string) =>
+        server.requests.filter((request) => request.id === id).map(({ body }) => body)
+      expireOnServer()
+      await api.post('/api/x', null, { headers: { 'x-req-id': 'search' } })
+      expect(bodies('search')).toEqual(['nonce=1', 'nonce=2'])
+      kind = 'bytes'
+      expireOnServer()
+      await api.post('/api/x', null, { headers: { 'x-req-id': 'bytes', 'content-type': 'text/plain' } })
+      expect(bodies('bytes')).toEqual(['nonce=3', 'nonce=4'])
+      kind = 'date'
+      expireOnServer()
+      await api.post('/api/x', { a: 1 }, { headers: { 'x-req-id': 'date' } })
+      expect(bodies('date')).toEqual([
+        '{"a":1,"at":"1970-01-01T00:00:05.000Z"}',
+        '{"a":1,"at":"1970-01-01T00:00:06.000Z"}',
+      ])
+    })
+
+  it('bug: a cyclic body (sent with a cycle-safe transformRequest) copied by an interceptor made the retry overflow the stack', async () => {
+    const serialize = (data: unknown) => {
+      if (typeof data !== 'object' || data === null) return data
+      const seen = new Map<object, number>()
+      return JSON.stringify(data, (_key, value: unknown) => {
+        if (typeof value !== 'object' || value === null) return value
+        if (seen.has(value)) return { $ref: seen.get(value) }
+        seen.set(value, seen.size)
+        return value
+      })
+    }
+    const { api } = await attached(axios, {
+      transformRequest: [serialize],
+      headers: { 'content-type': 'application/json' },
+    })
+    api.interceptors.request.use((config) => {
+      if (config.data !== undefined) config.data = structuredClone(config.data)
+      return config
+    })
+    expireOnServer()
+    const cyclic: { a: number; list: unknown[] } = { a: 1, list: [] }
+    cyclic.list.push(cyclic)
+    const response = await api.post('/api/x', cyclic, { headers: { 'x-req-id': 'cyclic' } })
+    expect(response.status).toBe(200)
+    const [first, retry] = server.requests
+    expect([first?.status, retry?.status]).toEqual([401, 200])
+    expect(retry?.body).toBe(first?.body)
+  })
+
+  for (const body of ['stream', 'object'] as const)
+    it(`bug: a ${body}-body request aborted while it waited was sent again when an interceptor gave it a signal of its own (${body === 'stream' ? 'with an empty body, resolving 200' : 'against "is never sent"'})`, async () => {
+      const { api } = await attached()
+      // added after attachTokenRefresh: each request gets its own controller, and the app aborts by key
+      const controllers = new Map<string, AbortController>()
+      api.interceptors.request.use((config) => {
+        const key = String(config.headers['x-req-id'])
+        const controller = new AbortController()
+        controllers.set(key, controller)
+        config.signal = controller.signal
+        return config
+      })
+      expireOnServer()
+      const release = server.holdRefreshes()
+      const pending = rejection(
+        api.post('/api/upload', body === 'stream' ? Readable.from(['file contents']) : { a: 1 }, {
+          headers: {
+            'x-req-id': body,
+            'content-type': body === 'stream' ? 'text/plain' : 'application/json',
+          },
+        }),
+      )
+      await vi.waitFor(() => expect(server.counters.refreshAttempts).toBe(1))
+      controllers.get(body)!.abort()
+      release()
+      const error = await pending
+      expect(axios.isCancel(error)).toBe(true)
+      expect(axios.isAxiosError(error)).toBe(true)
+      expect(error.code).toBe('ERR_CANCELED')
+      expect(server.hits(body)).toBe(1)
+    })
+})
