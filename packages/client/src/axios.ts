@@ -91,41 +91,20 @@ function release(data: unknown): void {
 const handedOver = () => new Promise<never>(() => {})
 
 /**
- * The same body: axios hands a request a copy of each plain object and array of its config (mergeConfig), so
- * one left as it was compares equal here, member by member, though it is not the same object. Anything else
- * (a Buffer, URLSearchParams, a Date) is the same only as the same object: axios copies none of them, and
- * their content is not in their keys. Past a depth of 64 (a cyclic body) it is not the same.
- */
-function sameBody(a: unknown, b: unknown, depth = 0): boolean {
-  if (Object.is(a, b)) return true
-  const kind = Object(a) === a && Object.getPrototypeOf(a)
-  if (
-    depth > 64 ||
-    !(kind === Object.prototype || kind === Array.prototype || kind === null) ||
-    Object(b) !== b ||
-    Object.getPrototypeOf(b as object) !== kind
-  )
-    return false
-  const keys = Object.keys(a as never)
-  return (
-    keys.length === Object.keys(b as never).length &&
-    keys.every((key) => key in (b as object) && sameBody((a as never)[key], (b as never)[key], depth + 1))
-  )
-}
-
-/**
  * The error of a request aborted while it waited for the refresh after its 401: its CancelToken's reason, or
- * one shaped as axios's CanceledError (`axios.isCancel()` and `axios.isAxiosError()` hold, code ERR_CANCELED)
+ * one made as axios's CanceledError is, from the AxiosError class of the 401 (`toJSON()`, `instanceof
+ * AxiosError`; `axios.isCancel()` and `axios.isAxiosError()` hold, code ERR_CANCELED)
  */
-const cancelOf = (config: InternalAxiosRequestConfig): unknown =>
-  config.cancelToken?.reason ||
-  Object.assign(new Error('canceled'), {
-    name: 'CanceledError',
-    code: 'ERR_CANCELED',
-    config,
-    isAxiosError: true,
-    __CANCEL__: true,
-  })
+function cancelOf(error: AxiosError, config: InternalAxiosRequestConfig): unknown {
+  if (config.cancelToken?.reason) return config.cancelToken.reason
+  // an error-shaped object of ours (a 401 validateStatus let through) has no class: a plain Error then
+  const Made: unknown = error.constructor
+  const made =
+    typeof Made === 'function' && Made !== Object
+      ? new (Made as new (...args: unknown[]) => Error)('canceled', 'ERR_CANCELED', config, error.request)
+      : Object.assign(new Error('canceled'), { code: 'ERR_CANCELED', config, isAxiosError: true })
+  return Object.assign(made, { name: 'CanceledError', __CANCEL__: true })
+}
 
 /** The request was aborted by its `signal`, or canceled by axios's deprecated `CancelToken`. */
 const canceled = (config: InternalAxiosRequestConfig) =>
@@ -281,11 +260,11 @@ export function attachTokenRefresh(
       const transforms = [config.transformRequest ?? []].flat() as Array<
         (this: unknown, data: unknown, headers: unknown) => unknown
       >
-      // the app's request interceptors run again on the body they saw the first time, not on the string
-      // transformRequest made of it (a spread of it, or a field set on it, would corrupt it or throw). Left as
-      // it was, that body is sent as the first try's bytes; one they replaced is transformed as on a first try
+      // the retry is sent as a first try: the app's request interceptors and transformRequest run again, on the
+      // body as it was before the first transform (this adapter's interceptor saw it), never on the string made
+      // of it (a spread of that, or a field set on it, would corrupt it or throw). What reaches transformRequest
+      // as the very bytes the first try sent (no body of that pass, a Buffer) goes out as it is
       const given = flags?.given ? flags.given() : sent
-      const reuse = !isStream(sent)
       instance
         .request({
           ...config,
@@ -293,7 +272,7 @@ export function attachTokenRefresh(
           headers: headers as InternalAxiosRequestConfig['headers'],
           transformRequest: [
             function (this: unknown, next: unknown, headers: unknown) {
-              return reuse && (sameBody(next, given) || next === sent)
+              return next === sent
                 ? sent
                 : transforms.reduce((body, fn) => fn.call(this, body, headers), next)
             },
@@ -319,8 +298,10 @@ export function attachTokenRefresh(
     const applied = flags?.applied?.()
     // sent without a token (nobody was logged in): the 401 is the answer, even when a session started since,
     // which may be another user's. So is the 401 for a token an interceptor after this one put in place of the
-    // manager's (another API's key): it refused that token, not the session's
-    if (!rejectedToken || (applied !== undefined && rejectedToken !== applied)) return passOn()
+    // manager's (another API's key): it refused that token, not the session's. And so is the 401 of a request
+    // with `auth`, which axios sends as Basic credentials in place of the token (the fetch and XHR adapters leave
+    // the config's header as it was)
+    if (!rejectedToken || (applied !== undefined && rejectedToken !== applied) || config.auth) return passOn()
     const [signal, done] = watch(config)
     let token: string | null = null
     try {
@@ -340,7 +321,7 @@ export function attachTokenRefresh(
     // through the app's request interceptors can give it a signal of its own (an AbortController per request)
     if (canceled(config)) {
       release(error.response?.data)
-      throw cancelOf(config)
+      throw cancelOf(error, config)
     }
     // A stream was used up by the first try: the refresh above still lets the app's own retry succeed. A stream
     // axios made of the app's body is made again from that body

@@ -269,3 +269,59 @@ describe('a second review of the retry body fix', () => {
       expect(server.hits(body)).toBe(1)
     })
 })
+
+describe('a third review of the retry', () => {
+  for (const [name, lib, extra] of variants)
+    it(`bug: the cancel error of a request aborted after its 401 had no toJSON() (axios's logging recipe threw) (${name})`, async () => {
+      const { api } = await attached(lib, extra)
+      expireOnServer()
+      const release = server.holdRefreshes()
+      const controller = new AbortController()
+      const pending = rejection(
+        api.get('/api/a', { headers: { 'x-req-id': 'a' }, signal: controller.signal }),
+      )
+      await vi.waitFor(() => expect(server.counters.refreshAttempts).toBe(1))
+      controller.abort()
+      const error = (await pending) as unknown as InstanceType<typeof axios.AxiosError>
+      release()
+      expect(lib.isCancel(error)).toBe(true)
+      expect(lib.isAxiosError(error)).toBe(true)
+      expect(error).toBeInstanceOf(lib.AxiosError)
+      expect(error.toJSON()).toMatchObject({
+        message: 'canceled',
+        name: 'CanceledError',
+        code: 'ERR_CANCELED',
+      })
+      expect(server.hits('a')).toBe(1)
+    })
+
+  for (const [name, lib, extra] of variants)
+    it(`bug: a 401 for Basic credentials from config.auth refreshed and retried with the fetch adapter (${name})`, async () => {
+      const { api } = await attached(lib, extra)
+      const error = await rejection(
+        api.get('/api/basic', { headers: { 'x-req-id': 'basic' }, auth: { username: 'u', password: 'p' } }),
+      )
+      expect(error.response?.status).toBe(401)
+      expect(server.counters.refreshAttempts).toBe(0)
+      expect(server.hits('basic')).toBe(1)
+    })
+
+  it('bug: an array body grown by holes, or an object in an array changed in place, went out as the first try’s bytes; the retry is transformed as a first try', async () => {
+    const { api } = await attached()
+    let n = 0
+    api.interceptors.request.use((config) => {
+      n++
+      if (config.data?.slots) config.data = { slots: new Array(n) }
+      if (config.data?.items) for (const item of config.data.items) item.seq = n
+      return config
+    })
+    const bodies = (id: string) =>
+      server.requests.filter((request) => request.id === id).map(({ body }) => body)
+    expireOnServer()
+    await api.post('/api/x', { slots: [] }, { headers: { 'x-req-id': 'holes' } })
+    expect(bodies('holes')).toEqual(['{"slots":[null]}', '{"slots":[null,null]}'])
+    expireOnServer()
+    await api.post('/api/x', { items: [{ id: 1 }] }, { headers: { 'x-req-id': 'items' } })
+    expect(bodies('items')).toEqual(['{"items":[{"id":1,"seq":3}]}', '{"items":[{"id":1,"seq":4}]}'])
+  })
+})
