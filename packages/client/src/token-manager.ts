@@ -703,6 +703,9 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     let base = start
     let endedElsewhere = false
     let receivedAt: number | undefined
+    // an overtaken answer while this tab took other tokens (the storage event brings another tab's login as
+    // tokens, not as a new session): those stay this tab's, the answer goes to the waiting requests alone
+    let keep = false
     const me = {}
     // status is 'refreshing' from refreshStarted on, and no longer when the outcome is announced
     const done = () => {
@@ -805,6 +808,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           // a login, or a newer refresh: the answer is this tab's session's alone, for the requests waiting here.
           // Written or announced, it would replace what the others hold with an older session or a spent token
           const overtaken = !!landed && landed.refreshToken !== base.refreshToken && !isSpent(landed)
+          keep = overtaken && !!tokens && tokens.accessToken !== base.accessToken
           receivedAt = now()
           if (refreshed.refreshToken !== base.refreshToken) spend(base.refreshToken, refreshed.accessToken)
           // saved under the lock, so the next tab to take it reads the rotated refresh token
@@ -886,6 +890,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     // the waiters of a replaced session were settled when it was replaced
     if (session !== started) throw sessionCleared()
     done()
+    if (keep) return next.accessToken
     if (receivedAt !== undefined) {
       use(next, receivedAt, true)
       emit({ type: 'refreshed', tokens: { ...next }, source: 'local' })
