@@ -262,7 +262,8 @@ export interface VerifierOptions {
   staleIfError?: number | undefined
   /**
    * Remote JWKS only: the fetch implementation. A response body over 1 MiB is not read: the fetch fails
-   * (a real key set is a few KiB, with certificate chains tens).
+   * (a real key set is a few KiB, with certificate chains tens). That holds for bodies that are web or Node
+   * streams; another kind is left to jose, bounded by `timeoutDuration` only.
    * @default globalThis.fetch
    */
   fetch?: typeof globalThis.fetch | undefined
@@ -586,9 +587,11 @@ function createKeySource(jwks: unknown, algorithms: string[], remote: RemoteOpti
     // every token with 503 "try again" for a key set that never changes
     const named = typeof key.kid === 'string' ? ` "${key.kid.slice(0, 64)}"` : ''
     try {
-      // jose imports a key with its key_ops as the usages, and a public key can do nothing but verify
-      if (Array.isArray(key.key_ops) && key.key_ops.some((op) => op !== 'verify'))
-        throw new Error('the key_ops of a public key may only be "verify"')
+      // jose imports a key with its key_ops as the usages, and a public key can do nothing but verify; it
+      // never selects one whose key_ops repeat or whose ext is not a boolean
+      if (Array.isArray(key.key_ops) && (key.key_ops.length !== 1 || key.key_ops[0] !== 'verify'))
+        throw new Error('the key_ops of a public key may only be ["verify"]')
+      if (key.ext !== undefined && typeof key.ext !== 'boolean') throw new Error('"ext" must be a boolean')
       createPublicKey({ key: key as JsonWebKeyInput['key'], format: 'jwk' })
     } catch (error) {
       throw configError(`"jwks" holds a key${named} that cannot be imported`, error)
@@ -692,12 +695,18 @@ function remoteKeySource(jwks: string | URL, algorithms: string[], options: Remo
       cause === undefined
         ? 'the json web key set could not be fetched'
         : 'the json web key set could not be fetched or used',
-      { ...(cause === undefined ? {} : { cause }), retryAfter: (retryAt - Date.now()) / 1000 },
+      // never longer than the cooldown: a time dated before a clock was set back would name the step
+      {
+        ...(cause === undefined ? {} : { cause }),
+        retryAfter: Math.min(retryAt - Date.now(), cooldownDuration) / 1000,
+      },
     )
   // the last good set may stand in for a failed refetch (staleIfError 0: never past cacheMaxAge). A clock set
-  // back since it was fetched keeps it usable: the step forces a refetch, and a failed one must not leave
-  // every token without keys
-  const staleUsable = () => local !== undefined && Date.now() - fetchedAt < cacheMaxAge + staleIfError
+  // back since it was fetched keeps it usable as long as a set that old would be, counted the other way: the
+  // step forces a refetch, and a failed one must not leave every token without keys, nor trust the set for
+  // as long as the step
+  const staleUsable = () =>
+    local !== undefined && Math.abs(Date.now() - fetchedAt) < cacheMaxAge + staleIfError
   const select = async (header: JWSHeaderParameters, token: FlattenedJWSInput): Promise<CryptoKey> => {
     if (!local || !within(fetchedAt, cacheMaxAge)) {
       // an outage is a failed refetch of an expired set: a failed fetch for an unknown kid earlier, while the
@@ -794,6 +803,11 @@ async function readBounded(response: Response, signal: AbortSignal | undefined):
   if (!chunks) return response
   // the timeout ends the read too, not only the wait for it: a body that stops arriving would hold its connection
   const stop = () => (reader ? reader.cancel().catch(() => {}) : discard(body))
+  // given up on before the answer came (a fetch option that ignores its signal): not read at all
+  if (signal?.aborted) {
+    stop()
+    throw signal.reason
+  }
   signal?.addEventListener('abort', stop, { once: true })
   const parts: Uint8Array[] = []
   let size = 0
@@ -811,6 +825,10 @@ async function readBounded(response: Response, signal: AbortSignal | undefined):
       }
       parts.push(part)
     }
+  } catch (error) {
+    // a chunk that is not bytes, a body that errors: released, not left open
+    stop()
+    throw error
   } finally {
     signal?.removeEventListener('abort', stop)
   }

@@ -378,3 +378,100 @@ describe('what a logged VerifyError shows', () => {
     }
   })
 })
+
+describe('a third review of the JWKS fetch bounds', () => {
+  const START = 1_800_000_000_000
+
+  it('bug: an answer that came after the timeout, from a fetch option that ignores its signal, was never cancelled (its connection stayed open)', async () => {
+    let cancelled = false
+    const late = verifier({
+      timeoutDuration: 100,
+      fetch: (() =>
+        new Promise<Response>((resolve) =>
+          setTimeout(
+            () => resolve(new Response(new ReadableStream({ cancel: () => void (cancelled = true) }))),
+            200,
+          ),
+        )) as typeof fetch,
+    })
+    expect(await outcome(late.verify(await sign(a)))).toBe('ERR_JWKS_UNAVAILABLE')
+    await vi.waitFor(() => expect(cancelled).toBe(true), { timeout: 1_000 })
+  })
+
+  it('bug: a body whose chunks are not bytes failed the fetch but was left open', async () => {
+    let cancelled = false
+    const odd = verifier({
+      fetch: (async () =>
+        new Response(
+          new ReadableStream({
+            pull: (controller) => controller.enqueue(new TextEncoder().encode('{"keys":[').buffer),
+            cancel: () => void (cancelled = true),
+          }) as ReadableStream<Uint8Array>,
+        )) as typeof fetch,
+    })
+    expect(await outcome(odd.verify(await sign(a)))).toBe('ERR_JWKS_UNAVAILABLE')
+    await vi.waitFor(() => expect(cancelled).toBe(true), { timeout: 1_000 })
+  })
+
+  it('bug: with staleIfError 0 and the clock set back a day while the JWKS is down, the old set was trusted for the whole day', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] })
+    vi.setSystemTime(START)
+    let up = true
+    const token = await sign(a)
+    const verify = verifier({
+      staleIfError: 0,
+      fetch: async () => (up ? Response.json({ keys: [a.jwk] }) : new Response('', { status: 500 })),
+    })
+    expect(await outcome(verify.verify(token))).toBe('ok')
+    up = false
+    const outcomes: string[] = []
+    for (let hours = 0; hours < 24; hours++) {
+      vi.setSystemTime(START - 24 * HOUR + hours * HOUR)
+      outcomes.push(await outcome(verify.verify(token)))
+    }
+    expect(outcomes).toEqual(Array(24).fill('ERR_JWKS_UNAVAILABLE'))
+    // the endpoint back: the new set is fetched and used
+    up = true
+    vi.setSystemTime(START - 24 * HOUR + 24 * HOUR + 60_000)
+    expect(await outcome(verify.verify(token))).toBe('ok')
+  })
+
+  it('bug: a refetch for an unknown kid that failed after the clock was set back answered Retry-After for the whole step (3631 s)', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] })
+    vi.setSystemTime(START)
+    let fail: (() => void) | undefined
+    let fetches = 0
+    const verify = verifier({
+      fetch: async () => {
+        if (++fetches === 1) return Response.json({ keys: [a.jwk] })
+        return new Promise<Response>((resolve) => {
+          fail = () => resolve(new Response('', { status: 500 }))
+        })
+      },
+    })
+    expect(await outcome(verify.verify(await sign(a)))).toBe('ok')
+    vi.setSystemTime(START + 60_000)
+    const waiting = verify.verify(await sign(b)).catch((error: unknown) => error)
+    await vi.waitFor(() => expect(fail).toBeDefined())
+    vi.setSystemTime(START + 60_000 - HOUR)
+    fail!()
+    expect(await waiting).toMatchObject({ code: 'ERR_JWKS_UNAVAILABLE', retryAfter: 30 })
+  })
+
+  it.each([
+    ['key_ops ["verify", "verify"]', { key_ops: ['verify', 'verify'] }],
+    ['ext "true"', { ext: 'true' }],
+  ])(
+    'bug: a static key jose never selects (%s) passed createVerifier, and every token of it got 401',
+    (_name, extra) => {
+      expect(() =>
+        createVerifier({ jwks: { keys: [{ ...a.jwk, ...extra }] }, issuer: ISSUER, audience: AUDIENCE }),
+      ).toThrow(
+        expect.objectContaining({
+          code: 'ERR_CONFIG',
+          message: '"jwks" holds a key "key-a" that cannot be imported',
+        }),
+      )
+    },
+  )
+})
