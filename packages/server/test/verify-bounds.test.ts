@@ -389,7 +389,16 @@ describe('a third review of the JWKS fetch bounds', () => {
       fetch: (() =>
         new Promise<Response>((resolve) =>
           setTimeout(
-            () => resolve(new Response(new ReadableStream({ cancel: () => void (cancelled = true) }))),
+            () =>
+              resolve(
+                new Response(
+                  new ReadableStream({
+                    cancel: () => {
+                      cancelled = true
+                    },
+                  }),
+                ),
+              ),
             200,
           ),
         )) as typeof fetch,
@@ -404,8 +413,11 @@ describe('a third review of the JWKS fetch bounds', () => {
       fetch: (async () =>
         new Response(
           new ReadableStream({
-            pull: (controller) => controller.enqueue(new TextEncoder().encode('{"keys":[').buffer),
-            cancel: () => void (cancelled = true),
+            // an ArrayBuffer, not bytes a stream of a body may hold
+            pull: (controller) => controller.enqueue(new TextEncoder().encode('{"keys":[').buffer as never),
+            cancel: () => {
+              cancelled = true
+            },
           }) as ReadableStream<Uint8Array>,
         )) as typeof fetch,
     })
@@ -465,7 +477,11 @@ describe('a third review of the JWKS fetch bounds', () => {
     'bug: a static key jose never selects (%s) passed createVerifier, and every token of it got 401',
     (_name, extra) => {
       expect(() =>
-        createVerifier({ jwks: { keys: [{ ...a.jwk, ...extra }] }, issuer: ISSUER, audience: AUDIENCE }),
+        createVerifier({
+          jwks: { keys: [{ ...a.jwk, ...extra } as JWK] },
+          issuer: ISSUER,
+          audience: AUDIENCE,
+        }),
       ).toThrow(
         expect.objectContaining({
           code: 'ERR_CONFIG',
