@@ -565,17 +565,29 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
       const from = at < 0 ? sent.indexOf(spent.get(next.refreshToken ?? '') ?? '') : at
       if (from >= 0) sent = sent.slice(from)
     }
-    if (stale || !next || next.accessToken === tokens?.accessToken || isSpent(next)) return
+    if (!next || next.accessToken === tokens?.accessToken) return
     // a rotation by a tab that read its session from storage is one of this tab's session, or of one that ended:
     // a logout here (or heard of here) crossed it, or a login here replaced it. It never starts one. (A refresh
     // that rotates nothing, cookie mode's, still brings a session: a page that restored one from the cookie)
     if (
-      unknown &&
-      !message.login &&
-      typeof message.spent === 'string' &&
-      message.spent !== tokens?.refreshToken
-    )
+      stale ||
+      isSpent(next) ||
+      (unknown &&
+        !message.login &&
+        typeof message.spent === 'string' &&
+        message.spent !== tokens?.refreshToken)
+    ) {
+      // a refresh answer that came too late (a logout or a login here while it ran, or a frozen tab's, whose
+      // token was rotated past) that its tab wrote over what storage held: storage gets back what this tab
+      // holds, so a reload or a tab opened next does not take the ended session or the spent token
+      if (broadcast && !message.login)
+        void read().then((stored) => {
+          if (stored?.refreshToken && stored.refreshToken === next.refreshToken && stored !== tokens)
+            if (!tokens) write(null)
+            else if (!isSpent(tokens)) write(tokens)
+        })
       return
+    }
     // a login in another tab starts a session here, and a refresh of the old one is called off (its result
     // must not come back over the login); a refresh there hands over its tokens
     expectStored(next)
@@ -703,9 +715,6 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     let base = start
     let endedElsewhere = false
     let receivedAt: number | undefined
-    // an overtaken answer while this tab took other tokens (the storage event brings another tab's login as
-    // tokens, not as a new session): those stay this tab's, the answer goes to the waiting requests alone
-    let keep = false
     const me = {}
     // status is 'refreshing' from refreshStarted on, and no longer when the outcome is announced
     const done = () => {
@@ -795,24 +804,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
           // gave up on the lock refreshed twice meanwhile): its refresh token is spent, and what this tab took
           // from them since is newer. Written or used, it would be sent again: reuse, which ends every tab's session
           if (isSpent(refreshed) && tokens && !isSpent(tokens)) return tokens
-          // what other tabs wrote while this refresh ran, without the lock: a logout, a login, or the refreshes of a
-          // tab that gave up waiting for it (this one froze with its call out). A read that fails or does not
-          // answer says nothing: the answer is kept and written, as before (the server has rotated already)
-          let landed: TokenSet | null | undefined
-          if (crossTab && storage.shared !== false) landed = await read(true).catch(() => undefined)
-          // a logout: the answer is not written over it, nor announced (a tab that logged out would take it back)
-          if (landed === null && session === started) {
-            endedElsewhere = true
-            throw new RefreshError('rejected', 'refresh failed: the session ended in another tab')
-          }
-          // a login, or a newer refresh: the answer is this tab's session's alone, for the requests waiting here.
-          // Written or announced, it would replace what the others hold with an older session or a spent token
-          const overtaken = !!landed && landed.refreshToken !== base.refreshToken && !isSpent(landed)
-          keep = overtaken && !!tokens && tokens.accessToken !== base.accessToken
           receivedAt = now()
           if (refreshed.refreshToken !== base.refreshToken) spend(base.refreshToken, refreshed.accessToken)
           // saved under the lock, so the next tab to take it reads the rotated refresh token
-          if (session === started && !overtaken) {
+          if (session === started) {
             await write(refreshed)
             // told under the lock too, so the message is on its way before the next tab can take the lock: a tab
             // whose storage is its own (cookie mode) learns of this refresh only from it. Not when a logout or a
@@ -890,7 +885,6 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
     // the waiters of a replaced session were settled when it was replaced
     if (session !== started) throw sessionCleared()
     done()
-    if (keep) return next.accessToken
     if (receivedAt !== undefined) {
       use(next, receivedAt, true)
       emit({ type: 'refreshed', tokens: { ...next }, source: 'local' })
