@@ -576,18 +576,8 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
         !message.login &&
         typeof message.spent === 'string' &&
         message.spent !== tokens?.refreshToken)
-    ) {
-      // a refresh answer that came too late (a logout or a login here while it ran, or a frozen tab's, whose
-      // token was rotated past) that its tab wrote over what storage held: storage gets back what this tab
-      // holds, so a reload or a tab opened next does not take the ended session or the spent token
-      if (broadcast && !message.login)
-        void read().then((stored) => {
-          if (stored?.refreshToken && stored.refreshToken === next.refreshToken && stored !== tokens)
-            if (!tokens) write(null)
-            else if (!isSpent(tokens)) write(tokens)
-        })
+    )
       return
-    }
     // a login in another tab starts a session here, and a refresh of the old one is called off (its result
     // must not come back over the login); a refresh there hands over its tokens
     expectStored(next)
