@@ -1,5 +1,5 @@
 import { invalidOption, TokenflowError } from './errors.js'
-import type { TokenSet, TokenStorage } from './types.js'
+import { STORAGE_KEY, type TokenSet, type TokenStorage } from './types.js'
 
 /**
  * What `webStorage` needs: `localStorage`, `sessionStorage` or anything with the same three methods.
@@ -185,9 +185,9 @@ export function webStorage(
       return null
     }
   }
-  return {
+  const kept: TokenStorage & { [STORAGE_KEY]: string } = {
     shared,
-    key,
+    [STORAGE_KEY]: key,
     get: read,
     set(tokens) {
       const value = JSON.stringify(merge(tokens.refreshToken === undefined ? read() : null, tokens))
@@ -195,6 +195,7 @@ export function webStorage(
     },
     clear: () => attempt(() => backend.removeItem(key)),
   }
+  return kept
 }
 
 /**

@@ -9,7 +9,13 @@ import {
 } from './errors.js'
 import { decodeJwtClaims } from './jwt.js'
 import { memoryStorage, storageError, toTokenSet } from './storage.js'
-import type { LockManagerLike, RefreshFunction, TokenSet, TokenStorage } from './types.js'
+import {
+  type LockManagerLike,
+  type RefreshFunction,
+  STORAGE_KEY,
+  type TokenSet,
+  type TokenStorage,
+} from './types.js'
 
 /** What a manager tells its subscribers. One union of `{ type }` objects. */
 export type TokenEvent =
@@ -70,8 +76,8 @@ export interface TokenManagerOptions {
    * tabs only when its storage is shared (`webStorage()` over localStorage) in a page. A manager with a
    * channel listens to it for the life of the page: create one per page, not one per render. The lock is
    * named after it too. Two managers of one origin that hold different sessions need different names: the
-   * default is named after the storage's `key` (`webStorage(localStorage, { key: 'api-b' })` talks on
-   * `tokenflow:api-b`), so give two managers on one storage key two names of your own
+   * default is named after `webStorage`'s `key` (`webStorage(localStorage, { key: 'api-b' })` talks on
+   * `tokenflow:api-b`); give two managers of other storages, or of one key, two names of your own
    * @default 'tokenflow' (for the default key)
    */
   channel?: string | false | undefined
@@ -254,9 +260,10 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
   // by default only a page whose storage other tabs share talks to them: in Node (SSR) every BroadcastChannel
   // of a process hears every other, and managers of different users must never share tokens (rule 8)
   const talk = channel !== false && !!(channel || (storage.shared && 'document' in globalThis))
-  // the channel's name, and the lock's: tokens kept under another key are another session
-  const name =
-    channel || (storage.key && storage.key !== 'tokenflow' ? `tokenflow:${storage.key}` : 'tokenflow')
+  // the channel's name, and the lock's: tokens kept under another webStorage key are another session
+  const noted = (storage as { [STORAGE_KEY]?: unknown })[STORAGE_KEY]
+  const storageKey = typeof noted === 'string' ? noted : undefined
+  const name = channel || (storageKey && storageKey !== 'tokenflow' ? `tokenflow:${storageKey}` : 'tokenflow')
   // storage of this tab's own (sessionStorage, memory): a rotation signal that outlasts the wait for storage
   // to catch up means a copy of this session elsewhere (a duplicated tab) rotated the token
   const copied = storage.shared
@@ -280,7 +287,7 @@ export function createTokenManager(options: TokenManagerOptions): TokenManager {
               adopt(stored ? { type: 'refreshed', tokens: stored } : { type: 'loggedOut' })
           },
           now,
-          storage.key,
+          storageKey,
         )
       : undefined
 

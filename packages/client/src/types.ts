@@ -43,13 +43,14 @@ export interface TokenStorage {
    * with `true`.
    */
   shared?: boolean | undefined
-  /**
-   * What the tokens are kept under (`webStorage`'s `key`). Managers whose storages name different keys hold
-   * different sessions: the default channel and lock are named after the key (`tokenflow:<key>`; plain
-   * `tokenflow` for the default key), so one's logins, refreshes and logouts never reach the other.
-   */
-  key?: string | undefined
 }
+
+/**
+ * Where `webStorage` notes the key it keeps the tokens under, for the manager's default channel and lock
+ * names: a symbol, so that no member of a storage of your own (a `key` of its own) is taken for it
+ * @internal
+ */
+export const STORAGE_KEY: unique symbol = Symbol.for('tokenflow.storageKey')
 
 /** The subset of `navigator.locks` (Web Locks API) the manager needs. */
 export interface LockManagerLike {

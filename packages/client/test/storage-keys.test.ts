@@ -3,7 +3,13 @@
  * review, their managers shared the default channel and lock, so one's login became the other's session and
  * one's logout ended the other's. The default channel and lock are now named after the key.
  */
-import { createTokenManager, type TokenEvent, webStorage } from '@tokenflow/client'
+import {
+  createTokenManager,
+  type TokenEvent,
+  type TokenSet,
+  type TokenStorage,
+  webStorage,
+} from '@tokenflow/client'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { eventually, tabClock } from './helpers/tabs.js'
 import { createTestLock, tokenSet } from './helpers/tokens.js'
@@ -130,5 +136,51 @@ describe('the storage event, where BroadcastChannel is missing', () => {
     map.clear()
     listeners[0]!({ key: null })
     await eventually(() => manager.status === 'unauthenticated')
+  })
+})
+
+describe('a storage of your own that has a `key` member (a review of the change above)', () => {
+  /** the tokens under `<key>:access`, `<key>:refresh`: a common shape, whose `key` is its own business */
+  class PrefixedStorage implements TokenStorage {
+    readonly shared = true
+    constructor(private readonly key: string) {}
+    get(): TokenSet | null {
+      const accessToken = localStorage.getItem(`${this.key}:access`)
+      if (!accessToken) return null
+      const refreshToken = localStorage.getItem(`${this.key}:refresh`)
+      return { accessToken, refreshToken }
+    }
+    set(tokens: TokenSet): void {
+      localStorage.setItem(`${this.key}:access`, tokens.accessToken)
+      if (tokens.refreshToken) localStorage.setItem(`${this.key}:refresh`, tokens.refreshToken)
+    }
+    clear(): void {
+      for (const part of ['access', 'refresh']) localStorage.removeItem(`${this.key}:${part}`)
+    }
+  }
+
+  it('bug: its `key` was taken for the storage key (and `implements TokenStorage` no longer compiled): another tab’s login through the storage event was ignored', async () => {
+    page()
+    const listeners: Array<(event: { key: string | null }) => void> = []
+    vi.stubGlobal('BroadcastChannel', undefined)
+    vi.stubGlobal('addEventListener', (type: string, listener: (event: { key: string | null }) => void) => {
+      if (type === 'storage') listeners.push(listener)
+    })
+    const events: TokenEvent[] = []
+    const manager = createTokenManager({
+      refresh: async () => tokenSet(T0, 15 * MIN, 'refreshed'),
+      storage: new PrefixedStorage('auth'),
+      lock: false,
+      now: () => T0,
+    })
+    manager.subscribe((event) => events.push(event))
+    await manager.setTokens(tokenSet(T0, 15 * MIN, 1))
+    expect(listeners).toHaveLength(1)
+    // another tab logs in: it writes both keys, each firing a storage event here
+    const other = tokenSet(T0, 15 * MIN, 2)
+    new PrefixedStorage('auth').set(other)
+    for (const part of ['access', 'refresh']) listeners[0]!({ key: `auth:${part}` })
+    await eventually(() => events.some((event) => event.type === 'refreshed'))
+    expect(await manager.getAccessToken()).toBe(other.accessToken)
   })
 })
