@@ -47,8 +47,9 @@ interface InternalFlags extends TokenflowRequestOptions {
    */
   chosen?: () => string | null
   /**
-   * The body as the request interceptors left it, before transformRequest: in Node axios serialises a plain
-   * object sent as `multipart/form-data` (`postForm`) into a stream, which the retry cannot send again
+   * The body as this adapter's request interceptor saw it, before transformRequest: the retry is sent from it,
+   * as a first try (in Node axios serialises a plain object sent as `multipart/form-data`, `postForm`, into a
+   * stream, which could not be sent again; the JSON string of a body would reach the app's interceptors)
    */
   given?: () => unknown
   /** the token a pass of the request interceptor set: a config sent again while logged out drops it */
@@ -235,12 +236,7 @@ export function attachTokenRefresh(
    * original request and its own trip ends there: the interceptors after this one then see it once, in the
    * original chain (`response => response.data` unwraps once, a logger logs once).
    */
-  function retry(
-    config: InternalAxiosRequestConfig,
-    flags: InternalFlags | undefined,
-    data: unknown,
-    token: string | null,
-  ) {
+  function retry(config: InternalAxiosRequestConfig, flags: InternalFlags | undefined, token: string | null) {
     return new Promise((resolve, reject) => {
       let done = false
       const retried = (ok: boolean, value: unknown) => {
@@ -268,7 +264,7 @@ export function attachTokenRefresh(
       instance
         .request({
           ...config,
-          data: isStream(data) ? data : given,
+          data: given,
           headers: headers as InternalAxiosRequestConfig['headers'],
           transformRequest: [
             function (this: unknown, next: unknown, headers: unknown) {
@@ -324,11 +320,10 @@ export function attachTokenRefresh(
       throw cancelOf(error, config)
     }
     // A stream was used up by the first try: the refresh above still lets the app's own retry succeed. A stream
-    // axios made of the app's body is made again from that body
-    const data = isStream(config.data) ? flags?.given?.() : config.data
-    if (token === null || isStream(data ?? config.data)) return passOn()
+    // axios made of the app's body (postForm in Node) is made again from that body
+    if (token === null || isStream(flags?.given ? flags.given() : config.data)) return passOn()
     release(error.response?.data)
-    return retry(config, flags, data, token)
+    return retry(config, flags, token)
   }
 
   /** Both sides of the response: `ok` for a response axios resolved, else the error it rejected with. */
